@@ -78,14 +78,25 @@ def train_record(cfg, *, label: dict, out_dir: Path) -> dict:
            "nonfinite_steps": res["nonfinite_steps"]}
     metrics = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
+    def trimmed_mean(xs: list[float]) -> float:
+        xs = sorted(xs)[len(xs) // 10: max(len(xs) // 10 + 1, len(xs) - len(xs) // 10)]
+        return round(sum(xs) / len(xs), 4)
+
     times = [m["step_time"] for m in train if m.get("step_time")]
     if times:
-        times = sorted(times)[len(times) // 10: max(len(times) // 10 + 1, len(times) - len(times) // 10)]
-        rec["step_time_s"] = round(sum(times) / len(times), 4)
+        rec["step_time_s"] = trimmed_mean(times)
+        compute = [m["step_time"] - m.get("data_time", 0.0) for m in train if m.get("step_time")]
+        rec["compute_time_s"] = trimmed_mean(compute)
     for key in ("quality/o_precision", "quality/o_recall", "quality/a_precision", "quality/a_recall", "quality/precision", "quality/recall"):
         vals = [m[key] for m in train[-10:] if m.get(key) is not None]
         if vals:
             rec[key.replace("/", "_")] = round(sum(vals) / len(vals), 4)
+    last = train[-1] if train else {}
+    for key, v in last.items():  # cumulative counters logged by ACRST (Table 10 variants, Table 9 classifier)
+        if key.startswith(("quality_", "bank/")):
+            rec[key.replace("/", "_")] = v
+    if (out_dir / "multilabel_quality.json").exists():
+        rec["multilabel"] = json.loads((out_dir / "multilabel_quality.json").read_text())
     for i, (role, rep) in enumerate(res["reports"].items()):
         d = rep.as_dict()
         prefix = "" if i == 0 else f"{role}_"

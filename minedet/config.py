@@ -24,7 +24,10 @@ class DataConfig:
     """Where the data is and how batches are made.
 
     ``digits`` (a dict of ``build_digits`` arguments) builds the embedded dataset into
-    ``cache_dir`` when the paths are not given.
+    ``cache_dir`` when the paths are not given. ``semi`` (``{percent: P, seed: S}``) splits the
+    training set into labelled / unlabelled images (``minedet data split-semi``) into ``cache_dir``
+    and sets ``train``, ``unlabelled`` and ``hidden`` (the unlabelled images' erased boxes, for
+    measurement only) unless ``unlabelled`` is given.
     """
 
     train: str | None = None
@@ -35,6 +38,7 @@ class DataConfig:
     unlabelled_images: str | None = None
     hidden: str | None = None
     digits: dict | None = None
+    semi: dict | None = None
     cache_dir: str = ".cache/minedet"
     image_size: int = 128
     flip: float = 0.5

@@ -393,7 +393,7 @@ def test_stac_end_to_end_from_an_exported_teacher_file(tiny_digits, semi_split, 
     assert first["quality/n_hidden"] > 0 and "pseudo/boxes_per_image" in first
 
 
-@pytest.mark.parametrize("preset", ["digits_mean_teacher", "digits_stac"])
+@pytest.mark.parametrize("preset", ["digits_mean_teacher", "digits_stac", "digits_acrst"])
 def test_presets_load_and_name_valid_options(preset):
     import dataclasses
 
@@ -404,8 +404,11 @@ def test_presets_load_and_name_valid_options(preset):
     cls, opts_cls = METHODS[cfg.method["name"]]
     opts = from_dict(opts_cls, {k: v for k, v in cfg.method.items() if k != "name"}, where="method")
     assert dataclasses.is_dataclass(opts)
-    assert cfg.data.unlabelled and cfg.data.train and cfg.data.unlabelled != cfg.data.train
-    if preset == "digits_mean_teacher":
+    if cfg.data.semi is None:
+        assert cfg.data.unlabelled and cfg.data.train and cfg.data.unlabelled != cfg.data.train
+    else:  # self-contained: resolve_data builds the digits and the split
+        assert cfg.data.digits and cfg.data.semi["percent"] > 0 and cfg.data.unlabelled is None
+    if preset in ("digits_mean_teacher", "digits_acrst"):
         m = cls(tiny_detector("retinanet", num_classes=10), opts)
         assert set(m.streams()) == {"labelled", "unlabelled"}
 

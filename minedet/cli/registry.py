@@ -8,6 +8,7 @@ import difflib
 from minedet.config import from_dict
 from minedet.errors import MinedetError
 from minedet.methods.base import Method
+from minedet.methods.acrst import Acrst, AcrstOptions
 from minedet.methods.co_mining import CoMining, CoMiningOptions
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from minedet.methods.stac import Stac, StacOptions
@@ -19,6 +20,7 @@ METHODS: dict[str, tuple[type[Method], type]] = {
     "co_mining": (CoMining, CoMiningOptions),
     "mean_teacher": (MeanTeacher, MeanTeacherOptions),
     "stac": (Stac, StacOptions),
+    "acrst": (Acrst, AcrstOptions),
 }
 
 

@@ -34,7 +34,7 @@ def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
     if d.digits is None or (d.train is not None and d.val is not None):
         if d.train is None:
             raise MinedetError("config needs data.train (a COCO JSON) or data.digits")
-        return cfg
+        return _resolve_semi(cfg, quiet)
     from minedet.data.digits import build_digits
 
     args = dict(d.digits)
@@ -52,6 +52,42 @@ def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
         d.train, d.train_images = str(root / "annotations" / "train.json"), d.train_images or str(root / "images")
     if d.val is None:
         d.val, d.val_images = str(root / "annotations" / "val.json"), d.val_images or str(root / "images")
+    return _resolve_semi(cfg, quiet)
+
+
+def _resolve_semi(cfg: Config, quiet: bool) -> Config:
+    """``data.semi = {percent, seed}``: split ``data.train`` into labelled / unlabelled images once
+    (cached beside the other derived files, keyed by the source's content hash) and point
+    ``data.train`` / ``data.unlabelled`` / ``data.hidden`` at the parts."""
+    d = cfg.data
+    if d.semi is None or d.unlabelled is not None:
+        return cfg
+    import hashlib
+
+    from minedet.data.coco import save_coco
+    from minedet.data.splits import split_semi
+    from minedet.io import write_json_atomic
+
+    unknown = set(d.semi) - {"percent", "seed"}
+    if unknown or "percent" not in d.semi:
+        raise MinedetError(f"data.semi takes percent (required) and seed, got {sorted(d.semi)}")
+    percent, seed = float(d.semi["percent"]), int(d.semi.get("seed", 0))
+    src = Path(d.train)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    root = Path(d.cache_dir) / "semi" / f"{src.stem}-{sha}-p{percent:g}-s{seed}"
+    paths = {k: root / f"{k}.json" for k in ("labelled", "unlabelled", "hidden")}
+    if not all(p.exists() for p in paths.values()):
+        res = split_semi(load_coco(src, strict=d.strict).raw, percent, seed)
+        save_coco(paths["hidden"], res.hidden, validate=False)
+        save_coco(paths["unlabelled"], res.unlabelled, validate=False)
+        save_coco(paths["labelled"], res.labelled, validate=False)
+        write_json_atomic(root / "manifest.json", {**res.manifest, "source_file": str(src)}, indent=1)
+        if not quiet:
+            print(f"minedet: {percent:g}% labelled split (seed {seed}) of {src} in {root}", file=sys.stderr)
+    images = _images_dir(str(src), d.train_images)
+    d.train, d.train_images = str(paths["labelled"]), images
+    d.unlabelled, d.unlabelled_images = str(paths["unlabelled"]), d.unlabelled_images or images
+    d.hidden = str(paths["hidden"])
     return cfg
 
 

@@ -282,8 +282,12 @@ class Trainer:
                 logged: dict[str, float] = {}
                 skip = False
                 bad_terms: list[str] = []
+                data_time = 0.0
+                loss_keys: set[str] = set()
                 for micro in range(cfg.accumulate):
+                    t_data = time.perf_counter()
                     batch = next(it)
+                    data_time += time.perf_counter() - t_data
                     sync = micro == cfg.accumulate - 1 or self.info.world == 1
                     ctx = nullcontext() if sync else self.model.no_sync()
                     with ctx:
@@ -299,6 +303,7 @@ class Trainer:
                         self.scaler.scale(total / cfg.accumulate).backward()
                     for k, v in losses.items():
                         logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.accumulate
+                    loss_keys.update(losses)
                 if not skip:
                     self.scaler.unscale_(self.optimizer)
                     params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
@@ -326,9 +331,10 @@ class Trainer:
                 logged.update(self.method.log_metrics())
                 logged["lr"] = self.optimizer.param_groups[0]["lr"]
                 logged["step_time"] = time.perf_counter() - t_step
-                logged["loss"] = sum(v for k, v in logged.items() if "/" in k and k.count("/") >= 1 and not k.startswith(("pseudo", "quality")))
+                logged["data_time"] = data_time  # waiting for the loader (all of its work when data.workers=0)
+                logged["loss"] = sum(logged[k] for k in loss_keys)
                 if self.step % max(1, cfg.log_every) == 0 or self.step == cfg.max_steps:
-                    self.log.write(self.step, self._mean_over_ranks(logged))
+                    self.log.write(self.step, self._mean_over_ranks(logged, loss_keys | {"loss"}))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"AP": f"{last_eval.get('ap', float('nan')):.3f}"} if last_eval else {}))
@@ -346,13 +352,13 @@ class Trainer:
         self.log.close()
         return result
 
-    def _mean_over_ranks(self, logged: dict[str, float]) -> dict[str, float]:
-        """``logged`` with the loss terms (and ``loss``) averaged over DDP ranks: each rank's value is
-        the mean over its share of the global batch, so the average is what one process with the whole
+    def _mean_over_ranks(self, logged: dict[str, float], keys: set[str]) -> dict[str, float]:
+        """``logged`` with the loss terms ``keys`` averaged over DDP ranks: each rank's value is the
+        mean over its share of the global batch, so the average is what one process with the whole
         batch logs. Other values (pseudo/, quality/, step_time) stay rank 0's. Called on every rank."""
         if self.info.world == 1:
             return logged
-        mine = {k: v for k, v in logged.items() if "/" in k and not k.startswith(("pseudo", "quality"))}
+        mine = {k: v for k, v in logged.items() if k in keys}
         parts: list = [None] * self.info.world
         dist.all_gather_object(parts, mine)  # objects, not a tensor: ranks may disagree on the keys
         out = dict(logged)

@@ -1,0 +1,268 @@
+"""ACRST: CropBank wiring, FBR targets (pastes, occlusion), AFFR refresh, two-stage filtering,
+selective supervision, Table 10 quality variants, state, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minedet.cli.registry import build_method
+from minedet.data.datasets import View
+from minedet.data.transforms import BoxMap, RandomHorizontalFlip
+from minedet.errors import MinedetError
+from minedet.methods.acrst import Acrst, AcrstOptions
+from minedet.structures import Target
+from tests.helpers import random_targets, tiny_detector
+
+SIZE = 64
+
+
+def _det(boxes, labels, scores, image_id=-1):
+    return Target(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64),
+                  torch.tensor(scores, dtype=torch.float32), image_id=image_id)
+
+
+def _batch(n=2, seed=0, pasted=None, flip_weak=False):
+    """Labelled + unlabelled (weak, strong) views. ``pasted``: per unlabelled image a Target of
+    pasted instances (pasted=True) already in its strong view."""
+    g = torch.Generator().manual_seed(seed)
+    m = BoxMap(size=(SIZE, SIZE))
+    lw = [View(torch.rand(3, SIZE, SIZE, generator=g), t, m) for t in random_targets(n, SIZE, empty=(1,), seed=seed)]
+    ls = [View((v.image * 0.7 + 0.1).clamp(0, 1), v.target, m) for v in lw]
+    wm = BoxMap(-1.0, 1.0, SIZE, 0.0, (SIZE, SIZE)) if flip_weak else m
+    uw = [View(torch.rand(3, SIZE, SIZE, generator=g), Target.empty(100 + i), wm) for i in range(n)]
+    us = []
+    for i, v in enumerate(uw):
+        t = Target.empty(100 + i) if pasted is None else pasted[i]
+        us.append(View((v.image * 0.8).clamp(0, 1), t, m))
+    return {
+        "labelled": {"image_id": list(range(n)), "views": {"weak": lw, "strong": ls}},
+        "unlabelled": {"image_id": [100 + i for i in range(n)], "views": {"weak": uw, "strong": us}},
+    }
+
+
+def _fake_teacher(m, per_image):
+    def predict(images, **kw):
+        return [per_image[i % len(per_image)] for i in range(len(images))]
+
+    m.teacher.predict = predict
+
+
+def _acrst(**kw) -> Acrst:
+    kw.setdefault("burn_in", 0)
+    kw.setdefault("two_stage", False)
+    return Acrst(tiny_detector("retinanet", num_classes=3).train(), AcrstOptions(**kw))
+
+
+def _pasted(boxes, labels):
+    t = Target(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels))
+    return t.with_flags(pasted=True, pseudo=True)
+
+
+# ------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("bad, msg", [({"bank": "both_"}, "method.bank"), ({"n_min": 3, "n_max": 1}, "n_min"),
+                                      ({"beta": -1.0}, "beta"), ({"paste_on": "labelled"}, "paste_on"),
+                                      ({"refresh_every": 0}, "refresh_every"), ({"crop_scale": [1.2, 0.8]}, "crop_scale")])
+def test_bad_options_are_one_line_errors(bad, msg):
+    with pytest.raises(MinedetError, match=msg):
+        _acrst(**bad)
+
+
+def test_registry_builds_acrst_and_rejects_unknown_keys():
+    det = tiny_detector("retinanet", num_classes=3)
+    m = build_method({"name": "acrst", "beta": 0.4, "bank": "pseudo"}, det)
+    assert isinstance(m, Acrst) and m.options.beta == 0.4 and m.options.bank == "pseudo"
+    with pytest.raises(MinedetError, match="did you mean 'beta'"):
+        build_method({"name": "acrst", "betta": 0.4}, det)
+
+
+# ------------------------------------------------------------------- FBR targets, occlusion, SS
+def test_unsup_targets_drop_pseudo_boxes_hidden_by_a_paste_and_add_the_pasted_ones():
+    m = _acrst(tau=0.5)
+    _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50]], [0, 1], [0.9, 0.9])])
+    pasted = [_pasted([[0, 0, 20, 20]], [2]), Target.empty(101)]  # covers the first box of image 0 entirely
+    m.training_step(_batch(pasted=pasted))
+    t0, t1 = m._last["unsup_targets"]
+    assert len(t0) == 2 and t0.labels.tolist() == [1, 2], "the covered pseudo box goes, the paste comes"
+    assert t0.flag("pasted").tolist() == [False, True]
+    assert t0.flag("regress").tolist() == [False, True], "selective supervision: only pastes regress"
+    assert len(t1) == 2 and not t1.flag("regress").any(), "no paste: both pseudo boxes stay, none regresses"
+
+
+def test_selective_supervision_keeps_regression_only_from_pastes():
+    m = _acrst(tau=0.5)
+    _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])
+    losses = m.training_step(_batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)]))
+    assert "unsup/bbox_regression" in losses and float(losses["unsup/bbox_regression"]) > 0
+    m2 = _acrst(tau=0.5)
+    _fake_teacher(m2, [_det([[30, 30, 50, 50]], [1], [0.9])])
+    losses = m2.training_step(_batch(pasted=[Target.empty(100), Target.empty(101)]))
+    assert float(losses["unsup/bbox_regression"]) == 0.0, "carried pseudo boxes never regress"
+
+
+def test_without_selective_supervision_no_regression_from_unlabelled_images():
+    m = _acrst(tau=0.5, selective_supervision=False)
+    _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])
+    losses = m.training_step(_batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)]))
+    assert "unsup/bbox_regression" not in losses and "unsup/classification" in losses
+    assert not m._last["unsup_targets"][0].flag("regress").any()
+    # a pasted *pseudo* crop in a labelled image does not regress either; a pasted GT crop does
+    gt = Target(torch.tensor([[1.0, 1, 9, 9], [20, 20, 40, 40], [40, 40, 60, 60]]), torch.tensor([0, 1, 2]),
+                flags={"pasted": torch.tensor([False, True, True]), "pseudo": torch.tensor([False, True, False])})
+    view = View(torch.rand(3, SIZE, SIZE), gt, BoxMap(size=(SIZE, SIZE)))
+    assert m._sup_targets([view])[0].flag("regress").tolist() == [True, False, True]
+    assert _acrst()._sup_targets([view])[0].flag("regress").tolist() == [True, True, True]
+
+
+# ------------------------------------------------------------------------------ two-stage filter
+def test_two_stage_vetoes_classes_the_image_level_classifier_calls_absent():
+    dets = [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.9, 0.8, 0.3])]
+    m = _acrst(tau=0.5, two_stage=True)
+    m.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
+    _fake_teacher(m, dets)
+    m.training_step(_batch())
+    p0, p1 = m._last["pseudo"]
+    assert p0.labels.tolist() == [0], "class 1 is vetoed (0.1 < tau_ml), class 2 fails stage one (0.3 < tau)"
+    assert p1.labels.tolist() == [0, 1]
+    single = _acrst(tau=0.5, two_stage=False)
+    single.image_probs = m.image_probs
+    _fake_teacher(single, dets)
+    single.training_step(_batch())
+    assert single._last["pseudo"][0].labels.tolist() == [0, 1]
+
+
+def test_quality_of_single_two_stage_and_mining_variants_is_logged_against_hidden_truth():
+    from types import SimpleNamespace
+
+    hidden = {100: _det([[2, 2, 12, 12], [40, 2, 60, 20]], [0, 2], [1.0, 1.0]), 101: Target.empty(101)}
+    ds = SimpleNamespace(hidden=True, hidden_target=lambda i: Target(hidden[i].boxes, hidden[i].labels, image_id=i))
+    m = _acrst(tau=0.5, two_stage=True, mining_pos=0.7)
+    m._datasets = {"unlabelled": ds}
+    m.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
+    _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.9, 0.8, 0.3])])
+    m.training_step(_batch())
+    met = m.log_metrics()
+    # image 100: single keeps {0 (TP), 1 (FP)}; two-stage keeps {0}; mining keeps {0, 1, 2 (positive class)}
+    # image 101: no hidden boxes, single/two-stage keep {0, 1}, mining {0, 1, 2}: all false positives
+    assert met["quality_single/precision"] == pytest.approx(1 / 4)
+    assert met["quality_two_stage/precision"] == pytest.approx(1 / 3)
+    assert met["quality_mining/recall"] == pytest.approx(1.0) and met["quality_single/recall"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------ AFFR, bank
+def test_pseudo_recall_accumulates_and_refresh_sets_the_class_probabilities():
+    from minedet.data.cropbank import class_probabilities
+
+    m = _acrst(tau=0.5, refresh_every=2, beta=0.6)
+    _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20], [5, 40, 20, 60]], [0, 0, 1, 2],
+                           [0.9, 0.6, 0.3, 0.05])])
+    m.training_step(_batch())
+    expected = torch.tensor([1.5, 0.3, 0.0], dtype=torch.float64) * 2  # two images; 0.05 <= pr_thresh 0.1
+    assert torch.allclose(m.pr_window, expected)
+    m.after_step(1)
+    assert torch.allclose(m.class_probs, torch.full((3,), 1 / 3)), "no refresh before refresh_every steps"
+    m.training_step(_batch())
+    m.after_step(2)
+    assert torch.allclose(m.class_probs, class_probabilities((2 * expected).float(), 0.6))
+    assert m.class_probs[2] > m.class_probs[1] > m.class_probs[0], "neglected classes are drawn more"
+    assert float(m.pr_window.sum()) == 0.0, "a new window starts"
+    uniform = _acrst(tau=0.5, refresh_every=1, affr=False)
+    _fake_teacher(uniform, [_det([[2, 2, 12, 12]], [0], [0.9])])
+    uniform.training_step(_batch())
+    uniform.after_step(1)
+    assert torch.allclose(uniform.class_probs, torch.full((3,), 1 / 3)), "affr off = beta 0 = uniform FBR"
+
+
+def test_pseudo_bank_keeps_the_latest_pseudo_labels_in_file_pixels():
+    m = _acrst(tau=0.5)
+    m._index_of = {100: 0, 101: 1}
+    _fake_teacher(m, [_det([[2, 2, 12, 12]], [1], [0.9])])
+    m.training_step(_batch(flip_weak=True))  # the weak view is flipped: file x = 64 - view x
+    arrays = m.pseudo_bank.snapshot(m.class_probs, 1)
+    assert len(m.pseudo_bank) == 2
+    assert sorted(arrays.boxes[:, 0].tolist()) == [52.0, 52.0] and set(arrays.labels.tolist()) == {1}
+    _fake_teacher(m, [Target.empty()])
+    m.training_step(_batch())
+    assert len(m.pseudo_bank) == 0, "an image's records are replaced by its latest (empty) pseudo-labels"
+
+
+def test_extra_state_round_trip_restores_bank_and_affr_state():
+    m = _acrst(tau=0.5, refresh_every=1)
+    m._index_of = {100: 0, 101: 1}
+    _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50]], [0, 2], [0.9, 0.8])])
+    m.training_step(_batch())
+    m.after_step(1)
+    state = m.extra_state()
+    n = _acrst(tau=0.5, refresh_every=1)
+    n.load_extra_state(state)
+    assert len(n.pseudo_bank) == len(m.pseudo_bank) == 4
+    assert torch.equal(n.class_probs, m.class_probs) and torch.equal(n.pr_last, m.pr_last)
+    assert n.steps_done == m.steps_done == 1
+
+
+# ---------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def semi_split(tiny_digits, tmp_path_factory):
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.splits import split_semi
+
+    res = split_semi(load_coco(tiny_digits.train_json).raw, 50, 0)
+    out = tmp_path_factory.mktemp("semi_acrst")
+    paths = {}
+    for k in ("labelled", "unlabelled", "hidden"):
+        paths[k] = out / f"{k}.json"
+        save_coco(paths[k], getattr(res, k))
+    return paths
+
+
+def test_acrst_end_to_end_pastes_filters_and_reports(tiny_digits, semi_split, tmp_path):
+    from minedet.cli.train import run_training
+    from minedet.engine.checkpoint import load_model
+    from tests.conftest import tiny_config
+
+    out = tmp_path / "acrst"
+    cfg = tiny_config(tiny_digits, out, data__train=str(semi_split["labelled"]),
+                      data__unlabelled=str(semi_split["unlabelled"]), data__unlabelled_images=str(tiny_digits.image_root),
+                      data__hidden=str(semi_split["hidden"]), method__name="acrst", method__burn_in=2,
+                      method__tau=0.05, method__refresh_every=1, method__n_min=1, method__n_max=3,
+                      method__multilabel={"steps": 4, "burn_in": 2, "batch_size": 2, "image_size": 32, "pretrained": False},
+                      train__max_steps=4, train__ckpt_every=2)
+    result = run_training(cfg, quiet=True)
+    assert result["steps"] == 4 and list(result["reports"]) == ["teacher", "student"]
+    assert (out / "multilabel.pt").is_file() and (out / "multilabel_quality.json").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert "unsup/bbox_regression" in train[3], "selective supervision keeps the regression term"
+    assert train[4]["bank/labelled"] > 0 and "bank/bytes" in train[4]
+    assert train[4]["quality_two_stage/n_hidden"] > 0 and "affr/mu_0" in train[4]
+    losses = [v for k, v in train[4].items() if k.startswith(("sup/", "unsup/"))]
+    assert train[4]["loss"] == pytest.approx(sum(losses)), "bank/, affr/ and quality_*/ metrics are not losses"
+    _, meta = load_model(out / "model.pt")
+    assert meta["role"] == "teacher" and meta["method"] == "acrst"
+    # resume from the step-2 checkpoint: the classifier is reused, not retrained
+    mtime = (out / "multilabel.pt").stat().st_mtime_ns
+    result = run_training(cfg, quiet=True, resume=str(out / "checkpoints" / "last.pt"))
+    assert (out / "multilabel.pt").stat().st_mtime_ns == mtime
+
+
+def test_bind_inserts_the_paste_into_the_strong_views_only(tiny_digits, semi_split, tmp_path):
+    from minedet.cli.train import make_dataset
+    from minedet.data.paste import Paste
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_digits, tmp_path)
+    m = _acrst(paste_on="unlabelled", n_min=2, n_max=2)
+    streams = m.streams()
+    lab = make_dataset(str(semi_split["labelled"]), str(tiny_digits.image_root), cfg, views=streams["labelled"], train=True)
+    unl = make_dataset(str(semi_split["unlabelled"]), str(tiny_digits.image_root), cfg, views=streams["unlabelled"],
+                       train=True, with_targets=False)
+    m.bind({"labelled": lab, "unlabelled": unl}, None)
+    assert isinstance(unl.views["strong"].transforms[0], Paste)
+    assert not any(isinstance(t, Paste) for t in lab.views["strong"].transforms)
+    assert not any(isinstance(t, Paste) for t in unl.views["weak"].transforms)
+    sample = unl[0]
+    strong = sample["views"]["strong"].target
+    assert len(strong) == 2 and strong.flag("pasted").all(), "two crops from the labelled bank"
+    assert len(sample["views"]["weak"].target) == 0, "the teacher's view is untouched"
