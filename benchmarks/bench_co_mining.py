@@ -105,6 +105,8 @@ def main() -> int:
                 rec = train_record(cfg, label={"method": label, "split": split, "seed": seed, "detector": detector}, out_dir=out)
                 if split != "full" and label in ("original", "co_mining"):
                     rec.update(mining_quality(out, cfg))
+                if label in ("original", "co_mining"):
+                    rec["predict_s"] = predict_latency(out / "model.pt", cfg)
                 print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
                 records = [r for r in records if (r["method"], r["split"], r["seed"]) != (label, split, seed)] + [rec]
                 write_results(name, records, note=note(args, steps), derived=derived(records),
@@ -141,6 +143,31 @@ def mining_quality(run: Path, cfg) -> dict:
     return {"mine_pr": rows, "mine_recall_at_p90": recall_at_precision(rows, 0.9)}
 
 
+def predict_latency(model_path: Path, cfg, batches: int = 10, batch_size: int = 8) -> float:
+    """Median seconds of one ``predict`` call on ``batch_size`` val images with the exported model
+    (co-mining exports the plain detector, so this should equal the original model's)."""
+    import time
+
+    import torch
+
+    from minedet.data.coco import load_coco
+    from minedet.data.datasets import DetectionDataset
+    from minedet.engine.checkpoint import load_model
+
+    det, _ = load_model(model_path)
+    det.eval()
+    ds = DetectionDataset(load_coco(cfg.data.val), cfg.data.val_images)
+    images = [ds[i]["views"]["o"].image for i in range(batch_size)]
+    times = []
+    with torch.no_grad():
+        for i in range(batches + 2):
+            t0 = time.perf_counter()
+            det.predict(images)
+            if i >= 2:  # two warm-up calls
+                times.append(time.perf_counter() - t0)
+    return round(sorted(times)[len(times) // 2], 5)
+
+
 def note(args, steps: int) -> str:
     return (f"Digits train split of {args.train_images} images (128 px), val 300 images with full labels; "
             f"{steps} steps of batch 16 per run; each sparse split re-drawn with the run's seed.")
@@ -171,6 +198,14 @@ def derived(records: list[dict]) -> list[str]:
                 lines.append(f"{split}: `minedet mine` with the {m} model reaches precision >= 0.9 at no threshold; its best is "
                              f"{100 * best['precision']:.0f}% precision at score {best['threshold']} recovering "
                              f"{100 * best['recall']:.1f}% of the erased boxes")
+    shares = [r["cogeneration_share"] for r in records if r["method"] == "co_mining" and r.get("cogeneration_share")]
+    if shares:
+        lines.append(f"co-generation share of a co-mining step: {100 * statistics.mean(shares):.1f}% (mean over runs)")
+    p_o = [r["predict_s"] for r in records if r["method"] == "original" and r.get("predict_s")]
+    p_c = [r["predict_s"] for r in records if r["method"] == "co_mining" and r.get("predict_s")]
+    if p_o and p_c:
+        lines.append(f"predict latency co-mining model / original model: {statistics.mean(p_c) / statistics.mean(p_o):.2f}x "
+                     f"({1000 * statistics.mean(p_c):.0f} ms vs {1000 * statistics.mean(p_o):.0f} ms per 8 images)")
     t_o = [r["step_time_s"] for r in records if r["method"] == "original" and r.get("step_time_s")]
     t_c = [r["step_time_s"] for r in records if r["method"] == "co_mining" and r.get("step_time_s")]
     if t_o and t_c:

@@ -87,6 +87,10 @@ def train_record(cfg, *, label: dict, out_dir: Path) -> dict:
         rec["step_time_s"] = trimmed_mean(times)
         compute = [m["step_time"] - m.get("data_time", 0.0) for m in train if m.get("step_time")]
         rec["compute_time_s"] = trimmed_mean(compute)
+    cogen = [m["time/cogeneration"] for m in train if m.get("time/cogeneration") is not None]
+    if cogen and times:
+        rec["cogeneration_s"] = trimmed_mean(cogen)
+        rec["cogeneration_share"] = round(rec["cogeneration_s"] / rec["step_time_s"], 4)
     for key in ("quality/o_precision", "quality/o_recall", "quality/a_precision", "quality/a_recall", "quality/precision", "quality/recall"):
         vals = [m[key] for m in train[-10:] if m.get(key) is not None]
         if vals:

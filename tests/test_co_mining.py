@@ -139,5 +139,7 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert all("o/classification" in r and "a/classification" in r for r in train_rows)
     assert any("quality/o_n_hidden" in r for r in train_rows)
+    assert all(0 < r["time/cogeneration"] < r["step_time"] for r in train_rows), "co-generation is timed inside the step"
+    assert all(abs(r["loss"] - sum(v for k, v in r.items() if k.startswith(("o/", "a/")))) < 1e-6 for r in train_rows)
     assert sorted(p.name for p in (tmp_path / "run" / "renders").glob("mined_step*.png")) == [
         "mined_step000002.png", "mined_step000004.png"]

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from minedet.data.cropbank import CropBank, SnapshotReader, class_probabilities, publish, pseudo_recall
+from minedet.data.cropbank import CropBank, SnapshotReader, class_probabilities, publish, pseudo_recall, union
 from minedet.data.paste import Paste, remove_occluded
 from minedet.data.transforms import Compose
 from minedet.errors import MinedetError
@@ -160,6 +160,9 @@ class Acrst(MeanTeacher):
         lab, unl = datasets.get("labelled"), datasets.get("unlabelled")
         if lab is None or unl is None:
             raise MinedetError("method acrst needs labelled and unlabelled data (data.train and data.unlabelled)")
+        if lab.data.num_classes != self.detector.num_classes:
+            raise MinedetError(f"the detector has {self.detector.num_classes} classes, the labelled data "
+                               f"{lab.data.num_classes}", file=str(lab.data.path))
         self._index_of = {image_id: i for i, image_id in enumerate(unl.ids)}
         self.labelled_bank = CropBank.from_targets(self.detector.num_classes, 0,
                                                    ((i, lab.target(image_id)) for i, image_id in enumerate(lab.ids)))
@@ -237,13 +240,13 @@ class Acrst(MeanTeacher):
             dist.all_reduce(pr)
         if pr.sum() > 0:
             self.pr_last = pr
-            self.class_probs = class_probabilities(pr.float(), self.affr_beta)
+            self.class_probs = class_probabilities(pr, self.affr_beta).float()
         self.pr_window.zero_()
         if self.options.fbr:
             self.publish()
 
     def publish(self) -> None:
-        bank = CropBank.union(*self.banks())
+        bank = union(*self.banks())
         self.version += 1
         publish(bank.snapshot(self.class_probs, self.version), self.bank_path)
         self.metrics.update({"bank/labelled": len(self.labelled_bank), "bank/pseudo": len(self.pseudo_bank),
