@@ -149,9 +149,113 @@ def plots(res: dict) -> list[str]:
     return lines
 
 
+def section_semi(res: dict, title: str) -> list[str]:
+    """Semi-supervised comparison: rows (labelled fraction), columns (method), AP of the saved model
+    (the teacher for Mean Teacher / ACRST), per-class AP of the most frequent and rarest classes,
+    step times, pseudo-label quality (ACRST Table 10 variants) and the multi-label classifier."""
+    recs = res["records"]
+    fractions = sorted({r["fraction"] for r in recs if r.get("fraction") is not None})
+    methods = list(dict.fromkeys(r["method"] for r in recs))
+    detectors = list(dict.fromkeys(r.get("detector", "retinanet") for r in recs))
+    out = [f"## {title}", "", *header(res)]
+    if res.get("note"):
+        out += [res["note"], ""]
+    seeds = sorted({r["seed"] for r in recs})
+    for det in detectors:
+        rows = [r for r in recs if r.get("detector", "retinanet") == det]
+
+        def cell(f, m, key="ap", rows=rows):
+            return [r.get(key) for r in rows if r.get("fraction") == f and r["method"] == m]
+
+        label = f" ({det})" if len(detectors) > 1 else ""
+        out += [f"**AP{label}** of the saved model (teacher for mean_teacher / acrst), mean ± std over seeds {seeds}", "",
+                "| labelled | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for f in fractions:
+            out.append(f"| {f:g}% | " + " | ".join(mean_std(cell(f, m)) for m in methods) + " |")
+        out.append("")
+        students = [m for m in methods if any(r.get("student_ap") is not None for r in rows if r["method"] == m)]
+        if students:
+            out += ["Student AP (the other evaluated model): " + "; ".join(
+                f"{m} {f:g}%: {mean_std(cell(f, m, 'student_ap'))}" for f in fractions for m in students if cell(f, m, 'student_ap')), ""]
+        names = None
+        for r in rows:
+            if r.get("per_class"):
+                names = list(r["per_class"])
+                break
+        if names and len(names) >= 6:
+            freq, rare = names[:3], names[-3:]
+            out += [f"Per-class AP{label} (ACRST Fig. 6): the three most frequent classes {', '.join(freq)} and the three "
+                    f"rarest {', '.join(rare)}", "",
+                    "| labelled | method | " + " | ".join(freq + rare) + " | mean rare |", "|---|---|" + "---|" * 7]
+            for f in fractions:
+                for m in methods:
+                    rs = [r for r in rows if r.get("fraction") == f and r["method"] == m and r.get("per_class")]
+                    if not rs:
+                        continue
+                    vals = [mean_std([r["per_class"].get(c) for r in rs]) for c in freq + rare]
+                    mr = [statistics.mean([r["per_class"][c] for c in rare if r["per_class"].get(c) is not None]) for r in rs]
+                    out.append(f"| {f:g}% | {m} | " + " | ".join(vals) + f" | {mean_std(mr)} |")
+            out.append("")
+    times = {m: [r["step_time_s"] for r in recs if r["method"] == m and r.get("step_time_s")] for m in methods}
+    comp = {m: [r["compute_time_s"] for r in recs if r["method"] == m and r.get("compute_time_s")] for m in methods}
+    if any(times.values()):
+        base = "mean_teacher" if times.get("mean_teacher") else methods[0]
+        out += [f"| method | step time (s) | ratio to {base} | without data wait (s) | ratio |", "|---|---|---|---|---|"]
+        for m in methods:
+            if times[m] and times[base]:
+                t, b = statistics.mean(times[m]), statistics.mean(times[base])
+                c, cb = (statistics.mean(comp[m]), statistics.mean(comp[base])) if comp[m] and comp[base] else (None, None)
+                out.append(f"| {m} | {t:.3f} | {t / b:.2f}× | {'–' if c is None else f'{c:.3f}'} | "
+                           f"{'–' if c is None else f'{c / cb:.2f}×'} |")
+        out += ["", "Step times average every logged step, burn-in included (half of each semi-supervised run).", ""]
+    variants = [("quality_single", "single-stage"), ("quality_two_stage", "two-stage filtering"), ("quality_mining", "two-stage mining")]
+    qrows = [r for r in recs if r.get("quality_single_precision") is not None]
+    if qrows:
+        out += ["Pseudo-labels of the teacher against the hidden truth, cumulative over training (ACRST Table 10):", "",
+                "| method | labelled | " + " | ".join(f"{v} precision | {v} recall" for _, v in variants) + " |",
+                "|---|---|" + "---|---|" * len(variants)]
+        for m in methods:
+            for f in fractions:
+                rs = [r for r in qrows if r["method"] == m and r.get("fraction") == f]
+                if rs:
+                    vals = []
+                    for k, _ in variants:
+                        for q in ("precision", "recall"):
+                            xs = [r.get(f"{k}_{q}") for r in rs if r.get(f"{k}_{q}") is not None]
+                            vals.append(f"{statistics.mean(xs):.3f}" if xs else "–")
+                    out.append(f"| {m} | {f:g}% | " + " | ".join(vals) + " |")
+        out.append("")
+    ml = [r["multilabel"] for r in recs if r.get("multilabel")]
+    if ml:
+        def avg(k):
+            xs = [d[k] for d in ml if d.get(k) is not None and d[k] == d[k]]
+            return f"{statistics.mean(xs):.3f}" if xs else "–"
+        out += [f"Multi-label classifier (SSMLL) on the unlabelled images, mean of {len(ml)} runs (ACRST Table 9): negative labels "
+                f"(p < {ml[0].get('tau_ml')}) accuracy {avg('neg_accuracy')}, recall {avg('neg_recall')}; positive labels "
+                f"(p >= {ml[0].get('pos_thresh')}) accuracy {avg('pos_accuracy')}, recall {avg('pos_recall')}.", ""]
+    curves = {}
+    for r in recs:
+        for key in ("quality/precision", "quality/recall"):
+            pts = [(c["step"], c[key]) for c in r.get("curve", []) if c.get(key) is not None]
+            if pts and r["seed"] == seeds[0]:
+                curves[f"{r['method']} {r.get('fraction'):g}% {key.split('/')[1]}"] = ([p[0] for p in pts], [p[1] for p in pts])
+    if curves:
+        from minedet.viz import plot_curves
+
+        path = IMG / f"{res['name']}_pseudo_quality.png"
+        plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
+                    title=f"Teacher pseudo-labels per logged step (seed {seeds[0]})")
+        out += [f"![pseudo-label quality](img/{path.name})", ""]
+    for line in res.get("derived", []):
+        out.append(f"- {line}")
+    return out + [""]
+
+
 RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_loader}
 TITLES = {"co_mining": "Co-mining (digits, RetinaNet)", "co_mining_tables": "Co-mining tables in miniature",
-          "semi": "Semi-supervised (digits, long-tailed)"}
+          "semi": "Semi-supervised (digits, long-tailed): supervised vs STAC vs Mean Teacher vs ACRST",
+          "semi_ablation": "ACRST ablation (Table 4 in miniature)", "semi_bank": "ACRST CropBank type and crops per image (Table 5)",
+          "semi_beta": "ACRST AFFR beta (Table 6)", "semi_detectors": "ACRST on FCOS and Faster R-CNN"}
 
 
 def main() -> int:
@@ -159,12 +263,18 @@ def main() -> int:
     lines = ["# Benchmarks", "",
              "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit by hand.",
              "Each section names the command that produced its numbers. Ratios are measured within one run on one machine.", ""]
-    order = ["demo", "co_mining", "co_mining_tables", "semi", "loader", "splits"]
+    order = ["demo", "co_mining", "co_mining_tables", "semi", "semi_ablation", "semi_bank", "semi_beta", "semi_detectors",
+             "loader", "splits"]
     results = {json.loads(f.read_text())["name"]: json.loads(f.read_text()) for f in files}
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
         render = RENDERERS.get(name)
-        lines += render(res) if render else section_runs(res, TITLES.get(name, name))
+        if render:
+            lines += render(res)
+        elif name.startswith("semi"):
+            lines += section_semi(res, TITLES.get(name, name))
+        else:
+            lines += section_runs(res, TITLES.get(name, name))
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     from minedet.io import write_text_atomic
 

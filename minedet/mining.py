@@ -5,8 +5,12 @@ The filters are Co-mining's co-generation rules (Wang et al., AAAI 2021, Alg. 1)
 time to one exported detector instead of a Siamese branch:
 
 1. score > ``score`` (tau), class-wise NMS at ``nms`` (theta1), at most ``max_dets`` per image;
-2. a box whose IoU with a ground-truth box **of the same class** is > ``iou_gt`` (theta2) is dropped
-   (crowd boxes count as ground truth here: a box over a crowd region is not a missing instance);
+2. a box whose IoU with a ground-truth box is > ``iou_gt`` (theta2) is dropped (crowd boxes count
+   as ground truth here: a box over a crowd region is not a missing instance). ``gt_match="any"``
+   (default) compares with labelled boxes of **every** class: a labelled object is not missing,
+   whatever class the detector gives it — measured on digits, such second-class detections on
+   labelled objects were most of the false positives of the same-class rule. ``gt_match="same"``
+   is Co-mining's training rule (same class only);
 3. boxes under 1 px wide or high (after clipping to the image and rounding to 0.01 px) are dropped;
 4. optional test-time agreement (``agree="color"`` or ``"flip"``): the detector also sees an
    augmented copy of the image (colour jitter drawn from a generator seeded by ``(seed, image id)``,
@@ -78,6 +82,7 @@ class MineSettings:
     agree_iou: float
     floor: float
     seed: int
+    gt_match: str = "any"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -229,6 +234,7 @@ def mine_dataset(
     max_dets: int = 100,
     agree: str = "none",
     agree_iou: float = 0.5,
+    gt_match: str = "any",
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -244,6 +250,7 @@ def mine_dataset(
         data: the labelled dataset (its normalised boxes are the ground truth the filter compares with).
         image_root: folder the ``file_name`` entries are relative to.
         score, nms, iou_gt, max_dets: the co-generation filter (module docstring).
+        gt_match: ``"any"`` (drop boxes on a labelled box of any class) or ``"same"`` (same class only).
         agree: ``"none"``, ``"color"`` or ``"flip"`` test-time agreement; ``agree_iou`` its IoU.
         batch_size: images per forward pass.
         progress: a tqdm bar on stderr.
@@ -268,6 +275,8 @@ def mine_dataset(
     batch_size = _check_pos_int("batch_size", batch_size)
     if agree not in AGREE_MODES:
         raise MinedetError(f"agree must be one of {', '.join(AGREE_MODES)}, got {agree!r}")
+    if gt_match not in ("any", "same"):
+        raise MinedetError(f"gt_match must be any or same, got {gt_match!r}")
     floor = score if collect_down_to is None else min(score, _check_unit("collect_down_to", collect_down_to))
     names = list(data.class_names)
     spec = getattr(detector, "spec", None)
@@ -278,7 +287,7 @@ def mine_dataset(
         raise MinedetError(
             f"the model has {detector.num_classes} classes but the data has {len(names)}", file=str(data.path)
         )
-    settings = MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed))
+    settings = MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match)
     root = Path(image_root)
     if not root.is_dir():
         raise MinedetError("image folder not found", file=str(root))
@@ -313,7 +322,7 @@ def mine_dataset(
                 t = Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(), image_id=iid)
                 t = filt(t)
                 t = min_size(_round_clip(t, int(r["width"]), int(r["height"])), MIN_BOX_SIDE)
-                t = drop_overlapping(t, gt_target(data, iid), iou_gt, same_class=True)
+                t = drop_overlapping(t, gt_target(data, iid), iou_gt, same_class=gt_match == "same")
                 if others is not None:
                     t, gate, reported = _agreement(t, others[k], agree_iou)
                     t = Target(t.boxes, t.labels, reported, image_id=iid)
@@ -542,7 +551,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 <h1>Mined boxes for review</h1>
 <p>{result.n_mined} boxes mined on {len(result.gains())} of {len(result.mined)} images
 (score &gt; {s.score:g}, NMS {s.nms:g}, at most {s.max_dets} per image, dropped when IoU &gt; {s.iou_gt:g}
-with a same-class labelled box, agreement: {e(s.agree)}).
+with a labelled box of {"the same" if s.gt_match == "same" else "any"} class, agreement: {e(s.agree)}).
 Original boxes <span style="color:rgb{GREEN}">green</span>, mined boxes <span style="color:rgb{RED}">red</span>
 with class and score. The {len(entries)} images that gained most, most first.</p>
 <table><tr><th>#</th><th>image id</th><th>file</th><th>original boxes</th><th>mined boxes</th><th>render</th></tr>

@@ -118,8 +118,8 @@ def test_original_annotations_untouched_and_mined_fields(det, sparse) -> None:
 
 def test_mined_boxes_never_duplicate_same_class_ground_truth(det, sparse) -> None:
     data, _, _, root, *_ = sparse
-    loose = _mine(det, data, root, iou_gt=1.0)  # nothing dropped for overlapping ground truth
-    strict = _mine(det, data, root, iou_gt=0.4)
+    loose = _mine(det, data, root, iou_gt=1.0, gt_match="same")  # nothing dropped for overlapping ground truth
+    strict = _mine(det, data, root, iou_gt=0.4, gt_match="same")
     dup_loose = 0
     for im in data.images:
         iid = im["id"]
@@ -136,6 +136,25 @@ def test_mined_boxes_never_duplicate_same_class_ground_truth(det, sparse) -> Non
         assert _rows(strict.mined[iid]) <= _rows(loose.mined[iid])
     assert dup_loose > 0  # the rule had something to drop
     assert strict.n_mined == loose.n_mined - dup_loose
+
+
+def test_by_default_a_labelled_box_of_any_class_is_not_mined_again(det, sparse) -> None:
+    data, _, _, root, *_ = sparse
+    same = _mine(det, data, root, iou_gt=0.4, gt_match="same", score=0.05)
+    anyc = _mine(det, data, root, iou_gt=0.4, score=0.05)
+    assert anyc.settings.gt_match == "any"
+    other_class_dups = 0
+    for im in data.images:
+        iid = im["id"]
+        gt = gt_target(data, iid)
+        assert _rows(anyc.mined[iid]) <= _rows(same.mined[iid])
+        if len(gt) and len(anyc.mined[iid]):
+            assert float(box_iou(anyc.mined[iid].boxes, gt.boxes).max()) <= 0.4
+        if len(gt) and len(same.mined[iid]):
+            other_class_dups += int((box_iou(same.mined[iid].boxes, gt.boxes) > 0.4).any(1).sum())
+    assert other_class_dups > 0 and anyc.n_mined == same.n_mined - other_class_dups
+    with pytest.raises(MinedetError, match="gt_match"):
+        _mine(det, data, root, gt_match="class")
 
 
 def test_images_without_boxes(det, sparse, tiny_digits) -> None:

@@ -17,7 +17,8 @@ Run an exported model (model.pt of 'minedet train') over every image of a labell
 hand back the boxes its labels miss (Co-mining's co-generation rules, Wang et al., AAAI 2021):
 
   1. keep detections with score > --score, class-wise NMS at --nms, at most --max-dets per image;
-  2. drop a detection whose IoU with a labelled box OF THE SAME CLASS is > --iou-gt;
+  2. drop a detection whose IoU with a labelled box (of any class; --gt-match same: of its own class,
+     Co-mining's training rule) is > --iou-gt;
   3. --agree color|flip (optional): also run the model on a colour-jittered (seeded per image) or
      horizontally flipped copy; keep a box only when that copy has a detection of the same class
      with IoU >= --agree-iou whose score is also > --score. The kept box's score is the mean of both.
@@ -45,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score", type=float, default=0.6, help="score threshold tau (default 0.6)")
     p.add_argument("--nms", type=float, default=0.5, help="class-wise NMS IoU (default 0.5)")
     p.add_argument("--iou-gt", type=float, default=0.4,
-                   help="drop a box whose IoU with a same-class labelled box is above this (default 0.4)")
+                   help="drop a box whose IoU with a labelled box is above this (default 0.4)")
+    p.add_argument("--gt-match", choices=["any", "same"], default="any",
+                   help="compare with labelled boxes of any class (default: a labelled object is not missing, whatever "
+                        "the detector calls it) or of the same class only (Co-mining's training rule)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many mined boxes per image (default 100)")
     p.add_argument("--agree", choices=["none", "color", "flip"], default="none",
                    help="test-time agreement with an augmented view (default none)")
@@ -106,7 +110,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
     res = mine_dataset(
         det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
-        agree=args.agree, agree_iou=args.agree_iou, batch_size=args.batch_size, device=info.device,
+        agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, batch_size=args.batch_size, device=info.device,
         progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
         source=source,
     )
