@@ -266,3 +266,28 @@ def test_bind_inserts_the_paste_into_the_strong_views_only(tiny_digits, semi_spl
     strong = sample["views"]["strong"].target
     assert len(strong) == 2 and strong.flag("pasted").all(), "two crops from the labelled bank"
     assert len(sample["views"]["weak"].target) == 0, "the teacher's view is untouched"
+
+
+# ------------------------------------------------------------------------------------ data.semi
+def test_data_semi_splits_once_and_is_idempotent(tiny_digits, tmp_path):
+    from minedet.cli.train import resolve_data
+    from minedet.data.coco import load_coco
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_digits, tmp_path / "run", data__semi={"percent": 50, "seed": 1},
+                      data__cache_dir=str(tmp_path / "cache"))
+    cfg = resolve_data(cfg, quiet=True)
+    lab, unl, hid = load_coco(cfg.data.train), load_coco(cfg.data.unlabelled), load_coco(cfg.data.hidden)
+    full = load_coco(tiny_digits.train_json)
+    lab_ids, unl_ids = {im["id"] for im in lab.images}, {im["id"] for im in unl.images}
+    assert lab_ids.isdisjoint(unl_ids) and lab_ids | unl_ids == {im["id"] for im in full.images}
+    assert len(lab_ids) == 6 and not unl.annotations
+    assert {a["image_id"] for a in hid.annotations} <= unl_ids
+    assert cfg.data.unlabelled_images == cfg.data.train_images == str(tiny_digits.image_root)
+    again = resolve_data(cfg, quiet=True)  # run_training resolves once more: nothing changes
+    assert (again.data.train, again.data.unlabelled, again.data.hidden) == (cfg.data.train, cfg.data.unlabelled, cfg.data.hidden)
+    other = resolve_data(tiny_config(tiny_digits, tmp_path / "run", data__semi={"percent": 50, "seed": 1},
+                                     data__cache_dir=str(tmp_path / "cache")), quiet=True)
+    assert other.data.train == cfg.data.train, "the same split is found in the cache"
+    with pytest.raises(MinedetError, match="data.semi"):
+        resolve_data(tiny_config(tiny_digits, tmp_path / "r2", data__semi={"pct": 5}, data__cache_dir=str(tmp_path / "c2")))

@@ -88,6 +88,7 @@ def _resolve_semi(cfg: Config, quiet: bool) -> Config:
     d.train, d.train_images = str(paths["labelled"]), images
     d.unlabelled, d.unlabelled_images = str(paths["unlabelled"]), d.unlabelled_images or images
     d.hidden = str(paths["hidden"])
+    d.semi = None  # resolved: the paths above are the split (their folder holds its manifest.json)
     return cfg
 
 
