@@ -7,6 +7,7 @@ Usage:
   python benchmarks/bench_semi.py --table bank               # Table 5: CropBank type and crops per image
   python benchmarks/bench_semi.py --table beta               # Table 6: AFFR beta
   python benchmarks/bench_semi.py --table detectors          # ACRST on FCOS and Faster R-CNN vs Mean Teacher
+  python benchmarks/bench_semi.py --table stac               # Table 7: STAC + ACRST, + two-stage, + selective supervision
 
 Scale-down (stated in docs/benchmarks.md): digits scenes stand in for COCO, with a long-tailed
 class distribution (class "0" --imbalance times as frequent as "9"); the labelled fractions are
@@ -43,6 +44,10 @@ METHODS = {
     "bank_pseudo": {"name": "acrst", "bank": "pseudo"},
     "n0-5": {"name": "acrst", "n_max": 5},
     "n10-10": {"name": "acrst", "n_min": 10, "n_max": 10},
+    # Table 7: STAC + ACRST
+    "stac+acrst": {"name": "stac_acrst", **ACRST_OFF, "fbr": True, "affr": True},
+    "stac+acrst+two_stage": {"name": "stac_acrst", **ACRST_OFF, "fbr": True, "affr": True, "two_stage": True},
+    "stac+acrst+two_stage+ss": {"name": "stac_acrst"},
 }
 
 TABLES = {
@@ -51,6 +56,7 @@ TABLES = {
     "bank": ["bank_labelled", "bank_pseudo", "n0-5", "acrst", "n10-10"],
     "beta": ["beta0", "beta0.2", "beta0.4", "acrst", "beta0.8"],
     "detectors": ["mean_teacher", "acrst"],
+    "stac": ["supervised", "stac", "stac+acrst", "stac+acrst+two_stage", "stac+acrst+two_stage+ss"],
 }
 
 
@@ -124,7 +130,7 @@ def main() -> int:
                     m = method_cfg(label)
                     if m["name"] == "supervised":
                         cfg.data.unlabelled = cfg.data.hidden = None
-                    elif m["name"] == "stac":
+                    elif m["name"] in ("stac", "stac_acrst"):
                         if sup_model is None:
                             raise SystemExit("stac needs the supervised run of the same seed and fraction first")
                         m["teacher"] = sup_model

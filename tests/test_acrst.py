@@ -120,14 +120,14 @@ def test_without_selective_supervision_no_regression_from_unlabelled_images():
 def test_two_stage_vetoes_classes_the_image_level_classifier_calls_absent():
     dets = [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.9, 0.8, 0.3])]
     m = _acrst(tau=0.5, two_stage=True)
-    m.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
+    m.rb.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
     _fake_teacher(m, dets)
     m.training_step(_batch())
     p0, p1 = m._last["pseudo"]
     assert p0.labels.tolist() == [0], "class 1 is vetoed (0.1 < tau_ml), class 2 fails stage one (0.3 < tau)"
     assert p1.labels.tolist() == [0, 1]
     single = _acrst(tau=0.5, two_stage=False)
-    single.image_probs = m.image_probs
+    single.rb.image_probs = m.rb.image_probs
     _fake_teacher(single, dets)
     single.training_step(_batch())
     assert single._last["pseudo"][0].labels.tolist() == [0, 1]
@@ -140,7 +140,7 @@ def test_quality_of_single_two_stage_and_mining_variants_is_logged_against_hidde
     ds = SimpleNamespace(hidden=True, hidden_target=lambda i: Target(hidden[i].boxes, hidden[i].labels, image_id=i))
     m = _acrst(tau=0.5, two_stage=True, mining_pos=0.7)
     m._datasets = {"unlabelled": ds}
-    m.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
+    m.rb.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
     _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.9, 0.8, 0.3])])
     m.training_step(_batch())
     met = m.log_metrics()
@@ -160,45 +160,45 @@ def test_pseudo_recall_accumulates_and_refresh_sets_the_class_probabilities():
                            [0.9, 0.6, 0.3, 0.05])])
     m.training_step(_batch())
     expected = torch.tensor([1.5, 0.3, 0.0], dtype=torch.float64) * 2  # two images; 0.05 <= pr_thresh 0.1
-    assert torch.allclose(m.pr_window, expected)
+    assert torch.allclose(m.rb.pr_window, expected)
     m.after_step(1)
-    assert torch.allclose(m.class_probs, torch.full((3,), 1 / 3)), "no refresh before refresh_every steps"
+    assert torch.allclose(m.rb.class_probs, torch.full((3,), 1 / 3)), "no refresh before refresh_every steps"
     m.training_step(_batch())
     m.after_step(2)
-    assert torch.allclose(m.class_probs, class_probabilities(2 * expected, 0.6).float())
-    assert m.class_probs[2] > m.class_probs[1] > m.class_probs[0], "neglected classes are drawn more"
-    assert float(m.pr_window.sum()) == 0.0, "a new window starts"
+    assert torch.allclose(m.rb.class_probs, class_probabilities(2 * expected, 0.6).float())
+    assert m.rb.class_probs[2] > m.rb.class_probs[1] > m.rb.class_probs[0], "neglected classes are drawn more"
+    assert float(m.rb.pr_window.sum()) == 0.0, "a new window starts"
     uniform = _acrst(tau=0.5, refresh_every=1, affr=False)
     _fake_teacher(uniform, [_det([[2, 2, 12, 12]], [0], [0.9])])
     uniform.training_step(_batch())
     uniform.after_step(1)
-    assert torch.allclose(uniform.class_probs, torch.full((3,), 1 / 3)), "affr off = beta 0 = uniform FBR"
+    assert torch.allclose(uniform.rb.class_probs, torch.full((3,), 1 / 3)), "affr off = beta 0 = uniform FBR"
 
 
 def test_pseudo_bank_keeps_the_latest_pseudo_labels_in_file_pixels():
     m = _acrst(tau=0.5)
-    m._index_of = {100: 0, 101: 1}
+    m.rb.index_of = {100: 0, 101: 1}
     _fake_teacher(m, [_det([[2, 2, 12, 12]], [1], [0.9])])
     m.training_step(_batch(flip_weak=True))  # the weak view is flipped: file x = 64 - view x
-    arrays = m.pseudo_bank.snapshot(m.class_probs, 1)
-    assert len(m.pseudo_bank) == 2
+    arrays = m.rb.pseudo_bank.snapshot(m.rb.class_probs, 1)
+    assert len(m.rb.pseudo_bank) == 2
     assert sorted(arrays.boxes[:, 0].tolist()) == [52.0, 52.0] and set(arrays.labels.tolist()) == {1}
     _fake_teacher(m, [Target.empty()])
     m.training_step(_batch())
-    assert len(m.pseudo_bank) == 0, "an image's records are replaced by its latest (empty) pseudo-labels"
+    assert len(m.rb.pseudo_bank) == 0, "an image's records are replaced by its latest (empty) pseudo-labels"
 
 
 def test_extra_state_round_trip_restores_bank_and_affr_state():
     m = _acrst(tau=0.5, refresh_every=1)
-    m._index_of = {100: 0, 101: 1}
+    m.rb.index_of = {100: 0, 101: 1}
     _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50]], [0, 2], [0.9, 0.8])])
     m.training_step(_batch())
     m.after_step(1)
     state = m.extra_state()
     n = _acrst(tau=0.5, refresh_every=1)
     n.load_extra_state(state)
-    assert len(n.pseudo_bank) == len(m.pseudo_bank) == 4
-    assert torch.equal(n.class_probs, m.class_probs) and torch.equal(n.pr_last, m.pr_last)
+    assert len(n.rb.pseudo_bank) == len(m.rb.pseudo_bank) == 4
+    assert torch.equal(n.rb.class_probs, m.rb.class_probs) and torch.equal(n.rb.pr_last, m.rb.pr_last)
     assert n.steps_done == m.steps_done == 1
 
 
@@ -291,3 +291,48 @@ def test_data_semi_splits_once_and_is_idempotent(tiny_digits, tmp_path):
     assert other.data.train == cfg.data.train, "the same split is found in the cache"
     with pytest.raises(MinedetError, match="data.semi"):
         resolve_data(tiny_config(tiny_digits, tmp_path / "r2", data__semi={"pct": 5}, data__cache_dir=str(tmp_path / "c2")))
+
+
+# -------------------------------------------------------------------------- STAC + ACRST (Table 7)
+def test_stac_acrst_labels_once_through_both_stages_and_pastes(tiny_digits, semi_split, tmp_path):
+    from minedet.cli.train import build_spec, run_training
+    from minedet.data.coco import load_coco
+    from minedet.engine.checkpoint import export_model
+    from minedet.models.build import build_detector
+    from tests.conftest import tiny_config
+
+    over = dict(data__train=str(semi_split["labelled"]), data__unlabelled=str(semi_split["unlabelled"]),
+                data__unlabelled_images=str(tiny_digits.image_root), data__hidden=str(semi_split["hidden"]),
+                data__val=None, train__max_steps=2, train__warmup_steps=0, train__ckpt_every=0)
+    cfg = tiny_config(tiny_digits, tmp_path / "sup", **over)
+    teacher = build_detector(build_spec(cfg, load_coco(cfg.data.train)), pretrained=False)
+    export_model(tmp_path / "sup" / "model.pt", teacher, meta={"method": "supervised"})
+    out = tmp_path / "stac_acrst"
+    cfg = tiny_config(tiny_digits, out, method__name="stac_acrst", method__teacher=str(tmp_path / "sup" / "model.pt"),
+                      method__tau=0.001, method__pr_thresh=0.001, method__max_dets=5, method__n_min=1, method__n_max=2,
+                      method__multilabel={"steps": 2, "burn_in": 1, "batch_size": 2, "image_size": 32, "pretrained": False},
+                      **over)
+    result = run_training(cfg, quiet=True)
+    assert result["steps"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in rows if r["kind"] == "train"][0]
+    assert first["bank/pseudo"] > 0 and first["bank/labelled"] > 0, "the once-only labels fill the pseudo bank"
+    assert "affr/mu_0" in first and abs(sum(first[f"affr/mu_{k}"] for k in range(10)) - 1) < 1e-5
+    assert {"sup/classification", "unsup/classification", "unsup/bbox_regression"} <= set(first)
+    assert (out / "multilabel.pt").is_file()
+
+
+def test_stac_acrst_selective_supervision_flags():
+    det = tiny_detector("retinanet", num_classes=3)
+    teacher = tiny_detector("retinanet", num_classes=3)
+    from minedet.methods.acrst import StacAcrst, StacAcrstOptions
+
+    m = StacAcrst(det, StacAcrstOptions(two_stage=False), teacher=teacher)
+    m.labelled_once = True
+    m.pseudo = {100: _det([[30, 30, 50, 50]], [1], [0.95]).with_flags(pseudo=True, regress=False), 101: Target.empty(101)}
+    batch = _batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)])
+    targets = m.unsup_targets(batch)
+    assert targets[0].flag("pasted").tolist() == [False, True] and targets[0].flag("regress").tolist() == [False, True]
+    m2 = StacAcrst(det, StacAcrstOptions(two_stage=False, selective_supervision=False), teacher=teacher)
+    m2.pseudo = {100: _det([[30, 30, 50, 50]], [1], [0.95]).with_flags(pseudo=True, regress=True), 101: Target.empty(101)}
+    assert m2.unsup_targets(batch)[0].flag("regress").tolist() == [True, True], "without SS: STAC regresses every pseudo box"

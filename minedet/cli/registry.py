@@ -8,7 +8,7 @@ import difflib
 from minedet.config import from_dict
 from minedet.errors import MinedetError
 from minedet.methods.base import Method
-from minedet.methods.acrst import Acrst, AcrstOptions
+from minedet.methods.acrst import Acrst, AcrstOptions, StacAcrst, StacAcrstOptions
 from minedet.methods.co_mining import CoMining, CoMiningOptions
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from minedet.methods.stac import Stac, StacOptions
@@ -21,6 +21,7 @@ METHODS: dict[str, tuple[type[Method], type]] = {
     "mean_teacher": (MeanTeacher, MeanTeacherOptions),
     "stac": (Stac, StacOptions),
     "acrst": (Acrst, AcrstOptions),
+    "stac_acrst": (StacAcrst, StacAcrstOptions),
 }
 
 

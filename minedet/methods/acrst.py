@@ -28,6 +28,10 @@ with its own switch so the paper's ablations (Tables 4-7, 10) run from one confi
   CropBank instances supervise box regression; all pseudo-labels supervise classification. Off:
   no regression from unlabelled images (Eq. 5), and pasted *pseudo* crops do not regress anywhere.
 
+``stac_acrst`` (Table 7) adds the same parts to STAC: the teacher labels the unlabelled images
+once (score > ``pr_thresh`` for Pseudo Recall, then the two stages), those labels fill the pseudo
+bank, and crops are pasted into STAC's strong views. Both methods hold one :class:`Rebalancer`.
+
 Choices the paper leaves open (documented, tested): pastes start at step 0 from the labelled bank
 (uniform classes until the teacher has produced a Pseudo Recall); classes with no detection get a
 finite AFFR probability (``class_probabilities``); under DDP each rank keeps the pseudo bank of the
@@ -53,8 +57,9 @@ from minedet.data.paste import Paste, remove_occluded
 from minedet.data.transforms import Compose
 from minedet.errors import MinedetError
 from minedet.io import write_text_atomic
-from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions, carry, drop_regression
 from minedet.methods.base import prefixed
+from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions, carry, drop_regression
+from minedet.methods.stac import Stac, StacOptions
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
@@ -64,14 +69,14 @@ BANKS = ("labelled", "pseudo", "both")
 
 
 @dataclass
-class AcrstOptions(MeanTeacherOptions):
-    """Mean Teacher's options plus:
+class AcrstParts:
+    """ACRST's switches (shared by ``acrst`` and ``stac_acrst``):
 
     fbr: paste CropBank crops into strong views (FBR); affr: class-adaptive sampling (AFFR);
     beta: AFFR exponent (Eq. 9); pr_thresh: score threshold of Pseudo Recall (Eq. 8);
     bank: labelled | pseudo | both; n_min / n_max: crops per image (Table 5);
     paste_on: unlabelled | both (which streams' strong views get pastes);
-    refresh_every: steps between pseudo-bank / AFFR refreshes;
+    refresh_every: steps between pseudo-bank / AFFR refreshes (acrst);
     crop_scale / crop_flip / crop_color: crop augmentation; occlusion: covered share that removes
     an instance; two_stage: the multi-label veto (stage two); tau_ml: its threshold;
     mining_pos: image-level positive threshold of Table 10's "two-stage mining" (logged only);
@@ -99,6 +104,219 @@ class AcrstOptions(MeanTeacherOptions):
     multilabel_checkpoint: str = ""
     selective_supervision: bool = True
 
+    def check(self) -> None:
+        if self.bank not in BANKS:
+            raise MinedetError(f"method.bank must be one of {', '.join(BANKS)}, got {self.bank!r}")
+        if self.paste_on not in ("unlabelled", "both"):
+            raise MinedetError(f"method.paste_on must be unlabelled or both, got {self.paste_on!r}")
+        if not 0 <= self.n_min <= self.n_max:
+            raise MinedetError(f"method.n_min / n_max must satisfy 0 <= n_min <= n_max, got {self.n_min} / {self.n_max}")
+        if self.beta < 0:
+            raise MinedetError(f"method.beta must be >= 0, got {self.beta}")
+        if self.refresh_every < 1:
+            raise MinedetError(f"method.refresh_every must be >= 1, got {self.refresh_every}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
+            raise MinedetError(f"method.crop_scale must be [lo, hi] with 0 < lo <= hi, got {self.crop_scale}")
+
+
+@dataclass
+class AcrstOptions(AcrstParts, MeanTeacherOptions):
+    """Mean Teacher's options (:class:`MeanTeacherOptions`) plus ACRST's (:class:`AcrstParts`)."""
+
+
+@dataclass
+class StacAcrstOptions(AcrstParts, StacOptions):
+    """STAC's options (:class:`StacOptions`) plus ACRST's (:class:`AcrstParts`); Table 7."""
+
+
+class Rebalancer:
+    """CropBank + AFFR + the two-stage filter + selective-supervision targets: the ACRST parts a
+    self-training method holds (not a module: its state travels in ``extra_state``).
+
+    Args:
+        parts: the switches. num_classes: K. classifier: an SSMLL classifier to use for stage two
+        instead of training or loading one.
+    """
+
+    def __init__(self, parts: AcrstParts, num_classes: int, classifier=None) -> None:
+        parts.check()
+        self.o = parts
+        self.k = num_classes
+        self.classifier = classifier
+        self.labelled_bank = CropBank(num_classes)
+        self.pseudo_bank = CropBank(num_classes)
+        self.pr_window = torch.zeros(num_classes, dtype=torch.float64)  # Eq. 8, summed since the last refresh
+        self.pr_last = torch.zeros(num_classes, dtype=torch.float64)
+        self.class_probs = torch.full((num_classes,), 1.0 / num_classes)
+        self.version = 0
+        self.image_probs: dict[int, Tensor] = {}
+        self.index_of: dict[int, int] = {}
+        self.multilabel_quality: dict | None = None
+        self._bank_dir: Path | None = None
+        self.bound = False
+
+    @property
+    def beta(self) -> float:
+        return self.o.beta if self.o.affr else 0.0
+
+    @property
+    def bank_path(self) -> Path:
+        if self._bank_dir is None:
+            self._bank_dir = Path(tempfile.mkdtemp(prefix="minedet-cropbank-"))
+            atexit.register(shutil.rmtree, self._bank_dir, True)
+        return self._bank_dir / "snapshot.pt"
+
+    # ------------------------------------------------------------------ wiring
+    def bind(self, lab, unl, out_dir: Path | None, device: torch.device, metrics: dict) -> None:
+        """Labelled bank from ``lab``'s ground truth; the Paste transform in the strong views;
+        the first snapshot; the multi-label classifier and its probabilities on ``unl``."""
+        o = self.o
+        if lab is None or unl is None:
+            raise MinedetError("ACRST needs labelled and unlabelled data (data.train and data.unlabelled)")
+        if lab.data.num_classes != self.k:
+            raise MinedetError(f"the detector has {self.k} classes, the labelled data {lab.data.num_classes}",
+                               file=str(lab.data.path))
+        self.index_of = {image_id: i for i, image_id in enumerate(unl.ids)}
+        self.labelled_bank = CropBank.from_targets(self.k, 0, ((i, lab.target(image_id)) for i, image_id in enumerate(lab.ids)))
+        if o.fbr:
+            paths = [[lab.image_root / im["file_name"] for im in lab.data.images],
+                     [unl.image_root / im["file_name"] for im in unl.data.images]]
+            paste = Paste(SnapshotReader(self.bank_path), paths, n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
+                          flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion)
+            for ds in ([lab, unl] if o.paste_on == "both" else [unl]):
+                ds.views = {**ds.views, "strong": Compose([paste, *ds.views["strong"].transforms])}
+            self.publish(metrics)
+        if o.two_stage:
+            self._prepare_multilabel(lab, unl, out_dir, device, metrics)
+        self.bound = True
+
+    def _prepare_multilabel(self, lab, unl, out_dir, device, metrics) -> None:
+        from minedet.config import from_dict
+        from minedet.models.multilabel import (MultiLabelOptions, image_labels, load_multilabel, negative_label_quality,
+                                               save_multilabel, train_multilabel)
+
+        o = self.o
+        clf = self.classifier
+        saved = None if out_dir is None else out_dir / "multilabel.pt"
+        if clf is None and o.multilabel_checkpoint:
+            clf = load_multilabel(o.multilabel_checkpoint)
+        elif clf is None and saved is not None and saved.is_file():  # resumed run: the classifier is already trained
+            clf = load_multilabel(saved)
+        elif clf is None:
+            mopts = from_dict(MultiLabelOptions, dict(o.multilabel), where="method.multilabel")
+            clf = train_multilabel(lab, unl, self.k, mopts, progress=saved is not None, device=device)
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                save_multilabel(clf, saved)
+        if getattr(clf, "num_classes", self.k) != self.k:
+            raise MinedetError(f"the multi-label classifier has {clf.num_classes} classes, the detector {self.k}",
+                               file=o.multilabel_checkpoint or None)
+        clf.to(device)
+        self.image_probs = {int(i): v.float().cpu() for i, v in _gather_probs(clf, unl, device).items()}
+        if getattr(unl, "hidden", None) is not None:
+            truth = {i: image_labels(unl.hidden_target(i), self.k) for i in self.image_probs}
+            self.multilabel_quality = negative_label_quality(self.image_probs, truth, o.tau_ml)
+            for name, v in self.multilabel_quality.items():
+                if isinstance(v, (int, float)) and v == v:
+                    metrics[f"multilabel/{name}"] = float(v)
+            if out_dir is not None:
+                write_text_atomic(out_dir / "multilabel_quality.json", json.dumps(self.multilabel_quality, indent=2))
+
+    # ------------------------------------------------------------------ CropBank / AFFR
+    def banks(self) -> list[CropBank]:
+        return {"labelled": [self.labelled_bank], "pseudo": [self.pseudo_bank],
+                "both": [self.labelled_bank, self.pseudo_bank]}[self.o.bank]
+
+    def add_detections(self, dets: list[Target]) -> None:
+        """Accumulate Pseudo Recall (Eq. 8) from the teacher's detections."""
+        self.pr_window += pseudo_recall(dets, self.k, self.o.pr_thresh).double().cpu()
+
+    def refresh(self, metrics: dict) -> None:
+        """End of a window: PR summed over ranks (Eq. 8) -> mu (Eq. 9); publish the bank."""
+        import torch.distributed as dist
+
+        pr = self.pr_window.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(pr)
+        if pr.sum() > 0:
+            self.pr_last = pr
+            self.class_probs = class_probabilities(pr, self.beta).float()
+        self.pr_window.zero_()
+        if self.o.fbr:
+            self.publish(metrics)
+
+    def publish(self, metrics: dict) -> None:
+        bank = union(*self.banks())
+        self.version += 1
+        publish(bank.snapshot(self.class_probs, self.version), self.bank_path)
+        metrics.update({"bank/labelled": len(self.labelled_bank), "bank/pseudo": len(self.pseudo_bank),
+                        "bank/bytes": bank.nbytes()})
+
+    def set_pseudo(self, image_id: int, target_file_frame: Target) -> None:
+        """The latest pseudo-labels of an unlabelled image (boxes in file pixels) replace its records."""
+        index = self.index_of.get(int(image_id))
+        if index is not None:
+            self.pseudo_bank.set_image(1, index, target_file_frame.detach().to("cpu"))
+
+    # ------------------------------------------------------------------ two-stage filtering
+    def probs(self, image_id: int) -> Tensor:
+        p = self.image_probs.get(int(image_id))
+        return torch.ones(self.k) if p is None else p  # an image never scored is not vetoed
+
+    def stage_two(self, t: Target, image_id: int) -> Target:
+        return pf.multilabel_veto(t, self.probs(image_id), self.o.tau_ml) if self.o.two_stage else t
+
+    # ------------------------------------------------------------------ targets
+    def with_pastes(self, carried: Target, strong_view, *, regress_pasted: bool) -> Target:
+        """``carried`` (pseudo-labels in the strong view's frame) minus the boxes hidden under a
+        paste, plus the pasted instances of the strong view (flagged pasted + pseudo)."""
+        t = strong_view.target
+        pasted = t.select(t.flag("pasted"))
+        if len(pasted):
+            carried = remove_occluded(carried, pasted.boxes.to(carried.boxes.device), self.o.occlusion)
+        pasted = pasted.with_flags(pseudo=True, regress=regress_pasted)
+        dev = strong_view.image.device
+        return Target.cat([carried.to(dev), pasted.to(dev)])
+
+    @staticmethod
+    def sup_targets(views: list, regress_pasted_pseudo: bool) -> list[Target]:
+        """Labelled targets; pasted *pseudo* crops regress only when ``regress_pasted_pseudo``."""
+        if regress_pasted_pseudo:
+            return [v.target for v in views]
+        return [v.target.with_flags(regress=v.target.flag("regress") & ~(v.target.flag("pasted") & v.target.flag("pseudo")))
+                for v in views]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"pseudo_bank": self.pseudo_bank.state_dict(), "pr_window": self.pr_window, "pr_last": self.pr_last,
+                "class_probs": self.class_probs, "version": self.version}
+
+    def load_state_dict(self, state: dict[str, Any], metrics: dict) -> None:
+        if "pseudo_bank" not in state:
+            return
+        self.pseudo_bank.load_state_dict(state["pseudo_bank"])
+        self.pr_window = state["pr_window"].clone()
+        self.pr_last = state["pr_last"].clone()
+        self.class_probs = state["class_probs"].clone()
+        self.version = int(state["version"]) - 1
+        if self.o.fbr and self.bound:
+            self.publish(metrics)
+
+
+def _gather_probs(clf, unl, device) -> dict[int, Tensor]:
+    """Image-level probabilities of every unlabelled image; sharded over DDP ranks and gathered."""
+    import torch.distributed as dist
+
+    from minedet.models.multilabel import image_probabilities
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return image_probabilities(clf, unl, device=device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = image_probabilities(clf, unl, device=device, rank=rank, world=world)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, {k: v.cpu() for k, v in mine.items()})
+    return {k: v for p in parts for k, v in p.items()}
+
 
 class Acrst(MeanTeacher):
     """Mean Teacher + CropBank / FBR / AFFR + two-stage filtering + selective supervision.
@@ -116,195 +334,49 @@ class Acrst(MeanTeacher):
         o = options or AcrstOptions()
         super().__init__(detector, o)
         self.options: AcrstOptions = o
-        if o.bank not in BANKS:
-            raise MinedetError(f"method.bank must be one of {', '.join(BANKS)}, got {o.bank!r}")
-        if o.paste_on not in ("unlabelled", "both"):
-            raise MinedetError(f"method.paste_on must be unlabelled or both, got {o.paste_on!r}")
-        if not 0 <= o.n_min <= o.n_max:
-            raise MinedetError(f"method.n_min / n_max must satisfy 0 <= n_min <= n_max, got {o.n_min} / {o.n_max}")
-        if o.beta < 0:
-            raise MinedetError(f"method.beta must be >= 0, got {o.beta}")
-        if o.refresh_every < 1:
-            raise MinedetError(f"method.refresh_every must be >= 1, got {o.refresh_every}")
-        if len(o.crop_scale) != 2 or not 0 < o.crop_scale[0] <= o.crop_scale[1]:
-            raise MinedetError(f"method.crop_scale must be [lo, hi] with 0 < lo <= hi, got {o.crop_scale}")
-        self._classifier = (classifier,)  # a tuple: not a submodule, not in the state
-        k = detector.num_classes
-        self.labelled_bank = CropBank(k)
-        self.pseudo_bank = CropBank(k)
-        self.pr_window = torch.zeros(k, dtype=torch.float64)  # Eq. 8, summed since the last refresh
-        self.pr_last = torch.zeros(k, dtype=torch.float64)
-        self.class_probs = torch.full((k,), 1.0 / k)
-        self.version = 0
-        self.image_probs: dict[int, Tensor] = {}
+        self.rb = Rebalancer(o, detector.num_classes, classifier)
         self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
-        self._index_of: dict[int, int] = {}
-        self._bank_dir: Path | None = None
-        self.multilabel_quality: dict | None = None
-
-    # ------------------------------------------------------------------ wiring
-    @property
-    def affr_beta(self) -> float:
-        return self.options.beta if self.options.affr else 0.0
-
-    @property
-    def bank_path(self) -> Path:
-        if self._bank_dir is None:
-            self._bank_dir = Path(tempfile.mkdtemp(prefix="minedet-cropbank-"))
-            atexit.register(shutil.rmtree, self._bank_dir, True)
-        return self._bank_dir / "snapshot.pt"
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
         super().bind(datasets, out_dir)
-        o = self.options
-        lab, unl = datasets.get("labelled"), datasets.get("unlabelled")
-        if lab is None or unl is None:
-            raise MinedetError("method acrst needs labelled and unlabelled data (data.train and data.unlabelled)")
-        if lab.data.num_classes != self.detector.num_classes:
-            raise MinedetError(f"the detector has {self.detector.num_classes} classes, the labelled data "
-                               f"{lab.data.num_classes}", file=str(lab.data.path))
-        self._index_of = {image_id: i for i, image_id in enumerate(unl.ids)}
-        self.labelled_bank = CropBank.from_targets(self.detector.num_classes, 0,
-                                                   ((i, lab.target(image_id)) for i, image_id in enumerate(lab.ids)))
-        if o.fbr:
-            paths = [[lab.image_root / im["file_name"] for im in lab.data.images],
-                     [unl.image_root / im["file_name"] for im in unl.data.images]]
-            paste = Paste(SnapshotReader(self.bank_path), paths, n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
-                          flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion)
-            for ds in ([lab, unl] if o.paste_on == "both" else [unl]):
-                ds.views = {**ds.views, "strong": Compose([paste, *ds.views["strong"].transforms])}
-            self.publish()
-        if o.two_stage:
-            self._prepare_multilabel(lab, unl)
-
-    def _prepare_multilabel(self, lab, unl) -> None:
-        from minedet.models.multilabel import (MultiLabelOptions, image_labels, image_probabilities, load_multilabel,
-                                               negative_label_quality, save_multilabel, train_multilabel)
-        from minedet.config import from_dict
-
-        o = self.options
-        clf = self._classifier[0]
-        saved = None if self._out_dir is None else self._out_dir / "multilabel.pt"
-        if clf is None and o.multilabel_checkpoint:
-            clf = load_multilabel(o.multilabel_checkpoint)
-        elif clf is None and saved is not None and saved.is_file():  # resumed run: the classifier is already trained
-            clf = load_multilabel(saved)
-        elif clf is None:
-            mopts = from_dict(MultiLabelOptions, dict(o.multilabel), where="method.multilabel")
-            clf = train_multilabel(lab, unl, self.detector.num_classes, mopts, progress=saved is not None, device=self._device())
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                save_multilabel(clf, saved)
-        if getattr(clf, "num_classes", self.detector.num_classes) != self.detector.num_classes:
-            raise MinedetError(f"the multi-label classifier has {clf.num_classes} classes, the detector "
-                               f"{self.detector.num_classes}", file=o.multilabel_checkpoint or None)
-        clf.to(self._device())
-        self.image_probs = {int(k): v.float().cpu() for k, v in self._gather_probs(clf, unl).items()}
-        if getattr(unl, "hidden", None) is not None:
-            k = self.detector.num_classes
-            truth = {i: image_labels(unl.hidden_target(i), k) for i in self.image_probs}
-            self.multilabel_quality = negative_label_quality(self.image_probs, truth, o.tau_ml)
-            for name, v in self.multilabel_quality.items():
-                if isinstance(v, (int, float)) and v == v:
-                    self.metrics[f"multilabel/{name}"] = float(v)
-            if self._out_dir is not None:
-                write_text_atomic(self._out_dir / "multilabel_quality.json", json.dumps(self.multilabel_quality, indent=2))
+        self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), self._out_dir, self._device(), self.metrics)
 
     def _device(self) -> torch.device:
         return next(self.detector.parameters()).device
 
-    def _gather_probs(self, clf, unl) -> dict[int, Tensor]:
-        from minedet.models.multilabel import image_probabilities
-
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return image_probabilities(clf, unl, device=self._device())
-        rank, world = dist.get_rank(), dist.get_world_size()
-        mine = image_probabilities(clf, unl, device=self._device(), rank=rank, world=world)
-        parts: list = [None] * world
-        dist.all_gather_object(parts, {k: v.cpu() for k, v in mine.items()})
-        return {k: v for p in parts for k, v in p.items()}
-
-    # ------------------------------------------------------------------ CropBank / AFFR
-    def banks(self) -> list[CropBank]:
-        return {"labelled": [self.labelled_bank], "pseudo": [self.pseudo_bank],
-                "both": [self.labelled_bank, self.pseudo_bank]}[self.options.bank]
-
-    def refresh(self) -> None:
-        """End of a refresh window: PR summed over ranks (Eq. 8) -> mu (Eq. 9); publish the bank."""
-        pr = self.pr_window.clone()
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(pr)
-        if pr.sum() > 0:
-            self.pr_last = pr
-            self.class_probs = class_probabilities(pr, self.affr_beta).float()
-        self.pr_window.zero_()
-        if self.options.fbr:
-            self.publish()
-
-    def publish(self) -> None:
-        bank = union(*self.banks())
-        self.version += 1
-        publish(bank.snapshot(self.class_probs, self.version), self.bank_path)
-        self.metrics.update({"bank/labelled": len(self.labelled_bank), "bank/pseudo": len(self.pseudo_bank),
-                             "bank/bytes": bank.nbytes()})
-
-    # ------------------------------------------------------------------ two-stage filtering
+    # ------------------------------------------------------------------ named steps
     @torch.no_grad()
     def pseudo_labels(self, weak_views: list) -> list[Target]:
         """Stage one (score > tau, NMS) and, with ``two_stage``, stage two (the image-level veto),
-        on the teacher's weak-view detections; records Pseudo Recall and the pseudo bank."""
+        on the teacher's weak-view detections; the low-threshold detections feed Pseudo Recall."""
         o = self.options
         self.teacher.eval()
-        low = min(o.pr_thresh, o.tau)
-        dets = [d.detach() for d in self.teacher.predict(self.images(weak_views), score_thresh=low, nms_thresh=o.nms,
-                                                         detections_per_img=o.max_dets)]
-        self.pr_window += pseudo_recall(dets, self.detector.num_classes, o.pr_thresh).double().cpu()
+        dets = [d.detach() for d in self.teacher.predict(self.images(weak_views), score_thresh=min(o.pr_thresh, o.tau),
+                                                         nms_thresh=o.nms, detections_per_img=o.max_dets)]
+        self.rb.add_detections(dets)
         stage1 = [pf.by_score(d, o.tau) for d in dets]
         if o.nms is not None:
             stage1 = [pf.nms(t, o.nms) for t in stage1]
         self._dets, self._stage1 = dets, stage1
-        if not o.two_stage:
-            return [pf.as_pseudo(t, regress=False) for t in stage1]
         ids = [v.target.image_id for v in weak_views]
-        return [pf.as_pseudo(pf.multilabel_veto(t, self._probs(i), o.tau_ml), regress=False) for t, i in zip(stage1, ids)]
-
-    def _probs(self, image_id: int) -> Tensor:
-        p = self.image_probs.get(int(image_id))
-        return torch.ones(self.detector.num_classes) if p is None else p  # an image never scored is not vetoed
+        return [pf.as_pseudo(self.rb.stage_two(t, i), regress=False) for t, i in zip(stage1, ids)]
 
     def unsup_targets(self, batch: dict, pseudo: list[Target]) -> list[Target]:
         """Pseudo-labels carried into each strong view, minus those hidden by a paste, plus the
         pasted instances (which regress under selective supervision)."""
         views = batch["unlabelled"]["views"]
-        out = []
-        for p, w, s in zip(pseudo, views["weak"], views["strong"]):
-            carried = carry(p, w.map, s.map)
-            pasted = s.target.select(s.target.flag("pasted"))
-            if len(pasted):
-                carried = remove_occluded(carried, pasted.boxes.to(carried.boxes.device), self.options.occlusion)
-            pasted = pasted.with_flags(pseudo=True, regress=self.options.selective_supervision)
-            out.append(Target.cat([carried.to(s.image.device), pasted.to(s.image.device)]))
-        return out
-
-    def _sup_targets(self, views: list) -> list[Target]:
-        """Labelled targets; pasted *pseudo* crops regress only under selective supervision."""
-        if self.options.selective_supervision:
-            return self.targets(views)
-        out = []
-        for v in views:
-            t = v.target
-            out.append(t.with_flags(regress=t.flag("regress") & ~(t.flag("pasted") & t.flag("pseudo"))))
-        return out
+        ss = self.options.selective_supervision
+        return [self.rb.with_pastes(carry(p, w.map, s.map), s, regress_pasted=ss)
+                for p, w, s in zip(pseudo, views["weak"], views["strong"])]
 
     def unsupervised_loss(self, out, targets: list[Target]) -> dict[str, Tensor]:
         losses = self.detector.loss(out, targets)
         if not self.options.selective_supervision:
             losses = drop_regression(losses, self.detector.kind)
         return prefixed(losses, "unsup", self.options.lambda_unsup)
+
+    def _sup_targets(self, views: list) -> list[Target]:
+        return self.rb.sup_targets(views, self.options.selective_supervision)
 
     # ------------------------------------------------------------------ the step
     def training_step(self, batch: dict) -> dict[str, Tensor]:
@@ -317,7 +389,8 @@ class Acrst(MeanTeacher):
         unl = batch["unlabelled"]["views"]
         pseudo = self.pseudo_labels(unl["weak"])
         self._measure(batch, pseudo)
-        self._update_pseudo_bank(batch, pseudo)
+        for image_id, p, w in zip(batch["unlabelled"]["image_id"], pseudo, unl["weak"]):
+            self.rb.set_pseudo(image_id, p.with_boxes(w.map.inverse().apply(p.boxes)))
         targets_u = self.unsup_targets(batch, pseudo)
         n = len(sup_views)
         out = self.detector.forward_heads(self.images(sup_views) + self.images(unl["strong"]))
@@ -326,20 +399,10 @@ class Acrst(MeanTeacher):
         self._last = {"pseudo": pseudo, "unsup_targets": targets_u}
         return losses
 
-    def _update_pseudo_bank(self, batch: dict, pseudo: list[Target]) -> None:
-        """The latest pseudo-labels of each unlabelled image, in file pixels, replace its records."""
-        for image_id, p, w in zip(batch["unlabelled"]["image_id"], pseudo, batch["unlabelled"]["views"]["weak"]):
-            index = self._index_of.get(int(image_id))
-            if index is None:
-                continue
-            t = p.detach().to("cpu")
-            t = t.with_boxes(w.map.inverse().apply(t.boxes))
-            self.pseudo_bank.set_image(1, index, t)
-
     def after_step(self, step: int) -> None:
         super().after_step(step)
         if step > self.options.burn_in and (step - self.options.burn_in) % self.options.refresh_every == 0:
-            self.refresh()
+            self.rb.refresh(self.metrics)
 
     # ------------------------------------------------------------------ measurement
     def _measure(self, batch: dict, pseudo: list[Target]) -> None:
@@ -352,36 +415,96 @@ class Acrst(MeanTeacher):
         for image_id, d, s1, v in zip(ids, self._dets, self._stage1, batch["unlabelled"]["views"]["weak"]):
             hidden = ds.hidden_target(image_id)
             hidden = hidden.with_boxes(v.map.apply(hidden.boxes))
-            probs = self._probs(image_id)
+            probs = self.rb.probs(image_id)
             d, s1 = d.to("cpu"), s1.to("cpu")
             self.variants["single"].add(s1, hidden)
             self.variants["two_stage"].add(pf.multilabel_veto(s1, probs, o.tau_ml), hidden)
-            if len(d):
-                positive = (d.scores >= o.tau) | (probs[d.labels] >= o.mining_pos)  # Table 10 "two-stage mining"
-                self.variants["mining"].add(d.select(positive), hidden)
-            else:
-                self.variants["mining"].add(d, hidden)
+            positive = (d.scores >= o.tau) | (probs[d.labels] >= o.mining_pos) if len(d) else torch.zeros(0, dtype=torch.bool)
+            self.variants["mining"].add(d.select(positive), hidden)  # Table 10 "two-stage mining"
         for name, q in self.variants.items():
             self.metrics.update(q.as_dict(prefix=f"quality_{name}/"))
 
     def log_metrics(self) -> dict[str, float]:
         m = super().log_metrics()
-        for k, v in enumerate(self.class_probs.tolist()):
+        for k, v in enumerate(self.rb.class_probs.tolist()):
             m[f"affr/mu_{k}"] = v
         return m
 
     # ------------------------------------------------------------------ state
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "pseudo_bank": self.pseudo_bank.state_dict(), "pr_window": self.pr_window,
-                "pr_last": self.pr_last, "class_probs": self.class_probs, "version": self.version}
+        return {**super().extra_state(), **self.rb.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        if "pseudo_bank" in state:
-            self.pseudo_bank.load_state_dict(state["pseudo_bank"])
-            self.pr_window = state["pr_window"].clone()
-            self.pr_last = state["pr_last"].clone()
-            self.class_probs = state["class_probs"].clone()
-            self.version = int(state["version"]) - 1
-            if self.options.fbr and self._index_of:
-                self.publish()
+        self.rb.load_state_dict(state, self.metrics)
+
+
+class StacAcrst(Stac):
+    """STAC + ACRST (the paper's Table 7): the once-only pseudo-labels pass the two stages and fill
+    the pseudo bank; AFFR's class probabilities come from that one labelling pass; crops are pasted
+    into STAC's strong views. With selective supervision only pasted crops regress on unlabelled
+    images; without it STAC's own rule (``unsup_regression``) applies to every pseudo box.
+
+    Args:
+        detector, options (:class:`StacAcrstOptions`), teacher: as :class:`Stac`.
+        classifier: as :class:`Acrst`.
+    """
+
+    name = "stac_acrst"
+
+    def __init__(self, detector: DetectorAdapter, options: StacAcrstOptions | None = None, *, teacher=None,
+                 classifier=None) -> None:
+        o = options or StacAcrstOptions()
+        super().__init__(detector, o, teacher=teacher)
+        self.options: StacAcrstOptions = o
+        self.rb = Rebalancer(o, detector.num_classes, classifier)
+
+    def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
+        out = None if out_dir is None else Path(out_dir)
+        self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), out, next(self.detector.parameters()).device,
+                     self.metrics)
+        super().bind(datasets, out_dir)  # labels once, through :meth:`label`
+        self.rb.refresh(self.metrics)  # mu from the labelling pass; the pseudo bank is published
+
+    def label(self, dataset) -> dict[int, Target]:
+        o = self.options
+        out = {}
+        ss = o.selective_supervision
+        for image_id, d in self.detect(dataset, min(o.pr_thresh, o.tau)):
+            self.rb.add_detections([d])
+            t = pf.by_score(d, o.tau)
+            if o.nms is not None:
+                t = pf.nms(t, o.nms)
+            t = pf.as_pseudo(self.rb.stage_two(t, image_id), regress=o.unsup_regression and not ss)
+            self.rb.set_pseudo(image_id, t)
+            out[image_id] = t
+        return out
+
+    def unsup_targets(self, batch: dict) -> list[Target]:
+        o = self.options
+        regress = True if o.selective_supervision else o.unsup_regression
+        return [self.rb.with_pastes(t, v, regress_pasted=regress)
+                for t, v in zip(super().unsup_targets(batch), batch["unlabelled"]["views"]["strong"])]
+
+    def sup_targets(self, views: list) -> list[Target]:
+        o = self.options
+        return self.rb.sup_targets(views, o.selective_supervision or o.unsup_regression)
+
+    def unsupervised_loss(self, out, targets: list[Target]) -> dict[str, Tensor]:
+        unsup = self.detector.loss(out, targets)
+        if not (self.options.unsup_regression or self.options.selective_supervision):
+            unsup = drop_regression(unsup, self.detector.kind)
+        return prefixed(unsup, "unsup", self.options.lambda_unsup)
+
+    def log_metrics(self) -> dict[str, float]:
+        m = super().log_metrics()
+        for k, v in enumerate(self.rb.class_probs.tolist()):
+            m[f"affr/mu_{k}"] = v
+        return m
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), **self.rb.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.rb.load_state_dict(state, self.metrics)

@@ -126,9 +126,9 @@ class Stac(Method):
         return DistInfo(device=device)
 
     @torch.no_grad()
-    def label(self, dataset: DetectionDataset) -> dict[int, Target]:
-        """Pseudo-labels for every image of ``dataset`` (boxes xyxy in file-image pixels), keyed by
-        image id: teacher detections with score > tau after class-wise NMS, at most ``max_dets``."""
+    def detect(self, dataset: DetectionDataset, score_thresh: float) -> list[tuple[int, Target]]:
+        """The teacher's detections (score > ``score_thresh``) on every image of ``dataset``, boxes
+        xyxy in file-image pixels, as ``(image id, Target)`` pairs."""
         from minedet.engine.inference import predict_dataset
 
         o = self.options
@@ -139,10 +139,16 @@ class Stac(Method):
         was_device = next(teacher.parameters()).device
         teacher.to(info.device)
         dets = predict_dataset(teacher, plain, batch_size=o.label_batch_size, info=info,
-                               score_thresh=o.tau, nms_thresh=o.nms, detections_per_img=o.max_dets)
+                               score_thresh=score_thresh, nms_thresh=o.nms, detections_per_img=o.max_dets)
         teacher.to(was_device)
+        return [(int(i), t) for i, t in dets]
+
+    def label(self, dataset: DetectionDataset) -> dict[int, Target]:
+        """Pseudo-labels for every image of ``dataset`` (boxes xyxy in file-image pixels), keyed by
+        image id: teacher detections with score > tau after class-wise NMS, at most ``max_dets``."""
+        o = self.options
         keep = pf.compose(lambda t: pf.by_score(t, o.tau), *([lambda t: pf.nms(t, o.nms)] if o.nms is not None else []))
-        return {int(i): pf.as_pseudo(keep(t), regress=o.unsup_regression) for i, t in dets}
+        return {i: pf.as_pseudo(keep(t), regress=o.unsup_regression) for i, t in self.detect(dataset, o.tau)}
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
         ds = datasets.get("unlabelled")
@@ -179,9 +185,15 @@ class Stac(Method):
         targets_u = self.unsup_targets(batch)
         n = len(lab)
         out = self.detector.forward_heads(self.images(lab) + self.images(unl))
-        losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.targets(lab)), "sup")
-        unsup = self.detector.loss(out.take(slice(n, None)), targets_u)
+        losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.sup_targets(lab)), "sup")
+        losses.update(self.unsupervised_loss(out.take(slice(n, None)), targets_u))
+        return losses
+
+    def sup_targets(self, views: list) -> list[Target]:
+        return self.targets(views)
+
+    def unsupervised_loss(self, out, targets: list[Target]) -> dict[str, Tensor]:
+        unsup = self.detector.loss(out, targets)
         if not self.options.unsup_regression:
             unsup = drop_regression(unsup, self.detector.kind)
-        losses.update(prefixed(unsup, "unsup", self.options.lambda_unsup))
-        return losses
+        return prefixed(unsup, "unsup", self.options.lambda_unsup)
