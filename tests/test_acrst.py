@@ -336,3 +336,17 @@ def test_stac_acrst_selective_supervision_flags():
     m2 = StacAcrst(det, StacAcrstOptions(two_stage=False, selective_supervision=False), teacher=teacher)
     m2.pseudo = {100: _det([[30, 30, 50, 50]], [1], [0.95]).with_flags(pseudo=True, regress=True), 101: Target.empty(101)}
     assert m2.unsup_targets(batch)[0].flag("regress").tolist() == [True, True], "without SS: STAC regresses every pseudo box"
+
+
+@pytest.mark.parametrize("name, reg_keys", [("fcos", {"unsup/bbox_regression", "unsup/bbox_ctrness"}),
+                                            ("faster_rcnn", {"unsup/loss_box_reg", "unsup/loss_rpn_box_reg"})])
+def test_acrst_on_fcos_and_faster_rcnn_selective_supervision(name, reg_keys):
+    for ss in (True, False):
+        m = Acrst(tiny_detector(name, num_classes=3).train(), AcrstOptions(burn_in=0, two_stage=False, tau=0.5,
+                                                                            selective_supervision=ss))
+        _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])
+        losses = m.training_step(_batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)]))
+        assert (reg_keys <= set(losses)) == ss
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        total.backward()
