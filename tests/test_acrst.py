@@ -112,8 +112,8 @@ def test_without_selective_supervision_no_regression_from_unlabelled_images():
     gt = Target(torch.tensor([[1.0, 1, 9, 9], [20, 20, 40, 40], [40, 40, 60, 60]]), torch.tensor([0, 1, 2]),
                 flags={"pasted": torch.tensor([False, True, True]), "pseudo": torch.tensor([False, True, False])})
     view = View(torch.rand(3, SIZE, SIZE), gt, BoxMap(size=(SIZE, SIZE)))
-    assert m._sup_targets([view])[0].flag("regress").tolist() == [True, False, True]
-    assert _acrst()._sup_targets([view])[0].flag("regress").tolist() == [True, True, True]
+    assert m.sup_targets([view])[0].flag("regress").tolist() == [True, False, True]
+    assert _acrst().sup_targets([view])[0].flag("regress").tolist() == [True, True, True]
 
 
 # ------------------------------------------------------------------------------ two-stage filter

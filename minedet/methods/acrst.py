@@ -318,7 +318,26 @@ def _gather_probs(clf, unl, device) -> dict[int, Tensor]:
     return {k: v for p in parts for k, v in p.items()}
 
 
-class Acrst(MeanTeacher):
+class _WithRebalancer:
+    """What a method holding a :class:`Rebalancer` (``self.rb``) logs and checkpoints."""
+
+    rb: Rebalancer
+
+    def log_metrics(self) -> dict[str, float]:
+        m = super().log_metrics()
+        for k, v in enumerate(self.rb.class_probs.tolist()):
+            m[f"affr/mu_{k}"] = v
+        return m
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), **self.rb.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.rb.load_state_dict(state, self.metrics)
+
+
+class Acrst(_WithRebalancer, MeanTeacher):
     """Mean Teacher + CropBank / FBR / AFFR + two-stage filtering + selective supervision.
 
     Args:
@@ -375,29 +394,13 @@ class Acrst(MeanTeacher):
             losses = drop_regression(losses, self.detector.kind)
         return prefixed(losses, "unsup", self.options.lambda_unsup)
 
-    def _sup_targets(self, views: list) -> list[Target]:
+    def sup_targets(self, views: list) -> list[Target]:
         return self.rb.sup_targets(views, self.options.selective_supervision)
 
-    # ------------------------------------------------------------------ the step
-    def training_step(self, batch: dict) -> dict[str, Tensor]:
-        lab = batch["labelled"]["views"]
-        sup_views = [v for name in self._sup_view_names() for v in lab[name]]
-        if not self.teacher_active:
-            out = self.detector.forward_heads(self.images(sup_views))
-            self._last = {}
-            return self.supervised_loss(out, self._sup_targets(sup_views))
-        unl = batch["unlabelled"]["views"]
-        pseudo = self.pseudo_labels(unl["weak"])
-        self._measure(batch, pseudo)
-        for image_id, p, w in zip(batch["unlabelled"]["image_id"], pseudo, unl["weak"]):
+    def observe(self, batch: dict, pseudo: list[Target]) -> None:
+        """The pseudo bank keeps each unlabelled image's latest pseudo-labels, in file pixels."""
+        for image_id, p, w in zip(batch["unlabelled"]["image_id"], pseudo, batch["unlabelled"]["views"]["weak"]):
             self.rb.set_pseudo(image_id, p.with_boxes(w.map.inverse().apply(p.boxes)))
-        targets_u = self.unsup_targets(batch, pseudo)
-        n = len(sup_views)
-        out = self.detector.forward_heads(self.images(sup_views) + self.images(unl["strong"]))
-        losses = self.supervised_loss(out.take(slice(0, n)), self._sup_targets(sup_views))
-        losses.update(self.unsupervised_loss(out.take(slice(n, None)), targets_u))
-        self._last = {"pseudo": pseudo, "unsup_targets": targets_u}
-        return losses
 
     def after_step(self, step: int) -> None:
         super().after_step(step)
@@ -424,22 +427,9 @@ class Acrst(MeanTeacher):
         for name, q in self.variants.items():
             self.metrics.update(q.as_dict(prefix=f"quality_{name}/"))
 
-    def log_metrics(self) -> dict[str, float]:
-        m = super().log_metrics()
-        for k, v in enumerate(self.rb.class_probs.tolist()):
-            m[f"affr/mu_{k}"] = v
-        return m
-
-    # ------------------------------------------------------------------ state
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), **self.rb.state_dict()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
-        self.rb.load_state_dict(state, self.metrics)
 
 
-class StacAcrst(Stac):
+class StacAcrst(_WithRebalancer, Stac):
     """STAC + ACRST (the paper's Table 7): the once-only pseudo-labels pass the two stages and fill
     the pseudo bank; AFFR's class probabilities come from that one labelling pass; crops are pasted
     into STAC's strong views. With selective supervision only pasted crops regress on unlabelled
@@ -495,16 +485,3 @@ class StacAcrst(Stac):
         if not (self.options.unsup_regression or self.options.selective_supervision):
             unsup = drop_regression(unsup, self.detector.kind)
         return prefixed(unsup, "unsup", self.options.lambda_unsup)
-
-    def log_metrics(self) -> dict[str, float]:
-        m = super().log_metrics()
-        for k, v in enumerate(self.rb.class_probs.tolist()):
-            m[f"affr/mu_{k}"] = v
-        return m
-
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), **self.rb.state_dict()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
-        self.rb.load_state_dict(state, self.metrics)

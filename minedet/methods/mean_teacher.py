@@ -175,6 +175,13 @@ class MeanTeacher(Method):
             losses = drop_regression(losses, self.detector.kind)
         return prefixed(losses, "unsup", self.options.lambda_unsup)
 
+    def sup_targets(self, views: list) -> list[Target]:
+        """The targets of the labelled views (ACRST overrides this for pasted pseudo crops)."""
+        return self.targets(views)
+
+    def observe(self, batch: dict, pseudo: list[Target]) -> None:
+        """Called with each step's pseudo-labels (weak-view frame); ACRST fills its pseudo bank."""
+
     def unsup_targets(self, batch: dict, pseudo: list[Target]) -> list[Target]:
         """Pseudo-labels carried from each weak view into its strong view (ACRST overrides this
         to paste CropBank instances)."""
@@ -188,15 +195,16 @@ class MeanTeacher(Method):
         if not self.teacher_active:
             out = self.detector.forward_heads(self.images(sup_views))
             self._last = {}
-            return self.supervised_loss(out, self.targets(sup_views))
+            return self.supervised_loss(out, self.sup_targets(sup_views))
 
         unl = batch["unlabelled"]["views"]
         pseudo = self.pseudo_labels(unl["weak"])
         self._measure(batch, pseudo)
+        self.observe(batch, pseudo)
         targets_u = self.unsup_targets(batch, pseudo)
         n = len(sup_views)
         out = self.detector.forward_heads(self.images(sup_views) + self.images(unl["strong"]))
-        losses = self.supervised_loss(out.take(slice(0, n)), self.targets(sup_views))
+        losses = self.supervised_loss(out.take(slice(0, n)), self.sup_targets(sup_views))
         losses.update(self.unsupervised_loss(out.take(slice(n, None)), targets_u))
         self._last = {"pseudo": pseudo, "unsup_targets": targets_u}
         return losses
