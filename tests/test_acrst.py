@@ -64,7 +64,8 @@ def _pasted(boxes, labels):
 # ------------------------------------------------------------------------------------- options
 @pytest.mark.parametrize("bad, msg", [({"bank": "both_"}, "method.bank"), ({"n_min": 3, "n_max": 1}, "n_min"),
                                       ({"beta": -1.0}, "beta"), ({"paste_on": "labelled"}, "paste_on"),
-                                      ({"refresh_every": 0}, "refresh_every"), ({"crop_scale": [1.2, 0.8]}, "crop_scale")])
+                                      ({"refresh_every": 0}, "refresh_every"), ({"crop_scale": [1.2, 0.8]}, "crop_scale"),
+                                      ({"multilabel": {"step": 3}}, "method.multilabel.step")])
 def test_bad_options_are_one_line_errors(bad, msg):
     with pytest.raises(MinedetError, match=msg):
         _acrst(**bad)

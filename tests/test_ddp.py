@@ -357,7 +357,8 @@ def test_global_batch_must_split_evenly_over_the_processes(tiny_digits, tmp_path
     assert not (tmp_path / "b").exists(), "nothing is written before the check"
 
 
-@pytest.mark.parametrize("preset", ["coco_retinanet_co_mining", "coco_fcos_co_mining", "coco_faster_rcnn_mean_teacher"])
+@pytest.mark.parametrize("preset", ["coco_retinanet_co_mining", "coco_fcos_co_mining", "coco_faster_rcnn_mean_teacher",
+                                    "coco_faster_rcnn_acrst"])
 def test_coco_presets_are_valid(preset):
     """The multi-GPU COCO presets (docs/reproduce-coco.md) parse, keep the papers' schedule, and
     their method options build on a (tiny) detector of the preset's kind."""
