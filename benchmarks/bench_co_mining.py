@@ -67,6 +67,7 @@ def main() -> int:
     ap.add_argument("--append", action="store_true",
                     help="add to the existing results file (runs of the same method/split/seed are replaced)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--name", default=None, help="results file name (default: co_mining for the headline, co_mining_TABLE otherwise)")
     ap.add_argument("--remine", action="store_true",
                     help="do not train: re-measure mining quality and predict latency of the runs kept in --out "
                          "(after a change to minedet mine) and update their records")
@@ -82,7 +83,7 @@ def main() -> int:
     detector = {"fcos": "fcos", "frcnn": "faster_rcnn"}.get(args.table, "retinanet")
     steps = args.steps or 1200
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-cm-"))
-    name = f"co_mining_{args.table}" if args.table != "headline" else "co_mining"
+    name = args.name or (f"co_mining_{args.table}" if args.table != "headline" else "co_mining")
     records, commands = [], []
     if (args.append or args.remine) and (RESULTS / f"{name}.json").exists():
         old = json.loads((RESULTS / f"{name}.json").read_text())
