@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=None, help="only these methods of the table")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the supervised-on-all-labels run per seed")
     ap.add_argument("--append", action="store_true", help="add to the existing results file (same keys are replaced)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    ap.add_argument("--name", default=None, help="results file name (default: semi for the headline, semi_TABLE otherwise)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
 
@@ -90,7 +92,7 @@ def main() -> int:
     methods = [m for m in TABLES[args.table] if args.methods is None or m in args.methods]
     detectors = (args.detectors or ["fcos", "faster_rcnn"]) if args.table == "detectors" else ["retinanet"]
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-semi-"))
-    name = "semi" if args.table == "headline" else f"semi_{args.table}"
+    name = args.name or ("semi" if args.table == "headline" else f"semi_{args.table}")
     records, commands = [], []
     if args.append and (RESULTS / f"{name}.json").exists():
         old = json.loads((RESULTS / f"{name}.json").read_text())
@@ -99,7 +101,7 @@ def main() -> int:
     def config(seed: int, detector: str, semi: dict | None):
         digits = {"seed": 0, "n_train": args.train_images, "n_val": 300, "image_size": 128, "imbalance": args.imbalance}
         over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"model.name={detector}",
-                f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}"]
+                f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}", *args.set]
         cfg = load_config(preset_path("digits_mean_teacher"), over)
         cfg.data.digits = digits
         cfg.data.semi = semi

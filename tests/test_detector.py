@@ -141,3 +141,27 @@ def test_fcos_class_prob_threshold_gates_before_centerness():
     gated = det.decode(out)
     assert all(len(t) > 0 for t in gated)
     assert all(float(t.scores.max()) < 0.5 for t in gated)  # ranked by the rescored score
+
+
+def test_retinanet_batch_loss_normalisation_divides_by_the_batch_foreground():
+    """loss_norm=batch (detectron2): sum over the batch / the batch's foreground anchors; the
+    default (torchvision) divides each image by its own count, so an empty image weighs its whole
+    background loss by 1."""
+    from minedet.errors import MinedetError
+    from tests.helpers import random_targets, tiny_detector
+
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    targets = random_targets(3, 64, empty=(1,), seed=3)
+    img = tiny_detector("retinanet", seed=0).train()
+    bat = tiny_detector("retinanet", seed=0, extra={"loss_norm": "batch"}).train()
+    assert bat.loss_norm == "batch" and img.loss_norm == "image"
+    out = img.forward_heads(images)
+    matched = img.match(out, img._to_resized(targets, out))
+    sums = [img.focal_sum(t, lg, m) for t, lg, m in zip(img._to_resized(targets, out), out.head["cls_logits"], matched)]
+    counts = [int((m >= 0).sum()) for m in matched]
+    assert counts[1] == 0 and counts[0] > 0
+    li, lb = img.loss(out, targets), bat.loss(bat.forward_heads(images), targets)
+    assert torch.allclose(li["classification"], sum(s / max(1, n) for s, n in zip(sums, counts)) / 3, rtol=1e-5)
+    assert torch.allclose(lb["classification"], sum(sums) / sum(counts), rtol=1e-5)
+    with pytest.raises(MinedetError, match="loss_norm"):
+        tiny_detector("retinanet", extra={"loss_norm": "anchor"})

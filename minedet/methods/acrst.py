@@ -208,7 +208,7 @@ class Rebalancer:
             clf = load_multilabel(saved)
         elif clf is None:
             mopts = from_dict(MultiLabelOptions, dict(o.multilabel), where="method.multilabel")
-            clf = train_multilabel(lab, unl, self.k, mopts, progress=saved is not None, device=device)
+            clf = train_multilabel(lab, unl, self.k, mopts, progress=saved is not None and sys.stderr.isatty(), device=device)
             if saved is not None:
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 save_multilabel(clf, saved)

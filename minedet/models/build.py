@@ -121,7 +121,7 @@ def build_retinanet(spec: DetectorSpec, backbone: nn.Module) -> DetectorAdapter:
         return BRLRetinaNetAdapter.from_extra(model, spec.num_classes, spec.extra)
     if cls_loss != "focal":
         raise MinedetError(f"unknown RetinaNet cls_loss {cls_loss!r}; known: focal, brl")
-    return RetinaNetAdapter(model, spec.num_classes)
+    return RetinaNetAdapter(model, spec.num_classes, loss_norm=spec.extra.get("loss_norm", "image"))
 
 
 def build_fcos(spec: DetectorSpec, backbone: nn.Module) -> DetectorAdapter:

@@ -38,6 +38,7 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from minedet.errors import MinedetError
 from minedet.structures import Target
 
 
@@ -234,13 +235,31 @@ class _DenseAdapter(DetectorAdapter):
 
 
 class RetinaNetAdapter(_DenseAdapter):
-    """RetinaNet: sigmoid focal classification loss and L1 box regression, per-image normalisation.
+    """RetinaNet: sigmoid focal classification loss and L1 box regression.
 
     Per-box flags: ``weight`` scales the focal loss of the anchors matched to the box (0 ignores
     them: neither positive nor negative); ``regress=False`` removes them from the box loss.
+
+    ``loss_norm``: ``"image"`` (torchvision: each image's sums over its own foreground anchors, at
+    least 1, then the mean over images) or ``"batch"`` (detectron2's RetinaNet: the batch's sums
+    over the batch's foreground anchors). Under ``"image"`` an image with no box divides its whole
+    background loss by 1, so it outweighs an image with boxes many times over; self-training sees
+    many such images (no pseudo-label passes the threshold) and learns to find nothing in them.
     """
 
     kind = "retinanet"
+
+    def __init__(self, model: nn.Module, num_classes: int, loss_norm: str = "image") -> None:
+        super().__init__(model, num_classes)
+        if loss_norm not in ("image", "batch"):
+            raise MinedetError(f"model.extra.loss_norm must be image or batch, got {loss_norm!r}")
+        self.loss_norm = loss_norm
+
+    def normalise(self, sums: Sequence[Tensor], counts: Sequence[int]) -> Tensor:
+        """Per-image loss sums and foreground counts -> one loss (see ``loss_norm``)."""
+        if self.loss_norm == "batch":
+            return sum(sums) / max(1, sum(counts))
+        return sum(s / max(1, n) for s, n in zip(sums, counts)) / max(1, len(sums))
 
     def match(self, out: HeadOutputs, targets: Sequence[Target]) -> list[Tensor]:
         """Per image: matched box index per anchor (>=0), or Matcher.BELOW_LOW_THRESHOLD (-1) /
@@ -255,9 +274,8 @@ class RetinaNetAdapter(_DenseAdapter):
 
     def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor]) -> Tensor:
         """Focal loss summed over valid anchors / number of foreground anchors, averaged over images."""
-        losses = [self.focal_sum(t, logits, m) / max(1, int((m >= 0).sum()))
-                  for t, logits, m in zip(targets, out.head["cls_logits"], matched)]
-        return sum(losses) / max(1, len(targets))
+        sums = [self.focal_sum(t, logits, m) for t, logits, m in zip(targets, out.head["cls_logits"], matched)]
+        return self.normalise(sums, [int((m >= 0).sum()) for m in matched])
 
     @staticmethod
     def focal_sum(t: Target, logits: Tensor, m: Tensor, exclude: Tensor | None = None) -> Tensor:
@@ -281,16 +299,15 @@ class RetinaNetAdapter(_DenseAdapter):
 
     def regression_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor]) -> Tensor:
         """L1 loss on encoded deltas of foreground anchors whose box has ``regress``, / num foreground."""
-        losses = []
+        sums, counts = [], []
         for t, deltas, anchors, m in zip(targets, out.head["bbox_regression"], out.anchors, matched):
             fg_idx = torch.where(m >= 0)[0]
-            n_fg = fg_idx.numel()
+            counts.append(fg_idx.numel())
             if "regress" in t.flags:
                 fg_idx = fg_idx[t.flags["regress"][m[fg_idx]]]
             target_deltas = self.model.box_coder.encode_single(t.boxes[m[fg_idx]], anchors[fg_idx])
-            loss = F.l1_loss(deltas[fg_idx], target_deltas, reduction="sum")
-            losses.append(loss / max(1, n_fg))
-        return sum(losses) / max(1, len(targets))
+            sums.append(F.l1_loss(deltas[fg_idx], target_deltas, reduction="sum"))
+        return self.normalise(sums, counts)
 
     def loss(self, out: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
         targets = self._to_resized(targets, out)
