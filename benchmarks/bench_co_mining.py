@@ -68,6 +68,7 @@ def main() -> int:
                     help="add to the existing results file (runs of the same method/split/seed are replaced)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--name", default=None, help="results file name (default: co_mining for the headline, co_mining_TABLE otherwise)")
+    ap.add_argument("--latency-only", action="store_true", help="with --remine: only re-measure predict latency")
     ap.add_argument("--remine", action="store_true",
                     help="do not train: re-measure mining quality and predict latency of the runs kept in --out "
                          "(after a change to minedet mine) and update their records")
@@ -100,9 +101,10 @@ def main() -> int:
                 continue
             cfg = build_config(json.loads((run / "config.json").read_text()))
             print(f"[remine] {run.name}", file=sys.stderr, flush=True)
-            if rec["split"] != "full":
+            if rec["split"] != "full" and not args.latency_only:
                 rec.update(mining_quality(run, cfg))
-            rec["predict_s"] = predict_latency(run / "model.pt", cfg)
+            rec.pop("predict_s", None)
+        add_latency(records, work, args.table)
         write_results(name, records, note=note(args, steps), derived=derived(records), commands=commands + [command_line()])
         return 0
     for seed in args.seeds:
@@ -125,8 +127,8 @@ def main() -> int:
                 rec = train_record(cfg, label={"method": label, "split": split, "seed": seed, "detector": detector}, out_dir=out)
                 if split != "full" and label in ("original", "co_mining"):
                     rec.update(mining_quality(out, cfg))
-                if label in ("original", "co_mining"):
-                    rec["predict_s"] = predict_latency(out / "model.pt", cfg)
+                if label == "co_mining":
+                    add_latency([rec], work, args.table)
                 print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
                 records = [r for r in records if (r["method"], r["split"], r["seed"]) != (label, split, seed)] + [rec]
                 write_results(name, records, note=note(args, steps), derived=derived(records),
@@ -163,9 +165,10 @@ def mining_quality(run: Path, cfg) -> dict:
     return {"mine_pr": rows, "mine_recall_at_p90": recall_at_precision(rows, 0.9)}
 
 
-def predict_latency(model_path: Path, cfg, batches: int = 10, batch_size: int = 8) -> float:
-    """Median seconds of one ``predict`` call on ``batch_size`` val images with the exported model
-    (co-mining exports the plain detector, so this should equal the original model's)."""
+def predict_latency(model_paths: list[Path], cfg, rounds: int = 12, batch_size: int = 8) -> list[float]:
+    """Median seconds of one ``predict`` call on ``batch_size`` val images for each exported model,
+    the models called in turn (A, B, A, B, ...) so that machine noise hits them alike. Co-mining
+    exports the plain detector, so its latency should equal the original model's."""
     import time
 
     import torch
@@ -174,18 +177,33 @@ def predict_latency(model_path: Path, cfg, batches: int = 10, batch_size: int = 
     from minedet.data.datasets import DetectionDataset
     from minedet.engine.checkpoint import load_model
 
-    det, _ = load_model(model_path)
-    det.eval()
+    dets = [load_model(p)[0].eval() for p in model_paths]
     ds = DetectionDataset(load_coco(cfg.data.val), cfg.data.val_images)
     images = [ds[i]["views"]["o"].image for i in range(batch_size)]
-    times = []
+    times: list[list[float]] = [[] for _ in dets]
     with torch.no_grad():
-        for i in range(batches + 2):
-            t0 = time.perf_counter()
-            det.predict(images)
-            if i >= 2:  # two warm-up calls
-                times.append(time.perf_counter() - t0)
-    return round(sorted(times)[len(times) // 2], 5)
+        for r in range(rounds + 2):
+            for i, det in enumerate(dets):
+                t0 = time.perf_counter()
+                det.predict(images)
+                if r >= 2:  # two warm-up rounds
+                    times[i].append(time.perf_counter() - t0)
+    return [round(sorted(t)[len(t) // 2], 5) for t in times]
+
+
+def add_latency(records: list[dict], work: Path, table: str) -> None:
+    """Pairwise predict latency (co-mining model vs the original model of the same split and seed)."""
+    from minedet.config import build_config
+
+    for rec in records:
+        if rec["method"] != "co_mining":
+            continue
+        base = work / f"{table}_{rec['split']}_original_s{rec['seed']}" / "model.pt"
+        run = work / f"{table}_{rec['split']}_co_mining_s{rec['seed']}"
+        if not (base.exists() and (run / "model.pt").exists()):
+            continue
+        cfg = build_config(json.loads((run / "config.json").read_text()))
+        rec["predict_s"], rec["predict_base_s"] = predict_latency([run / "model.pt", base], cfg)
 
 
 def note(args, steps: int) -> str:
@@ -225,11 +243,11 @@ def derived(records: list[dict]) -> list[str]:
     shares = [r["cogeneration_share"] for r in records if r["method"] == "co_mining" and r.get("cogeneration_share")]
     if shares:
         lines.append(f"co-generation share of a co-mining step: {100 * statistics.mean(shares):.1f}% (mean over runs)")
-    p_o = [r["predict_s"] for r in records if r["method"] == "original" and r.get("predict_s")]
-    p_c = [r["predict_s"] for r in records if r["method"] == "co_mining" and r.get("predict_s")]
-    if p_o and p_c:
-        lines.append(f"predict latency co-mining model / original model: {statistics.mean(p_c) / statistics.mean(p_o):.2f}x "
-                     f"({1000 * statistics.mean(p_c):.0f} ms vs {1000 * statistics.mean(p_o):.0f} ms per 8 images)")
+    pairs = [(r["predict_s"], r["predict_base_s"]) for r in records if r.get("predict_s") and r.get("predict_base_s")]
+    if pairs:
+        c, o = statistics.mean(p[0] for p in pairs), statistics.mean(p[1] for p in pairs)
+        lines.append(f"predict latency co-mining model / original model: {c / o:.2f}x ({1000 * c:.0f} ms vs {1000 * o:.0f} ms "
+                     f"per 8 images, medians of alternating calls, {len(pairs)} pairs)")
     t_o = [r["step_time_s"] for r in records if r["method"] == "original" and r.get("step_time_s")]
     t_c = [r["step_time_s"] for r in records if r["method"] == "co_mining" and r.get("step_time_s")]
     if t_o and t_c:
