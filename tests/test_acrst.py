@@ -10,7 +10,7 @@ import torch
 
 from minedet.cli.registry import build_method
 from minedet.data.datasets import View
-from minedet.data.transforms import BoxMap, RandomHorizontalFlip
+from minedet.data.transforms import BoxMap
 from minedet.errors import MinedetError
 from minedet.methods.acrst import Acrst, AcrstOptions
 from minedet.structures import Target
