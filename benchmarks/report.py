@@ -116,6 +116,9 @@ def section_loader(res: dict) -> list[str]:
         step = [r["images_per_s"] for r in res["records"] if r["method"] == m and r["workers"] is None]
         if pipe and step:
             out.append(f"\n{m}: the slowest pipeline setting delivers {min(pipe) / step[0]:.1f}x the images the training step consumes.")
+    out.append("")
+    for line in res.get("derived", []):
+        out.append(f"- {line}")
     return out + [""]
 
 
