@@ -249,6 +249,8 @@ def section_semi(res: dict, title: str) -> list[str]:
         plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
                     title=f"Teacher pseudo-labels per logged step (seed {seeds[0]})")
         out += [f"![pseudo-label quality](img/{path.name})", ""]
+    nonfinite = sum(r.get("nonfinite_steps", 0) or 0 for r in recs)
+    out.append(f"- non-finite steps skipped by the trainer's guard: {nonfinite} over {len(recs)} runs")
     for line in res.get("derived", []):
         out.append(f"- {line}")
     return out + [""]
