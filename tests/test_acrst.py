@@ -351,3 +351,39 @@ def test_acrst_on_fcos_and_faster_rcnn_selective_supervision(name, reg_keys):
         total = sum(losses.values())
         assert torch.isfinite(total)
         total.backward()
+
+
+def test_dataloader_workers_pick_up_a_republished_bank(tiny_digits, semi_split, tmp_path):
+    """The bank reaches DataLoader worker processes through the snapshot file: a refresh published
+    while persistent workers run is what the next samples paste from."""
+    import os
+
+    from minedet.cli.train import make_dataset
+    from minedet.data.cropbank import CropBank, publish
+    from minedet.data.datasets import infinite_loader
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_digits, tmp_path)
+    m = Acrst(tiny_detector("retinanet", num_classes=10), AcrstOptions(n_min=3, n_max=3, two_stage=False, paste_on="unlabelled"))
+    streams = m.streams()
+    lab = make_dataset(str(semi_split["labelled"]), str(tiny_digits.image_root), cfg, views=streams["labelled"], train=True)
+    unl = make_dataset(str(semi_split["unlabelled"]), str(tiny_digits.image_root), cfg, views=streams["unlabelled"],
+                       train=True, with_targets=False)
+    m.bind({"labelled": lab, "unlabelled": unl}, None)
+
+    def only(label: int, version: int) -> None:
+        bank = CropBank(10)
+        bank.set_image(0, 0, Target(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([label])))
+        publish(bank.snapshot(None, version), m.rb.bank_path)
+        st = os.stat(m.rb.bank_path)
+        os.utime(m.rb.bank_path, ns=(st.st_atime_ns, st.st_mtime_ns + version * 1_000_000_000))
+
+    only(4, 1)
+    it = infinite_loader(unl, 2, seed=0, workers=1)
+    first = next(it)
+    assert {int(k) for v in first["views"]["strong"] for k in v.target.labels} == {4}
+    only(7, 2)
+    labels = set()
+    for _ in range(4):  # samples already prefetched may still come from the old bank
+        labels |= {int(k) for v in next(it)["views"]["strong"] for k in v.target.labels}
+    assert 7 in labels
