@@ -206,7 +206,8 @@ def _train_log(run: Path) -> list[dict]:
 
 
 def _loss_terms(rec: dict) -> dict[str, float]:
-    return {k: v for k, v in rec.items() if "/" in k and not k.startswith(("pseudo", "quality"))}
+    """The loss terms of a logged step: the methods' prefixes (timings, counts and quality are not losses)."""
+    return {k: v for k, v in rec.items() if k.startswith(("sup/", "unsup/", "o/", "a/"))}
 
 
 # ------------------------------------------------------------------------------------------ tests
