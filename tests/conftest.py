@@ -19,6 +19,22 @@ def tiny_digits(tmp_path_factory):
     return build_digits(root, seed=0, n_train=12, n_val=6, image_size=64, digits_per_image=(0, 3), digit_size=(14, 24))
 
 
+@pytest.fixture(scope="session")
+def semi_split(tiny_digits, tmp_path_factory):
+    """``tiny_digits``' train split, half labelled (split_semi 50 %, seed 0): paths of the
+    labelled, unlabelled and hidden-truth JSON files."""
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.splits import split_semi
+
+    res = split_semi(load_coco(tiny_digits.train_json).raw, 50, 0)
+    out = tmp_path_factory.mktemp("semi")
+    paths = {}
+    for k in ("labelled", "unlabelled", "hidden"):
+        paths[k] = out / f"{k}.json"
+        save_coco(paths[k], getattr(res, k))
+    return paths
+
+
 def tiny_config(paths, out_dir, **over):
     """A config dict for a few fast CPU steps on ``tiny_digits``."""
     from minedet.config import build_config

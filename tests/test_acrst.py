@@ -204,20 +204,6 @@ def test_extra_state_round_trip_restores_bank_and_affr_state():
 
 
 # ---------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def semi_split(tiny_digits, tmp_path_factory):
-    from minedet.data.coco import load_coco, save_coco
-    from minedet.data.splits import split_semi
-
-    res = split_semi(load_coco(tiny_digits.train_json).raw, 50, 0)
-    out = tmp_path_factory.mktemp("semi_acrst")
-    paths = {}
-    for k in ("labelled", "unlabelled", "hidden"):
-        paths[k] = out / f"{k}.json"
-        save_coco(paths[k], getattr(res, k))
-    return paths
-
-
 def test_acrst_end_to_end_pastes_filters_and_reports(tiny_digits, semi_split, tmp_path):
     from minedet.cli.train import run_training
     from minedet.engine.checkpoint import load_model

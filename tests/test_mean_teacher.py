@@ -329,21 +329,6 @@ def test_stac_needs_a_teacher_file():
 
 
 # ------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def semi_split(tiny_digits, tmp_path_factory):
-    from minedet.data.coco import load_coco, save_coco
-    from minedet.data.splits import split_semi
-
-    d = load_coco(tiny_digits.train_json).raw
-    res = split_semi(d, 50, 0)
-    out = tmp_path_factory.mktemp("semi")
-    paths = {}
-    for k in ("labelled", "unlabelled", "hidden"):
-        paths[k] = out / f"{k}.json"
-        save_coco(paths[k], getattr(res, k))
-    return paths
-
-
 def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_split, tmp_path):
     from minedet.cli.train import run_training
     from minedet.engine.checkpoint import load_model
