@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="training steps per run (default: 1200, the demo preset's)")
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
+    ap.add_argument("--methods", nargs="+", default=None, help="only these methods of the table")
+    ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--append", action="store_true",
                     help="add to the existing results file (runs of the same method/split/seed are replaced)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -81,6 +83,7 @@ def main() -> int:
 
     splits, methods = TABLES[args.table]
     splits = [s for s in splits if args.splits is None or s in args.splits]
+    methods = [m for m in methods if args.methods is None or m in args.methods]
     detector = {"fcos": "fcos", "frcnn": "faster_rcnn"}.get(args.table, "retinanet")
     steps = args.steps or 1200
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-cm-"))
@@ -113,7 +116,8 @@ def main() -> int:
                 if split == "full" and label not in ("original", "co_mining"):
                     continue
                 over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}",
-                        f"data.digits.n_train={args.train_images}", f"data.cache_dir={work / 'cache'}"]
+                        f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
+                        f"data.cache_dir={work / 'cache'}"]
                 cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
                 if split != "full":
                     cfg.data.train, cfg.data.hidden = sparse_copy(cfg, split, seed)
@@ -207,7 +211,7 @@ def add_latency(records: list[dict], work: Path, table: str) -> None:
 
 
 def note(args, steps: int) -> str:
-    return (f"Digits train split of {args.train_images} images (128 px), val 300 images with full labels; "
+    return (f"Digits train split of {args.train_images} images (128 px), val {args.val_images} images with full labels; "
             f"{steps} steps of batch 16 per run; each sparse split re-drawn with the run's seed.")
 
 

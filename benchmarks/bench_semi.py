@@ -74,6 +74,7 @@ def main() -> int:
                     help="labelled percent(s) (default: 2 5 10 for the headline, 2 for the ablations)")
     ap.add_argument("--steps", type=int, default=800, help="training steps per run (half of them burn-in)")
     ap.add_argument("--train-images", type=int, default=2000)
+    ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--imbalance", type=float, default=10.0)
     ap.add_argument("--detectors", nargs="+", default=None, help="for --table detectors (default: fcos faster_rcnn)")
     ap.add_argument("--methods", nargs="+", default=None, help="only these methods of the table")
@@ -99,7 +100,7 @@ def main() -> int:
         records, commands = list(old["records"]), old.get("commands", [old["command"]])
 
     def config(seed: int, detector: str, semi: dict | None):
-        digits = {"seed": 0, "n_train": args.train_images, "n_val": 300, "image_size": 128, "imbalance": args.imbalance}
+        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "image_size": 128, "imbalance": args.imbalance}
         over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"model.name={detector}",
                 f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}", *args.set]
         cfg = load_config(preset_path("digits_mean_teacher"), over)
@@ -148,7 +149,7 @@ def main() -> int:
 
 def note(args) -> str:
     return (f"Digits train split of {args.train_images} images (128 px) with class imbalance {args.imbalance:g} "
-            f"(class 0 most frequent, 9 rarest), val 300 images with full labels; {args.steps} steps per run "
+            f"(class 0 most frequent, 9 rarest), val {args.val_images} images with full labels; {args.steps} steps per run "
             f"(semi-supervised: {args.steps // 2} burn-in), batch 8 labelled (+ 8 unlabelled), AdamW lr 1e-3; "
             f"the labelled fraction re-drawn with the run's seed.")
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+# MINEDET_BENCH_RESULTS redirects the result files (the benchmark smoke tests write to a temporary folder)
+RESULTS = Path(os.environ.get("MINEDET_BENCH_RESULTS") or ROOT / "benchmarks" / "results")
 sys.path.insert(0, str(ROOT))
 
 

@@ -11,11 +11,16 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from common import RESULTS, ROOT
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-IMG = ROOT / "docs" / "img"
+import os
+
+# MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
+_DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
+DOCS = Path(_DOCS_DIR) / "benchmarks.md"
+IMG = Path(_DOCS_DIR) / "img"
 
 
 def pct(x) -> str:
@@ -33,7 +38,7 @@ def mean_std(xs: list[float]) -> str:
 
 def header(res: dict) -> list[str]:
     m = res.get("machine", {})
-    cmds = res.get("commands") or [res["command"]]
+    cmds = list(dict.fromkeys(res.get("commands") or [res["command"]]))
     return [
         ("Command: " if len(cmds) == 1 else "Commands (records merged with --append): ") + ", ".join(f"`{c}`" for c in cmds) + "  ",
         f"Run {res['date']} at commit `{(res.get('git_commit') or '?')[:10]}` on {m.get('cores', '?')} cores, "
