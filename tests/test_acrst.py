@@ -92,6 +92,18 @@ def test_unsup_targets_drop_pseudo_boxes_hidden_by_a_paste_and_add_the_pasted_on
     assert len(t1) == 2 and not t1.flag("regress").any(), "no paste: both pseudo boxes stay, none regresses"
 
 
+def test_ignored_uncertain_boxes_follow_the_occlusion_rule_and_stay_out_of_the_bank():
+    m = _acrst(tau=0.7, ignore_below=0.3)
+    _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.5, 0.9, 0.4])])
+    pasted = [_pasted([[0, 0, 20, 20]], [2]), Target.empty(101)]  # hides the uncertain box at (2, 2) in image 0
+    m.training_step(_batch(pasted=pasted))
+    t0, t1 = m._last["unsup_targets"]
+    assert t0.labels.tolist() == [1, 2, 2] and t0.flag("weight").tolist() == [1.0, 0.0, 1.0]
+    assert t0.flag("pasted").tolist() == [False, False, True]
+    assert t1.labels.tolist() == [1, 0, 2] and t1.flag("weight").tolist() == [1.0, 0.0, 0.0]
+    assert [p.labels.tolist() for p in m._last["pseudo"]] == [[1], [1]], "the pseudo bank sees score > tau only"
+
+
 def test_selective_supervision_keeps_regression_only_from_pastes():
     m = _acrst(tau=0.5)
     _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])

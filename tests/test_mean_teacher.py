@@ -261,6 +261,30 @@ def test_quality_against_hidden_truth_is_logged():
     assert m.quality.n_hidden == 4
 
 
+def test_ignore_below_turns_uncertain_teacher_boxes_into_ignored_ones():
+    box = lambda x: [x, 8.0, x + 20.0, 40.0]  # noqa: E731
+    dets = Target(torch.tensor([box(2.0), box(22.0), box(42.0)]), torch.tensor([0, 1, 2]), torch.tensor([0.9, 0.5, 0.1]))
+    batch = _batch()
+    runs = {}
+    for ignore in (None, 0.3):
+        m = MeanTeacher(tiny_detector("retinanet", seed=0).train(), MeanTeacherOptions(burn_in=0, tau=0.7, ignore_below=ignore))
+        calls = _fake_teacher(m, [dets])
+        runs[ignore] = m.training_step(batch)
+        assert calls[0]["score_thresh"] == (0.7 if ignore is None else 0.3)
+        assert [p.labels.tolist() for p in m._last["pseudo"]] == [[0], [0]], "pseudo-labels proper: score > tau only"
+        t = m._last["unsup_targets"][0]
+        if ignore is None:
+            assert t.labels.tolist() == [0]
+        else:
+            assert t.labels.tolist() == [0, 1], "the 0.5 box is kept as an ignored box, the 0.1 box is dropped"
+            assert t.flag("weight").tolist() == [1.0, 0.0] and t.flag("regress").tolist() == [False, False]
+    # the anchors on the uncertain box no longer count as background
+    assert not torch.allclose(runs[None]["unsup/classification"], runs[0.3]["unsup/classification"])
+    assert torch.allclose(runs[None]["sup/classification"], runs[0.3]["sup/classification"])
+    with pytest.raises(MinedetError, match="ignore_below"):
+        build_method({"name": "mean_teacher", "tau": 0.7, "ignore_below": 0.8}, tiny_detector("retinanet"))
+
+
 def test_teacher_and_student_roles_and_option_checks():
     det = tiny_detector("faster_rcnn")
     m = build_method({"name": "mean_teacher", "burn_in": 0, "roi_focal": True}, det)

@@ -375,9 +375,10 @@ class Acrst(_WithRebalancer, MeanTeacher):
         on the teacher's weak-view detections; the low-threshold detections feed Pseudo Recall."""
         o = self.options
         self.teacher.eval()
-        dets = [d.detach() for d in self.teacher.predict(self.images(weak_views), score_thresh=min(o.pr_thresh, o.tau),
+        dets = [d.detach() for d in self.teacher.predict(self.images(weak_views), score_thresh=self.score_floor(min(o.pr_thresh, o.tau)),
                                                          nms_thresh=o.nms, detections_per_img=o.max_dets)]
-        self.rb.add_detections(dets)
+        self.rb.add_detections(dets)  # Pseudo Recall counts scores > pr_thresh only
+        self._uncertain = self.uncertain(dets)
         stage1 = [pf.by_score(d, o.tau) for d in dets]
         if o.nms is not None:
             stage1 = [pf.nms(t, o.nms) for t in stage1]
