@@ -233,6 +233,21 @@ def section_semi(res: dict, title: str) -> list[str]:
                             vals.append(f"{statistics.mean(xs):.3f}" if xs else "–")
                     out.append(f"| {m} | {f:g}% | " + " | ".join(vals) + " |")
         out.append("")
+    shrink = []
+    for m in methods:
+        for f in fractions:
+            early, late = [0.0, 0.0], [0.0, 0.0]
+            for r in recs:
+                pts = [c for c in r.get("curve", []) if c.get("quality/n_hidden")] if r["method"] == m and r.get("fraction") == f else []
+                for part, acc in ((pts[:10], early), (pts[-10:], late)):
+                    acc[0] += sum(c["quality/n_pseudo"] for c in part)
+                    acc[1] += sum(c["quality/n_hidden"] for c in part)
+            if early[1] and late[1]:
+                shrink.append(f"{m} {f:g}%: {early[0] / early[1]:.2f} -> {late[0] / late[1]:.2f}")
+    if shrink:
+        out += ["Teacher pseudo-labels per hidden object on the unlabelled batches, first vs last 10 logged steps after "
+                "burn-in (all seeds): " + "; ".join(shrink) + ". Objects the teacher does not label are taught as "
+                "background to the student (`method.ignore_below` is the switch that ignores the uncertain ones).", ""]
     ml = [r["multilabel"] for r in recs if r.get("multilabel")]
     if ml:
         def avg(k):
