@@ -304,6 +304,20 @@ TITLES = {"co_mining": "Co-mining (digits, RetinaNet)", "co_mining_tables": "Co-
           "semi_ignore": "Mean Teacher with uncertain teacher boxes ignored (`method.ignore_below=0.3`, beyond the papers)"}
 
 
+def against_headline(res: dict, head: dict) -> list[str]:
+    """The same seed, fraction and detector in the headline file: without the table's change, and supervised."""
+    out = []
+    for r in res["records"]:
+        key = (r.get("fraction"), r["seed"], r.get("detector", "retinanet"))
+        same = {x["method"]: x["ap"] for x in head["records"] if (x.get("fraction"), x["seed"], x.get("detector", "retinanet")) == key}
+        base = same.get(r["method"] if r["method"] in same else "acrst")
+        if base is not None:
+            sup = f", supervised {pct(same['supervised'])}" if "supervised" in same else ""
+            out.append(f"- {r['method']} {r['fraction']:g}% seed {r['seed']}: {pct(r['ap'])} here; in the headline run "
+                       f"(same split and seed) {r['method'] if r['method'] in same else 'acrst'} {pct(base)}{sup}")
+    return out + [""] if out else []
+
+
 def main() -> int:
     files = sorted(RESULTS.glob("*.json"))
     lines = ["# Benchmarks", "",
@@ -319,6 +333,8 @@ def main() -> int:
             lines += render(res)
         elif name.startswith("semi"):
             lines += section_semi(res, TITLES.get(name, name))
+            if name != "semi" and "semi" in results:
+                lines += against_headline(res, results["semi"])
         else:
             lines += section_runs(res, TITLES.get(name, name))
     DOCS.parent.mkdir(parents=True, exist_ok=True)
