@@ -8,14 +8,13 @@ that produced it, its date, commit and machine.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 from common import RESULTS, ROOT
-
-import os
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
 _DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
@@ -310,11 +309,11 @@ def against_headline(res: dict, head: dict) -> list[str]:
     for r in res["records"]:
         key = (r.get("fraction"), r["seed"], r.get("detector", "retinanet"))
         same = {x["method"]: x["ap"] for x in head["records"] if (x.get("fraction"), x["seed"], x.get("detector", "retinanet")) == key}
-        base = same.get(r["method"] if r["method"] in same else "acrst")
-        if base is not None:
+        base = r["method"] if r["method"] in same else "acrst"  # a table's variant is compared with full ACRST
+        if base in same:
             sup = f", supervised {pct(same['supervised'])}" if "supervised" in same else ""
             out.append(f"- {r['method']} {r['fraction']:g}% seed {r['seed']}: {pct(r['ap'])} here; in the headline run "
-                       f"(same split and seed) {r['method'] if r['method'] in same else 'acrst'} {pct(base)}{sup}")
+                       f"(same split and seed) {base} {pct(same[base])}{sup}")
     return out + [""] if out else []
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
 from minedet.cli.train import run_training
@@ -77,20 +76,6 @@ def test_co_mining_sigkill_then_resume_reproduces_uninterrupted_run(tiny_digits,
     _sigkill_resume(tiny_digits, tmp_path, min_saves=1, pseudo_key="pseudo/a_boxes_per_image",
                     method__name="co_mining", method__tau=0.005,
                     method__topk=50, method__max_dets=10)
-
-
-@pytest.fixture(scope="module")
-def semi_split(tiny_digits, tmp_path_factory):
-    from minedet.data.coco import load_coco, save_coco
-    from minedet.data.splits import split_semi
-
-    res = split_semi(load_coco(tiny_digits.train_json).raw, 50, 0)
-    out = tmp_path_factory.mktemp("semi_resume")
-    paths = {}
-    for k in ("labelled", "unlabelled", "hidden"):
-        paths[k] = out / f"{k}.json"
-        save_coco(paths[k], getattr(res, k))
-    return paths
 
 
 def test_mean_teacher_sigkill_after_burn_in_then_resume_reproduces_uninterrupted_run(tiny_digits, semi_split, tmp_path):
