@@ -1,0 +1,36 @@
+"""`minedet demo --sparse`: the plain detector and co-mining on the same sparse labels."""
+
+from __future__ import annotations
+
+import json
+
+from minedet.cli import main
+from minedet.cli.demo import sparse_methods
+
+
+def test_sparse_methods_take_co_mining_options_from_its_preset():
+    m = sparse_methods("hard", [])
+    assert m["supervised"] == {"name": "supervised"}
+    assert m["co_mining"]["name"] == "co_mining" and m["co_mining"]["tau"] == 0.6 and m["co_mining"]["iou_gt"] == 0.4
+
+
+def test_sparse_methods_extreme_uses_the_release_tau_unless_overridden():
+    assert sparse_methods("extreme", [])["co_mining"]["tau"] == 0.5
+    assert sparse_methods("extreme", ["method.tau=0.7"])["co_mining"]["tau"] == 0.7
+    m = sparse_methods("hard", ["method.tau=0.3", "train.max_steps=5"])
+    assert m["co_mining"]["tau"] == 0.3 and m["supervised"] == {"name": "supervised"}
+
+
+def test_demo_sparse_runs_both_methods_on_the_same_labels(tmp_path, capsys):
+    over = [f"data.cache_dir={tmp_path / 'cache'}", "data.digits.n_train=6", "data.digits.n_val=3",
+            "data.digits.image_size=64", "data.image_size=64", "data.batch_size=2", "model.pretrained=false",
+            "model.fpn_channels=32", "train.ckpt_every=0", "method.tau=0.05"]
+    assert main(["demo", "--sparse", "hard", "--steps", "2", "--out", str(tmp_path / "runs"), *over]) == 0
+    out = capsys.readouterr().out
+    assert "'hard' labels" in out and "supervised" in out and "co_mining" in out
+    sup = json.loads((tmp_path / "runs" / "hard_supervised" / "config.json").read_text())
+    cm = json.loads((tmp_path / "runs" / "hard_co_mining" / "config.json").read_text())
+    assert sup["method"] == {"name": "supervised"}
+    assert cm["method"]["name"] == "co_mining" and cm["method"]["tau"] == 0.05  # the override reached co-mining only
+    assert sup["data"]["train"] == cm["data"]["train"] and cm["data"]["train"].endswith("train_hard_seed0.json")
+    assert cm["data"]["hidden"].endswith("train_hard_seed0.hidden.json")
