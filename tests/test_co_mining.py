@@ -143,3 +143,19 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     assert all(abs(r["loss"] - sum(v for k, v in r.items() if k.startswith(("o/", "a/")))) < 1e-6 for r in train_rows)
     assert sorted(p.name for p in (tmp_path / "run" / "renders").glob("mined_step*.png")) == [
         "mined_step000002.png", "mined_step000004.png"]
+    # inference uses one branch: the exported model is the plain detector (strict load into a fresh one)
+    from minedet.engine.checkpoint import load_model
+
+    det, _ = load_model(res["model"])
+    assert type(det).__name__ == type(cfg_detector(cfg)).__name__
+    assert sum(p.numel() for p in det.parameters()) == sum(p.numel() for p in cfg_detector(cfg).parameters())
+    assert len(det.eval().predict([torch.rand(3, 64, 64)])) == 1
+
+
+def cfg_detector(cfg):
+    """A fresh plain detector of the run's architecture."""
+    from minedet.cli.train import build_spec
+    from minedet.data.coco import load_coco
+    from minedet.models.build import build_detector
+
+    return build_detector(build_spec(cfg, load_coco(cfg.data.train)), pretrained=False)
