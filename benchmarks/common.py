@@ -92,6 +92,10 @@ def train_record(cfg, *, label: dict, out_dir: Path) -> dict:
     if cogen and times:
         rec["cogeneration_s"] = trimmed_mean(cogen)
         rec["cogeneration_share"] = round(rec["cogeneration_s"] / rec["step_time_s"], 4)
+    for key in ("quality/o_total_precision", "quality/o_total_recall", "quality/a_total_precision", "quality/a_total_recall"):
+        vals = [m[key] for m in train if m.get(key) is not None]
+        if vals:  # co-mining's running totals over the run: the last logged value
+            rec[key.replace("/", "_")] = round(vals[-1], 4)
     for key in ("quality/o_precision", "quality/o_recall", "quality/a_precision", "quality/a_recall", "quality/precision", "quality/recall"):
         vals = [m[key] for m in train[-10:] if m.get(key) is not None]
         if vals:

@@ -95,6 +95,15 @@ def section_runs(res: dict, title: str) -> list[str]:
                 t, b = statistics.mean(times[m]), statistics.mean(times[base])
                 out.append(f"| {m} | {t:.3f} | {t / b:.2f}× |")
         out.append("")
+    totals = [(r["split"], r["method"], *t) for r in recs if (t := pseudo_totals(r)) is not None]
+    if totals:
+        out += ["Mined boxes against the erased annotations over the whole run (branch o; precision, recall, boxes mined "
+                "per erased box; mean over seeds):", ""]
+        for s, m in dict.fromkeys((s, m) for s, m, *_ in totals):
+            xs = [t[2:] for t in totals if t[:2] == (s, m)]
+            out.append(f"- {s}/{m}: precision {statistics.mean(x[0] for x in xs):.2f}, recall {statistics.mean(x[1] for x in xs):.3f}, "
+                       f"{statistics.mean(x[2] for x in xs):.3f} mined per erased box")
+        out.append("")
     for key, label in (("quality_o_precision", "pseudo precision (branch o)"), ("quality_o_recall", "pseudo recall (branch o)"),
                        ("quality_precision", "pseudo precision"), ("quality_recall", "pseudo recall")):
         vals = [(r["split"], r["method"], r[key]) for r in recs if r.get(key) is not None]
@@ -109,6 +118,22 @@ def section_runs(res: dict, title: str) -> list[str]:
     if res.get("derived"):
         out.append("")
     return out
+
+
+def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | None:
+    """(precision, recall, mined per erased box) of a co-mining run's pseudo-labels over the run:
+    from the logged rows of its curve (every ``log_every``-th step), None without hidden truth."""
+    tp = n_pseudo = n_hidden = 0.0
+    for row in rec.get("curve", []):
+        nh, npseudo, r = (row.get(f"quality/{branch}_{k}") for k in ("n_hidden", "n_pseudo", "recall"))
+        if nh is None or npseudo is None:
+            continue
+        n_hidden += nh
+        n_pseudo += npseudo
+        tp += round((r or 0.0) * nh)
+    if not n_hidden:
+        return None
+    return (tp / n_pseudo if n_pseudo else float("nan"), tp / n_hidden, n_pseudo / n_hidden)
 
 
 def section_loader(res: dict) -> list[str]:

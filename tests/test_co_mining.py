@@ -85,6 +85,25 @@ def test_mined_boxes_never_duplicate_same_class_ground_truth():
                 assert float(iou.max()) <= 0.4
 
 
+def test_gt_match_any_drops_other_class_boxes_on_labelled_objects():
+    from torchvision.ops import box_iou
+
+    from minedet.errors import MinedetError
+
+    batch = _batch(n=2)
+    worst = {}
+    for mode in ("same", "any"):
+        det = tiny_detector("retinanet").train()
+        _confident(det)
+        m = CoMining(det, CoMiningOptions(tau=0.5, gt_match=mode))
+        m.training_step(batch)
+        worst[mode] = max(float(box_iou(p.boxes, v.target.boxes).max()) for v, p in
+                          zip(batch["labelled"]["views"]["o"], m._last[1]["o"]) if len(p) and len(v.target))
+    assert worst["any"] <= 0.4 < worst["same"]  # the release keeps other-class boxes on labelled objects
+    with pytest.raises(MinedetError, match="gt_match"):
+        CoMining(tiny_detector("retinanet"), CoMiningOptions(gt_match="class"))
+
+
 def test_high_tau_mines_nothing_and_equals_joint():
     det = tiny_detector("retinanet").train()
     batch = _batch(n=2)
@@ -141,6 +160,13 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     assert any("quality/o_n_hidden" in r for r in train_rows)
     assert all(0 < r["time/cogeneration"] < r["step_time"] for r in train_rows), "co-generation is timed inside the step"
     assert all(abs(r["loss"] - sum(v for k, v in r.items() if k.startswith(("o/", "a/")))) < 1e-6 for r in train_rows)
+    # running totals: the last row's total equals the sum of every step's counts
+    assert train_rows[-1]["quality/o_total_n_hidden"] == sum(r["quality/o_n_hidden"] for r in train_rows)
+    assert train_rows[-1]["quality/a_total_n_pseudo"] == sum(r["quality/a_n_pseudo"] for r in train_rows)
+    # per-class counts of mined boxes (class names as keys) add up to the step's boxes
+    for r in train_rows:
+        per_class = sum(v for k, v in r.items() if k.startswith("pseudo/o_class/"))
+        assert per_class == r["quality/o_n_pseudo"]
     assert sorted(p.name for p in (tmp_path / "run" / "renders").glob("mined_step*.png")) == [
         "mined_step000002.png", "mined_step000004.png"]
     # inference uses one branch: the exported model is the plain detector (strict load into a fresh one)
@@ -159,3 +185,27 @@ def cfg_detector(cfg):
     from minedet.models.build import build_detector
 
     return build_detector(build_spec(cfg, load_coco(cfg.data.train)), pretrained=False)
+
+
+def test_quality_totals_survive_a_resume():
+    from minedet.pseudo.quality import QualityCounts
+
+    m = CoMining(tiny_detector("retinanet"))
+    m.quality["o"] = QualityCounts(n_pseudo=5, n_hidden=7, tp=3, iou_sum=2.4, per_class_pseudo={1: 4, 3: 1})
+    state = m.extra_state()
+    fresh = CoMining(tiny_detector("retinanet"))
+    fresh.load_extra_state(state)
+    assert fresh.quality["o"] == m.quality["o"] and fresh.quality["a"] == QualityCounts()
+
+
+def test_per_class_counts_of_mined_boxes_are_logged():
+    det = tiny_detector("retinanet")
+    _confident(det)
+    m = CoMining(det, CoMiningOptions(tau=0.5))
+    m.training_step(_batch(n=2, empty=(1,)))
+    metrics = m.log_metrics()
+    for branch in ("o", "a"):
+        per_class = {k: v for k, v in metrics.items() if k.startswith(f"pseudo/{branch}_class/")}
+        assert per_class, "a confident head mines boxes"
+        assert sum(per_class.values()) == metrics[f"pseudo/{branch}_boxes_per_image"] * 2
+        assert all(k.rsplit("/", 1)[1] in {"0", "1", "2"} for k in per_class)  # no dataset bound: class ids

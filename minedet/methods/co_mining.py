@@ -18,13 +18,14 @@ co-generation on a single branch (each image supervised by its own mined boxes);
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from minedet.data.transforms import Compose, view_transform
+from minedet.errors import MinedetError
 from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
@@ -41,6 +42,9 @@ class CoMiningOptions:
     iou_gt: theta2 (0.4); topk: candidates per FPN level (1000); max_dets: pseudo boxes per image
     (100); view: the second branch's augmentation; siamese / cogeneration: the Table 2 switches;
     pseudo_regress: pseudo boxes also supervise box regression (Eq. 2: yes);
+    gt_match: which ground-truth boxes a pseudo box is dropped for overlapping (IoU > theta2): ``same``
+    class (the release) or ``any`` class (not in the paper: a second-class detection on a labelled
+    object is then not taught as a new object; ``minedet mine``'s default);
     render_every / render_images: Fig. 3-style renders of each branch's mined boxes."""
 
     tau: float = 0.6
@@ -52,6 +56,7 @@ class CoMiningOptions:
     siamese: bool = True
     cogeneration: bool = True
     pseudo_regress: bool = True
+    gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4
 
@@ -62,6 +67,8 @@ class CoMining(Method):
     def __init__(self, detector: DetectorAdapter, options: CoMiningOptions | None = None) -> None:
         super().__init__(detector)
         self.options = o = options or CoMiningOptions()
+        if o.gt_match not in ("same", "any"):
+            raise MinedetError(f"method.gt_match must be 'same' or 'any', not {o.gt_match!r}")
         self._view = view_transform(o.view)
         if detector.kind == "fcos":
             detector.threshold_on = "class_prob"  # the release gates FCOS by class probability
@@ -91,7 +98,7 @@ class CoMining(Method):
                                     detections_per_img=o.max_dets)
         res = []
         for d, gt in zip(dets, gts):
-            d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=True)
+            d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
             res.append(pf.as_pseudo(d, regress=o.pseudo_regress))
         return res
 
@@ -138,10 +145,15 @@ class CoMining(Method):
 
     # ------------------------------------------------------------------ measurement
     def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
-        n = {k: sum(len(t) for t in v) for k, v in mined.items()}
-        for k, v in n.items():
-            self.metrics[f"pseudo/{k}_boxes_per_image"] = v / max(1, len(mined[k]))
         ds = self._datasets.get("labelled")
+        names = list(ds.data.class_names) if ds is not None else None
+        for k, targets in mined.items():
+            self.metrics[f"pseudo/{k}_boxes_per_image"] = sum(len(t) for t in targets) / max(1, len(targets))
+            labels = torch.cat([t.labels.cpu() for t in targets]) if targets else torch.zeros(0, dtype=torch.long)
+            for c, count in zip(*torch.unique(labels, return_counts=True)):
+                # per-class counts of this step's mined boxes (TensorBoard: train/pseudo/o_class/<name>)
+                c = int(c)
+                self.metrics[f"pseudo/{k}_class/{names[c] if names and c < len(names) else c}"] = float(count)
         if ds is None or ds.hidden is None:
             return
         for name, targets in mined.items():
@@ -153,6 +165,17 @@ class CoMining(Method):
                 q.add(t.to("cpu"), hidden)
                 self.quality[name].add(t.to("cpu"), hidden)
             self.metrics.update(q.as_dict(prefix=f"quality/{name}_"))
+            # running totals over the run (the per-step numbers are noisy); kept across a resume
+            self.metrics.update(self.quality[name].as_dict(prefix=f"quality/{name}_total_"))
+
+    def extra_state(self) -> dict:
+        """The running pseudo-label quality counts, so that totals continue across a resume."""
+        return {"quality": {k: asdict(q) for k, q in self.quality.items()}}
+
+    def load_extra_state(self, state: dict) -> None:
+        for k, q in (state.get("quality") or {}).items():
+            if k in self.quality:
+                self.quality[k] = QualityCounts(**q)
 
     def after_step(self, step: int) -> None:
         o = self.options
