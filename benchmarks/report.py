@@ -157,16 +157,35 @@ def plots(res: dict) -> list[str]:
 
     lines = []
     name = res["name"]
-    curves = {}
+    curves, running = {}, False
     for r in res["records"]:
-        for key in ("quality/o_precision", "quality/o_recall", "quality/precision", "quality/recall"):
+        label = f"{r['split']} {r['method']} s{r['seed']}"
+        rows = [c for c in r.get("curve", []) if c.get("quality/o_n_hidden") is not None]
+        if rows:  # co-mining logs counts: plot running totals, the per-step numbers are too noisy to read
+            running = True
+            tp = n_pseudo = n_hidden = 0.0
+            steps, prec, rec = [], [], []
+            for c in rows:
+                n_hidden += c["quality/o_n_hidden"]
+                n_pseudo += c.get("quality/o_n_pseudo") or 0.0
+                tp += round((c.get("quality/o_recall") or 0.0) * c["quality/o_n_hidden"])
+                if n_pseudo:
+                    steps.append(c["step"])
+                    prec.append(tp / n_pseudo)
+                    rec.append(tp / n_hidden)
+            if steps:
+                curves[f"{label} precision"] = (steps, prec)
+                curves[f"{label} recall"] = (steps, rec)
+            continue
+        for key in ("quality/precision", "quality/recall"):
             pts = [(c["step"], c[key]) for c in r.get("curve", []) if c.get(key) is not None]
             if pts:
-                curves[f"{r['split']} {r['method']} s{r['seed']} {key.split('/')[1]}"] = ([p[0] for p in pts], [p[1] for p in pts])
+                curves[f"{label} {key.split('/')[1]}"] = ([p[0] for p in pts], [p[1] for p in pts])
     if curves:
         path = IMG / f"{name}_pseudo_quality.png"
         plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
-                    title="Pseudo-label quality during training (per logged step)")
+                    title="Mined boxes of branch o vs the erased boxes (running totals)" if running
+                    else "Pseudo-label quality during training (per logged step)")
         lines += [f"![pseudo-label quality](img/{path.name})", ""]
     pr = {}
     for r in res["records"]:
