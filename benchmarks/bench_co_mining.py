@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections import defaultdict
 import tempfile
 from pathlib import Path
 
@@ -262,6 +263,14 @@ def derived(records: list[dict]) -> list[str]:
                 line += (f"; its most precise threshold: {100 * best['precision']:.0f}% precision at score {best['threshold']} "
                          f"recovering {100 * best['recall']:.1f}%")
             lines.append(line)
+    per_seed = defaultdict(float)
+    for r in records:
+        if r.get("wall_s") and (r["method"], r["split"]) in (("original", "full"), ("original", "hard"), ("co_mining", "hard")):
+            per_seed[r["seed"]] += r["wall_s"]
+    if per_seed:
+        lines.append(f"wall time of the headline's three runs (original on full and hard, co-mining on hard, with evaluation and "
+                     f"mining): {', '.join(f'seed {k} {v / 60:.1f} min' for k, v in sorted(per_seed.items()))}; "
+                     f"{sum(per_seed.values()) / 60:.0f} min in all")
     shares = [r["cogeneration_share"] for r in records if r["method"] == "co_mining" and r.get("cogeneration_share")]
     if shares:
         lines.append(f"co-generation share of a co-mining step: {100 * statistics.mean(shares):.1f}% (mean over runs)")
