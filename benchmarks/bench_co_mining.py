@@ -90,6 +90,8 @@ def main() -> int:
     ap.add_argument("--remine", action="store_true",
                     help="do not train: re-measure mining quality and predict latency of the runs kept in --out "
                          "(after a change to minedet mine) and update their records")
+    ap.add_argument("--rederive", action="store_true",
+                    help="do not train: recompute the derived lines (recovery, ratios, wall time) of the results file")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -109,6 +111,12 @@ def main() -> int:
         old = json.loads((RESULTS / f"{name}.json").read_text())
         records = list(old["records"])
         commands = old.get("commands", [old["command"]])
+    if args.rederive:
+        old = json.loads((RESULTS / f"{name}.json").read_text())
+        old["derived"] = derived(old["records"])
+        (RESULTS / f"{name}.json").write_text(json.dumps(old, indent=1))
+        print("\n".join(old["derived"]))
+        return 0
     if args.remine:
         if not args.out:
             raise SystemExit("--remine needs --out, the work folder of the runs")

@@ -67,3 +67,11 @@ def test_bench_co_mining_baselines_run(tmp_path):
     assert all(r["split"] == "hard" and r["steps"] == 3 for r in recs)
     assert "mine_recall_at_p90" in recs[0] and recs[2].get("predict_s") and recs[2].get("predict_base_s")
     assert (tmp_path / "work" / "baselines_hard_original_s0" / "completed.json").exists()  # pseudo-label retraining's data
+    # --rederive recomputes the derived lines from the records, without training
+    path = tmp_path / "results" / "co_mining_baselines.json"
+    before = json.loads(path.read_text())
+    path.write_text(json.dumps({**before, "derived": []}))
+    _run(tmp_path, "bench_co_mining.py", "--table", "baselines", "--rederive")
+    after = json.loads(path.read_text())
+    assert after["derived"] == before["derived"] and after["records"] == before["records"]
+    assert any("step time co-mining / original" in line for line in after["derived"])
