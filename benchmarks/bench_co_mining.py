@@ -275,7 +275,7 @@ def derived(records: list[dict]) -> list[str]:
     for r in records:
         if r.get("wall_s") and (r["method"], r["split"]) in (("original", "full"), ("original", "hard"), ("co_mining", "hard")):
             per_seed[r["seed"]] += r["wall_s"]
-    if per_seed:
+    if per_seed and any((r["method"], r["split"]) == ("original", "full") for r in records):
         lines.append(f"wall time of the headline's three runs (original on full and hard, co-mining on hard, with evaluation and "
                      f"mining): {', '.join(f'seed {k} {v / 60:.1f} min' for k, v in sorted(per_seed.items()))}; "
                      f"{sum(per_seed.values()) / 60:.0f} min in all")
