@@ -120,10 +120,11 @@ def section_runs(res: dict, title: str) -> list[str]:
     return out
 
 
-def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | None:
-    """(precision, recall, mined per erased box) of a co-mining run's pseudo-labels over the run:
-    from the logged rows of its curve (every ``log_every``-th step), None without hidden truth."""
+def running_quality(rec: dict, branch: str = "o") -> list[tuple[int, float, float, float]]:
+    """(step, precision, recall, mined per erased box) of a co-mining run's pseudo-labels, running
+    totals over the logged rows of its curve (every ``log_every``-th step); empty without hidden truth."""
     tp = n_pseudo = n_hidden = 0.0
+    out = []
     for row in rec.get("curve", []):
         nh, npseudo, r = (row.get(f"quality/{branch}_{k}") for k in ("n_hidden", "n_pseudo", "recall"))
         if nh is None or npseudo is None:
@@ -131,9 +132,15 @@ def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | 
         n_hidden += nh
         n_pseudo += npseudo
         tp += round((r or 0.0) * nh)
-    if not n_hidden:
-        return None
-    return (tp / n_pseudo if n_pseudo else float("nan"), tp / n_hidden, n_pseudo / n_hidden)
+        if n_hidden:
+            out.append((row["step"], tp / n_pseudo if n_pseudo else float("nan"), tp / n_hidden, n_pseudo / n_hidden))
+    return out
+
+
+def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | None:
+    """(precision, recall, mined per erased box) over the whole run, None without hidden truth."""
+    series = running_quality(rec, branch)
+    return series[-1][1:] if series else None
 
 
 def section_loader(res: dict) -> list[str]:
@@ -160,22 +167,12 @@ def plots(res: dict) -> list[str]:
     curves, running = {}, False
     for r in res["records"]:
         label = f"{r['split']} {r['method']} s{r['seed']}"
-        rows = [c for c in r.get("curve", []) if c.get("quality/o_n_hidden") is not None]
-        if rows:  # co-mining logs counts: plot running totals, the per-step numbers are too noisy to read
-            running = True
-            tp = n_pseudo = n_hidden = 0.0
-            steps, prec, rec = [], [], []
-            for c in rows:
-                n_hidden += c["quality/o_n_hidden"]
-                n_pseudo += c.get("quality/o_n_pseudo") or 0.0
-                tp += round((c.get("quality/o_recall") or 0.0) * c["quality/o_n_hidden"])
-                if n_pseudo:
-                    steps.append(c["step"])
-                    prec.append(tp / n_pseudo)
-                    rec.append(tp / n_hidden)
-            if steps:
-                curves[f"{label} precision"] = (steps, prec)
-                curves[f"{label} recall"] = (steps, rec)
+        series = [x for x in running_quality(r) if x[1] == x[1]]  # from the first mined box on
+        if any(c.get("quality/o_n_hidden") is not None for c in r.get("curve", [])):
+            running = True  # co-mining logs counts: plot running totals, the per-step numbers are too noisy to read
+            if series:
+                curves[f"{label} precision"] = ([x[0] for x in series], [x[1] for x in series])
+                curves[f"{label} recall"] = ([x[0] for x in series], [x[2] for x in series])
             continue
         for key in ("quality/precision", "quality/recall"):
             pts = [(c["step"], c[key]) for c in r.get("curve", []) if c.get(key) is not None]

@@ -73,8 +73,9 @@ def _cmd_sparse(args: argparse.Namespace, overrides: list[str]) -> int:
     from minedet.cli.train import resolve_data, run_training
 
     results = {}
+    data_overrides = [o for o in overrides if not o.startswith("method.")]  # method.* went to sparse_methods
     for method, block in sparse_methods(args.sparse, overrides).items():
-        cfg = resolve_data(load_config(preset_path("digits_retinanet"), [o for o in overrides if not o.startswith("method.")]))
+        cfg = resolve_data(load_config(preset_path("digits_retinanet"), data_overrides))
         train, hidden = sparse_copy(cfg, args.sparse)
         cfg.data.train, cfg.data.hidden = train, hidden
         cfg.method = block

@@ -163,7 +163,7 @@ class CoMining(Method):
                 hidden = ds.hidden_target(batch["labelled"]["image_id"][i])
                 hidden = hidden.with_boxes(v.map.apply(hidden.boxes))
                 q.add(t.to("cpu"), hidden)
-                self.quality[name].add(t.to("cpu"), hidden)
+            self.quality[name].merge(q)
             self.metrics.update(q.as_dict(prefix=f"quality/{name}_"))
             # running totals over the run (the per-step numbers are noisy); kept across a resume
             self.metrics.update(self.quality[name].as_dict(prefix=f"quality/{name}_total_"))

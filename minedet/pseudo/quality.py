@@ -34,6 +34,15 @@ class QualityCounts:
         for k in pseudo.labels.tolist():
             self.per_class_pseudo[k] = self.per_class_pseudo.get(k, 0) + 1
 
+    def merge(self, other: "QualityCounts") -> None:
+        """Add another set of counts to these (a step's counts into the run's totals)."""
+        self.n_pseudo += other.n_pseudo
+        self.n_hidden += other.n_hidden
+        self.tp += other.tp
+        self.iou_sum += other.iou_sum
+        for k, v in other.per_class_pseudo.items():
+            self.per_class_pseudo[k] = self.per_class_pseudo.get(k, 0) + v
+
     @property
     def precision(self) -> float:
         return self.tp / self.n_pseudo if self.n_pseudo else float("nan")
