@@ -4,9 +4,10 @@ Usage: python benchmarks/bench_loader.py [--batches 30] [--workers 0 1] [--steps
 Measures, on the digits dataset at the demo's settings (batch 16, 128 px):
   * images/s of the data pipeline alone (decode + flip + the views each method asks for), per
     number of DataLoader workers;
-  * images/s of the supervised and Co-mining training steps (forward + backward + optimiser).
-The ratio pipeline / step > 1 means the loader keeps up. (ACRST's FBR pasting joins this table
-when the ACRST method lands.)
+  * images/s of the supervised and Co-mining training steps (forward + backward + optimiser),
+    and of a supervised step on twice the batch: the cost of two views without co-mining's own
+    work, the floor under the co-mining / supervised step ratio.
+The ratio pipeline / step > 1 means the loader keeps up.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ def main() -> int:
     bs = cfg.data.batch_size
     records = []
     runners = {}
-    for method_name in ("supervised", "co_mining"):
+    # (label, method, images per batch): supervised at 2x the batch sees as many images as co-mining's two views
+    for label, method_name, batch in (("supervised", "supervised", bs), ("co_mining", "co_mining", bs),
+                                      ("supervised_2x_batch", "supervised", 2 * bs)):
         spec = build_spec(cfg, load_coco(cfg.data.train))
         method = build_method({"name": method_name}, build_detector(spec, pretrained=True))
         views = method.streams()["labelled"]
         ds = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True)
-        for w in args.workers:
+        for w in args.workers if batch == bs else ():
             it = infinite_loader(ds, bs, seed=0, workers=w)
             next(it)  # start-up (workers spawn) is not throughput
             t0 = time.perf_counter()
@@ -52,12 +55,12 @@ def main() -> int:
             records.append({"method": method_name, "what": f"pipeline, {w} workers", "workers": w,
                             "images_per_s": round(bs * args.batches / dt, 1), "views": list(views)})
             print(records[-1], file=sys.stderr)
-        it = infinite_loader(ds, bs, seed=0, workers=0)
+        it = infinite_loader(ds, batch, seed=0, workers=0)
         batches = [{"labelled": next(it)} for _ in range(args.steps + 1)]
         opt = build_optimizer([p for p in method.parameters() if p.requires_grad], cfg.train)
         method.train()
-        runners[method_name] = (method, opt, batches, [], [])
-    # the two methods' steps alternate (A, B, A, B, ...) so that machine noise hits both alike
+        runners[label] = (method, opt, batches, [], [])
+    # the runners' steps alternate (A, B, C, A, B, C, ...) so that machine noise hits them alike
     for i in range(args.steps + 1):
         for method, opt, batches, times, cogen in runners.values():
             t0 = time.perf_counter()
@@ -70,8 +73,9 @@ def main() -> int:
                 cogen.append(method.log_metrics().get("time/cogeneration"))
     for method_name, (_, _, _, times, cogen) in runners.items():
         step = sorted(times)[len(times) // 2]
-        rec = {"method": method_name, "what": "training step", "workers": None,
-               "images_per_s": round(bs / step, 1), "step_s": round(step, 3)}
+        batch = 2 * bs if method_name.endswith("2x_batch") else bs
+        rec = {"method": method_name, "what": f"training step, batch {batch}", "workers": None,
+               "images_per_s": round(batch / step, 1), "step_s": round(step, 3)}
         if cogen[-1] is not None:  # co-mining times its co-generation inside the step
             share = sorted(c / t for c, t in zip(cogen, times))
             rec["cogeneration_share"] = round(share[len(share) // 2], 4)
@@ -82,6 +86,10 @@ def main() -> int:
     if {"supervised", "co_mining"} <= set(steps):
         derived.append(f"training step co-mining / supervised (same process, same batches, steps alternating): "
                        f"{steps['co_mining'] / steps['supervised']:.2f}x")
+    if {"supervised", "supervised_2x_batch", "co_mining"} <= set(steps):
+        derived.append(f"supervised step on twice the batch / supervised: {steps['supervised_2x_batch'] / steps['supervised']:.2f}x "
+                       f"(the cost of twice the images alone); co-mining / supervised on twice the batch: "
+                       f"{steps['co_mining'] / steps['supervised_2x_batch']:.2f}x (co-mining's own overhead)")
     for r in records:
         if r.get("cogeneration_share") is not None:
             derived.append(f"co-generation (decode + filters of both branches) takes {100 * r['cogeneration_share']:.1f}% "
