@@ -75,3 +75,23 @@ def test_bench_co_mining_baselines_run(tmp_path):
     after = json.loads(path.read_text())
     assert after["derived"] == before["derived"] and after["records"] == before["records"]
     assert any("step time co-mining / original" in line for line in after["derived"])
+
+
+def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
+    """The derived line that checks the issue's target: co-mining must beat each rival's mean AP by
+    more than the larger of the two stds; with one seed there is no std to compare with."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import beats_rivals
+
+    def recs(method, split, aps):
+        return [{"method": method, "split": split, "seed": i, "ap": ap} for i, ap in enumerate(aps)]
+
+    records = (recs("co_mining", "hard", [0.70, 0.71, 0.72]) + recs("original", "hard", [0.60, 0.62, 0.64])
+               + recs("joint", "hard", [0.68, 0.70, 0.72]) + recs("co_mining", "extreme", [0.3])
+               + recs("original", "extreme", [0.2]) + recs("augmented", "easy", [0.5, 0.6]))
+    lines = beats_rivals(records)
+    assert lines == [
+        "hard: co_mining - original = +9.0 AP over 3 and 3 seeds: more than one std (2.0)",
+        "hard: co_mining - joint = +1.0 AP over 3 and 3 seeds: not more than one std (2.0)",
+        "extreme: co_mining - original = +10.0 AP over 1 and 1 seeds: one seed, no std",
+    ]
