@@ -79,7 +79,8 @@ def test_bench_co_mining_baselines_run(tmp_path):
 
 def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
     """The derived line that checks the issue's target: co-mining must beat each rival's mean AP by
-    more than the larger of the two stds; with one seed there is no std to compare with."""
+    more than the larger of the two stds; with one seed there is no std to compare with. Co-mining
+    variants (tau0.5) are checked too; other rivals (brl) are not."""
     monkeypatch.syspath_prepend(str(BENCH))
     from bench_co_mining import beats_rivals
 
@@ -88,10 +89,13 @@ def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
 
     records = (recs("co_mining", "hard", [0.70, 0.71, 0.72]) + recs("original", "hard", [0.60, 0.62, 0.64])
                + recs("joint", "hard", [0.68, 0.70, 0.72]) + recs("co_mining", "extreme", [0.3])
-               + recs("original", "extreme", [0.2]) + recs("augmented", "easy", [0.5, 0.6]))
+               + recs("original", "extreme", [0.2]) + recs("augmented", "easy", [0.5, 0.6])
+               + recs("brl", "hard", [0.5, 0.5]) + recs("tau0.5", "hard", [0.64, 0.66]))
     lines = beats_rivals(records)
     assert lines == [
         "hard: co_mining - original = +9.0 AP over 3 and 3 seeds: more than one std (2.0)",
         "hard: co_mining - joint = +1.0 AP over 3 and 3 seeds: not more than one std (2.0)",
+        "hard: tau0.5 - original = +3.0 AP over 2 and 3 seeds: more than one std (2.0)",
+        "hard: tau0.5 - joint = -5.0 AP over 2 and 3 seeds: not more than one std (2.0)",
         "extreme: co_mining - original = +10.0 AP over 1 and 1 seeds: one seed, no std",
     ]
