@@ -246,26 +246,26 @@ def note(args, steps: int) -> str:
 def beats_rivals(records: list[dict], rivals=("original", "augmented", "joint")) -> list[str]:
     """The issue's target, checked per split: co-mining's mean AP (and that of each co-mining variant
     in the records: tau0.5, co_mining_any, ...) beats each rival's mean by more than one standard
-    deviation over seeds (the larger of the two methods' stds)."""
+    deviation over seeds (the larger of the two methods' stds), on the seeds both methods ran."""
     lines = []
     for split in ("full", "easy", "hard", "extreme"):
-        aps = defaultdict(list)
+        aps: dict[str, dict[int, float]] = defaultdict(dict)
         for r in records:
             if r["split"] == split:
-                aps[r["method"]].append(r["ap"])
+                aps[r["method"]][r["seed"]] = r["ap"]
         for c in [m for m in aps if m not in rivals and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
-            cm = aps[c]
             for m in rivals:
-                xs = aps.get(m)
-                if not xs:
+                seeds = sorted(set(aps[c]) & set(aps.get(m, {})))
+                if not seeds:
                     continue
+                cm, xs = [aps[c][k] for k in seeds], [aps[m][k] for k in seeds]
                 gap = statistics.mean(cm) - statistics.mean(xs)
-                if min(len(cm), len(xs)) < 2:
+                if len(seeds) < 2:
                     verdict = "one seed, no std"
                 else:
                     sd = max(statistics.stdev(cm), statistics.stdev(xs))
                     verdict = f"{'more' if gap > sd else 'not more'} than one std ({100 * sd:.1f})"
-                lines.append(f"{split}: {c} - {m} = {100 * gap:+.1f} AP over {len(cm)} and {len(xs)} seeds: {verdict}")
+                lines.append(f"{split}: {c} - {m} = {100 * gap:+.1f} AP on seeds {seeds}: {verdict}")
     return lines
 
 

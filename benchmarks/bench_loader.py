@@ -39,20 +39,22 @@ def main() -> int:
     records = []
     runners = {}
     # (label, method, images per batch): supervised at 2x the batch sees as many images as co-mining's two views
-    for label, method_name, batch in (("supervised", "supervised", bs), ("co_mining", "co_mining", bs),
-                                      ("supervised_2x_batch", "supervised", 2 * bs)):
+    # and 'joint' (two views, no co-generation) shows what co-generation itself adds
+    for label, method_cfg, batch in (("supervised", {"name": "supervised"}, bs), ("co_mining", {"name": "co_mining"}, bs),
+                                     ("joint", {"name": "co_mining", "cogeneration": False}, bs),
+                                     ("supervised_2x_batch", {"name": "supervised"}, 2 * bs)):
         spec = build_spec(cfg, load_coco(cfg.data.train))
-        method = build_method({"name": method_name}, build_detector(spec, pretrained=True))
+        method = build_method(method_cfg, build_detector(spec, pretrained=True))
         views = method.streams()["labelled"]
         ds = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True)
-        for w in args.workers if batch == bs else ():
+        for w in args.workers if label in ("supervised", "co_mining") else ():
             it = infinite_loader(ds, bs, seed=0, workers=w)
             next(it)  # start-up (workers spawn) is not throughput
             t0 = time.perf_counter()
             for _ in range(args.batches):
                 next(it)
             dt = time.perf_counter() - t0
-            records.append({"method": method_name, "what": f"pipeline, {w} workers", "workers": w,
+            records.append({"method": label, "what": f"pipeline, {w} workers", "workers": w,
                             "images_per_s": round(bs * args.batches / dt, 1), "views": list(views)})
             print(records[-1], file=sys.stderr)
         it = infinite_loader(ds, batch, seed=0, workers=0)
@@ -90,6 +92,9 @@ def main() -> int:
         derived.append(f"supervised step on twice the batch / supervised: {steps['supervised_2x_batch'] / steps['supervised']:.2f}x "
                        f"(the cost of twice the images alone); co-mining / supervised on twice the batch: "
                        f"{steps['co_mining'] / steps['supervised_2x_batch']:.2f}x (co-mining's own overhead)")
+    if {"supervised", "joint", "co_mining"} <= set(steps):
+        derived.append(f"joint (two views, no co-generation) / supervised: {steps['joint'] / steps['supervised']:.2f}x; "
+                       f"co-mining / joint: {steps['co_mining'] / steps['joint']:.2f}x")
     for r in records:
         if r.get("cogeneration_share") is not None:
             derived.append(f"co-generation (decode + filters of both branches) takes {100 * r['cogeneration_share']:.1f}% "
