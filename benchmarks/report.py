@@ -73,7 +73,10 @@ def section_runs(res: dict, title: str) -> list[str]:
     """Generic multi-seed training comparison: rows (split), columns (method), mean ± std AP."""
     recs = res["records"]
     splits = list(dict.fromkeys(r["split"] for r in recs))
-    methods = list(dict.fromkeys(r["method"] for r in recs))
+    # the paper's column order (Table 1: original, augmented, joint, co-mining), then variants as recorded
+    first = ["original", "augmented", "joint", "brl", "retrain", "co_mining"]
+    methods = sorted(dict.fromkeys(r["method"] for r in recs), key=lambda m: first.index(m) if m in first else len(first))
+    all_seeds = sorted({r["seed"] for r in recs})
     cell = defaultdict(list)
     for r in recs:
         cell[(r["split"], r["method"])].append(r)
@@ -81,10 +84,15 @@ def section_runs(res: dict, title: str) -> list[str]:
     if res.get("note"):
         out += [res["note"], ""]
     for metric in ("ap", "ap50"):
-        out += [f"**{metric.upper()}** (mean ± std over seeds {sorted({r['seed'] for r in recs})})", "",
+        out += [f"**{metric.upper()}** (mean ± std over seeds {all_seeds})", "",
                 "| split | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        def fmt(rs, metric=metric):  # a cell with fewer seeds than the table names them
+            seeds = sorted(r["seed"] for r in rs)
+            few = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if rs and seeds != all_seeds else ""
+            return mean_std([r.get(metric) for r in rs]) + few
+
         for s in splits:
-            out.append(f"| {s} | " + " | ".join(mean_std([r.get(metric) for r in cell[(s, m)]]) for m in methods) + " |")
+            out.append(f"| {s} | " + " | ".join(fmt(cell[(s, m)]) for m in methods) + " |")
         out.append("")
     times = {m: [r["step_time_s"] for r in recs if r["method"] == m and r.get("step_time_s")] for m in methods}
     if any(times.values()):
@@ -94,7 +102,8 @@ def section_runs(res: dict, title: str) -> list[str]:
             if times[m] and times[base]:
                 t, b = statistics.mean(times[m]), statistics.mean(times[base])
                 out.append(f"| {m} | {t:.3f} | {t / b:.2f}× |")
-        out.append("")
+        out += ["", "These step times come from separate runs, some hours apart, so machine noise is in the ratios; "
+                "the [Loader](#loader) section times the methods' steps alternately in one process.", ""]
     totals = [(r["split"], r["method"], *t) for r in recs if (t := pseudo_totals(r)) is not None]
     if totals:
         out += ["Mined boxes against the erased annotations over the whole run (branch o; precision, recall, boxes mined "
