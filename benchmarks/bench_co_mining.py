@@ -55,6 +55,13 @@ TABLES = {
 FULL_METHODS = {"headline": ("original",)}
 
 
+# Faster R-CNN co-generation decodes the RoI head on the best RPN proposals only (method.topk). Digits'
+# 128-px images leave about 900 proposals per image after the RPN's NMS; on 32 training images of the
+# trained `original` model the best 300 gave the same detections above tau as all of them, at a quarter
+# of the RoI-head time (1.25 s vs 5.2 s per 32 images on one core).
+FRCNN_COGEN_PROPOSALS = 300
+
+
 def method_cfg(label: str, split: str) -> dict:
     """The method block of one run. Co-mining's tau comes from the digits_co_mining preset (the
     release's 0.6); on the extreme split it is 0.1 lower, as in the release (0.5)."""
@@ -148,6 +155,8 @@ def main() -> int:
                 if split != "full":
                     cfg.data.train, cfg.data.hidden = sparse_copy(cfg, split, seed)
                 cfg.method = method_cfg(label, split)
+                if detector == "faster_rcnn" and cfg.method["name"] == "co_mining":
+                    cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
                 if label == "brl":
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
                 if label == "retrain":

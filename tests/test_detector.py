@@ -165,3 +165,21 @@ def test_retinanet_batch_loss_normalisation_divides_by_the_batch_foreground():
     assert torch.allclose(lb["classification"], sum(sums) / sum(counts), rtol=1e-5)
     with pytest.raises(MinedetError, match="loss_norm"):
         tiny_detector("retinanet", extra={"loss_norm": "anchor"})
+
+
+def test_faster_rcnn_decode_caps_proposals_best_first():
+    """Co-generation decodes a training forward: the RoI head sees the best proposals only, at most
+    the RPN's test-time count (what inference decodes) and at most ``topk_candidates``."""
+    det = tiny_detector("faster_rcnn").train()
+    out = det.forward_heads(_images(2))
+    assert all(len(p) > 10 for p in out.proposals)
+    seen = []
+    det.model.roi_heads.box_roi_pool.register_forward_pre_hook(lambda m, args: seen.append(args[1]))
+    det.model.rpn._post_nms_top_n["testing"] = 10
+    with torch.no_grad():
+        det.decode(out)
+        det.decode(out, topk_candidates=4)
+        det.decode(out, topk_candidates=1000)
+    assert [[len(b) for b in boxes] for boxes in seen] == [[10, 10], [4, 4], [10, 10]]
+    for b, p in zip(seen[1], out.proposals):
+        torch.testing.assert_close(b, p[:4])

@@ -553,12 +553,19 @@ class FasterRCNNAdapter(DetectorAdapter):
         return {**roi, **rpn}
 
     def decode(self, out, *, score_thresh=None, nms_thresh=None, topk_candidates=None, detections_per_img=None):
+        """RoI-head detections on the best proposals: at most ``topk_candidates`` per image, and never
+        more than the RPN keeps at test time, so a training-mode forward (2000 proposals by default)
+        is decoded as the detector would decode it at inference, at half the RoI-head cost."""
         roi = self.model.roi_heads
-        feats = roi.box_roi_pool(self._feature_dict(out), out.proposals, out.images.image_sizes)
+        cap = self.model.rpn._post_nms_top_n["testing"]
+        if topk_candidates is not None:
+            cap = min(cap, topk_candidates)
+        proposals = [p[:cap] for p in out.proposals]  # filter_proposals returns them best first
+        feats = roi.box_roi_pool(self._feature_dict(out), proposals, out.images.image_sizes)
         class_logits, box_regression = roi.box_predictor(roi.box_head(feats))
         with _overridden(roi, score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img):
             boxes, scores, labels = roi.postprocess_detections(
-                class_logits, box_regression, out.proposals, out.images.image_sizes
+                class_logits, box_regression, proposals, out.images.image_sizes
             )
         return [
             Target(self._to_input(b, rs, os), lab - 1, s)
