@@ -95,7 +95,7 @@ def section_runs(res: dict, title: str) -> list[str]:
             out.append(f"| {s} | " + " | ".join(fmt(cell[(s, m)]) for m in methods) + " |")
         out.append("")
     times = {m: [r["step_time_s"] for r in recs if r["method"] == m and r.get("step_time_s")] for m in methods}
-    if any(times.values()):
+    if times[methods[0]] and sum(bool(t) for t in times.values()) > 1:  # a ratio needs the base and one more
         base = methods[0]
         out += ["| method | mean step time (s) | ratio to " + base + " |", "|---|---|---|"]
         for m in methods:
