@@ -39,8 +39,9 @@ DEFAULT_NMS = {"retinanet": 0.5, "fcos": 0.6, "faster_rcnn": 0.5}
 @dataclass
 class CoMiningOptions:
     """tau: score threshold (0.6; 0.5 on the extreme split); nms: theta1 (default per detector);
-    iou_gt: theta2 (0.4); topk: candidates per FPN level (1000; Faster R-CNN: RPN proposals the RoI head decodes, at most its test-time count); max_dets: pseudo boxes per image
-    (100); view: the second branch's augmentation; siamese / cogeneration: the Table 2 switches;
+    iou_gt: theta2 (0.4); topk: candidates per FPN level (1000; Faster R-CNN: the best RPN proposals
+    the RoI head decodes, at most its test-time count); max_dets: pseudo boxes per image (100);
+    view: the second branch's augmentation; siamese / cogeneration: the Table 2 switches;
     pseudo_regress: pseudo boxes also supervise box regression (Eq. 2: yes);
     gt_match: which ground-truth boxes a pseudo box is dropped for overlapping (IoU > theta2): ``same``
     class (the release) or ``any`` class (not in the paper: a second-class detection on a labelled
