@@ -57,8 +57,8 @@ FULL_METHODS = {"headline": ("original",)}
 
 # Faster R-CNN co-generation decodes the RoI head on the best RPN proposals only (method.topk). Digits'
 # 128-px images leave about 900 proposals per image after the RPN's NMS; on 32 training images of the
-# trained `original` model the best 300 gave the same detections above tau as all of them, at a quarter
-# of the RoI-head time (1.25 s vs 5.2 s per 32 images on one core).
+# trained `original` model (a one-off check, not a benchmark) the best 300 gave the same detections above
+# tau as all of them, in a fraction of the RoI-head time.
 FRCNN_COGEN_PROPOSALS = 300
 
 
