@@ -9,9 +9,11 @@ import torch
 
 from minedet.data.coco import load_coco
 from minedet.data.datasets import DetectionDataset, load_image
+from minedet.data.tiles import check_tiling
 from minedet.engine.checkpoint import load_model
 from minedet.engine.evaluate import coco_results
 from minedet.engine.inference import evaluate_detector
+from minedet.engine.tiled import default_overlap, predict_tiled
 from minedet.engine.trainer import setup_device
 from minedet.errors import MinedetError
 from minedet.io import write_json_atomic
@@ -55,6 +57,10 @@ def _list_images(paths: list[str]) -> list[Path]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from minedet.viz import BoxGroup, draw_boxes, save_png
 
+    if args.tile is None and args.overlap is not None:
+        raise MinedetError("--overlap needs --tile SIZE")
+    if args.tile is not None:
+        check_tiling(args.tile, default_overlap(args.tile) if args.overlap is None else args.overlap)
     info = setup_device(args.device, quiet=True)
     det, _ = load_model(args.model, device=info.device)
     names = list(det.spec.class_names)
@@ -64,7 +70,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for i, path in enumerate(paths, start=1):
         img = load_image(path, file=str(path))
         with torch.no_grad():
-            d = det.predict([img.to(info.device)], score_thresh=args.score)[0].to("cpu")
+            if args.tile is not None:  # big images: predict tile by tile, merge into the image's pixels
+                d = predict_tiled(det, img, args.tile, args.overlap, batch_size=args.batch_size, progress=True,
+                                  desc=path.name, score_thresh=args.score)
+            else:
+                d = det.predict([img.to(info.device)], score_thresh=args.score)[0].to("cpu")
         images_json.append({"id": i, "file_name": str(path), "height": int(img.shape[1]), "width": int(img.shape[2])})
         results += coco_results([(i, d)], list(range(1, len(names) + 1)))
         if not args.no_render:
@@ -104,6 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--score", type=float, default=0.05, help="keep detections above this score in the JSON (default 0.05)")
     q.add_argument("--render-score", type=float, default=0.3, help="draw detections above this score (default 0.3)")
     q.add_argument("--no-render", action="store_true", help="write only the JSON")
+    q.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="big images: predict on SIZE x SIZE tiles and merge the detections into the image's pixels "
+                        "(NMS across tile seams); train on tiles of this size ('minedet data tile')")
+    q.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="with --tile: minimum overlap of neighbouring tiles (default SIZE/4); larger than the objects")
+    q.add_argument("--batch-size", type=int, default=8, help="with --tile: tiles per forward pass (default 8)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     q.set_defaults(func=_cmd_predict)
 

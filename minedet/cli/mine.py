@@ -143,6 +143,14 @@ def _cmd_mine(args: argparse.Namespace) -> int:
         "per_class": [{"class": n, "labelled": original[n], "mined": per_class[n]} for n in data.class_names],
         "gains": [{"image_id": i, "mined": g} for i, g in res.gains()],
     }
+    from minedet.data.tiles import per_source_summary
+
+    per_source = per_source_summary(data, res.mined, nms=args.nms)  # tiled data: per big image, overlaps merged
+    if per_source:
+        print("== per big image (mined boxes merged across tile overlaps) ==")
+        for r in per_source:
+            print(f"image id={r['source']} {r['source_file']}: {r['tiles']} tiles, {r['labelled']} labelled, {r['mined']} mined")
+        summary["per_source"] = per_source
     write_json_atomic(report_dir / f"{prefix}summary.json", summary, indent=2)
 
     # ---- precision / recall against the hidden truth
