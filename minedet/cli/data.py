@@ -162,6 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--images", default=None, metavar="DIR", help="image folder: check every image file")
     k.add_argument("--strict", action="store_true", help="clipped or zero-area boxes are errors")
     k.set_defaults(func=_cmd_check)
+    _register_tile(sub)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,4 +354,61 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  boxes clipped to their image: {data.n_clipped}; zero-area boxes dropped: {data.n_dropped}")
     if args.images is not None:
         print(f"  image files checked: {len(data.images)} in {args.images}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# tile (big images)
+
+TILE_HELP = """\
+Cut the big images of a COCO dataset into tiles of SIZE x SIZE px that overlap their neighbours by
+at least PX px (the last tile of a row or column ends on the image border; an image smaller than SIZE
+is one tile). A box crossing a tile edge is kept in that tile, clipped, when at least --min-visible of
+its area is inside; less visible, it is kept as "iscrowd": 1 (--cut crowd: evaluation and mining ignore
+it) or left out (--cut drop).
+
+Writes OUT_DIR/images/<name>_x<X>_y<Y>.png and OUT_DIR/tiles.json (last). Each tile's image record
+carries the manifest back to its big image, "tile": {"source": ID, "x": X, "y": Y, ...}, and each
+annotation its "source_ann" id: train, evaluate and mine on OUT_DIR/tiles.json like any COCO file, and
+predict on big images with 'minedet predict --tile SIZE --overlap PX'.
+"""
+
+
+def _register_tile(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tile", help="cut big images into overlapping tiles (COCO JSON + PNGs + manifest)",
+                       description=TILE_HELP, formatter_class=_RAW)
+    t.add_argument("input", metavar="IN.json", help="COCO annotations of the big images")
+    t.add_argument("--images", required=True, metavar="DIR", help="folder the big images' file_name entries are relative to")
+    t.add_argument("--size", type=int, required=True, metavar="N", help="tile side in pixels")
+    t.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="minimum overlap of neighbouring tiles in pixels (default: a quarter of --size); "
+                        "choose it larger than the objects")
+    t.add_argument("--min-visible", type=float, default=0.5, metavar="F",
+                   help="keep a cut box (clipped) when at least this fraction of its area is in the tile (default 0.5)")
+    t.add_argument("--cut", choices=["crowd", "drop"], default="crowd",
+                   help="what to do with a box less visible than that: keep it as iscrowd=1 (default) or drop it")
+    t.add_argument("--out", required=True, metavar="OUT_DIR", help="folder to write tiles.json and images/ into")
+    t.set_defaults(func=_cmd_tile)
+
+
+def _cmd_tile(args: argparse.Namespace) -> int:
+    from minedet.data.coco import load_coco
+    from minedet.data.tiles import check_tiling, tile_coco, write_tiles
+    from minedet.engine.tiled import default_overlap
+
+    src, out = Path(args.input), Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise MinedetError("output path exists and is not a folder", file=str(out))
+    _refuse_overwrite(src, [out / "tiles.json"])
+    overlap = default_overlap(args.size) if args.overlap is None else args.overlap
+    check_tiling(args.size, overlap)
+    data = load_coco(src, image_root=args.images, check_images=True)
+    tiled = tile_coco(data, args.size, overlap, min_visible=args.min_visible, cut=args.cut)
+    path = write_tiles(tiled, args.images, out, progress=True)
+    n_empty = sum(1 for im in tiled.coco["images"]) - len({a["image_id"] for a in tiled.coco["annotations"]})
+    print(f"{path}: {len(tiled.coco['images'])} tiles of {args.size} px (overlap {overlap} px) from "
+          f"{len(data.images)} images, {n_empty} tiles without boxes")
+    print(f"  boxes: {tiled.n_kept} kept (whole or >= {args.min_visible:g} visible), {tiled.n_cut} cut below that "
+          f"kept as crowd, {tiled.n_dropped} dropped")
+    print(f"  images: {out / 'images'}")
     return 0
