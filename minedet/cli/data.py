@@ -57,11 +57,50 @@ unlabelled.hidden.json (their boxes) and manifest.json (the labelled image ids, 
 """
 
 
+CONVERT_HELP = """\
+Convert annotations between COCO JSON and YOLO, Pascal VOC, LabelMe or CVAT for images 1.1 (read and
+written through the globox library; XML is parsed with defusedxml first, DTDs refused).
+
+  minedet data convert --from yolo|voc|labelme|cvat SRC... --out x.json     into one COCO file
+  minedet data convert IN.json --to yolo|voc|labelme|cvat --out DIR         out of COCO
+
+Coordinates: COCO, YOLO, LabelMe and CVAT use continuous pixel coordinates. VOC boxes are 1-based
+inclusive pixel indices: x = xmin - 1, y = ymin - 1, w = xmax - xmin + 1, h = ymax - ymin + 1 (and
+back); 'difficult' boxes are kept as "difficult": 1. Without --from or --to, SRC is Pascal VOC.
+
+YOLO: SRC is the labels folder (or a root holding labels/ and images/); the images give the sizes
+(--images, default labels/ -> images/), the class names come from --names (data.yaml or one name a
+line; default data.yaml / classes.txt / obj.names beside the labels); an image without a label file
+has no boxes. LabelMe: rectangles only; file_name is the image relative to SRC (or --images). CVAT: the
+labels of <meta> give the class order. The COCO file passes 'minedet data check' before it is written.
+Out of COCO: YOLO writes DIR/labels/*.txt + DIR/data.yaml; VOC DIR/Annotations/*.xml; LabelMe one
+JSON per image (to sit beside the image); CVAT DIR/annotations.xml. Crowd boxes are not exported.
+"""
+
+MERGE_HELP = """\
+Merge a reviewer's export of the review files 'minedet mine' wrote (OUT.labelstudio.json, OUT.cvat.xml)
+back into a completed COCO dataset. ORIGINAL.json is the COCO file 'minedet mine --out' wrote: its
+boxes marked "mined": true are the ones offered for review, the others are labelled.
+
+Each box of the output carries its provenance:
+  "provenance": "labelled"          a labelled box of ORIGINAL.json (always kept as it was)
+  "provenance": "mined-accepted"    a mined box the reviewer kept (moved by <= --tolerance px, same class)
+  "provenance": "mined-corrected"   a mined box the reviewer moved or re-classed ("mined_bbox" = before)
+  "provenance": "added"             a box the reviewer drew
+Mined boxes the reviewer deleted are known non-objects: they go into the top-level list "rejected"
+(same record shape as an annotation, "provenance": "rejected"), which is not an annotation: training,
+evaluation and 'data check' do not count it as an object. Mined boxes on images that are not in the
+review export are left out. Reviewed boxes are matched to the offered ones by the region id the
+review file carried (Label Studio keeps it), else by geometry: the same box within --tolerance, then
+the best IoU >= 0.5.
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "data",
         help="build, check, convert, sparsify, split and describe COCO datasets",
-        description="Dataset tools: the digits demo set, checks, VOC import, annotation degradation, statistics.",
+        description="Dataset tools: the digits demo set, checks, format conversion, review merging, annotation degradation, statistics.",
         formatter_class=_RAW,
     )
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -128,24 +167,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     t.set_defaults(func=_cmd_stats)
 
-    c = sub.add_parser(
-        "convert",
-        help="Pascal VOC XML -> COCO JSON",
-        description=(
-            "Convert Pascal VOC XML annotations to one COCO JSON file. Inputs are XML files or folders (a VOC root\n"
-            "with Annotations/ is understood). VOC boxes are 1-based inclusive pixel indices; the COCO box is\n"
-            "x = xmin - 1, y = ymin - 1, w = xmax - xmin + 1, h = ymax - ymin + 1. 'difficult' boxes are kept\n"
-            "and marked \"difficult\": 1. Image ids follow the sorted XML paths. XML with DOCTYPE/ENTITY is refused."
-        ),
-        formatter_class=_RAW,
-    )
-    c.add_argument("sources", nargs="+", metavar="VOC_DIR_OR_XML", help="Pascal VOC XML files or folders holding them")
-    c.add_argument("--out", required=True, metavar="OUT.json", help="COCO JSON to write")
+    c = sub.add_parser("convert", help="YOLO / Pascal VOC / LabelMe / CVAT <-> COCO JSON",
+                       description=CONVERT_HELP, formatter_class=_RAW)
+    c.add_argument("sources", nargs="+", metavar="SRC",
+                   help="annotation files or folders (--from), or one COCO JSON (--to)")
+    c.add_argument("--from", dest="from_fmt", choices=["yolo", "voc", "labelme", "cvat"], default=None,
+                   help="read this format into one COCO JSON (default voc, unless --to is given)")
+    c.add_argument("--to", dest="to_fmt", choices=["yolo", "voc", "labelme", "cvat"], default=None,
+                   help="write the COCO JSON SRC in this format into the folder --out")
+    c.add_argument("--out", required=True, metavar="OUT", help="COCO JSON to write (--from), or a folder (--to)")
     c.add_argument("--classes", default=None, metavar="a,b,c",
-                   help="category names in order (ids 1..K); default: every name found, sorted")
+                   help="category names in order (ids 1..K); default: every name found, sorted (CVAT: its <meta> labels)")
+    c.add_argument("--names", default=None, metavar="FILE",
+                   help="YOLO class names: data.yaml (names:) or a names file, one a line "
+                        "(default: data.yaml / classes.txt / obj.names beside the labels)")
+    c.add_argument("--images", default=None, metavar="DIR",
+                   help="YOLO: the image folder (default: labels/ -> images/); LabelMe: the folder file_name is relative to")
     c.add_argument("--filename-from-stem", action="store_true",
-                   help="use the XML file's stem + .jpg as file_name instead of <filename>")
+                   help="VOC: use the XML file's stem + .jpg as file_name instead of <filename>")
     c.set_defaults(func=_cmd_convert)
+
+    r = sub.add_parser("merge-reviewed", help="merge a reviewed export (Label Studio / CVAT / COCO) into a completed COCO",
+                       description=MERGE_HELP, formatter_class=_RAW)
+    r.add_argument("original", metavar="ORIGINAL.json", help="the COCO file 'minedet mine --out' wrote (labelled + mined boxes)")
+    r.add_argument("reviewed", metavar="REVIEWED", help="the reviewer's export: Label Studio JSON, CVAT for images XML or COCO JSON")
+    r.add_argument("--format", required=True, choices=["labelstudio", "cvat", "coco"], help="format of REVIEWED")
+    r.add_argument("--out", required=True, metavar="COMPLETED.json", help="completed COCO JSON to write")
+    r.add_argument("--tolerance", type=float, default=0.5, metavar="PX",
+                   help="a mined box moved by at most this many pixels (each side), same class, counts as accepted (default 0.5)")
+    r.set_defaults(func=_cmd_merge_reviewed)
 
     k = sub.add_parser(
         "check",
@@ -322,24 +372,64 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from minedet.data.coco import save_coco
-    from minedet.data.formats import find_voc_xml, voc_to_coco
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.formats import coco_to_format, convert_to_coco, find_files
 
     out = Path(args.out)
+    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
+    if args.to_fmt is not None:
+        if args.from_fmt is not None:
+            raise MinedetError("give --from (into COCO) or --to (out of COCO), not both")
+        if len(args.sources) != 1:
+            raise MinedetError("--to takes one COCO JSON file")
+        data = load_coco(args.sources[0])
+        res = coco_to_format(data, args.to_fmt, out)
+        print(f"{out}: {res['images']} images, {res['boxes']} boxes as {args.to_fmt} ({len(res['files'])} files)"
+              + (f"; {res['crowd_skipped']} crowd boxes not exported" if res["crowd_skipped"] else ""))
+        return 0
+    fmt = args.from_fmt or "voc"
     if out.suffix != ".json":
         raise MinedetError("output name must end in .json", file=str(out))
-    classes = None
-    if args.classes is not None:
-        classes = [c.strip() for c in args.classes.split(",")]
-    for p in find_voc_xml(args.sources):
-        _refuse_overwrite(p, [out])
-    d = voc_to_coco(args.sources, class_names=classes, image_ext_from_xml=not args.filename_from_stem)
+    suffix = {"voc": ".xml", "cvat": ".xml", "labelme": ".json"}.get(fmt)
+    if suffix is not None:
+        for p in find_files(args.sources, suffix, sub="Annotations" if fmt == "voc" else None):
+            _refuse_overwrite(p, [out])
+    d = convert_to_coco(fmt, args.sources, class_names=classes, images=args.images, names_file=args.names,
+                        filename_from_stem=args.filename_from_stem)
     save_coco(out, d)
-    n_diff = sum(a["difficult"] for a in d["annotations"])
+    n_diff = sum(a.get("difficult", 0) for a in d["annotations"])
     print(
-        f"{out}: {len(d['images'])} images, {len(d['annotations'])} boxes ({n_diff} difficult), "
-        f"{len(d['categories'])} categories: {', '.join(c['name'] for c in d['categories'])}"
+        f"{out}: {len(d['images'])} images, {len(d['annotations'])} boxes"
+        + (f" ({n_diff} difficult)" if fmt == "voc" else "")
+        + f", {len(d['categories'])} categories: {', '.join(c['name'] for c in d['categories'])}"
     )
+    return 0
+
+
+def _cmd_merge_reviewed(args: argparse.Namespace) -> int:
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.review import merge_reviewed, read_reviewed
+
+    src, rev, out = Path(args.original), Path(args.reviewed), Path(args.out)
+    if out.suffix != ".json":
+        raise MinedetError("output name must end in .json", file=str(out))
+    _refuse_overwrite(src, [out])
+    _refuse_overwrite(rev, [out])
+    if not (args.tolerance >= 0):
+        raise MinedetError(f"--tolerance must be >= 0, got {args.tolerance}")
+    original = load_coco(src)
+    reviewed = read_reviewed(rev, args.format, original)
+    merged = merge_reviewed(original, reviewed, tolerance=args.tolerance)
+    save_coco(out, merged.coco)
+    c = merged.counts
+    print(f"{out}: {len(merged.coco['annotations'])} boxes on {len(original.images)} images "
+          f"({c['reviewed_images']} reviewed)")
+    print("  " + ", ".join(f"{k} {c[k]}" for k in ("labelled", "mined-accepted", "mined-corrected", "added", "rejected")))
+    if c["unreviewed_mined"]:
+        print(f"  {c['unreviewed_mined']} mined boxes on images nobody reviewed were left out")
+    if c["labelled_changed"]:
+        print(f"  {c['labelled_changed']} labelled boxes were moved or deleted in the review; they are kept as labelled "
+              "(edit ORIGINAL.json to change labelled boxes)")
     return 0
 
 

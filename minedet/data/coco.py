@@ -21,6 +21,13 @@ rule broken. Degenerate-but-common boxes follow one policy:
 * a box of positive area lying entirely outside its image (touching the border counts as outside)
   is always an error: no clipping could make it mean anything.
 
+Review provenance (written by ``minedet data merge-reviewed``, :mod:`minedet.review`): an
+annotation may carry ``"provenance"``, one of :data:`PROVENANCE` (``labelled``, ``mined-accepted``,
+``mined-corrected``, ``added``); boxes a reviewer rejected are **not** annotations but records of
+an optional top-level list ``"rejected"`` (same keys as an annotation: ``id`` unique in that list,
+``image_id``, ``category_id``, ``bbox``), known non-objects that no loader counts as objects
+(:attr:`CocoData.rejected_by_image`; pycocotools ignores the key).
+
 Nothing here mutates its input: normalised records are copies.
 """
 
@@ -38,7 +45,9 @@ from typing import Any, Iterable, Mapping
 from minedet.errors import MinedetError
 from minedet.io import atomic_open
 
-__all__ = ["CocoData", "load_coco", "validate_coco", "save_coco", "coco_dict", "read_json_file"]
+__all__ = ["CocoData", "PROVENANCE", "load_coco", "validate_coco", "save_coco", "coco_dict", "read_json_file"]
+
+PROVENANCE = ("labelled", "mined-accepted", "mined-corrected", "added")
 
 _REQUIRED_TOP = ("images", "annotations", "categories")
 _IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -64,6 +73,8 @@ class CocoData:
         n_dropped: zero-area boxes dropped during normalisation.
         emptied_image_ids: images that had at least one non-crowd box in the file but none after
             dropping zero-area boxes (they matter to detectron2-style "filter empty images" rules).
+        rejected_by_image: image id -> the records of the top-level ``"rejected"`` list (boxes a
+            reviewer rejected: known non-objects, never annotations); only images that have some.
     """
 
     path: Path
@@ -74,6 +85,7 @@ class CocoData:
     n_clipped: int = 0
     n_dropped: int = 0
     emptied_image_ids: frozenset[int] = field(default_factory=frozenset)
+    rejected_by_image: dict[int, list[dict]] = field(default_factory=dict)
 
     @property
     def cat_ids(self) -> list[int]:
@@ -373,6 +385,10 @@ def validate_coco(
                 ok = False
             if not ok:
                 raise MinedetError(f"area must be a finite number >= 0, got {area!r}", file=file, record=rec)
+        prov = a.get("provenance")
+        if prov is not None and prov not in PROVENANCE:
+            hint = ' (rejected boxes belong in the top-level "rejected" list)' if prov == "rejected" else ""
+            raise MinedetError(f"provenance must be one of {', '.join(PROVENANCE)}, got {prov!r}{hint}", file=file, record=rec)
         if not crowd:
             had_box.add(iid)
         W, H = sizes[iid]
@@ -410,6 +426,7 @@ def validate_coco(
     emptied = frozenset(
         iid for iid in had_box if not any(not a["iscrowd"] for a in anns_by_image[iid])
     )
+    rejected = _validate_rejected(d.get("rejected"), file, sizes, cat_ids)
     raw = {k: v for k, v in d.items()}
     raw["images"] = images
     raw["annotations"] = anns
@@ -423,7 +440,38 @@ def validate_coco(
         n_clipped=n_clipped,
         n_dropped=n_dropped,
         emptied_image_ids=emptied,
+        rejected_by_image=rejected,
     )
+
+
+def _validate_rejected(rej: Any, file: str, sizes: dict[int, tuple[int, int]], cat_ids: set[int]) -> dict[int, list[dict]]:
+    """Check the optional top-level ``"rejected"`` list (see the module docstring); image id -> copies."""
+    if rej is None:
+        return {}
+    if not isinstance(rej, list):
+        raise MinedetError(f'"rejected" must be a list, got {type(rej).__name__}', file=file)
+    out: dict[int, list[dict]] = {}
+    ids: set[int] = set()
+    for i, r in enumerate(rej):
+        rec = f"rejected[{i}]"
+        if not isinstance(r, dict):
+            raise MinedetError("a rejected box must be an object", file=file, record=rec)
+        for k in _ANN_KEYS:
+            if k not in r:
+                raise MinedetError(f'missing key "{k}"', file=file, record=rec)
+        if not _is_int(r["id"]) or r["id"] in ids:
+            raise MinedetError("id must be an integer, unique in the rejected list", file=file, record=rec)
+        ids.add(r["id"])
+        if not _is_int(r["image_id"]) or r["image_id"] not in sizes:
+            raise MinedetError(f"image_id {r['image_id']!r} is not an image in this file", file=file, record=rec)
+        if not _is_int(r["category_id"]) or r["category_id"] not in cat_ids:
+            raise MinedetError(f"category_id {r['category_id']!r} is not a category in this file", file=file, record=rec)
+        b = r["bbox"]
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)
+                and all(math.isfinite(float(v)) for v in b) and b[2] >= 0 and b[3] >= 0):
+            raise MinedetError("bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0", file=file, record=rec)
+        out.setdefault(r["image_id"], []).append(dict(r))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
