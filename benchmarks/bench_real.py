@@ -1,0 +1,375 @@
+"""Real images: sparse labels on a fluorescence microscopy image of nuclei, trained on tiles.
+
+Usage:
+  OMP_NUM_THREADS=1 python benchmarks/bench_real.py                     # every column, seeds 0 1 2
+  python benchmarks/bench_real.py --methods co_mining_best --seeds 0 1 2  # one column again (appended)
+
+Data: the 2D nuclei image and its instance mask that ship inside the ``stardist`` wheel on PyPI
+(``stardist/data/images/img2d.tif``, ``mask2d.tif``: 512 x 512 px, 125 nuclei). On first use the
+wheel is fetched with ``pip download --no-deps`` into ``CACHE/stardist-<version>/`` (default cache
+``.cache/minedet``, like the digits dataset) and the two files are read from the zip; stardist is
+not installed. No network afterwards.
+
+Protocol:
+  * one box per nucleus: the bounding box of its mask (xyxy pixel edges);
+  * train = the left 3/4 of the image (x < 384), val = the right 1/4 (x >= 384): no pixel in both.
+    A nucleus crossing x = 384 goes to each side by the visible-fraction rule (>= 0.5 of its box:
+    kept, clipped; less: crowd, ignored by pycocotools);
+  * per seed, 50 % of the training nuclei are erased (``minedet data sparsify --mode missing
+    --rate 0.5``, on the whole training region, so an erased nucleus is erased in every tile);
+  * training on ``minedet data tile`` tiles of the training region (128 px, overlap 48 px, larger
+    than any nucleus), RetinaNet + EfficientNet-Lite0 FPN (ImageNet weights), 128 px input;
+  * AP / AP50 on the val region, predicted with ``predict_tiled`` (the same tiles, merged);
+  * mined boxes: ``predict_tiled`` on the training region, detections that do not overlap a labelled
+    box (IoU <= 0.4), scored against the erased nuclei (IoU >= 0.5) at score thresholds 0.3..0.9;
+    co-mining's own mined-box quality over training is logged when data.hidden is set.
+
+Columns (--methods): full (every training nucleus labelled), original (supervised on the sparse
+labels), joint (Siamese, no co-generation), co_mining (the paper's / release's settings, pinned),
+co_mining_best (the digits_co_mining preset's method block as it is when run: rerun this column
+after the preset's defaults change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import common
+from common import ROOT, train_record
+
+STARDIST = "0.9.2"  # the wheel the data is read from (the two files are the same in every wheel of it)
+PLATFORM = "manylinux_2_28_x86_64"  # pinned so everyone fetches the same file, whatever their machine
+MEMBERS = {"image": "stardist/data/images/img2d.tif", "mask": "stardist/data/images/mask2d.tif"}
+SPLIT_X = 384  # train: x < 384, val: x >= 384
+TILE, OVERLAP = 128, 48
+MIN_VISIBLE = 0.5
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+# the Co-mining release's settings (Wang et al., AAAI 2021; see DESIGN.md), pinned here so a change
+# of minedet's defaults does not move this column
+PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
+         "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True}
+METHODS = ("full", "original", "joint", "co_mining", "co_mining_best")
+LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
+          "co_mining_best": "co-mining (best defaults)"}
+
+
+# --------------------------------------------------------------------------------------------- data
+def fetch_wheel(cache: Path) -> Path:
+    """The stardist wheel in the cache, fetched with pip on first use; one clear line if it cannot be."""
+    folder = cache / f"stardist-{STARDIST}"
+    found = sorted(folder.glob(f"stardist-{STARDIST}-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", PLATFORM,
+           "--python-version", "3.11", f"stardist=={STARDIST}", "-d", str(folder), "--quiet"]
+    print(f"[real] fetching the stardist {STARDIST} wheel (its demo image) into {folder}", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(f"bench_real: cannot run pip to fetch stardist=={STARDIST} ({e.__class__.__name__})") from None
+    found = sorted(folder.glob(f"stardist-{STARDIST}-*.whl"))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"bench_real: cannot fetch stardist=={STARDIST} from PyPI with pip download "
+                         f"(is PyPI reachable?): {last}")
+    return found[0]
+
+
+def read_nuclei(wheel: Path):
+    """(image uint8 [H, W], mask int [H, W], sha256 of the two files) from the wheel."""
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(wheel) as z:
+        raw = {k: z.read(v) for k, v in MEMBERS.items()}
+    img = np.asarray(Image.open(io.BytesIO(raw["image"])), dtype=np.float64)
+    mask = np.asarray(Image.open(io.BytesIO(raw["mask"]))).astype(np.int64)
+    lo, hi = np.percentile(img, [1, 99.8])  # the usual fluorescence normalisation (StarDist's)
+    img8 = (np.clip((img - lo) / max(hi - lo, 1e-9), 0, 1) * 255).round().astype(np.uint8)
+    return img8, mask, {k: hashlib.sha256(v).hexdigest() for k, v in raw.items()}
+
+
+def region_coco(boxes: list[list[int]], x0: int, x1: int, height: int, file_name: str) -> dict:
+    """The nuclei of the region x0 <= x < x1 as one image's COCO dict (boxes by the visible rule)."""
+    from minedet.data.tiles import cut_box
+
+    anns = []
+    for b in boxes:
+        got = cut_box(b, (x0, 0, x1, height))
+        if got is None:
+            continue
+        (cx1, cy1, cx2, cy2), vis = got
+        whole = vis >= 1.0
+        x, y, w, h = (b[0] - x0, b[1], b[2] - b[0], b[3] - b[1]) if whole else (cx1 - x0, cy1, cx2 - cx1, cy2 - cy1)
+        anns.append({"id": len(anns) + 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h], "area": w * h,
+                     "iscrowd": 0 if vis >= MIN_VISIBLE else 1, "visible": round(vis, 4)})
+    return {"images": [{"id": 1, "file_name": file_name, "width": x1 - x0, "height": height}],
+            "annotations": anns, "categories": [{"id": 1, "name": "nucleus"}]}
+
+
+def build_data(cache: Path) -> dict:
+    """The regions, their COCO files and the training tiles, once, in CACHE/real_nuclei-<version>/."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.tiles import tile_coco, write_tiles
+    from minedet.io import write_json_atomic
+
+    root = cache / f"real_nuclei-stardist{STARDIST}-t{TILE}o{OVERLAP}"
+    info_path = root / "info.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    img8, mask, sha = read_nuclei(fetch_wheel(cache))
+    H, W = mask.shape
+    boxes = [[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in ndimage.find_objects(mask) if s is not None]
+    rgb = np.repeat(img8[:, :, None], 3, axis=2)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, (x0, x1) in {"train": (0, SPLIT_X), "val": (SPLIT_X, W)}.items():
+        Image.fromarray(rgb[:, x0:x1]).save(root / f"{name}_region.png")
+        save_coco(root / f"{name}_region.json", region_coco(boxes, x0, x1, H, f"{name}_region.png"))
+    tiled = tile_coco(load_coco(root / "train_region.json"), TILE, OVERLAP, min_visible=MIN_VISIBLE)
+    write_tiles(tiled, root, root / "tiles")
+    info = {"root": str(root), "sha256": sha, "wheel": f"stardist=={STARDIST}", "nuclei": len(boxes),
+            "image": [W, H], "box_side_px": [int(np.min([b[2] - b[0] for b in boxes])), int(np.max([b[2] - b[0] for b in boxes]))],
+            "train_region": [0, SPLIT_X], "val_region": [SPLIT_X, W], "tiles": len(tiled.coco["images"]),
+            "train_boxes": sum(1 for a in load_coco(root / "train_region.json").annotations if not a["iscrowd"]),
+            "val_boxes": sum(1 for a in load_coco(root / "val_region.json").annotations if not a["iscrowd"])}
+    write_json_atomic(info_path, info, indent=1)
+    return info
+
+
+def sparse_tiles(info: dict, seed: int) -> tuple[str, str, int, int]:
+    """Erase 50 % of the training region's nuclei (seeded) and split the tiles' annotations alike:
+    (kept tiles JSON, hidden tiles JSON, kept nuclei, erased nuclei)."""
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.splits import sparsify
+
+    root = Path(info["root"])
+    kept_p, hidden_p = root / f"tiles_sparse_s{seed}.json", root / f"tiles_sparse_s{seed}.hidden.json"
+    region = load_coco(root / "train_region.json").raw
+    whole = {**region, "annotations": [a for a in region["annotations"] if not a["iscrowd"]]}
+    erased = {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
+    if not (kept_p.exists() and hidden_p.exists()):
+        tiles = load_coco(root / "tiles" / "tiles.json").raw
+        part = lambda hide: {**tiles, "annotations": [a for a in tiles["annotations"] if (a["source_ann"] in erased) == hide]}  # noqa: E731
+        save_coco(hidden_p, part(True))
+        save_coco(kept_p, part(False))
+    return str(kept_p), str(hidden_p), len(whole["annotations"]) - len(erased), len(erased)
+
+
+# --------------------------------------------------------------------------------------------- runs
+def resolved(method: dict) -> dict:
+    """The method block with every option filled in (to tell whether two columns are one setting)."""
+    try:
+        from minedet.cli.registry import METHODS as REG
+        from minedet.config import from_dict
+
+        opts = from_dict(REG[method["name"]][1], {k: v for k, v in method.items() if k != "name"}, where="method")
+        d = {"name": method["name"], **dataclasses.asdict(opts)}
+        return {k: v for k, v in d.items() if not k.startswith("render")}
+    except Exception:  # noqa: BLE001 - a registry under refactor: compare the blocks as written
+        return dict(method)
+
+
+def method_block(label: str) -> dict:
+    from minedet.config import load_config, preset_path
+
+    if label in ("full", "original"):
+        return {"name": "supervised"}
+    if label == "joint":
+        return {**PAPER, "cogeneration": False}
+    if label == "co_mining":
+        return dict(PAPER)
+    if label == "co_mining_best":
+        return dict(load_config(preset_path("digits_co_mining")).method)
+    raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
+
+
+def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
+    from minedet.config import load_config, preset_path
+
+    cfg = load_config(preset_path("digits_retinanet"))
+    root = Path(info["root"])
+    cfg.data.digits = None
+    cfg.data.val = cfg.data.val_images = None
+    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch, 0.5
+    cfg.data.train_images = str(root / "tiles")
+    if label == "full":
+        cfg.data.train = str(root / "tiles" / "tiles.json")
+    else:
+        cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
+    cfg.method = method_block(label)
+    cfg.train.max_steps, cfg.train.seed = steps, seed
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
+    cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0
+    return cfg
+
+
+def region_predictions(model_path: Path, info: dict, name: str):
+    """Detections of the model on a region (tiled prediction, boxes in region pixels), its COCO dict."""
+    from minedet.data.coco import load_coco
+    from minedet.data.datasets import load_image
+    from minedet.engine.checkpoint import load_model
+    from minedet.engine.tiled import predict_tiled
+
+    root = Path(info["root"])
+    det, _ = load_model(model_path)
+    img = load_image(root / f"{name}_region.png")
+    d = predict_tiled(det, img, TILE, OVERLAP, score_thresh=0.05, image_id=1)
+    return d, load_coco(root / f"{name}_region.json")
+
+
+def evaluate(model_path: Path, info: dict) -> dict:
+    from minedet.engine.evaluate import coco_results, evaluate_detections
+
+    d, gt = region_predictions(model_path, info, "val")
+    rep = evaluate_detections(gt.raw, coco_results([(1, d)], gt.cat_ids), image_ids=[1], class_names=gt.class_names)
+    return {"ap": rep.ap, "ap50": rep.ap50, "ap75": rep.ap75, "val_detections": len(d)}
+
+
+def mined_quality(model_path: Path, info: dict, seed: int) -> dict:
+    """Mine the training region (tiled prediction, merged) and score it against the erased nuclei."""
+    from minedet.data.splits import sparsify
+    from minedet.mining import gt_target
+    from minedet.pseudo.filters import drop_overlapping
+    from minedet.pseudo.quality import match
+
+    d, region = region_predictions(model_path, info, "train")
+    whole = {**region.raw, "annotations": [a for a in region.raw["annotations"] if not a["iscrowd"]]}
+    erased = {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
+    labelled = gt_target(_subset(region, lambda a: a["id"] not in erased), 1)  # crowd pieces count as labelled
+    hidden = gt_target(_subset(region, lambda a: a["id"] in erased and not a["iscrowd"]), 1)
+    cand = drop_overlapping(d, labelled, 0.4, same_class=False)
+    rows = []
+    for t in THRESHOLDS:
+        m = cand.select(cand.scores > t)
+        tp, _ = match(m, hidden)
+        rows.append({"threshold": t, "n_mined": len(m), "tp": tp, "n_hidden": len(hidden),
+                     "precision": tp / len(m) if len(m) else None, "recall": tp / len(hidden) if len(hidden) else None})
+    return {"mine_pr": rows}
+
+
+def _subset(data, keep):
+    from minedet.data.coco import validate_coco
+
+    raw = {**data.raw, "annotations": [a for a in data.raw["annotations"] if keep(a)]}
+    return validate_coco(raw, file=str(data.path))
+
+
+def figure(model_path: Path, info: dict, seed: int, out: Path) -> str:
+    """Mined boxes on the training tile with the most erased nuclei: labelled green, erased blue,
+    mined (score > 0.5, not on a labelled box) red."""
+    from minedet.data.coco import load_coco
+    from minedet.data.datasets import coco_target, load_image
+    from minedet.engine.checkpoint import load_model
+    from minedet.mining import gt_target
+    from minedet.pseudo.filters import drop_overlapping
+    from minedet.viz import BoxGroup, draw_boxes, save_png
+
+    kept_p, hidden_p, _, _ = sparse_tiles(info, seed)
+    kept, hidden = load_coco(kept_p), load_coco(hidden_p)
+    best = max(kept.images, key=lambda im: (sum(1 for a in hidden.anns_by_image[im["id"]] if not a["iscrowd"]), -im["id"]))
+    iid = int(best["id"])
+    det, _ = load_model(model_path)
+    img = load_image(Path(info["root"]) / "tiles" / best["file_name"])
+    d = det.eval().predict([img], score_thresh=0.5)[0]
+    mined = drop_overlapping(d, gt_target(kept, iid), 0.4, same_class=False)
+    lab, hid = coco_target(kept, iid), coco_target(hidden, iid)
+    pic = draw_boxes(img, [BoxGroup(hid.boxes, None, None, (80, 140, 255), 1),
+                           BoxGroup(mined.boxes, None, mined.scores, (255, 40, 40), 1),
+                           BoxGroup(lab.boxes, None, None, (40, 220, 40), 1)], min_side=384)
+    save_png(pic, out)
+    return (f"tile {best['file_name']} (seed {seed}): {len(lab)} labelled (green), {len(hid)} erased (blue), "
+            f"{len(mined)} mined at score > 0.5 (red, with scores)")
+
+
+def save(records: list[dict], new: list[dict], **extra) -> None:
+    """Append to benchmarks/results/real_nuclei.json (append_results where common has it)."""
+    if hasattr(common, "append_results"):
+        common.append_results("real_nuclei", new, **extra)
+    else:
+        common.write_results("real_nuclei", records + new, **extra)
+    records.extend(new)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="columns to run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    ap.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
+    ap.add_argument("--cache-dir", default=".cache/minedet", help="where the wheel and the tiles are kept")
+    ap.add_argument("--out", default=None, help="work folder for the runs (default: a temporary one)")
+    ap.add_argument("--no-figure", action="store_true", help="do not draw docs/img/real_nuclei_mined.png")
+    args = ap.parse_args()
+
+    info = build_data(Path(args.cache_dir))
+    work = Path(args.out or tempfile.mkdtemp(prefix="minedet-real-"))
+    old = (common.load_results("real_nuclei") if hasattr(common, "load_results") else None) or {}
+    records: list[dict] = list(old.get("records", []))
+    figure_line = old.get("figure")
+    docs = Path(os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs")
+    paper = resolved(PAPER)
+    for seed in args.seeds:
+        for label in args.methods:
+            block = method_block(label)
+            res_block = resolved(block)
+            if label == "co_mining_best" and res_block == paper:
+                print(f"[real] seed {seed} co_mining_best: the preset's method block is the paper's setting; "
+                      "not run twice", file=sys.stderr, flush=True)
+                continue
+            cfg = make_config(info, label, seed, args.steps, args.batch_size)
+            out = work / f"{label}_s{seed}"
+            print(f"[real] seed {seed} {label:<15} ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
+                                           "run": out.name}, out_dir=out)
+            rec.pop("curve", None)
+            rec.update(evaluate(out / "model.pt", info))
+            rec["method_block"] = block
+            rec["method_resolved"] = res_block
+            if label != "full":
+                rec.update(mined_quality(out / "model.pt", info, seed))
+                _, _, n_kept, n_erased = sparse_tiles(info, seed)
+                rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
+            rec["wall_s"] = round(time.perf_counter() - t0, 1)
+            extra = {}
+            if label == "co_mining" and seed == min(args.seeds) and not args.no_figure:
+                img = docs / "img" / "real_nuclei_mined.png"
+                figure_line = figure(out / "model.pt", info, seed, img)
+                extra["figure"] = figure_line
+            print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+            save(records, [rec], note=note(args, info), data=info_public(info), paper_settings=PAPER, **extra)
+    return 0
+
+
+def info_public(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k != "root"}
+
+
+def note(args, info: dict) -> str:
+    return (f"StarDist's 2D nuclei image ({info['image'][0]} x {info['image'][1]} px, {info['nuclei']} nuclei, boxes from the "
+            f"instance mask, {info['box_side_px'][0]}-{info['box_side_px'][1]} px wide). Train: the left {SPLIT_X} px "
+            f"({info['train_boxes']} nuclei, {info['tiles']} tiles of {TILE} px with {OVERLAP} px overlap), val: the right "
+            f"{info['image'][0] - SPLIT_X} px ({info['val_boxes']} nuclei, predicted tile by tile and merged). 50 % of the "
+            f"training nuclei erased per seed (sparsify missing 0.5). RetinaNet + EfficientNet-Lite0 FPN (ImageNet "
+            f"weights), {args.steps} steps of {args.batch_size} tiles, 128 px, one torch thread.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
