@@ -28,7 +28,7 @@ from pathlib import Path
 
 import json
 
-from common import RESULTS, command_line, train_record, write_results
+from common import append_results, latest, load_results, train_record, write_json
 
 METHODS = {
     "original": {"name": "supervised", "view": "none"},
@@ -91,13 +91,13 @@ def main() -> int:
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--append", action="store_true",
-                    help="add to the existing results file (runs of the same method/split/seed are replaced)")
+                    help="accepted for old command lines: results files are always appended to (a re-run is a new record)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--name", default=None, help="results file name (default: co_mining for the headline, co_mining_TABLE otherwise)")
     ap.add_argument("--latency-only", action="store_true", help="with --remine: only re-measure predict latency")
     ap.add_argument("--remine", action="store_true",
                     help="do not train: re-measure mining quality and predict latency of the runs kept in --out "
-                         "(after a change to minedet mine) and update their records")
+                         "(after a change to minedet mine); each re-measured run is a new record")
     ap.add_argument("--rederive", action="store_true",
                     help="do not train: recompute the derived lines (recovery, ratios, wall time) of the results file")
     args = ap.parse_args()
@@ -115,33 +115,33 @@ def main() -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-cm-"))
     # headline, extreme and Table 1 share one RetinaNet setting and seeds: one results file, Table 1 grows in it
     name = args.name or ("co_mining" if args.table in ("headline", "extreme", "table1") else f"co_mining_{args.table}")
-    records, commands = [], []
-    if (args.append or args.remine) and (RESULTS / f"{name}.json").exists():
-        old = json.loads((RESULTS / f"{name}.json").read_text())
-        records = list(old["records"])
-        commands = old.get("commands", [old["command"]])
+    old = load_results(name)
     if args.rederive:
-        old = json.loads((RESULTS / f"{name}.json").read_text())
-        old["derived"] = derived(old["records"])
-        (RESULTS / f"{name}.json").write_text(json.dumps(old, indent=1))
-        print("\n".join(old["derived"]))
+        if old is None:
+            raise SystemExit(f"no results file {name}.json")
+        write_json(name, {**old, "derived": derived(latest(old["records"]))})
+        print("\n".join(derived(latest(old["records"]))))
         return 0
     if args.remine:
         if not args.out:
             raise SystemExit("--remine needs --out, the work folder of the runs")
         from minedet.config import build_config
 
-        for rec in records:
+        fresh = []
+        for rec in latest(old["records"] if old else []):
             run = work / rec.get("run", f"{args.table}_{rec['split']}_{rec['method']}_s{rec['seed']}")
             if not (run / "model.pt").exists() or rec["method"] not in ("original", "co_mining"):
                 continue
             cfg = build_config(json.loads((run / "config.json").read_text()))
             print(f"[remine] {run.name}", file=sys.stderr, flush=True)
+            made_at = (rec.get("origin") or old).get("git_commit") or "?"
+            rec = {k: v for k, v in rec.items() if k not in ("origin", "predict_s")}
+            rec["remeasure_of"] = made_at[:10]  # the training run's commit; this record's origin is now
             if rec["split"] != "full" and not args.latency_only:
                 rec.update(mining_quality(run, cfg))
-            rec.pop("predict_s", None)
-        add_latency(records, work, args.table)
-        write_results(name, records, note=note(args, steps), derived=derived(records), commands=commands + [command_line()])
+            fresh.append(rec)
+        add_latency(fresh, work, args.table)
+        append_results(name, fresh, note=note(args, steps), derive=derived)
         return 0
     for seed in args.seeds:
         for split in splits:
@@ -170,9 +170,7 @@ def main() -> int:
                 if label == "co_mining":
                     add_latency([rec], work, args.table)
                 print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-                records = [r for r in records if (r["method"], r["split"], r["seed"]) != (label, split, seed)] + [rec]
-                write_results(name, records, note=note(args, steps), derived=derived(records),
-                              commands=commands + [command_line()])
+                append_results(name, [rec], note=note(args, steps), derive=derived)
     return 0
 
 

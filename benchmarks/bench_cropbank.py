@@ -20,7 +20,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from common import write_results
+from common import append_results
 
 
 def bank_at_scale(n_images: int, per_image: int, k: int = 80) -> dict:
@@ -106,7 +106,7 @@ def main() -> int:
     records = [bank_at_scale(args.images, args.per_image)]
     print(records[0], file=sys.stderr)
     records += pipeline(args.batches)
-    write_results("cropbank", records, note="Pipeline rows: the digits_acrst preset's data (10 % of 2,000 long-tailed "
+    append_results("cropbank", records, note="Pipeline rows: the digits_acrst preset's data (10 % of 2,000 long-tailed "
                                               "images labelled), batch 8, 128 px, DataLoader workers 0, N ~ U{0..10} crops "
                                               "drawn from the labelled bank.")
     return 0

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, write_results
+from common import ROOT, append_results
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
            "meets_target": bool(wall <= 900 and rep["ap50"] >= 0.70 and rep["ap"] >= 0.40)}
     print(proc.stdout)
     print(json.dumps({k: rec[k] for k in ("wall_s", "ap", "ap50", "meets_target")}))
-    write_results("demo", [rec], target="<= 900 s wall, AP50 >= 0.70, AP >= 0.40")
+    append_results("demo", [rec], target="<= 900 s wall, AP50 >= 0.70, AP >= 0.40")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from common import write_results
+from common import append_results
 
 
 def main() -> int:
@@ -99,7 +99,7 @@ def main() -> int:
         if r.get("cogeneration_share") is not None:
             derived.append(f"co-generation (decode + filters of both branches) takes {100 * r['cogeneration_share']:.1f}% "
                            f"of a co-mining training step (median of {args.steps} steps)")
-    write_results("loader", records, note=f"digits, batch {bs}, 128 px; median of {args.steps} training steps; "
+    append_results("loader", records, note=f"digits, batch {bs}, 128 px; median of {args.steps} training steps; "
                                           f"{args.batches} batches per pipeline figure.", derived=derived)
     return 0
 

@@ -20,13 +20,12 @@ target is measured against.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, command_line, train_record, write_results
+from common import append_results, train_record
 
 ACRST_OFF = {"fbr": False, "affr": False, "two_stage": False, "selective_supervision": False}
 METHODS = {
@@ -79,7 +78,8 @@ def main() -> int:
     ap.add_argument("--detectors", nargs="+", default=None, help="for --table detectors (default: fcos faster_rcnn)")
     ap.add_argument("--methods", nargs="+", default=None, help="only these methods of the table")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the supervised-on-all-labels run per seed")
-    ap.add_argument("--append", action="store_true", help="add to the existing results file (same keys are replaced)")
+    ap.add_argument("--append", action="store_true",
+                    help="accepted for old command lines: results files are always appended to (a re-run is a new record)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     ap.add_argument("--name", default=None, help="results file name (default: semi for the headline, semi_TABLE otherwise)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -94,10 +94,6 @@ def main() -> int:
     detectors = (args.detectors or ["fcos", "faster_rcnn"]) if args.table == "detectors" else ["retinanet"]
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-semi-"))
     name = args.name or ("semi" if args.table == "headline" else f"semi_{args.table}")
-    records, commands = [], []
-    if args.append and (RESULTS / f"{name}.json").exists():
-        old = json.loads((RESULTS / f"{name}.json").read_text())
-        records, commands = list(old["records"]), old.get("commands", [old["command"]])
 
     def config(seed: int, detector: str, semi: dict | None):
         digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "image_size": 128, "imbalance": args.imbalance}
@@ -115,9 +111,7 @@ def main() -> int:
         rec = train_record(cfg, label=key, out_dir=out)
         print(f"    AP {100 * rec['ap']:.1f} ({rec['wall_s']:.0f} s, {rec.get('step_time_s', 0):.2f} s/step)",
               file=sys.stderr, flush=True)
-        nonlocal records
-        records = [r for r in records if {k: r.get(k) for k in key} != key] + [rec]
-        write_results(name, records, note=note(args), derived=derived(records), commands=commands + [command_line()])
+        append_results(name, [rec], note=note(args), derive=derived)
         return rec
 
     for seed in args.seeds:

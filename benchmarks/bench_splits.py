@@ -4,22 +4,19 @@ Times :func:`minedet.data.splits.sparsify` in every mode and :func:`split_semi` 
 dict the size of train2017 (118,287 images, 860,001 boxes, 80 categories by default), each in a
 fresh child process so its peak resident memory is its own. Requirement: each < 60 s and < 4 GB.
 
-Writes ``benchmarks/results/splits.json``: the command line, date, git commit, machine (cores,
+Appends to ``benchmarks/results/splits.json`` (each record with its origin: command, date, git commit, machine:
 Python, torch, numpy versions) and one record per operation with wall seconds for the operation,
 wall seconds to generate the data, and peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
 after generating the data and after the operation.
 
     python benchmarks/bench_splits.py                      # full size
-    python benchmarks/bench_splits.py --images 2000 --boxes 15000 --out s.json   # quick
+    python benchmarks/bench_splits.py --images 2000 --boxes 15000 --name splits_quick   # quick
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -73,32 +70,6 @@ def run_one(op: str, n_images: int, n_boxes: int, n_categories: int, seed: int) 
     }
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _machine() -> dict:
-    import numpy
-
-    try:
-        import torch
-
-        torch_v = torch.__version__
-    except ImportError:  # pragma: no cover
-        torch_v = None
-    return {
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch_v,
-        "numpy": numpy.__version__,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=118_287)
@@ -106,15 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--categories", type=int, default=80)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "splits.json"))
+    ap.add_argument("--name", default="splits", help="results file name (benchmarks/results/NAME.json, appended to)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(run_one(args.child, args.images, args.boxes, args.categories, args.seed)))
         return 0
 
-    from minedet import __version__
-    from minedet.io import write_json_atomic
+    from common import append_results
 
     records = []
     for op in args.ops.split(","):
@@ -128,18 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         records.append(rec)
         print(f"{op:18s} {rec['wall_s']:7.2f} s   peak RSS {rec['peak_rss_mb']:7.1f} MB "
               f"(data alone {rec['peak_rss_mb_after_generate']:.1f} MB)", flush=True)
-    result = {
-        "name": "splits",
-        "command": " ".join(["python", "benchmarks/bench_splits.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "minedet_version": __version__,
-        "machine": _machine(),
-        "limits": {"wall_s": 60, "peak_rss_mb": 4096},
-        "records": records,
-    }
-    write_json_atomic(args.out, result, indent=1)
-    print(f"wrote {args.out}")
+    from minedet import __version__
+
+    path = append_results(args.name, [{**r, "minedet_version": __version__} for r in records],
+                          limits={"wall_s": 60, "peak_rss_mb": 4096})
+    print(f"wrote {path}")
     return 0 if all(r["within_limits"] for r in records) else 1
 
 

@@ -51,20 +51,70 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + args)
 
 
-def write_results(name: str, records: list[dict], **extra) -> Path:
+def run_origin() -> dict:
+    """Where a record comes from: the command line, date, git commit and machine of this run."""
+    return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "machine": machine()}
+
+
+#: the fields that name one setting of a benchmark run; records agreeing on them are re-runs of each other
+KEY_FIELDS = ("method", "split", "fraction", "detector", "seed", "what", "op", "workers")
+
+
+def record_key(rec: dict) -> tuple:
+    return tuple(rec.get(k) for k in KEY_FIELDS)
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """The last record of each setting (records are appended in time order): what tables average."""
+    last: dict[tuple, dict] = {}
+    for r in records:
+        last.pop(record_key(r), None)
+        last[record_key(r)] = r
+    return list(last.values())
+
+
+def load_results(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(name: str, res: dict) -> Path:
+    """Rewrite a results file's top-level fields (``derived``); its records must be those it had."""
     from minedet.io import write_json_atomic
 
-    path = RESULTS / f"{name}.json"
-    write_json_atomic(path, {
-        "name": name,
-        "command": command_line(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        **extra,
-        "records": records,
-    }, indent=1)
-    return path
+    old = load_results(name)
+    if old is not None and old["records"] != res["records"]:
+        raise ValueError(f"{name}.json: records are append-only (use append_results)")
+    write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
+    return RESULTS / f"{name}.json"
+
+
+def append_records(name: str, records: list[dict], *, derive=None, **extra) -> Path:
+    """Append ``records`` (each already carrying its ``origin``) to ``benchmarks/results/<name>.json``,
+    created if absent. Existing records are never changed or dropped. ``extra`` (note, target, ...)
+    replaces the file's top-level fields of the same name; ``derive(records)``, given the latest
+    record of each setting, recomputes the file's ``derived`` lines."""
+    from minedet.io import write_json_atomic
+
+    missing = [i for i, r in enumerate(records) if not r.get("origin")]
+    if missing:
+        raise ValueError(f"{name}.json: records {missing} carry no origin")
+    res = load_results(name) or {"name": name, **run_origin(), "records": []}
+    all_records = list(res["records"]) + list(records)
+    res.update(extra)
+    if derive is not None:
+        res["derived"] = derive(latest(all_records))
+    res["records"] = all_records
+    write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
+    return RESULTS / f"{name}.json"
+
+
+def append_results(name: str, new_records: list[dict], *, derive=None, **extra) -> Path:
+    """Append the records of a run made now: each gets this run's ``origin`` (command, date,
+    commit, machine); a re-run of a setting is a new record (see :func:`append_records`)."""
+    origin = run_origin()
+    return append_records(name, [{**r, "origin": origin} for r in new_records], derive=derive, **extra)
 
 
 def train_record(cfg, *, label: dict, out_dir: Path) -> dict:

@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, latest, record_key
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
 _DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
@@ -35,22 +35,71 @@ def mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.1f} ± {100 * statistics.stdev(xs):.1f}"
 
 
+def origins(res: dict) -> list[dict]:
+    """Where each record came from: its own ``origin`` (command, date, commit, machine), or, for a
+    record written before records carried one, the file's header (its command list and commit)."""
+    legacy = {"commands": list(dict.fromkeys(res.get("commands") or [res["command"]])), "date": res["date"],
+              "git_commit": res.get("git_commit"), "machine": res.get("machine", {}), "legacy": True}
+    return [r.get("origin") or legacy for r in res["records"]]
+
+
 def header(res: dict) -> list[str]:
-    m = res.get("machine", {})
-    cmds = list(dict.fromkeys(res.get("commands") or [res["command"]]))
-    return [
-        ("Command: " if len(cmds) == 1 else "Commands (records merged with --append): ") + ", ".join(f"`{c}`" for c in cmds) + "  ",
-        f"Run {res['date']} at commit `{(res.get('git_commit') or '?')[:10]}` on {m.get('cores', '?')} cores, "
-        f"torch {m.get('torch', '?')}, {m.get('device', 'cpu')}.",
-        "",
-    ]
+    """The commands, commits and machines every record of the section came from."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, o in enumerate(origins(res)):
+        key = (o.get("git_commit") or "?")[:10], tuple(o.get("commands") or [o["command"]]), bool(o.get("legacy"))
+        groups[key + (o.get("restored_from") or o.get("copied_from") or "",)].append(i)
+    out = []
+    for (commit, cmds, legacy, moved), idx in groups.items():
+        o = origins(res)[idx[0]]
+        m = o.get("machine", {})
+        note = ""
+        if legacy:
+            written = [f"`{c}`" for c in res.get("legacy_commits", [])]
+            note = (" (written before each record carried its own origin: the file's last commit and machine, every "
+                    "command that wrote to it" + (f"; the file was written at commits {', '.join(written)}" if written else "")
+                    + ")")
+        if o.get("restored_from"):
+            note += f" (restored by `benchmarks/results_tool.py` from the file as it was at commit `{o['restored_from']}`)"
+        if o.get("copied_from"):
+            note += f" (copied by `benchmarks/results_tool.py` from {o['copied_from']}.json)"
+        out.append(f"- {len(idx)} record{'s' * (len(idx) != 1)} from commit `{commit}`{note}, {o['date'][:10]}, "
+                   f"{m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch thread(s), torch {m.get('torch', '?')}, "
+                   f"{m.get('device', 'cpu')}: " + ", ".join(f"`{c}`" for c in cmds))
+    return out + [""]
+
+
+def seed_cell(rs: list[dict], metric: str, all_seeds: list) -> str:
+    """mean ± std of ``metric`` over the records of one table cell; a cell with fewer seeds than
+    the table's header names them."""
+    seeds = sorted(r["seed"] for r in rs)
+    few = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if rs and seeds != all_seeds else ""
+    return mean_std([r.get(metric) for r in rs]) + few
+
+
+def reruns(res: dict, label) -> list[str]:
+    """Every setting run more than once, with each run's AP and origin (tables use the latest)."""
+    by_key: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for r, o in zip(res["records"], origins(res)):
+        by_key[record_key(r)].append((r, o))
+    lines = []
+    for runs in by_key.values():
+        if len(runs) > 1 and runs[0][0].get("ap") is not None:
+            parts = [f"{pct(r['ap'])} (commit `{(o.get('git_commit') or '?')[:10]}`, {o['date'][:10]}, "
+                     f"{o.get('machine', {}).get('torch_threads', '?')} thread(s))" for r, o in runs]
+            lines.append(f"- {label(runs[0][0])}: AP " + ", then ".join(parts))
+    if lines:
+        lines = ["Settings run more than once (the tables use the latest run; every run stays in the results file):", "",
+                 *lines, ""]
+    return lines
 
 
 def section_demo(res: dict) -> list[str]:
-    out = ["## Demo", "", *header(res), "| command | steps | wall (min) | AP | AP50 | AP75 | target met |", "|---|---|---|---|---|---|---|"]
-    for r in res["records"]:
-        out.append(f"| `{r['demo_command']}` | {r['steps']} | {r['wall_s'] / 60:.1f} | {pct(r['ap'])} | {pct(r['ap50'])} | "
-                   f"{pct(r['ap75'])} | {'yes' if r['meets_target'] else 'no'} |")
+    out = ["## Demo", "", *header(res), "| run date | command | steps | wall (min) | AP | AP50 | AP75 | target met |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r, o in sorted(zip(res["records"], origins(res)), key=lambda ro: ro[1]["date"]):
+        out.append(f"| {o['date'][:16].replace('T', ' ')} | `{r['demo_command']}` | {r['steps']} | {r['wall_s'] / 60:.1f} | "
+                   f"{pct(r['ap'])} | {pct(r['ap50'])} | {pct(r['ap75'])} | {'yes' if r['meets_target'] else 'no'} |")
     out += ["", f"Target: {res.get('target', '')}. Wall time includes building the dataset.", ""]
     pc = res["records"][0].get("per_class") or {}
     if pc:
@@ -71,28 +120,23 @@ def section_splits(res: dict) -> list[str]:
 
 def section_runs(res: dict, title: str) -> list[str]:
     """Generic multi-seed training comparison: rows (split), columns (method), mean ± std AP."""
-    recs = res["records"]
+    recs = latest(res["records"])
     splits = list(dict.fromkeys(r["split"] for r in recs))
     # the paper's column order (Table 1: original, augmented, joint, co-mining), then variants as recorded
     first = ["original", "augmented", "joint", "brl", "retrain", "co_mining"]
     methods = sorted(dict.fromkeys(r["method"] for r in recs), key=lambda m: first.index(m) if m in first else len(first))
     all_seeds = sorted({r["seed"] for r in recs})
-    cell = defaultdict(list)
+    cells = defaultdict(list)
     for r in recs:
-        cell[(r["split"], r["method"])].append(r)
+        cells[(r["split"], r["method"])].append(r)
     out = [f"## {title}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
     for metric in ("ap", "ap50"):
         out += [f"**{metric.upper()}** (mean ± std over seeds {all_seeds})", "",
                 "| split | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-        def fmt(rs, metric=metric):  # a cell with fewer seeds than the table names them
-            seeds = sorted(r["seed"] for r in rs)
-            few = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})" if rs and seeds != all_seeds else ""
-            return mean_std([r.get(metric) for r in rs]) + few
-
         for s in splits:
-            out.append(f"| {s} | " + " | ".join(fmt(cell[(s, m)]) for m in methods) + " |")
+            out.append(f"| {s} | " + " | ".join(seed_cell(cells[(s, m)], metric, all_seeds) for m in methods) + " |")
         out.append("")
     times = {m: [r["step_time_s"] for r in recs if r["method"] == m and r.get("step_time_s")] for m in methods}
     if times[methods[0]] and sum(bool(t) for t in times.values()) > 1:  # a ratio needs the base and one more
@@ -121,6 +165,7 @@ def section_runs(res: dict, title: str) -> list[str]:
                 f"{s}/{m} {statistics.mean([v for s2, m2, v in vals if (s2, m2) == (s, m)]):.2f}"
                 for s, m in dict.fromkeys((s, m) for s, m, _ in vals)))
             out.append("")
+    out += reruns(res, lambda r: f"{r['split']}/{r['method']} seed {r['seed']}")
     out += plots(res)
     for line in res.get("derived", []):
         out.append(f"- {line}")
@@ -210,7 +255,7 @@ def section_semi(res: dict, title: str) -> list[str]:
     """Semi-supervised comparison: rows (labelled fraction), columns (method), AP of the saved model
     (the teacher for Mean Teacher / ACRST), per-class AP of the most frequent and rarest classes,
     step times, pseudo-label quality (ACRST Table 10 variants) and the multi-label classifier."""
-    recs = res["records"]
+    recs = latest(res["records"])
     fractions = sorted({r["fraction"] for r in recs if r.get("fraction") is not None})
     methods = list(dict.fromkeys(r["method"] for r in recs))
     detectors = list(dict.fromkeys(r.get("detector", "retinanet") for r in recs))
@@ -224,11 +269,14 @@ def section_semi(res: dict, title: str) -> list[str]:
         def cell(f, m, key="ap", rows=rows):
             return [r.get(key) for r in rows if r.get("fraction") == f and r["method"] == m]
 
+        def ap_cell(f, m, rows=rows):
+            return seed_cell([r for r in rows if r.get("fraction") == f and r["method"] == m], "ap", seeds)
+
         label = f" ({det})" if len(detectors) > 1 else ""
         out += [f"**AP{label}** of the saved model (teacher for mean_teacher / acrst), mean ± std over seeds {seeds}", "",
                 "| labelled | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
         for f in fractions:
-            out.append(f"| {f:g}% | " + " | ".join(mean_std(cell(f, m)) for m in methods) + " |")
+            out.append(f"| {f:g}% | " + " | ".join(ap_cell(f, m) for m in methods) + " |")
         out.append("")
         students = [m for m in methods if any(r.get("student_ap") is not None for r in rows if r["method"] == m)]
         if students:
@@ -293,6 +341,19 @@ def section_semi(res: dict, title: str) -> list[str]:
                     acc[1] += sum(c["quality/n_hidden"] for c in part)
             if early[1] and late[1]:
                 shrink.append(f"{m} {f:g}%: {early[0] / early[1]:.2f} -> {late[0] / late[1]:.2f}")
+    per_run = []
+    for m in methods:
+        for f in fractions:
+            vals = []
+            for r in sorted((r for r in recs if r["method"] == m and r.get("fraction") == f), key=lambda r: r["seed"]):
+                pts = [c for c in r.get("curve", []) if c.get("quality/n_hidden")]
+                if pts:
+                    vals.append(f"{sum(c['quality/n_pseudo'] for c in pts) / sum(c['quality/n_hidden'] for c in pts):.3f}")
+            if vals:
+                per_run.append(f"{m} {f:g}%: {', '.join(vals)}")
+    if per_run:
+        out += ["Teacher pseudo-labels per hidden object over all logged steps after burn-in, one number per seed in seed "
+                "order: " + "; ".join(per_run) + ".", ""]
     if shrink:
         out += ["Teacher pseudo-labels per hidden object on the unlabelled batches, first vs last 10 logged steps after "
                 "burn-in (all seeds): " + "; ".join(shrink) + ". Objects the teacher does not label are taught as "
@@ -318,6 +379,7 @@ def section_semi(res: dict, title: str) -> list[str]:
         plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
                     title=f"Teacher pseudo-labels per logged step (seed {seeds[0]})")
         out += [f"![pseudo-label quality](img/{path.name})", ""]
+    out += reruns(res, lambda r: f"{r['method']} {r.get('fraction'):g}% seed {r['seed']}")
     nonfinite = sum(r.get("nonfinite_steps", 0) or 0 for r in recs)
     out.append(f"- non-finite steps skipped by the trainer's guard: {nonfinite} over {len(recs)} runs")
     for line in res.get("derived", []):
@@ -448,15 +510,119 @@ def against_headline(res: dict, head: dict) -> list[str]:
                        f"(same split and seed) {base} {pct(same[base])}{sup}")
     return out + [""] if out else []
 
+# ---------------------------------------------------------------------------------------------------------------
+# README results table: generated from the same records (README.md holds it between the two markers below)
+README = Path(os.environ.get("MINEDET_BENCH_README") or ROOT / "README.md")
+README_START, README_END = "<!-- results:start (generated by benchmarks/report.py) -->", "<!-- results:end -->"
 
-def main() -> int:
-    files = sorted(RESULTS.glob("*.json"))
+
+def _ms(recs: list[dict], key: str = "ap") -> str:
+    return mean_std([r.get(key) for r in recs])
+
+
+def _pick(res: dict | None, **where) -> list[dict]:
+    if res is None:
+        return []
+    return [r for r in latest(res["records"]) if all(r.get(k) == v for k, v in where.items())]
+
+
+def _seeds(recs: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in recs})
+    return f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
+
+
+def readme_rows(results: dict) -> list[str]:
+    """``| benchmark | result |`` rows for README.md, each from the records of one results file."""
+    rows = []
+    demo = results.get("demo")
+    if demo:
+        walls = sorted(r["wall_s"] / 60 for r in demo["records"])
+        r = max(zip(demo["records"], origins(demo)), key=lambda ro: ro[1]["date"])[0]
+        rows.append(f"| demo: supervised RetinaNet + EfficientNet-Lite0, digits, {r['steps']} steps, 2 CPU cores | AP {pct(r['ap'])}, "
+                    f"AP50 {pct(r['ap50'])}; the {len(walls)} recorded runs of `minedet demo` took "
+                    f"{' and '.join(f'{w:.1f}' for w in walls)} min, dataset build included ([demo](docs/benchmarks.md#demo)) |")
+    cm = results.get("co_mining")
+    if cm:
+        for split in ("hard", "extreme"):
+            cells = [(m, _pick(cm, split=split, method=m)) for m in ("original", "augmented", "joint", "co_mining", "tau0.5")]
+            cells = [(m, rs) for m, rs in cells if rs]
+            full = _pick(cm, split="full", method="original")
+            text = ", ".join(f"{m.replace('tau0.5', 'co-mining at tau 0.5').replace('co_mining', 'co-mining')} {_ms(rs)}"
+                             + (f" ({_seeds(rs)})" if len(rs) < 3 else "") for m, rs in cells)
+            if full:
+                text += f"; full labels {_ms(full)}"
+            rows.append(f"| Co-mining Table 1 in miniature, digits `{split}` labels (RetinaNet, 900 steps, mean ± std over seeds) | "
+                        f"{text} ([co-mining](docs/benchmarks.md#co-mining-table-1-in-miniature-digits-retinanet)) |")
+        mined = [(m, [r for r in _pick(cm, split="hard", method=m) if r.get("mine_pr")]) for m in ("original", "co_mining", "tau0.5")]
+        text = ", ".join(f"{m.replace('_', '-').replace('tau0.5', 'co-mining at tau 0.5')} model "
+                         f"{100 * statistics.mean((r.get('mine_recall_at_p90') or {}).get('recall', 0.0) for r in rs):.1f} %"
+                         f" ({_seeds(rs)})" for m, rs in mined if rs)
+        rows.append(f"| `minedet mine` on digits `hard`: erased boxes recovered at precision ≥ 0.9 | {text} "
+                    "([co-mining](docs/benchmarks.md#co-mining-table-1-in-miniature-digits-retinanet)) |")
+    for name, det, anchor in (("co_mining_fcos", "FCOS", "co-mining-table-5-in-miniature-fcos"),
+                              ("co_mining_frcnn", "Faster R-CNN", "co-mining-on-faster-r-cnn-the-papers-future-work")):
+        res = results.get(name)
+        if res:
+            o, c = _pick(res, split="hard", method="original"), _pick(res, split="hard", method="co_mining")
+            full = _pick(res, split="full", method="original")
+            extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
+            rows.append(f"| Co-mining on {det}, digits `hard` ({_seeds(o + c)}) | original {_ms(o)}, co-mining {_ms(c)}{extra} "
+                        f"([{det}](docs/benchmarks.md#{anchor})) |")
+    semi = results.get("semi")
+    if semi:
+        for f in sorted({r["fraction"] for r in latest(semi["records"]) if r.get("fraction") not in (None, 100.0)}):
+            cells = [(m, _pick(semi, fraction=f, method=m)) for m in ("supervised", "stac", "mean_teacher", "acrst")]
+            text = ", ".join(f"{m.replace('_', ' ')} {_ms(rs)}" for m, rs in cells if rs)
+            full = _pick(semi, method="supervised_all")
+            rows.append(f"| semi-supervised, long-tailed digits, {f:g} % labelled ({_seeds(cells[0][1])}) | {text}"
+                        + (f"; all labels {_ms(full)}" if full else "")
+                        + " ([semi](docs/benchmarks.md#semi-supervised-digits-long-tailed-supervised-vs-stac-vs-mean-teacher-vs-acrst)) |")
+    ign = results.get("semi_ignore")
+    if ign:
+        rs = _pick(ign, fraction=10.0, method="mean_teacher")
+        rows.append(f"| Mean Teacher with `method.ignore_below=0.3` (beyond the papers), 10 % labelled ({_seeds(rs)}) | {_ms(rs)} "
+                    "([ignore_below](docs/benchmarks.md#mean-teacher-with-uncertain-teacher-boxes-ignored-methodignore_below03-beyond-the-papers)) |")
+    bank = results.get("cropbank")
+    if bank:
+        r = next(r for r in latest(bank["records"]) if "records" in r)
+        rows.append(f"| ACRST CropBank at COCO scale ({r['records']:,} pseudo-labels) | {r['heap_mb']} MB of memory, "
+                    f"{r['snapshot_file_mb']} MB snapshot, {r['refresh_s']} s refresh ([CropBank](docs/benchmarks.md#cropbank)) |")
+    splits = results.get("splits")
+    if splits:
+        rs = latest(splits["records"])
+        rows.append(f"| annotation splits at COCO scale ({rs[0]['images']:,} images, {rs[0]['boxes']:,} boxes) | every mode in "
+                    f"≤ {max(r['wall_s'] for r in rs):.1f} s, ≤ {max(r['peak_rss_mb'] for r in rs) / 1024:.1f} GB "
+                    "([splits](docs/benchmarks.md#splits)) |")
+    loader = results.get("loader")
+    if loader:
+        step = {r["method"]: r["step_s"] for r in latest(loader["records"]) if r.get("step_s")}
+        if {"supervised", "co_mining", "supervised_2x_batch"} <= set(step):
+            rows.append(f"| Co-mining training step on CPU (same process, steps alternating) | "
+                        f"{step['co_mining'] / step['supervised']:.2f}× a plain RetinaNet step, "
+                        f"{step['co_mining'] / step['supervised_2x_batch']:.2f}× a plain step on twice the batch "
+                        "([loader](docs/benchmarks.md#loader)) |")
+    return ["| benchmark | result |", "|---|---|", *rows]
+
+
+def readme_text(current: str, results: dict) -> str:
+    """``current`` (README.md) with the block between the markers replaced by the generated table."""
+    if README_START not in current or README_END not in current:
+        raise SystemExit(f"report.py: {README} has no {README_START} ... {README_END} block")
+    head, rest = current.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return head + README_START + "\n" + "\n".join(readme_rows(results)) + "\n" + README_END + tail
+
+
+def page(results: dict) -> str:
+    """docs/benchmarks.md from the results (writes the plots under IMG as a side effect)."""
     lines = ["# Benchmarks", "",
              "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit by hand.",
-             "Each section names the command that produced its numbers. Ratios are measured within one run on one machine.", ""]
-    order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn", "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank", "semi_beta", "semi_detectors", "semi_stac", "semi_ignore",
-             "real_nuclei", "cropbank", "loader", "splits"]
-    results = {json.loads(f.read_text())["name"]: json.loads(f.read_text()) for f in files}
+             "Each section names the command that produced its numbers and where every record came from. Ratios are "
+             "measured within one run on one machine. Results files are append-only: a re-run is a new record, tables "
+             "use the latest run of each setting and list the earlier ones.", ""]
+    order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
+             "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
+             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "real_nuclei", "cropbank", "loader", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
         render = RENDERERS.get(name)
@@ -468,11 +634,41 @@ def main() -> int:
                 lines += against_headline(res, results["semi"])
         else:
             lines += section_runs(res, TITLES.get(name, name))
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 when docs/benchmarks.md or README.md's results table differ from the records")
+    args = ap.parse_args(argv)
+    global IMG
+    results = {}
+    for f in sorted(RESULTS.glob("*.json")):
+        res = json.loads(f.read_text())
+        results[res["name"]] = res
+    # the smoke tests redirect the page (MINEDET_BENCH_DOCS): README.md is then left alone unless redirected too
+    readme = README if (os.environ.get("MINEDET_BENCH_README") or not os.environ.get("MINEDET_BENCH_DOCS")) else None
+    if args.check:
+        import tempfile
+
+        IMG = Path(tempfile.mkdtemp(prefix="minedet-report-img-"))
+        stale = [str(DOCS)] if not DOCS.exists() or DOCS.read_text() != page(results) else []
+        if readme is not None and readme_text(readme.read_text(), results) != readme.read_text():
+            stale.append(str(readme))
+        for path in stale:
+            print(f"report.py: {path} does not say what the records say; run python benchmarks/report.py", file=sys.stderr)
+        return 1 if stale else 0
     from minedet.io import write_text_atomic
 
-    write_text_atomic(DOCS, "\n".join(lines).rstrip() + "\n")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(DOCS, page(results))
     print(f"wrote {DOCS}")
+    if readme is not None:
+        write_text_atomic(readme, readme_text(readme.read_text(), results))
+        print(f"wrote the results table of {readme}")
     return 0
 
 

@@ -1,0 +1,133 @@
+"""Every published number says what its record says.
+
+docs/benchmarks.md and the README's results table are generated from benchmarks/results/*.json by
+benchmarks/report.py; ``report.py --check`` regenerates both in memory and compares. Figures in the
+README's prose must appear on that generated page (so each has a record); results files are
+append-only, and moving records is done by benchmarks/results_tool.py, never by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+# figures in the README prose that are not benchmark results, with the reason
+NOT_RESULTS = {"3.11": "the Python version"}
+
+
+def _check(env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / "report.py"), "--check"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def _prose_figures(readme: str) -> list[str]:
+    """Decimal figures, percentages and ratios in the README outside code, links and the generated table."""
+    body = re.sub(r"```.*?```", "", readme, flags=re.S)
+    start, end = body.index("<!-- results:start"), body.index("<!-- results:end -->")
+    body = body[:start] + body[end:]
+    body = re.sub(r"`[^`]*`", "", body)
+    body = re.sub(r"\]\([^)]*\)", "]", body)
+    return re.findall(r"(?<![\w.])(\d+(?:\.\d+)?×|\d+\s?%|\d+\.\d+)", body)
+
+
+def test_page_and_readme_table_are_generated_from_the_records():
+    proc = _check()
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_figure_in_the_readme_prose_is_on_the_generated_page():
+    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    figures = _prose_figures(readme)
+    assert figures, "the extractor found no figure at all"
+    missing = [f for f in figures if f not in NOT_RESULTS and f not in page and f.replace(" %", "%") not in page]
+    assert not missing, f"README figures with no record on docs/benchmarks.md: {missing}"
+
+
+def test_prose_extractor_sees_figures_outside_code_and_the_table():
+    text = ("Co-mining gains 4.2 AP (12 %) at 2.5× the cost.\n```bash\nminedet train x tau=0.55\n```\n"
+            "`0.66` <!-- results:start -->| 77.7 |<!-- results:end --> [link](a#b-9.9)")
+    assert _prose_figures(text) == ["4.2", "12 %", "2.5×"]
+
+
+def _sandbox(tmp_path: Path) -> dict:
+    shutil.copytree(BENCH / "results", tmp_path / "results")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "benchmarks.md", tmp_path / "docs" / "benchmarks.md")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    return {"MINEDET_BENCH_RESULTS": str(tmp_path / "results"), "MINEDET_BENCH_DOCS": str(tmp_path / "docs"),
+            "MINEDET_BENCH_README": str(tmp_path / "README.md")}
+
+
+@pytest.mark.slow
+def test_check_fails_when_a_published_figure_or_a_record_changes(tmp_path):
+    env = _sandbox(tmp_path)
+    assert _check(env).returncode == 0
+    readme = tmp_path / "README.md"
+    text = readme.read_text()
+    table = text[text.index("<!-- results:start"):text.index("<!-- results:end -->")]
+    figure = re.search(r"\d+\.\d ± \d+\.\d", table).group(0)
+    readme.write_text(text.replace(figure, "99.9 ± 0.1", 1))
+    proc = _check(env)
+    assert proc.returncode == 1 and "README.md" in proc.stderr
+    readme.write_text(text)
+    # a new record (a re-run) changes what the page must say
+    res_path = tmp_path / "results" / "demo.json"
+    res = json.loads(res_path.read_text())
+    res["records"].append({**res["records"][0], "ap": 0.123, "origin": {"command": "x", "date": "2030-01-01T00:00:00+00:00",
+                                                                       "git_commit": "0" * 40, "machine": {}}})
+    res_path.write_text(json.dumps(res))
+    proc = _check(env)
+    assert proc.returncode == 1 and "benchmarks.md" in proc.stderr
+
+
+def test_results_are_appended_with_their_origin_and_tables_use_the_latest(tmp_path, monkeypatch):
+    import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    rec = {"method": "original", "split": "hard", "seed": 0, "ap": 0.5}
+    common.append_results("t", [rec], note="first", derive=lambda rs: [f"{len(rs)} settings"])
+    common.append_results("t", [{**rec, "ap": 0.6}, {**rec, "seed": 1, "ap": 0.7}], derive=lambda rs: [f"{len(rs)} settings"])
+    res = common.load_results("t")
+    assert [r["ap"] for r in res["records"]] == [0.5, 0.6, 0.7]  # nothing replaced
+    assert all(r["origin"]["command"] and "date" in r["origin"] for r in res["records"])
+    assert res["note"] == "first" and res["derived"] == ["2 settings"]
+    assert sorted(r["ap"] for r in common.latest(res["records"])) == [0.6, 0.7]
+    with pytest.raises(ValueError, match="append-only"):
+        common.write_json("t", {**res, "records": res["records"][1:]})
+    with pytest.raises(ValueError, match="no origin"):
+        common.append_records("t", [rec])
+
+
+def test_results_tool_restores_lost_records_and_copies_with_provenance(tmp_path, monkeypatch):
+    import common
+    import results_tool
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    old = {"name": "d", "command": "python benchmarks/bench_demo.py", "date": "2026-01-01T00:00:00+00:00", "git_commit": "abc",
+           "machine": {"cores": 2}, "records": [{"method": "m", "seed": 0, "ap": 0.1}, {"method": "m", "seed": 0, "ap": 0.2}]}
+    now = {**old, "records": [old["records"][1]]}
+    lost = results_tool.lost_records(old, now)
+    assert [r["ap"] for r in lost] == [0.1]
+    assert lost[0]["origin"]["git_commit"] == "abc" and lost[0]["origin"]["command"] == "python benchmarks/bench_demo.py"
+    assert results_tool.lost_records(old, old) == []
+    copies = results_tool.matching(old, {"ap": "0.2"})
+    assert len(copies) == 1 and copies[0]["origin"]["copied_from"] == "d"
+    (tmp_path / "src.json").write_text(json.dumps({**old, "name": "src"}))
+    env = {**os.environ, "MINEDET_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(BENCH / "results_tool.py"), "copy", "src", "dst", "--where", "seed=0", "ap=0.1"],
+                          cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    dst = json.loads((tmp_path / "dst.json").read_text())
+    assert [r["ap"] for r in dst["records"]] == [0.1] and dst["records"][0]["origin"]["copied_from"] == "src"
