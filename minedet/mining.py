@@ -267,18 +267,43 @@ def mine_dataset(
         MinedetError: bad settings, a detector for other classes, a missing or unreadable image, an
             image whose size differs from its record.
     """
+    settings = _settings(score, nms, iou_gt, max_dets, agree, agree_iou, gt_match, collect_down_to, seed)
+    batch_size = _check_pos_int("batch_size", batch_size)
+    names = list(data.class_names)
+    _check_detector(detector, names, data)
+    root = Path(image_root)
+    if not root.is_dir():
+        raise MinedetError("image folder not found", file=str(root))
+    candidates, gates = _collect(detector, data, root, settings, batch_size=batch_size, device=device, progress=progress)
+    n_original = {int(im["id"]): 0 for im in data.images}
+    src = data.raw if source is None else source
+    for a in src.get("annotations", []):
+        if isinstance(a, Mapping) and a.get("image_id") in n_original:
+            n_original[a["image_id"]] += 1
+    result = MineResult({}, {}, candidates, gates, settings, names, n_original)
+    mined = result.at_threshold(settings.score)
+    completed = _completed(src, data, mined)
+    return MineResult(completed, mined, candidates, gates, settings, names, n_original)
+
+
+def _settings(score: float, nms: float, iou_gt: float, max_dets: int, agree: str, agree_iou: float, gt_match: str,
+              collect_down_to: float | None, seed: int) -> MineSettings:
+    """Check the filter settings of :func:`mine_dataset` (one MinedetError per bad value)."""
     score = _check_unit("score", score)
     nms = _check_unit("nms", nms)
     iou_gt = _check_unit("iou_gt", iou_gt)
     agree_iou = _check_unit("agree_iou", agree_iou)
     max_dets = _check_pos_int("max_dets", max_dets)
-    batch_size = _check_pos_int("batch_size", batch_size)
     if agree not in AGREE_MODES:
         raise MinedetError(f"agree must be one of {', '.join(AGREE_MODES)}, got {agree!r}")
     if gt_match not in ("any", "same"):
         raise MinedetError(f"gt_match must be any or same, got {gt_match!r}")
     floor = score if collect_down_to is None else min(score, _check_unit("collect_down_to", collect_down_to))
-    names = list(data.class_names)
+    return MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match)
+
+
+def _check_detector(detector, names: list[str], data: CocoData) -> None:
+    """The detector must be over ``data``'s classes (same names when it knows them, same count)."""
     spec = getattr(detector, "spec", None)
     model_names = list(getattr(spec, "class_names", []) or [])
     if model_names and model_names != names:
@@ -287,13 +312,13 @@ def mine_dataset(
         raise MinedetError(
             f"the model has {detector.num_classes} classes but the data has {len(names)}", file=str(data.path)
         )
-    settings = MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match)
-    root = Path(image_root)
-    if not root.is_dir():
-        raise MinedetError("image folder not found", file=str(root))
 
-    filt = cogeneration(floor, nms, max_dets)
-    decode_kw = dict(score_thresh=floor, nms_thresh=nms, detections_per_img=max_dets)
+
+def _collect(detector, data: CocoData, root: Path, settings: MineSettings, *, batch_size: int,
+             device: str | torch.device, progress: bool) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
+    """Run the detector over every image in batches; (candidates, gates) per image id, down to
+    ``settings.floor`` (see :class:`MineResult`). The detector's train/eval mode is restored."""
+    decode_kw = dict(score_thresh=settings.floor, nms_thresh=settings.nms, detections_per_img=settings.max_dets)
     dev = torch.device(device)
     was = detector.training
     detector.to(dev).eval()
@@ -311,23 +336,10 @@ def mine_dataset(
             imgs = [_load(data, root, r) for r in recs]
             with torch.no_grad():
                 dets = detector.predict([im.to(dev) for im in imgs], **decode_kw)
-                others: list[Target] | None = None
-                if agree != "none":
-                    views = [augmented_view(im, agree, image_id=int(r["id"]), seed=seed) for im, r in zip(imgs, recs)]
-                    raw = detector.predict([v.to(dev) for v, _ in views], **decode_kw)
-                    others = [Target(m.apply(o.boxes.cpu().float()), o.labels.cpu(), o.scores.cpu()) for o, (_, m) in zip(raw, views)]
+                others = _agreement_views(detector, imgs, recs, settings, dev, decode_kw)
             for k, r in enumerate(recs):
                 iid = int(r["id"])
-                d = dets[k]
-                t = Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(), image_id=iid)
-                t = filt(t)
-                t = min_size(_round_clip(t, int(r["width"]), int(r["height"])), MIN_BOX_SIDE)
-                t = drop_overlapping(t, gt_target(data, iid), iou_gt, same_class=gt_match == "same")
-                if others is not None:
-                    t, gate, reported = _agreement(t, others[k], agree_iou)
-                    t = Target(t.boxes, t.labels, reported, image_id=iid)
-                else:
-                    gate = t.scores if t.scores is not None else torch.zeros(0)
+                t, gate = _filter_image(dets[k], data, r, settings, None if others is None else others[k])
                 order = torch.argsort(t.scores, descending=True, stable=True) if len(t) else torch.zeros(0, dtype=torch.long)
                 candidates[iid] = t.select(order).with_flags(pseudo=True)
                 gates[iid] = gate[order].clone()
@@ -337,16 +349,30 @@ def mine_dataset(
         if bar is not None:
             bar.close()
         detector.train(was)
+    return candidates, gates
 
-    n_original = {int(im["id"]): 0 for im in images}
-    src = data.raw if source is None else source
-    for a in src.get("annotations", []):
-        if isinstance(a, Mapping) and a.get("image_id") in n_original:
-            n_original[a["image_id"]] += 1
-    result = MineResult({}, {}, candidates, gates, settings, names, n_original)
-    mined = result.at_threshold(score)
-    completed = _completed(src, data, mined)
-    return MineResult(completed, mined, candidates, gates, settings, names, n_original)
+
+def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], settings: MineSettings, dev: torch.device,
+                     decode_kw: dict) -> list[Target] | None:
+    """Detections on the augmented views, mapped back to the original frame (None without agreement)."""
+    if settings.agree == "none":
+        return None
+    views = [augmented_view(im, settings.agree, image_id=int(r["id"]), seed=settings.seed) for im, r in zip(imgs, recs)]
+    raw = detector.predict([v.to(dev) for v, _ in views], **decode_kw)
+    return [Target(m.apply(o.boxes.cpu().float()), o.labels.cpu(), o.scores.cpu()) for o, (_, m) in zip(raw, views)]
+
+
+def _filter_image(d, data: CocoData, rec: dict, settings: MineSettings, other: Target | None) -> tuple[Target, torch.Tensor]:
+    """The co-generation filters (module docstring) on one image's detections: (kept boxes, their gates)."""
+    iid = int(rec["id"])
+    t = Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(), image_id=iid)
+    t = cogeneration(settings.floor, settings.nms, settings.max_dets)(t)
+    t = min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
+    t = drop_overlapping(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same")
+    if other is not None:
+        t, gate, reported = _agreement(t, other, settings.agree_iou)
+        return Target(t.boxes, t.labels, reported, image_id=iid), gate
+    return t, (t.scores if t.scores is not None else torch.zeros(0))
 
 
 def _load(data: CocoData, root: Path, rec: dict) -> torch.Tensor:
@@ -533,6 +559,10 @@ def write_gallery(
 
 
 def _write_index(path: Path, result: MineResult, entries: list[dict], extra_html: str) -> None:
+    """Fill the page template ``minedet/templates/gallery.html`` (``string.Template`` fields) and write it."""
+    from importlib.resources import files
+    from string import Template
+
     from minedet.io import write_text_atomic
 
     e = html.escape
@@ -543,21 +573,10 @@ def _write_index(path: Path, result: MineResult, entries: list[dict], extra_html
         f"<td><a href=\"{e(x['png'])}\"><img src=\"{e(x['png'])}\" width=\"256\" alt=\"image {x['image_id']}\"></a></td></tr>"
         for x in entries
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>minedet mine: review</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head>
-<body>
-<h1>Mined boxes for review</h1>
-<p>{result.n_mined} boxes mined on {len(result.gains())} of {len(result.mined)} images
-(score &gt; {s.score:g}, NMS {s.nms:g}, at most {s.max_dets} per image, dropped when IoU &gt; {s.iou_gt:g}
-with a labelled box of {"the same" if s.gt_match == "same" else "any"} class, agreement: {e(s.agree)}).
-Original boxes <span style="color:rgb{GREEN}">green</span>, mined boxes <span style="color:rgb{RED}">red</span>
-with class and score. The {len(entries)} images that gained most, most first.</p>
-<table><tr><th>#</th><th>image id</th><th>file</th><th>original boxes</th><th>mined boxes</th><th>render</th></tr>
-{rows}
-</table>
-{extra_html}
-</body></html>
-"""
+    template = Template((files("minedet") / "templates" / "gallery.html").read_text(encoding="utf-8"))
+    page = template.substitute(
+        n_mined=result.n_mined, n_gained=len(result.gains()), n_images=len(result.mined), score=f"{s.score:g}",
+        nms=f"{s.nms:g}", max_dets=s.max_dets, iou_gt=f"{s.iou_gt:g}", gt_match="the same" if s.gt_match == "same" else "any",
+        agree=e(s.agree), green=GREEN, red=RED, n_entries=len(entries), rows=rows, extra_html=extra_html,
+    )
     write_text_atomic(path, page)

@@ -389,7 +389,8 @@ def test_cli_without_gallery_writes_reports_beside_out(model_file, sparse, tmp_p
     rc = main(["mine", str(model_file), str(sp), "--images", str(root), "--out", str(out), "--hidden", str(hp),
                "--score", "0.7", "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    assert {p.name for p in tmp_path.iterdir()} == {"c.json", "c.summary.json", "c.pr.json", "c.pr.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"c.json", "c.summary.json", "c.pr.json", "c.pr.png",
+                                                   "c.labelstudio.json", "c.labelstudio.xml", "c.cvat.xml"}
 
 
 def test_cli_class_mismatch_is_one_line_exit_2(model_file, tiny_digits, tmp_path, capsys) -> None:

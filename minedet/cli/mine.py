@@ -27,6 +27,14 @@ Writes OUT: the input JSON with every original annotation unchanged (same ids, s
 annotation per mined box (new ids after the largest one, "mined": true, "score", "iscrowd": 0,
 "area"). OUT loads like any COCO file, e.g. as data.train of 'minedet train'.
 
+Beside OUT it writes the review files, for the images that gained mined boxes, so the mined boxes open
+as pre-annotations in the tool you label with: OUT_STEM.labelstudio.json (Label Studio tasks, each with
+one prediction: its labelled and mined boxes as RectangleLabels in percent coordinates, a score per
+mined box, model_version), OUT_STEM.labelstudio.xml (the labelling config those tasks fit) and
+OUT_STEM.cvat.xml (CVAT for images 1.1; mined boxes source="auto"). Image URLs in the Label Studio
+tasks are --review-url PREFIX + file_name. After the review, 'minedet data merge-reviewed OUT EXPORT
+--format labelstudio|cvat|coco --out COMPLETED.json' writes the reviewed dataset.
+
 Also writes a per-class summary (printed, and summary.json), and with --gallery DIR the review pages:
 DIR/NNN_image<ID>.png for the images that gained most (labelled boxes green, mined boxes red with
 class and score) and DIR/index.html listing them. With --hidden (OUT.hidden.json of 'minedet data
@@ -58,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", help="hidden-truth COCO JSON (OUT.hidden.json of 'minedet data sparsify')")
     p.add_argument("--gallery", help="folder for the review gallery (PNGs + index.html)")
     p.add_argument("--gallery-images", type=int, default=24, help="images in the gallery (default 24)")
+    p.add_argument("--review-url", default="/data/local-files/?d=", metavar="PREFIX",
+                   help="Label Studio image URL = PREFIX + file_name (default: local-files storage, /data/local-files/?d=)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -80,22 +90,61 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 
 def _cmd_mine(args: argparse.Namespace) -> int:
-    from minedet.data.coco import load_coco, read_json_file, validate_coco
-    from minedet.engine.checkpoint import load_model
-    from minedet.engine.trainer import setup_device
-    from minedet.io import write_json_atomic
-    from minedet.mining import DEFAULT_THRESHOLDS, mine_dataset, pr_against_hidden, recall_at_precision, write_gallery
+    from minedet.data.coco import save_coco
+    from minedet.mining import DEFAULT_THRESHOLDS, mine_dataset, pr_against_hidden, write_gallery
 
+    data_path, out, gallery = _check_paths(args)
+    source, data, hidden, det, device = _load_inputs(args, data_path)
+    thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
+    res = mine_dataset(
+        det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
+        agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, batch_size=args.batch_size, device=device,
+        progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
+        source=source,
+    )
+    pr_rows = None
+    if hidden is not None:  # check before anything is written
+        pr_rows = pr_against_hidden(res, hidden, data, thresholds)
+
+    save_coco(out, res.completed)
+    review = _write_review_files(args, res, out)
+    report_dir = gallery if gallery is not None else out.parent
+    prefix = "" if gallery is not None else f"{out.stem}."
+    original = _summary(args, res, data, data_path, out, report_dir / f"{prefix}summary.json")
+    extra_html = _class_table_html(data.class_names, original, res.per_class())
+    if pr_rows is not None:
+        extra_html += _pr_report(args, res, pr_rows, data_path, report_dir, prefix, with_plot_link=gallery is not None)
+    if gallery is not None:
+        entries = write_gallery(res, data, args.images, gallery, max_images=args.gallery_images, extra_html=extra_html)
+        print(f"gallery: {len(entries)} images -> {gallery / 'index.html'}")
+    print(f"review: {review['images']} images -> {review['labelstudio']} (config {review['config']}), {review['cvat']}")
+    print(f"{res.n_mined} mined boxes added to {len(data.annotations)} labelled ones -> {out}")
+    return 0
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """(data path, output path, gallery folder or None), refusing bad combinations before any work."""
     data_path, out = Path(args.data), Path(args.out)
     if args.gallery_images < 0:
         raise MinedetError(f"--gallery-images must be >= 0, got {args.gallery_images}")
     if _same_file(data_path, out):
         raise MinedetError("refusing to overwrite the input file", file=str(out))
+    for p in _review_paths(out).values():
+        if _same_file(data_path, p):
+            raise MinedetError("refusing to overwrite the input file", file=str(p))
     if not Path(args.images).is_dir():
         raise MinedetError("image folder not found", file=str(args.images))
     gallery = Path(args.gallery) if args.gallery else None
     if gallery is not None and gallery.exists() and not gallery.is_dir():
         raise MinedetError("gallery path exists and is not a folder", file=str(gallery))
+    return data_path, out, gallery
+
+
+def _load_inputs(args: argparse.Namespace, data_path: Path):
+    """(source dict as read, validated CocoData, hidden CocoData or None, detector, device)."""
+    from minedet.data.coco import load_coco, read_json_file, validate_coco
+    from minedet.engine.checkpoint import load_model
+    from minedet.engine.trainer import setup_device
 
     source = read_json_file(data_path)
     data = validate_coco(source, file=str(data_path))
@@ -107,24 +156,36 @@ def _cmd_mine(args: argparse.Namespace) -> int:
             f"the model was trained on classes {list(det.spec.class_names)} but the data has {data.class_names}",
             file=str(data_path),
         )
-    thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
-    res = mine_dataset(
-        det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
-        agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, batch_size=args.batch_size, device=info.device,
-        progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
-        source=source,
-    )
-    pr_rows = None
-    if hidden is not None:  # check before anything is written
-        pr_rows = pr_against_hidden(res, hidden, data, thresholds)
+    return source, data, hidden, det, info.device
 
-    from minedet.data.coco import save_coco
 
-    save_coco(out, res.completed)
-    report_dir = gallery if gallery is not None else out.parent
-    prefix = "" if gallery is not None else f"{out.stem}."
+def _review_paths(out: Path) -> dict[str, Path]:
+    return {k: out.with_name(f"{out.stem}.{k}") for k in ("labelstudio.json", "labelstudio.xml", "cvat.xml")}
 
-    # ---- per-class summary
+
+def _write_review_files(args: argparse.Namespace, res, out: Path) -> dict:
+    """The Label Studio tasks + config and the CVAT XML of the images that gained boxes, beside ``out``."""
+    from minedet.data.coco import validate_coco
+    from minedet.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from minedet.review import images_to_review, labelstudio_config, labelstudio_tasks, review_cvat_xml
+
+    completed = validate_coco(res.completed, file=str(out))
+    ids = images_to_review(completed)
+    s = res.settings
+    version = f"minedet mine {Path(args.model).name} score>{s.score:g} agree={s.agree}"
+    paths = _review_paths(out)
+    write_json_atomic(paths["labelstudio.json"], labelstudio_tasks(completed, image_ids=ids, image_url_prefix=args.review_url,
+                                                                    model_version=version), indent=1)
+    write_text_atomic(paths["labelstudio.xml"], labelstudio_config(completed.class_names))
+    write_bytes_atomic(paths["cvat.xml"], review_cvat_xml(completed, image_ids=ids, task_name=f"minedet review of {out.name}"))
+    return {"images": len(ids), "labelstudio": paths["labelstudio.json"], "config": paths["labelstudio.xml"],
+            "cvat": paths["cvat.xml"]}
+
+
+def _summary(args: argparse.Namespace, res, data, data_path: Path, out: Path, path: Path) -> dict[str, int]:
+    """Print the per-class table, write summary.json; the labelled boxes per class."""
+    from minedet.io import write_json_atomic
+
     per_class = res.per_class()
     original = {n: 0 for n in data.class_names}
     for a in data.annotations:
@@ -151,46 +212,48 @@ def _cmd_mine(args: argparse.Namespace) -> int:
         for r in per_source:
             print(f"image id={r['source']} {r['source_file']}: {r['tiles']} tiles, {r['labelled']} labelled, {r['mined']} mined")
         summary["per_source"] = per_source
-    write_json_atomic(report_dir / f"{prefix}summary.json", summary, indent=2)
+    write_json_atomic(path, summary, indent=2)
+    return original
 
-    # ---- precision / recall against the hidden truth
-    extra_html = "<h2>Mined boxes per class</h2><table><tr><th>class</th><th>labelled</th><th>mined</th></tr>" + "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{original[n]}</td><td>{per_class[n]}</td></tr>" for n in data.class_names
+
+def _class_table_html(names: list[str], original: dict[str, int], per_class: dict[str, int]) -> str:
+    return "<h2>Mined boxes per class</h2><table><tr><th>class</th><th>labelled</th><th>mined</th></tr>" + "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{original[n]}</td><td>{per_class[n]}</td></tr>" for n in names
     ) + "</table>"
-    if pr_rows is not None:
-        from minedet.viz import plot_curves
 
-        best = recall_at_precision(pr_rows, 0.9)
-        print(f"== mined boxes vs the hidden truth ({args.hidden}, IoU >= 0.5, same class) ==")
-        print(f"{'score >':>8}  {'mined':>6}  {'correct':>7}  {'hidden':>6}  {'precision':>9}  {'recall':>6}")
-        for r in pr_rows:
-            print(f"{r['threshold']:>8.2f}  {r['n_mined']:>6}  {r['tp']:>7}  {r['n_hidden']:>6}  "
-                  f"{_fmt(r['precision']):>9}  {_fmt(r['recall']):>6}")
-        if best is None:
-            print("recall at precision >= 0.9: - (no threshold reaches precision 0.9)")
-        else:
-            print(f"recall at precision >= 0.9: {best['recall']:.3f} (score > {best['threshold']:.2f}, "
-                  f"precision {best['precision']:.3f})")
-        write_json_atomic(report_dir / f"{prefix}pr.json", {
-            "model": str(args.model), "data": str(data_path), "hidden": str(args.hidden), "iou": 0.5,
-            "settings": res.settings.as_dict(),
-            "rows": [{k: (_num(v) if k in ("precision", "recall", "miou") else v) for k, v in r.items()} for r in pr_rows],
-            "recall_at_precision_0.9": None if best is None else {k: _num(v) for k, v in best.items()},
-        }, indent=2)
-        plot_curves({"mined boxes": ([r["recall"] for r in pr_rows], [r["precision"] for r in pr_rows])},
-                    report_dir / f"{prefix}pr.png", xlabel="recall (of hidden boxes)", ylabel="precision",
-                    title="mined boxes vs hidden truth (score thresholds 0.3-0.9)")
-        extra_html += "<h2>Against the hidden truth</h2><table><tr><th>score &gt;</th><th>mined</th><th>correct</th>" \
-                      "<th>hidden</th><th>precision</th><th>recall</th></tr>" + "".join(
-            f"<tr><td>{r['threshold']:.2f}</td><td>{r['n_mined']}</td><td>{r['tp']}</td><td>{r['n_hidden']}</td>"
-            f"<td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td></tr>" for r in pr_rows
-        ) + "</table>"
-        if gallery is not None:
-            extra_html += f'<p><img src="{prefix}pr.png" alt="precision-recall curve"></p>'
 
-    # ---- gallery
-    if gallery is not None:
-        entries = write_gallery(res, data, args.images, gallery, max_images=args.gallery_images, extra_html=extra_html)
-        print(f"gallery: {len(entries)} images -> {gallery / 'index.html'}")
-    print(f"{res.n_mined} mined boxes added to {len(data.annotations)} labelled ones -> {out}")
-    return 0
+def _pr_report(args: argparse.Namespace, res, pr_rows: list[dict], data_path: Path, report_dir: Path, prefix: str,
+               *, with_plot_link: bool) -> str:
+    """Print precision / recall against the hidden truth, write pr.json and pr.png; the HTML table."""
+    from minedet.io import write_json_atomic
+    from minedet.mining import recall_at_precision
+    from minedet.viz import plot_curves
+
+    best = recall_at_precision(pr_rows, 0.9)
+    print(f"== mined boxes vs the hidden truth ({args.hidden}, IoU >= 0.5, same class) ==")
+    print(f"{'score >':>8}  {'mined':>6}  {'correct':>7}  {'hidden':>6}  {'precision':>9}  {'recall':>6}")
+    for r in pr_rows:
+        print(f"{r['threshold']:>8.2f}  {r['n_mined']:>6}  {r['tp']:>7}  {r['n_hidden']:>6}  "
+              f"{_fmt(r['precision']):>9}  {_fmt(r['recall']):>6}")
+    if best is None:
+        print("recall at precision >= 0.9: - (no threshold reaches precision 0.9)")
+    else:
+        print(f"recall at precision >= 0.9: {best['recall']:.3f} (score > {best['threshold']:.2f}, "
+              f"precision {best['precision']:.3f})")
+    write_json_atomic(report_dir / f"{prefix}pr.json", {
+        "model": str(args.model), "data": str(data_path), "hidden": str(args.hidden), "iou": 0.5,
+        "settings": res.settings.as_dict(),
+        "rows": [{k: (_num(v) if k in ("precision", "recall", "miou") else v) for k, v in r.items()} for r in pr_rows],
+        "recall_at_precision_0.9": None if best is None else {k: _num(v) for k, v in best.items()},
+    }, indent=2)
+    plot_curves({"mined boxes": ([r["recall"] for r in pr_rows], [r["precision"] for r in pr_rows])},
+                report_dir / f"{prefix}pr.png", xlabel="recall (of hidden boxes)", ylabel="precision",
+                title="mined boxes vs hidden truth (score thresholds 0.3-0.9)")
+    table = "<h2>Against the hidden truth</h2><table><tr><th>score &gt;</th><th>mined</th><th>correct</th>" \
+            "<th>hidden</th><th>precision</th><th>recall</th></tr>" + "".join(
+        f"<tr><td>{r['threshold']:.2f}</td><td>{r['n_mined']}</td><td>{r['tp']}</td><td>{r['n_hidden']}</td>"
+        f"<td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td></tr>" for r in pr_rows
+    ) + "</table>"
+    if with_plot_link:
+        table += f'<p><img src="{prefix}pr.png" alt="precision-recall curve"></p>'
+    return table
