@@ -440,3 +440,76 @@ def test_cli_bad_inputs_are_one_line_exit_2(case, model_file, sparse, tmp_path, 
     assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith("minedet: error:"), err
     assert not (tmp_path / "o.json").exists()
     _no_temp_files(tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["labelstudio", "cvat"])
+def test_cli_review_round_trip(fmt, model_file, sparse, tmp_path, capsys) -> None:
+    """mine -> the review file a tool imports -> a scripted reviewer edits it as the tool would export it (accept,
+    move one 3 px, reject one, add one) -> merge-reviewed: every box and its provenance."""
+    import xml.etree.ElementTree as ET
+
+    data, _, source, root, sp, _ = sparse
+    out = tmp_path / "m.json"
+    rc = main(["mine", str(model_file), str(sp), "--images", str(root), "--out", str(out), "--device", "cpu", "--quiet",
+               "--review-url", "/data/upload/"])
+    assert rc == 0, capsys.readouterr().err
+    assert "review:" in capsys.readouterr().out
+    mined = [a for a in json.loads(out.read_text())["annotations"] if a.get("mined")]
+    reject = mined[0]
+    move = next(a for a in mined if a["image_id"] != reject["image_id"])
+    add_on = reject["image_id"]
+    im_of = {im["id"]: im for im in source["images"]}
+    if fmt == "labelstudio":
+        tasks = json.loads(out.with_name("m.labelstudio.json").read_text())
+        assert {t["data"]["minedet_image_id"] for t in tasks} == {a["image_id"] for a in mined}
+        assert all(t["data"]["image"].startswith("/data/upload/") for t in tasks)
+        for t in tasks:
+            result = [dict(r) for r in t["predictions"][0]["result"] if r["id"] != f"m{reject['id']}"]
+            for r in result:
+                if r["id"] == f"m{move['id']}":
+                    r["value"] = dict(r["value"], x=r["value"]["x"] + 3 * 100 / r["original_width"])
+            if t["data"]["minedet_image_id"] == add_on:
+                result.append({"id": "new1", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                               "value": {"x": 0, "y": 0, "width": 10, "height": 10, "rotation": 0, "rectanglelabels": ["7"]}})
+            t["annotations"] = [{"id": 1, "result": result, "was_cancelled": False}]
+        review = tmp_path / "export.json"
+        review.write_text(json.dumps(tasks))
+    else:
+        xml = ET.fromstring(out.with_name("m.cvat.xml").read_bytes())
+        by_name = {img.get("name"): img for img in xml.iter("image")}
+
+        def find(a):
+            x, y, w, h = a["bbox"]
+            img = by_name[im_of[a["image_id"]]["file_name"]]
+            want = [x, y, x + w, y + h]
+            return img, next(b for b in img.iter("box") if b.get("source") == "auto"
+                             and [float(b.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")] == pytest.approx(want, abs=1e-6))
+
+        img, b = find(reject)
+        img.remove(b)
+        _, b = find(move)
+        b.set("xtl", str(float(b.get("xtl")) + 3))
+        b.set("xbr", str(float(b.get("xbr")) + 3))
+        w, h = im_of[add_on]["width"], im_of[add_on]["height"]
+        ET.SubElement(by_name[im_of[add_on]["file_name"]], "box", {"label": "7", "xtl": "0", "ytl": "0",
+                                                                    "xbr": str(w / 10), "ybr": str(h / 10)})
+        review = tmp_path / "annotations.xml"
+        review.write_bytes(ET.tostring(xml))
+    done = tmp_path / "done.json"
+    rc = main(["data", "merge-reviewed", str(out), str(review), "--format", fmt, "--out", str(done)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    d = json.loads(done.read_text())
+    prov = {a["id"]: a["provenance"] for a in d["annotations"]}
+    for a in source["annotations"]:
+        assert prov[a["id"]] == "labelled"
+    for a in mined:
+        want = {reject["id"]: None, move["id"]: "mined-corrected"}.get(a["id"], "mined-accepted")
+        assert prov.get(a["id"]) == want, (a, want)
+    anns = {a["id"]: a for a in d["annotations"]}
+    assert anns[move["id"]]["bbox"][0] == pytest.approx(move["bbox"][0] + 3, abs=0.01)
+    assert all(anns[a["id"]]["bbox"] == a["bbox"] for a in mined if prov.get(a["id"]) == "mined-accepted")
+    added = [a for a in d["annotations"] if a["provenance"] == "added"]
+    assert len(added) == 1 and added[0]["image_id"] == add_on
+    assert [r["id"] for r in d["rejected"]] == [reject["id"]]
+    assert f"mined-accepted {len(mined) - 2}, mined-corrected 1, added 1, rejected 1" in cap.out

@@ -1,0 +1,292 @@
+"""The review round trip: mined boxes out to Label Studio and CVAT, a scripted reviewer edits the export as the
+tool would write it (accept some, move one, reject one, add one), merge-reviewed brings it back with provenance."""
+
+from __future__ import annotations
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from minedet.cli import main
+from minedet.data.coco import load_coco, save_coco, validate_coco
+from minedet.data.datasets import coco_target
+from minedet.errors import MinedetError
+from minedet.review import labelstudio_config, labelstudio_tasks, merge_reviewed, read_reviewed, review_cvat_xml
+
+CATS = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+IMAGES = [
+    {"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+    {"id": 2, "file_name": "sub/b.png", "width": 64, "height": 64},
+    {"id": 3, "file_name": "c.png", "width": 50, "height": 50},  # labelled only: nothing to review
+    {"id": 4, "file_name": "d.png", "width": 50, "height": 50},  # a mined box the Label Studio reviewer never opens
+]
+
+
+def _ann(i, img, cat, bbox, score=None):
+    a = {"id": i, "image_id": img, "category_id": cat, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0}
+    if score is not None:
+        a.update(mined=True, score=score)
+    return a
+
+
+def mined_coco() -> dict:
+    """What `minedet mine --out` writes: labelled boxes, then mined ones ("mined": true, "score")."""
+    return {"info": {"description": "toy"}, "images": copy.deepcopy(IMAGES), "categories": copy.deepcopy(CATS), "annotations": [
+        _ann(1, 1, 1, [10.0, 10.0, 20.0, 20.0]),
+        _ann(2, 2, 2, [30.0, 30.0, 10.0, 12.0]),
+        _ann(3, 3, 1, [1.0, 1.0, 5.0, 5.0]),
+        _ann(10, 1, 2, [50.0, 10.0, 20.0, 20.0], 0.9),   # accepted
+        _ann(11, 1, 1, [10.0, 50.0, 30.0, 20.0], 0.8),   # moved 6 px right
+        _ann(12, 1, 2, [70.0, 50.0, 20.0, 20.0], 0.7),   # rejected
+        _ann(13, 2, 1, [2.5, 3.25, 20.0, 10.0], 0.65),   # accepted
+        _ann(14, 4, 2, [5.0, 5.0, 10.0, 10.0], 0.61),    # on an image the LS reviewer skips
+    ]}
+
+
+ADDED = ("dog", [5.0, 40.0, 10.0, 10.0])  # drawn by the reviewer on sub/b.png
+MOVED = [16.0, 50.0, 30.0, 20.0]
+
+
+@pytest.fixture()
+def original(tmp_path: Path):
+    p = tmp_path / "mined.json"
+    save_coco(p, mined_coco())
+    return p, load_coco(p)
+
+
+# -------------------------------------------------------------------------------- the reviewer, scripted per tool
+
+
+def review_labelstudio(tasks: list[dict], *, keep_ids: bool = True) -> list[dict]:
+    """Label Studio's JSON export after the review: each opened task gets an annotation made from the prediction
+    (regions keep their ids when keep_ids), edited; the task of d.png was never opened."""
+    out = []
+    for k, t in enumerate(copy.deepcopy(tasks)):
+        t["id"] = 100 + k
+        name = t["data"]["file_name"]
+        result = []
+        for r in t["predictions"][0]["result"]:
+            r = dict(r, origin="prediction")
+            r.pop("score", None)
+            if r["id"] == "m12":
+                continue  # rejected
+            if r["id"] == "m11":
+                r["value"] = dict(r["value"], x=r["value"]["x"] + 6 * 100 / r["original_width"])
+                r["origin"] = "prediction-changed"
+            if not keep_ids:
+                r["id"] = f"x{len(result)}"
+            result.append(r)
+        if name == "sub/b.png":
+            result.append({"id": "Zq3k9", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                           "original_width": 64, "original_height": 64, "image_rotation": 0, "origin": "manual",
+                           "value": {"x": 5 / 64 * 100, "y": 40 / 64 * 100, "width": 10 / 64 * 100, "height": 10 / 64 * 100,
+                                     "rotation": 0, "rectanglelabels": ["dog"]}})
+        t["annotations"] = [] if name == "d.png" else [
+            {"id": 1, "completed_by": 1, "was_cancelled": True, "result": []},  # a cancelled draft does not count
+            {"id": 2, "completed_by": 1, "was_cancelled": False, "result": result},
+        ]
+        out.append(t)
+    return out
+
+
+def review_cvat(xml: bytes) -> bytes:
+    """CVAT's 'CVAT for images 1.1' export after the review (every image of the task is in it)."""
+    root = ET.fromstring(xml)
+    for img in root.iter("image"):
+        for b in list(img.iter("box")):
+            coords = [float(b.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")]
+            if img.get("name") == "a.png" and coords == [70, 50, 90, 70]:
+                img.remove(b)  # rejected
+            elif img.get("name") == "a.png" and coords == [10, 50, 40, 70]:
+                b.set("xtl", "16.00")
+                b.set("xbr", "46.00")
+                b.set("source", "manual")
+        if img.get("name") == "sub/b.png":
+            ET.SubElement(img, "box", {"label": "dog", "source": "manual", "occluded": "0", "xtl": "5.00", "ytl": "40.00",
+                                       "xbr": "15.00", "ybr": "50.00", "z_order": "0"})
+    return ET.tostring(root, encoding="utf-8")
+
+
+def review_coco(d: dict) -> dict:
+    """A COCO export from another tool: ids renumbered, "mined"/"score" gone, category ids in another order."""
+    d = copy.deepcopy(d)
+    cat_new = {1: 7, 2: 3}
+    anns = []
+    for a in d["annotations"]:
+        if a["id"] == 12:
+            continue
+        bbox = MOVED if a["id"] == 11 else a["bbox"]
+        anns.append({"id": len(anns) + 1, "image_id": a["image_id"], "category_id": cat_new[a["category_id"]], "bbox": bbox,
+                     "area": bbox[2] * bbox[3], "iscrowd": 0})
+    anns.append({"id": len(anns) + 1, "image_id": 2, "category_id": 3, "bbox": ADDED[1], "area": 100.0, "iscrowd": 0})
+    return {"images": d["images"], "annotations": anns,
+            "categories": [{"id": 3, "name": "dog"}, {"id": 7, "name": "cat"}]}
+
+
+def _write_review(fmt: str, data, tmp_path: Path, *, keep_ids: bool = True) -> Path:
+    if fmt == "labelstudio":
+        p = tmp_path / "export.json"
+        p.write_text(json.dumps(review_labelstudio(labelstudio_tasks(data, image_ids=[1, 2, 4]), keep_ids=keep_ids)))
+    elif fmt == "cvat":
+        p = tmp_path / "annotations.xml"
+        p.write_bytes(review_cvat(review_cvat_xml(data, image_ids=[1, 2, 4])))
+    else:
+        p = tmp_path / "reviewed_coco.json"
+        p.write_text(json.dumps(review_coco(mined_coco())))
+    return p
+
+
+def _check_merged(d: dict, fmt: str) -> None:
+    """Every box and its provenance."""
+    anns = {a["id"]: a for a in d["annotations"]}
+    prov = {i: a["provenance"] for i, a in anns.items()}
+    want = {1: "labelled", 2: "labelled", 3: "labelled", 10: "mined-accepted", 11: "mined-corrected", 13: "mined-accepted"}
+    if fmt != "labelstudio":  # CVAT / COCO exports hold every image: d.png was reviewed, its box kept
+        want[14] = "mined-accepted"
+    added = [a for a in d["annotations"] if a["provenance"] == "added"]
+    assert {i: p for i, p in prov.items() if p != "added"} == want
+    assert len(added) == 1 and added[0]["image_id"] == 2 and added[0]["category_id"] == 2
+    assert added[0]["bbox"] == pytest.approx(ADDED[1], abs=0.01) and added[0]["id"] == 15  # after the largest id in use
+    orig = {a["id"]: a for a in mined_coco()["annotations"]}
+    for i in (1, 2, 3):
+        assert {k: v for k, v in anns[i].items() if k != "provenance"} == orig[i]  # labelled boxes untouched
+    for i in [10, 13] + ([14] if 14 in want else []):
+        assert anns[i]["bbox"] == orig[i]["bbox"] and anns[i]["category_id"] == orig[i]["category_id"]
+        assert "mined" not in anns[i] and "score" not in anns[i] and anns[i]["mined_score"] == orig[i]["score"]
+    assert anns[11]["bbox"] == pytest.approx(MOVED, abs=0.01) and anns[11]["mined_bbox"] == orig[11]["bbox"]
+    assert anns[11]["category_id"] == 1 and "mined" not in anns[11]
+    assert [(r["id"], r["image_id"], r["bbox"], r["provenance"]) for r in d["rejected"]] == [(12, 1, [70.0, 50.0, 20.0, 20.0], "rejected")]
+    assert 12 not in anns
+
+
+# -------------------------------------------------------------------------------- tests
+
+
+def test_labelstudio_tasks_are_pre_annotations(original) -> None:
+    _, data = original
+    tasks = labelstudio_tasks(data, model_version="m1")
+    assert [t["data"]["minedet_image_id"] for t in tasks] == [1, 2, 4]  # images with mined boxes only
+    t = tasks[0]
+    assert t["data"]["image"] == "/data/local-files/?d=a.png"
+    pred = t["predictions"][0]
+    assert pred["model_version"] == "m1" and pred["score"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    regions = {r["id"]: r for r in pred["result"]}
+    assert set(regions) == {"l1", "m10", "m11", "m12"}
+    r = regions["m11"]
+    assert r["type"] == "rectanglelabels" and r["score"] == 0.8 and "score" not in regions["l1"]
+    assert r["value"]["rectanglelabels"] == ["cat"] and (r["original_width"], r["original_height"]) == (100, 80)
+    assert [r["value"][k] for k in ("x", "y", "width", "height")] == pytest.approx([10.0, 62.5, 30.0, 25.0])  # percent
+    cfg = labelstudio_config(data.class_names)
+    assert '<RectangleLabels name="label" toName="image">' in cfg and '<Label value="dog"/>' in cfg
+
+
+def test_cvat_review_file(original) -> None:
+    _, data = original
+    root = ET.fromstring(review_cvat_xml(data))
+    assert root.findtext("version") == "1.1"
+    assert [lab.findtext("name") for lab in root.iterfind("meta/task/labels/label")] == ["cat", "dog"]
+    assert [im.get("name") for im in root.iter("image")] == ["a.png", "sub/b.png", "d.png"]
+    boxes = [(b.get("label"), b.get("source"), [b.get(k) for k in ("xtl", "ytl", "xbr", "ybr")]) for b in root.find("image")]
+    assert boxes[0] == ("cat", "manual", ["10", "10", "30", "30"]) and boxes[2] == ("cat", "auto", ["10", "50", "40", "70"])
+
+
+@pytest.mark.parametrize("fmt", ["labelstudio", "cvat", "coco"])
+def test_scripted_review_merges_back_with_provenance(fmt: str, original, tmp_path: Path, capsys) -> None:
+    src, data = original
+    review = _write_review(fmt, data, tmp_path)
+    out = tmp_path / "completed.json"
+    rc = main(["data", "merge-reviewed", str(src), str(review), "--format", fmt, "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    d = json.loads(out.read_text())
+    _check_merged(d, fmt)
+    assert "mined-accepted 2" in cap.out or "mined-accepted 3" in cap.out
+    if fmt == "labelstudio":
+        assert "1 mined boxes on images nobody reviewed were left out" in cap.out
+    # the completed file passes `data check`; the rejected box is a known non-object, never a training target
+    assert main(["data", "check", str(out)]) == 0
+    done = load_coco(out)
+    assert [r["id"] for r in done.rejected_by_image[1]] == [12]
+    t = coco_target(done, 1)
+    assert len(t) == 3 and not t.flag("pseudo").any()  # l1, m10, m11: labels now, not pseudo-labels
+
+
+def test_label_studio_without_region_ids_matches_by_geometry(original, tmp_path: Path) -> None:
+    _, data = original
+    merged = merge_reviewed(data, read_reviewed(_write_review("labelstudio", data, tmp_path, keep_ids=False), "labelstudio", data))
+    _check_merged(merged.coco, "labelstudio")
+    assert merged.counts["labelled_changed"] == 0
+
+
+def test_a_second_round_keeps_the_first_rounds_records(original, tmp_path: Path) -> None:
+    _, data = original
+    first = merge_reviewed(data, read_reviewed(_write_review("cvat", data, tmp_path), "cvat", data)).coco
+    d = copy.deepcopy(first)  # round 2: mine once more on the merged file, the reviewer rejects the new box
+    d["annotations"].append(_ann(40, 3, 2, [20.0, 20.0, 10.0, 10.0], 0.95))
+    again = validate_coco(d, file="round2.json")
+    res = merge_reviewed(again, {3: []})
+    assert [r["id"] for r in res.coco["rejected"]] == [12, 40]
+    prov = {a["id"]: a["provenance"] for a in res.coco["annotations"]}
+    assert prov[11] == "mined-corrected" and prov[15] == "added" and 40 not in prov
+    assert res.counts["labelled_changed"] == 1  # the reviewer of round 2 deleted the labelled box of c.png: kept
+
+
+def test_a_labelled_box_moved_by_the_reviewer_stays_labelled(original) -> None:
+    from minedet.review import ReviewedBox
+
+    _, data = original
+    res = merge_reviewed(data, {2: [ReviewedBox((33.0, 30.0, 43.0, 42.0), "dog", None),  # l2 nudged 3 px
+                                    ReviewedBox((2.5, 3.25, 22.5, 13.25), "cat", None)]})
+    anns = {a["id"]: a for a in res.coco["annotations"]}
+    assert anns[2]["bbox"] == [30.0, 30.0, 10.0, 12.0] and anns[2]["provenance"] == "labelled"
+    assert res.counts["labelled_changed"] == 1 and res.counts["added"] == 0
+
+
+BAD = {
+    "json_min": ("labelstudio", lambda p: p.write_text(json.dumps({"image": "a.png"})), "JSON list of tasks"),
+    "unknown_label": ("labelstudio", None, "class 'cow' is not in the class list"),
+    "unknown_image": ("cvat", lambda p: p.write_text('<annotations><image name="zz.png" width="8" height="8"/></annotations>'),
+                      "image 'zz.png' is not an image of the original dataset"),
+    "wrong_size": ("cvat", lambda p: p.write_text('<annotations><image name="a.png" width="8" height="8"/></annotations>'),
+                   "image is 8x8 but the original says 100x80"),
+    "malformed": ("cvat", lambda p: p.write_text("<annotations><image"), "not well-formed XML"),
+    "billion_laughs": ("cvat", lambda p: p.write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        "<annotations>&b;</annotations>"), "DOCTYPE/ENTITY declarations are not allowed"),
+    "missing": ("coco", None, "file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_review_exports_are_one_line_exit_2(case: str, original, tmp_path: Path, capsys) -> None:
+    src, data = original
+    fmt, write, fragment = BAD[case]
+    p = tmp_path / ("review.json" if fmt != "cvat" else "review.xml")
+    if case == "unknown_label":
+        tasks = review_labelstudio(labelstudio_tasks(data))
+        tasks[0]["annotations"][-1]["result"][0]["value"]["rectanglelabels"] = ["cow"]
+        p.write_text(json.dumps(tasks))
+    elif write is not None:
+        write(p)
+    out = tmp_path / "out.json"
+    rc = main(["data", "merge-reviewed", str(src), str(p), "--format", fmt, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not out.exists()
+
+
+def test_coco_loader_rules_for_review_fields() -> None:
+    d = mined_coco()
+    d["annotations"][0]["provenance"] = "rejected"
+    with pytest.raises(MinedetError, match='annotation id=1: provenance must be one of .* belong in the top-level "rejected" list'):
+        validate_coco(d, file="x.json")
+    d = mined_coco()
+    d["rejected"] = [{"id": 1, "image_id": 99, "category_id": 1, "bbox": [0, 0, 1, 1]}]
+    with pytest.raises(MinedetError, match=r"rejected\[0\]: image_id 99 is not an image"):
+        validate_coco(d, file="x.json")
+    d["rejected"] = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]
+    ok = validate_coco(d, file="x.json")
+    assert len(ok.annotations) == 8 and [r["id"] for r in ok.rejected_by_image[1]] == [1]
