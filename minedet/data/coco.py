@@ -467,8 +467,12 @@ def _validate_rejected(rej: Any, file: str, sizes: dict[int, tuple[int, int]], c
         if not _is_int(r["category_id"]) or r["category_id"] not in cat_ids:
             raise MinedetError(f"category_id {r['category_id']!r} is not a category in this file", file=file, record=rec)
         b = r["bbox"]
-        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)
-                and all(math.isfinite(float(v)) for v in b) and b[2] >= 0 and b[3] >= 0):
+        try:
+            ok = (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)
+                  and all(math.isfinite(float(v)) for v in b) and b[2] >= 0 and b[3] >= 0)
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        if not ok:
             raise MinedetError("bbox must be 4 finite numbers [x, y, w, h] with w, h >= 0", file=file, record=rec)
         out.setdefault(r["image_id"], []).append(dict(r))
     return out
