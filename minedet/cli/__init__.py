@@ -15,7 +15,7 @@ from minedet import __version__
 from minedet.errors import MinedetError
 
 # module name under minedet.cli, in --help order
-_GROUPS = ("demo", "data", "train", "infer", "mine")
+_GROUPS = ("demo", "data", "train", "infer", "mine", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
