@@ -21,9 +21,18 @@ from minedet.io import write_json_atomic
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def _load(model: str, device):
+    """``model.pt`` through :func:`load_model`, or a ``.onnx`` file (``minedet export``) through ONNX Runtime."""
+    if Path(model).suffix.lower() == ".onnx":
+        from minedet.export import load_onnx_detector
+
+        return load_onnx_detector(model)
+    return load_model(model, device=device)
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     info = setup_device(args.device, quiet=True)
-    det, meta = load_model(args.model, device=info.device)
+    det, meta = _load(args.model, info.device)
     data = load_coco(args.data)
     if data.class_names != list(det.spec.class_names):
         raise MinedetError(
@@ -62,7 +71,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.tile is not None:
         check_tiling(args.tile, default_overlap(args.tile) if args.overlap is None else args.overlap)
     info = setup_device(args.device, quiet=True)
-    det, _ = load_model(args.model, device=info.device)
+    det, _ = _load(args.model, info.device)
     names = list(det.spec.class_names)
     paths = _list_images(args.images)
     out_dir = Path(args.out)
@@ -96,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="pycocotools AP of an exported model on a COCO dataset",
                        description="Evaluate an exported model (OUT/model.pt of minedet train) on a COCO JSON: "
                                    "AP, AP50, AP75, APs/m/l and per-class AP, computed by pycocotools.")
-    p.add_argument("model", help="exported model file (model.pt)")
+    p.add_argument("model", help="exported model file (model.pt, or model.onnx from minedet export)")
     p.add_argument("data", help="COCO JSON with the ground truth")
     p.add_argument("--images", help="image root the file_name entries are relative to (default: the JSON's folder)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -108,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run an exported model on images (files or folders). Writes OUT/detections.json "
                                    "(COCO results, boxes [x,y,w,h] in image pixels, category ids 1..K in the model's "
                                    "class order) and OUT/<name>.png with the boxes drawn.")
-    q.add_argument("model", help="exported model file (model.pt)")
+    q.add_argument("model", help="exported model file (model.pt, or model.onnx from minedet export)")
     q.add_argument("images", nargs="+", help="image files or folders")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--score", type=float, default=0.05, help="keep detections above this score in the JSON (default 0.05)")
