@@ -229,7 +229,8 @@ def test_digits_calls_builder(tmp_path: Path, monkeypatch, capsys) -> None:
 
 
 @pytest.mark.parametrize("cmd,needle", [("sparsify", "ICASSP 2020"), ("split-semi", "without replacement"),
-                                        ("split-semi", "ICLR 2021"), ("convert", "xmin - 1"), ("stats", "96^2")])
+                                        ("split-semi", "ICLR 2021"), ("convert", "xmin - 1"), ("convert", "defusedxml"),
+                                        ("merge-reviewed", '"provenance": "mined-corrected"'), ("stats", "96^2")])
 def test_help_explains_protocol(cmd: str, needle: str, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["data", cmd, "--help"])

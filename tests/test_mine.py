@@ -374,7 +374,7 @@ def test_cli_writes_completed_json_gallery_and_pr(model_file, sparse, tmp_path, 
     _no_temp_files(out.parent, gal)
 
     # round trip: the completed JSON trains (mined boxes are pseudo-labelled ground truth there)
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
     from tests.conftest import tiny_config
 
     assert len(completed.annotations) == len(raw["annotations"])
@@ -513,3 +513,36 @@ def test_cli_review_round_trip(fmt, model_file, sparse, tmp_path, capsys) -> Non
     assert len(added) == 1 and added[0]["image_id"] == add_on
     assert [r["id"] for r in d["rejected"]] == [reject["id"]]
     assert f"mined-accepted {len(mined) - 2}, mined-corrected 1, added 1, rejected 1" in cap.out
+
+
+def test_your_own_data_loop_at_toy_scale(model_file, sparse, tiny_digits, tmp_path, capsys) -> None:
+    """The README's loop at toy scale: YOLO labels in -> COCO -> mine -> review in Label Studio -> merge-reviewed ->
+    train again on the merged file (the model_file fixture stands in for the first `minedet train`)."""
+    from minedet.run import run_training
+    from tests.conftest import tiny_config
+
+    _, _, source, root, sp, _ = sparse
+    yolo = tmp_path / "yolo"  # the user's own data, as YOLO labels
+    assert main(["data", "convert", str(sp), "--to", "yolo", "--out", str(yolo)]) == 0
+    own = tmp_path / "own.json"
+    assert main(["data", "convert", "--from", "yolo", str(yolo / "labels" / "train"), "--images", str(root / "train"),
+                 "--names", str(yolo / "data.yaml"), "--out", str(own)]) == 0
+    assert len(json.loads(own.read_text())["annotations"]) == len(source["annotations"])
+    mined = tmp_path / "mined.json"
+    assert main(["mine", str(model_file), str(own), "--images", str(root / "train"), "--out", str(mined),
+                 "--device", "cpu", "--quiet"]) == 0
+    tasks = json.loads(mined.with_name("mined.labelstudio.json").read_text())
+    for t in tasks:  # the reviewer keeps every box but the least confident mined one of each image
+        regions = t["predictions"][0]["result"]
+        worst = min((r for r in regions if "score" in r), key=lambda r: r["score"])
+        t["annotations"] = [{"id": 1, "was_cancelled": False, "result": [r for r in regions if r is not worst]}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    done = tmp_path / "done.json"
+    capsys.readouterr()
+    assert main(["data", "merge-reviewed", str(mined), str(export), "--format", "labelstudio", "--out", str(done)]) == 0
+    assert f"rejected {len(tasks)}" in capsys.readouterr().out
+    assert len(json.loads(done.read_text())["rejected"]) == len(tasks) > 0
+    cfg = tiny_config(tiny_digits, tmp_path / "run", data__train=str(done), data__train_images=str(root / "train"),
+                      train__max_steps=2, train__ckpt_every=2)
+    assert run_training(cfg, quiet=True)["steps"] == 2
