@@ -10,7 +10,9 @@ time to one exported detector instead of a Siamese branch:
    (default) compares with labelled boxes of **every** class: a labelled object is not missing,
    whatever class the detector gives it — measured on digits, such second-class detections on
    labelled objects were most of the false positives of the same-class rule. ``gt_match="same"``
-   is Co-mining's training rule (same class only);
+   is Co-mining's training rule (same class only).
+   A box whose IoU with a box a reviewer rejected (the top-level ``"rejected"`` list that
+   ``minedet data merge-reviewed`` writes, any class) is > ``iou_gt`` is dropped too: it was reviewed;
 3. boxes under 1 px wide or high (after clipping to the image and rounding to 0.01 px) are dropped;
 4. optional test-time agreement (``agree="color"`` or ``"flip"``): the detector also sees an
    augmented copy of the image (colour jitter drawn from a generator seeded by ``(seed, image id)``,
@@ -159,9 +161,10 @@ def _check_pos_int(name: str, v: int) -> int:
     return v
 
 
-def gt_target(data: CocoData, image_id: int) -> Target:
-    """Every annotation of an image as a Target (crowd boxes included), xyxy file-image pixels."""
-    anns = data.anns_by_image.get(image_id, [])
+def gt_target(data: CocoData, image_id: int, *, rejected: bool = False) -> Target:
+    """Every annotation of an image as a Target (crowd boxes included), xyxy file-image pixels;
+    ``rejected``: the boxes a reviewer rejected instead (the top-level ``"rejected"`` list)."""
+    anns = data.rejected_by_image.get(image_id, []) if rejected else data.anns_by_image.get(image_id, [])
     if not anns:
         return Target.empty(image_id)
     boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -369,6 +372,8 @@ def _filter_image(d, data: CocoData, rec: dict, settings: MineSettings, other: T
     t = cogeneration(settings.floor, settings.nms, settings.max_dets)(t)
     t = min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
     t = drop_overlapping(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same")
+    if data.rejected_by_image.get(iid):  # a reviewer already said "no object here": never offered again
+        t = drop_overlapping(t, gt_target(data, iid, rejected=True), settings.iou_gt, same_class=False)
     if other is not None:
         t, gate, reported = _agreement(t, other, settings.agree_iou)
         return Target(t.boxes, t.labels, reported, image_id=iid), gate

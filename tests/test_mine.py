@@ -546,3 +546,22 @@ def test_your_own_data_loop_at_toy_scale(model_file, sparse, tiny_digits, tmp_pa
     cfg = tiny_config(tiny_digits, tmp_path / "run", data__train=str(done), data__train_images=str(root / "train"),
                       train__max_steps=2, train__ckpt_every=2)
     assert run_training(cfg, quiet=True)["steps"] == 2
+
+
+def test_boxes_a_reviewer_rejected_are_not_mined_again(det, sparse) -> None:
+    data, _, source, root, *_ = sparse
+    first = _mine(det, data, root, source=source)
+    iid, t = next((i, t) for i, t in first.mined.items() if len(t))
+    x1, y1, x2, y2 = t.boxes[0].tolist()
+    d = copy.deepcopy(source)
+    d["rejected"] = [{"id": 1, "image_id": iid, "category_id": data.cat_id_of(int(t.labels[0])),
+                      "bbox": [x1, y1, x2 - x1, y2 - y1], "provenance": "rejected"}]
+    again = _mine(det, validate_coco(d, file="round2.json"), root, source=d)
+    assert again.completed["rejected"] == d["rejected"]
+    kept, before = _rows(again.mined[iid]), _rows(first.mined[iid])
+    assert kept < before and _rows(t.select(torch.tensor([0]))) & kept == set()
+    gone = before - kept
+    rej = torch.tensor([[x1, y1, x2, y2]])
+    for row in gone:  # only boxes on the rejected one went
+        assert float(box_iou(torch.tensor([row[:4]]), rej)) > 0.4
+    assert all(_rows(again.mined[i]) == _rows(first.mined[i]) for i in first.mined if i != iid)

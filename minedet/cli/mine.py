@@ -18,7 +18,8 @@ hand back the boxes its labels miss (Co-mining's co-generation rules, Wang et al
 
   1. keep detections with score > --score, class-wise NMS at --nms, at most --max-dets per image;
   2. drop a detection whose IoU with a labelled box (of any class; --gt-match same: of its own class,
-     Co-mining's training rule) is > --iou-gt;
+     Co-mining's training rule) is > --iou-gt, or with a box a reviewer rejected (the "rejected" list
+     of 'minedet data merge-reviewed', any class): a reviewed box is not offered again;
   3. --agree color|flip (optional): also run the model on a colour-jittered (seeded per image) or
      horizontally flipped copy; keep a box only when that copy has a detection of the same class
      with IoU >= --agree-iou whose score is also > --score. The kept box's score is the mean of both.
