@@ -277,11 +277,16 @@ def _verify(data: bytes, model: nn.Module, label_offset: int, images: list[Tenso
                                f"{m['max_score_diff']:.2g}); nothing written", file=source)
 
 
-def match_detections(a: Target, b: Target, *, iou: float = 0.99, above: float | None = None) -> dict[str, Any]:
+def match_detections(
+    a: Target, b: Target, *, iou: float = 0.99, atol: float = 0.01, above: float | None = None
+) -> dict[str, Any]:
     """Match two detection sets of one image one to one: greedily by IoU, same label, pairs >= ``iou``.
 
     Args:
         a, b: detections (boxes xyxy in the same pixel frame, labels, scores).
+        iou: a pair is the same box when its IoU is at least this ...
+        atol: ... or when all four corners agree to ``atol`` px (a sliver 0.01 px wide has IoU 0.5
+            with itself moved by 0.005 px, and 0/0 when it has no area); such a pair counts as IoU 1.
         above: compare only the detections scoring above this in both sets: when ``a`` is cut at
             ``detections_per_img``, detections tied with the last one are kept by either side at random,
             so a comparison skips those within a hair of the cut (see :func:`cut_score`).
@@ -298,9 +303,8 @@ def match_detections(a: Target, b: Target, *, iou: float = 0.99, above: float | 
     if len(a) == 0 or len(b) == 0:
         return out
     m = box_iou(a.boxes.float(), b.boxes.float())
-    # zero-area boxes (clipped to a border) have IoU 0/0: they match when their corners agree to 1e-3 px
-    same = (a.boxes.float()[:, None, :] - b.boxes.float()[None, :, :]).abs().amax(-1) <= 1e-3
-    m = torch.where(torch.isnan(m), same.to(m.dtype), m)
+    close = (a.boxes.float()[:, None, :] - b.boxes.float()[None, :, :]).abs().amax(-1) <= atol
+    m = torch.where(close, torch.ones_like(m), torch.nan_to_num(m, nan=0.0))
     m[a.labels[:, None] != b.labels[None, :]] = -1.0
     ious, diffs = [], []
     while True:
