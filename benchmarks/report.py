@@ -479,8 +479,35 @@ def section_real(res: dict) -> list[str]:
     return out
 
 
+def section_export(res: dict) -> list[str]:
+    """ONNX export: parity with PyTorch eager and paired batch-1 latency (the latest record of each setting)."""
+    recs = latest(res["records"])
+    out = ["## ONNX export", "", *header(res)]
+    par = [r for r in recs if "matched" in r]
+    if par:
+        out += ["| set | image size | images | detections | matched (IoU >= 0.99) / compared | min IoU | max score diff | "
+                "AP PyTorch | AP ONNX | same |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in par:
+            out.append(f"| {r['what'].removeprefix('parity, ')} | {r['image_size']} | {r['images']} | {r['detections']} | "
+                       f"{r['matched']} / {r['compared']} | {r['min_iou']:.4f} | {r['max_score_diff']:.1g} | "
+                       f"{pct(r['ap_pytorch'])} | {pct(r['ap_onnx'])} | {'yes' if r['same'] else 'no'} |")
+        out.append("")
+    lat = [r for r in recs if "speedup" in r]
+    if lat:
+        out += ["| batch 1, image size | input | PyTorch eager (ms) | ONNX Runtime (ms) | speedup | target met |",
+                "|---|---|---|---|---|---|"]
+        for r in lat:
+            out.append(f"| {r['image_size']} px | {'x'.join(map(str, r['input_shape']))} | {r['pytorch_ms']:.1f} | "
+                       f"{r['onnx_ms']:.1f} | {r['speedup']:.2f}x | {'yes' if r['meets_target'] else 'no'} |")
+        out.append("")
+    if res.get("target"):
+        out += [f"Target: {res['target']}.", ""]
+    return out
+
+
 RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_loader, "cropbank": section_cropbank}
 RENDERERS["real_nuclei"] = section_real
+RENDERERS["export"] = section_export
 TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_aug": "Co-mining Table 4 in miniature: the second view on hard",
           "co_mining_fcos": "Co-mining Table 5 in miniature: FCOS",
@@ -622,7 +649,7 @@ def page(results: dict) -> str:
              "use the latest run of each setting and list the earlier ones.", ""]
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
              "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
-             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "real_nuclei", "cropbank", "loader", "splits"]
+             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "real_nuclei", "export", "cropbank", "loader", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
         render = RENDERERS.get(name)
