@@ -5,7 +5,10 @@ forward (``GeneralizedRCNNTransform`` resize + normalisation, backbone, heads, b
 score threshold, per-level top-k, class-wise NMS, the resize of the boxes back to the input
 frame), traced by PyTorch's TorchScript-based ONNX exporter (``torch.onnx.export(dynamo=False)``,
 opset 17); torchvision's detection code is written to be traced by it (``_script_if_tracing``
-NMS, ONNX-friendly resize and top-k). Nothing runs outside the graph.
+NMS, ONNX-friendly top-k). Nothing runs outside the graph. One piece is replaced: the resize
+(:class:`_InferenceGraph` computes the resized size in float64 as eager PyTorch does; torchvision's
+traced resize computes it in float32 and lands one pixel off whenever ``side * scale`` is near an
+integer, which moves every box).
 
 The graph, for one image:
 
@@ -26,9 +29,10 @@ and returns the same :class:`~minedet.structures.Target` detections as the PyTor
 ``model.pt``. The ONNX file itself needs only an ONNX runtime; the predictor class converts to
 minedet's torch-based ``Target`` for the rest of the library.
 
-Why not the dynamo exporter (``dynamo=True``): with the pinned torch it fails on torchvision's
-data-dependent post-processing (guards on the number of candidates, see the report of the
-export issue); the TorchScript exporter traces all three detectors exactly.
+Why not the dynamo exporter (``dynamo=True``): with the pinned torch, ``torch.export`` fails on
+torchvision's RetinaNet (a guard on data-dependent shapes in the post-processing); the
+TorchScript exporter traces all three detectors, and :func:`export_onnx` checks the written file
+against PyTorch before it keeps it.
 """
 
 from __future__ import annotations
