@@ -104,7 +104,7 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from minedet.cli.demo import sparse_copy
-    from minedet.cli.train import resolve_data
+    from minedet.run import resolve_data
     from minedet.config import load_config, preset_path
 
     splits, methods = TABLES[args.table]

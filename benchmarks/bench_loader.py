@@ -27,7 +27,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from minedet.cli.registry import build_method
-    from minedet.cli.train import build_spec, make_dataset, resolve_data
+    from minedet.run import build_spec, make_dataset, resolve_data
     from minedet.config import load_config, preset_path
     from minedet.data.coco import load_coco
     from minedet.data.datasets import infinite_loader

@@ -86,7 +86,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from minedet.cli.train import resolve_data
+    from minedet.run import resolve_data
     from minedet.config import load_config, preset_path
 
     fractions = args.fractions or ([2.0, 5.0, 10.0] if args.table == "headline" else [2.0])

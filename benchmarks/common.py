@@ -119,7 +119,7 @@ def append_results(name: str, new_records: list[dict], *, derive=None, **extra) 
 
 def train_record(cfg, *, label: dict, out_dir: Path) -> dict:
     """Run one training job and return a flat record (AP, per-class AP, steps, times, quality)."""
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     cfg.train.progress = False
     t0 = time.perf_counter()

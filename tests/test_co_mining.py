@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from minedet.pseudo.semantics import carry
+
 from minedet.data.datasets import View
 from minedet.data.transforms import BoxMap
 from minedet.methods.co_mining import CoMining, CoMiningOptions
@@ -61,7 +63,7 @@ def test_complementary_supervision_uses_the_other_branch():
     m.training_step(batch)
     (t_o, t_a) = seen
     gts = [v.target for v in batch["labelled"]["views"]["o"]]
-    mined = m._last[1]
+    mined = m.last_mined
     for i in range(2):
         assert len(t_o[i]) == len(gts[i]) + len(mined["a"][i])
         assert len(t_a[i]) == len(gts[i]) + len(mined["o"][i])
@@ -79,7 +81,7 @@ def test_mined_boxes_never_duplicate_same_class_ground_truth():
     from torchvision.ops import box_iou
 
     for name in ("o", "a"):
-        for gt, p in zip([v.target for v in batch["labelled"]["views"][name]], m._last[1][name]):
+        for gt, p in zip([v.target for v in batch["labelled"]["views"][name]], m.last_mined[name]):
             if len(gt) and len(p):
                 iou = box_iou(p.boxes, gt.boxes) * (p.labels[:, None] == gt.labels[None, :])
                 assert float(iou.max()) <= 0.4
@@ -98,7 +100,7 @@ def test_gt_match_any_drops_other_class_boxes_on_labelled_objects():
         m = CoMining(det, CoMiningOptions(tau=0.5, gt_match=mode))
         m.training_step(batch)
         worst[mode] = max(float(box_iou(p.boxes, v.target.boxes).max()) for v, p in
-                          zip(batch["labelled"]["views"]["o"], m._last[1]["o"]) if len(p) and len(v.target))
+                          zip(batch["labelled"]["views"]["o"], m.last_mined["o"]) if len(p) and len(v.target))
     assert worst["any"] <= 0.4 < worst["same"]  # the release keeps other-class boxes on labelled objects
     with pytest.raises(MinedetError, match="gt_match"):
         CoMining(tiny_detector("retinanet"), CoMiningOptions(gt_match="class"))
@@ -123,17 +125,26 @@ def test_single_branch_cogeneration_and_views():
     assert set(CoMining(det, CoMiningOptions(view="blur")).streams()["labelled"]) == {"o", "a"}
 
 
-def test_fcos_uses_class_probability_gate():
-    det = tiny_detector("fcos")
-    CoMining(det)
-    assert det.threshold_on == "class_prob"
+def test_fcos_mines_on_the_class_probability_and_decodes_as_before():
+    """The release gates FCOS pseudo-labels by class probability; the method asks decode for that rule
+    per call and never changes how the detector decodes at evaluation (or in the exported model)."""
+    det = tiny_detector("fcos", score_thresh=0.5).train()
+    with torch.no_grad():
+        head = det.model.head
+        head.classification_head.cls_logits.bias.fill_(6.0)  # p ~ 0.998
+        head.regression_head.bbox_ctrness.bias.fill_(-9.0)  # centerness ~ 1e-4 -> sqrt(p c) ~ 0.01
+    m = CoMining(det, CoMiningOptions(tau=0.5, max_dets=5))
+    batch = _batch(n=2)
+    m.training_step(batch)
+    assert all(len(t) > 0 for t in m.last_mined["o"]), "class probability 0.998 > tau: mined"
+    det.eval()
+    images = [v.image for v in batch["labelled"]["views"]["o"]]
+    assert all(len(t) == 0 for t in det.predict(images)), "evaluation keeps sqrt(p * centerness) ~ 0.01 < 0.5"
 
 
 def test_carry_maps_boxes_between_flipped_views():
     t = Target(torch.tensor([[10.0, 5, 20, 15]]), torch.tensor([0]))
-    src = View(torch.zeros(3, 32, 64), t, BoxMap(size=(32, 64)))
-    dst = View(torch.zeros(3, 32, 64), t, BoxMap(-1.0, 1.0, 64.0, 0.0, (32, 64)))
-    moved = CoMining._carry(t, src, dst)
+    moved = carry(t, BoxMap(size=(32, 64)), BoxMap(-1.0, 1.0, 64.0, 0.0, (32, 64)))
     assert moved.boxes.tolist() == [[44.0, 5.0, 54.0, 15.0]]
 
 
@@ -141,7 +152,7 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     """run_training with co_mining on a 'hard' split: hidden truth is measured, never trained on."""
     import json
 
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.splits import sparsify
     from tests.conftest import tiny_config
@@ -180,7 +191,7 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
 
 def cfg_detector(cfg):
     """A fresh plain detector of the run's architecture."""
-    from minedet.cli.train import build_spec
+    from minedet.run import build_spec
     from minedet.data.coco import load_coco
     from minedet.models.build import build_detector
 

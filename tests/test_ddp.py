@@ -215,7 +215,7 @@ def test_ranks_together_see_the_one_process_batch(tiny_digits):
     """Global positions: rank r of W takes i*W + r; at every step (and from any resume point) the
     union of the ranks' batches of B/W is the one-process batch of B: same keys, same images,
     same augmented pixels and boxes."""
-    from minedet.cli.train import make_dataset
+    from minedet.run import make_dataset
     from minedet.config import build_config
     from minedet.data.datasets import InfiniteSampler, infinite_loader
     from minedet.methods.co_mining import CoMining
@@ -337,9 +337,9 @@ def test_distributed_evaluation_and_rank0_outputs(runs):
 def test_global_batch_must_split_evenly_over_the_processes(tiny_digits, tmp_path):
     """``data.batch_size`` is the global batch: 3 images on 2 processes cannot be that (it used to
     become 2 silently, and a batch smaller than the process count grew to one image per rank)."""
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
     from minedet.config import build_config
-    from minedet.engine.trainer import DistInfo
+    from minedet.engine.dist import DistInfo
     from minedet.errors import MinedetError
 
     threads = torch.get_num_threads()

@@ -137,8 +137,7 @@ def test_fcos_class_prob_threshold_gates_before_centerness():
         head.regression_head.bbox_ctrness.bias.fill_(-9.0)  # centerness ~ 1e-4 -> sqrt(p c) ~ 0.01
     out = det.forward_heads(_images(2))
     assert sum(len(t) for t in det.decode(out)) == 0
-    det.threshold_on = "class_prob"
-    gated = det.decode(out)
+    gated = det.decode(out, score_rule="class_prob")
     assert all(len(t) > 0 for t in gated)
     assert all(float(t.scores.max()) < 0.5 for t in gated)  # ranked by the rescored score
 

@@ -21,11 +21,6 @@ def test_score_filter_is_strict_and_pure():
     assert len(t) == 3  # input untouched
 
 
-def test_classwise_score_threshold():
-    t = T([[0, 0, 10, 10], [5, 5, 20, 20]], [0, 1], [0.5, 0.5])
-    assert pf.by_class_score(t, [0.4, 0.6]).labels.tolist() == [0]
-
-
 def test_nms_is_classwise():
     t = T([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]], [0, 0, 1], [0.9, 0.8, 0.7])
     out = pf.nms(t, 0.5)

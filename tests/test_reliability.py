@@ -139,8 +139,8 @@ def test_every_kind_of_broken_image_is_one_minedet_error(tmp_path):
 
 
 def test_training_skips_the_bad_image_and_counts_it(corrupt_digits, tmp_path, monkeypatch, capsys):
-    import minedet.cli.train as train_mod
-    from minedet.cli.train import run_training
+    import minedet.run as train_mod
+    from minedet.run import run_training
 
     paths, bad_id, _ = corrupt_digits
     made: list[DetectionDataset] = []
@@ -252,7 +252,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, fmt):
 
 
 def test_cli_eval_and_resume_refuse_a_code_running_checkpoint(tiny_digits, tmp_path, capsys):
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -378,7 +378,7 @@ def sparse_files(tiny_digits, tmp_path):
 
 
 def test_hidden_truth_of_another_dataset_is_refused_before_training(tiny_digits, sparse_files, tmp_path, capsys):
-    from minedet.cli.train import make_dataset
+    from minedet.run import make_dataset
 
     cfg = tiny_config(tiny_digits, tmp_path / "run", data__train=str(sparse_files["kept"]))
     ds = make_dataset(str(sparse_files["kept"]), str(tiny_digits.image_root), cfg, train=True,
@@ -398,7 +398,7 @@ def test_hidden_truth_of_another_dataset_is_refused_before_training(tiny_digits,
 
 
 def test_semi_hidden_truth_of_another_split_seed_is_refused(tiny_digits, tmp_path):
-    from minedet.cli.train import make_dataset
+    from minedet.run import make_dataset
 
     train = load_coco(tiny_digits.train_json).raw
     a, b = split_semi(train, 50, 0), split_semi(train, 50, 1)
@@ -417,7 +417,7 @@ def test_semi_hidden_truth_of_another_split_seed_is_refused(tiny_digits, tmp_pat
 # ------------------------------------------------------------------------------ resuming from the wrong file
 @pytest.fixture(scope="module")
 def one_step_run(tiny_digits, tmp_path_factory):
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     out = tmp_path_factory.mktemp("one_step")
     run_training(tiny_config(tiny_digits, out, data__val=None, train__max_steps=1), quiet=True)
@@ -437,7 +437,7 @@ def test_load_training_checkpoint_refuses_a_model_file_and_other_torch_files(one
 
 
 def test_resume_from_model_pt_is_one_line(tiny_digits, one_step_run, tmp_path):
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     with pytest.raises(MinedetError, match="exported model"):
         run_training(tiny_config(tiny_digits, tmp_path / "r", data__val=None, train__max_steps=2), quiet=True,
@@ -445,7 +445,7 @@ def test_resume_from_model_pt_is_one_line(tiny_digits, one_step_run, tmp_path):
 
 
 def test_resume_with_another_optimizer_is_one_line(tiny_digits, one_step_run, tmp_path):
-    from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     with pytest.raises(MinedetError, match="optimizer"):
         run_training(tiny_config(tiny_digits, tmp_path / "r", data__val=None, train__max_steps=2, train__optimizer="adamw"),

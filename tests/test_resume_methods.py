@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from minedet.cli.train import run_training
+from minedet.run import run_training
 from minedet.engine.checkpoint import load_checkpoint
 from tests.conftest import tiny_config
 from tests.helpers import kill_mid_run

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from minedet.cli.train import run_training
+from minedet.run import run_training
 from minedet.config import TrainConfig
 from minedet.engine.checkpoint import load_checkpoint, load_model
 from minedet.engine.trainer import Trainer, lr_factor

@@ -70,7 +70,7 @@ def sparse_methods(mode: str, overrides: list[str]) -> dict[str, dict]:
 
 def _cmd_sparse(args: argparse.Namespace, overrides: list[str]) -> int:
     """Baseline vs Co-mining on the same sparse labels, AP side by side."""
-    from minedet.cli.train import resolve_data, run_training
+    from minedet.run import resolve_data, run_training
 
     results = {}
     data_overrides = [o for o in overrides if not o.startswith("method.")]  # method.* went to sparse_methods
@@ -91,7 +91,7 @@ def _cmd_sparse(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from minedet.cli.train import print_reports, run_training
+    from minedet.run import print_reports, run_training
 
     overrides = list(args.overrides)
     if args.steps:

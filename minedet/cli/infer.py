@@ -14,7 +14,7 @@ from minedet.engine.checkpoint import load_model
 from minedet.engine.evaluate import coco_results
 from minedet.engine.inference import evaluate_detector
 from minedet.engine.tiled import default_overlap, predict_tiled
-from minedet.engine.trainer import setup_device
+from minedet.engine.dist import setup_device
 from minedet.errors import MinedetError
 from minedet.io import write_json_atomic
 

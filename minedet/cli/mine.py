@@ -145,7 +145,7 @@ def _load_inputs(args: argparse.Namespace, data_path: Path):
     """(source dict as read, validated CocoData, hidden CocoData or None, detector, device)."""
     from minedet.data.coco import load_coco, read_json_file, validate_coco
     from minedet.engine.checkpoint import load_model
-    from minedet.engine.trainer import setup_device
+    from minedet.engine.dist import setup_device
 
     source = read_json_file(data_path)
     data = validate_coco(source, file=str(data_path))

@@ -143,6 +143,13 @@ class Paste:
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._bad: set[tuple[int, int]] = set()
 
+    def set_sources(self, image_paths: Sequence[Sequence[str | Path]]) -> None:
+        """Name the source images (per source, per image index) once the datasets exist; a run
+        declares its Paste step with its views before the data is loaded."""
+        self.image_paths = [list(p) for p in image_paths]
+        self._cache.clear()
+        self._bad.clear()
+
     def __getstate__(self) -> dict:  # DataLoader workers start with an empty cache
         state = dict(self.__dict__)
         state["_cache"] = OrderedDict()

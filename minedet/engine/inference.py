@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from minedet.data.datasets import DetectionDataset
 from minedet.engine.evaluate import EvalReport, coco_results, evaluate_detections
-from minedet.engine.trainer import DistInfo
+from minedet.engine.dist import DistInfo
 from minedet.models.detector import DetectorAdapter
 from minedet.structures import Target
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,55 +28,8 @@ from torch import nn
 from minedet.config import TrainConfig
 from minedet.engine.checkpoint import load_training_checkpoint, save_checkpoint
 from minedet.errors import MinedetError
-from minedet.io import atomic_open
+from minedet.engine.dist import DistInfo, all_reduce_flag
 from minedet.methods.base import Method
-
-
-# ------------------------------------------------------------------------------------------- devices
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_device(kind: str = "auto", *, quiet: bool = False) -> DistInfo:
-    """Pick the device and, under ``torchrun`` (WORLD_SIZE > 1), join the process group
-    (NCCL on CUDA, gloo on CPU). With no GPU, ``auto`` falls back to CPU with one line."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if kind not in ("auto", "cpu", "cuda"):
-        raise MinedetError(f"device must be auto, cpu or cuda, got {kind!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise MinedetError("device=cuda was asked for but no CUDA GPU is available")
-    use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
-    if kind == "auto" and not use_cuda and rank == 0 and not quiet:
-        print("minedet: no CUDA GPU found; training on the CPU", file=sys.stderr)
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world, local, device)
-
-
-def all_reduce_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if it is True on any rank."""
-    if info.world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 # ------------------------------------------------------------------------------------------- optim
@@ -388,9 +339,3 @@ class Trainer:
                 f"training stopped: {self.nonfinite_run} non-finite steps in a row at step {self.step + 1} "
                 f"(terms: {where}){keep}. Lower train.lr or raise the pseudo-label threshold."
             )
-
-
-def write_json_main(info: DistInfo, path: Path, obj: dict) -> None:
-    if info.main:
-        with atomic_open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)

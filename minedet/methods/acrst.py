@@ -30,7 +30,9 @@ with its own switch so the paper's ablations (Tables 4-7, 10) run from one confi
 
 ``stac_acrst`` (Table 7) adds the same parts to STAC: the teacher labels the unlabelled images
 once (score > ``pr_thresh`` for Pseudo Recall, then the two stages), those labels fill the pseudo
-bank, and crops are pasted into STAC's strong views. Both methods hold one :class:`Rebalancer`.
+bank, and crops are pasted into STAC's strong views. Both are configurations of the self-training
+template (:mod:`minedet.methods.self_training`) holding one :class:`Rebalancer`, the component that
+implements every part; the Paste step is declared in the template's strong views.
 
 Choices the paper leaves open (documented, tested): pastes start at step 0 from the labelled bank
 (uniform classes until the teacher has produced a Pseudo Recall); classes with no detection get a
@@ -55,15 +57,15 @@ from torch import Tensor
 
 from minedet.data.cropbank import CropBank, SnapshotReader, class_probabilities, publish, pseudo_recall, union
 from minedet.data.paste import Paste, remove_occluded
-from minedet.data.transforms import Compose
+from minedet.data.transforms import BoxMap, Compose
 from minedet.errors import MinedetError
 from minedet.io import write_text_atomic
-from minedet.methods.base import prefixed
-from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions, carry, drop_regression
+from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from minedet.methods.stac import Stac, StacOptions
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
+from minedet.pseudo.semantics import PseudoLabels, PseudoRule
 from minedet.structures import Target
 
 BANKS = ("labelled", "pseudo", "both")
@@ -159,6 +161,10 @@ class Rebalancer:
         self.multilabel_quality: dict | None = None
         self._bank_dir: Path | None = None
         self.bound = False
+        self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
+        o = parts
+        self.paste = Paste(SnapshotReader(self.bank_path), [[], []], n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
+                           flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion) if o.fbr else None
 
     @property
     def beta(self) -> float:
@@ -172,9 +178,13 @@ class Rebalancer:
         return self._bank_dir / "snapshot.pt"
 
     # ------------------------------------------------------------------ wiring
+    def with_paste(self, view: Compose) -> Compose:
+        """``view`` led by the FBR Paste step (unchanged with ``fbr`` off)."""
+        return view if self.paste is None else Compose([self.paste, *view.transforms])
+
     def bind(self, lab, unl, out_dir: Path | None, device: torch.device, metrics: dict) -> None:
-        """Labelled bank from ``lab``'s ground truth; the Paste transform in the strong views;
-        the first snapshot; the multi-label classifier and its probabilities on ``unl``."""
+        """Labelled bank from ``lab``'s ground truth; the Paste step's source images; the first
+        snapshot; the multi-label classifier and its probabilities on ``unl``."""
         o = self.o
         if lab is None or unl is None:
             raise MinedetError("ACRST needs labelled and unlabelled data (data.train and data.unlabelled)")
@@ -183,13 +193,9 @@ class Rebalancer:
                                file=str(lab.data.path))
         self.index_of = {image_id: i for i, image_id in enumerate(unl.ids)}
         self.labelled_bank = CropBank.from_targets(self.k, 0, ((i, lab.target(image_id)) for i, image_id in enumerate(lab.ids)))
-        if o.fbr:
-            paths = [[lab.image_root / im["file_name"] for im in lab.data.images],
-                     [unl.image_root / im["file_name"] for im in unl.data.images]]
-            paste = Paste(SnapshotReader(self.bank_path), paths, n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
-                          flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion)
-            for ds in ([lab, unl] if o.paste_on == "both" else [unl]):
-                ds.views = {**ds.views, "strong": Compose([paste, *ds.views["strong"].transforms])}
+        if self.paste is not None:
+            self.paste.set_sources([[lab.image_root / im["file_name"] for im in lab.data.images],
+                                    [unl.image_root / im["file_name"] for im in unl.data.images]])
             self.publish(metrics)
         if o.two_stage:
             self._prepare_multilabel(lab, unl, out_dir, device, metrics)
@@ -291,6 +297,34 @@ class Rebalancer:
         return [v.target.with_flags(regress=v.target.flag("regress") & ~(v.target.flag("pasted") & v.target.flag("pseudo")))
                 for v in views]
 
+    # ------------------------------------------------------------------ each labelling
+    def observe(self, image_ids, labels: PseudoLabels, maps: list[BoxMap], unl, metrics: dict, rule: PseudoRule) -> None:
+        """After the rule has split the teacher's detections: the pseudo bank keeps each image's latest
+        pseudo-labels (file pixels); with hidden truth, Table 10's single-stage / two-stage /
+        two-stage-mining pseudo-labels are scored side by side (cumulative, in ``metrics``)."""
+        for image_id, p, m in zip(image_ids, labels.confident, maps):
+            self.set_pseudo(int(image_id), p.with_boxes(m.inverse().apply(p.boxes)))
+        if unl is None or getattr(unl, "hidden", None) is None:
+            return
+        for image_id, d, m in zip(image_ids, labels.detections, maps):
+            hidden = unl.hidden_target(int(image_id))
+            hidden = hidden.with_boxes(m.apply(hidden.boxes))
+            probs = self.probs(int(image_id))
+            d = d.to("cpu")
+            s1 = pf.by_score(d, rule.tau)
+            if rule.nms is not None:
+                s1 = pf.nms(s1, rule.nms)
+            self.variants["single"].add(s1, hidden)
+            self.variants["two_stage"].add(pf.multilabel_veto(s1, probs, self.o.tau_ml), hidden)
+            positive = (d.scores >= rule.tau) | (probs[d.labels] >= self.o.mining_pos) if len(d) else torch.zeros(0, dtype=torch.bool)
+            self.variants["mining"].add(d.select(positive), hidden)  # Table 10 "two-stage mining"
+        for name, q in self.variants.items():
+            metrics.update(q.as_dict(prefix=f"quality_{name}/"))
+
+    def log_metrics(self) -> dict[str, float]:
+        """AFFR's current class probabilities (``affr/mu_k``)."""
+        return {f"affr/mu_{k}": v for k, v in enumerate(self.class_probs.tolist())}
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"pseudo_bank": self.pseudo_bank.state_dict(), "pr_window": self.pr_window, "pr_last": self.pr_last,
@@ -323,27 +357,9 @@ def _gather_probs(clf, unl, device) -> dict[int, Tensor]:
     return {k: v for p in parts for k, v in p.items()}
 
 
-class _WithRebalancer:
-    """What a method holding a :class:`Rebalancer` (``self.rb``) logs and checkpoints."""
-
-    rb: Rebalancer
-
-    def log_metrics(self) -> dict[str, float]:
-        m = super().log_metrics()
-        for k, v in enumerate(self.rb.class_probs.tolist()):
-            m[f"affr/mu_{k}"] = v
-        return m
-
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), **self.rb.state_dict()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
-        self.rb.load_state_dict(state, self.metrics)
-
-
-class Acrst(_WithRebalancer, MeanTeacher):
-    """Mean Teacher + CropBank / FBR / AFFR + two-stage filtering + selective supervision.
+class Acrst(MeanTeacher):
+    """Mean Teacher + CropBank / FBR / AFFR + two-stage filtering + selective supervision: the
+    template with an EMA teacher and a :class:`Rebalancer`.
 
     Args:
         detector: the student.
@@ -356,86 +372,11 @@ class Acrst(_WithRebalancer, MeanTeacher):
 
     def __init__(self, detector: DetectorAdapter, options: AcrstOptions | None = None, *, classifier=None) -> None:
         o = options or AcrstOptions()
-        super().__init__(detector, o)
+        super().__init__(detector, o, rebalancer=Rebalancer(o, detector.num_classes, classifier))
         self.options: AcrstOptions = o
-        self.rb = Rebalancer(o, detector.num_classes, classifier)
-        self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
-
-    def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        super().bind(datasets, out_dir)
-        self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), self._out_dir, self._device(), self.metrics)
-
-    def _device(self) -> torch.device:
-        return next(self.detector.parameters()).device
-
-    # ------------------------------------------------------------------ named steps
-    @torch.no_grad()
-    def pseudo_labels(self, weak_views: list) -> list[Target]:
-        """Stage one (score > tau, NMS) and, with ``two_stage``, stage two (the image-level veto),
-        on the teacher's weak-view detections; the low-threshold detections feed Pseudo Recall."""
-        o = self.options
-        self.teacher.eval()
-        dets = [d.detach() for d in self.teacher.predict(self.images(weak_views), score_thresh=self.score_floor(min(o.pr_thresh, o.tau)),
-                                                         nms_thresh=o.nms, detections_per_img=o.max_dets)]
-        self.rb.add_detections(dets)  # Pseudo Recall counts scores > pr_thresh only
-        self._uncertain = self.uncertain(dets)
-        stage1 = [pf.by_score(d, o.tau) for d in dets]
-        if o.nms is not None:
-            stage1 = [pf.nms(t, o.nms) for t in stage1]
-        self._dets, self._stage1 = dets, stage1
-        ids = [v.target.image_id for v in weak_views]
-        return [pf.as_pseudo(self.rb.stage_two(t, i), regress=False) for t, i in zip(stage1, ids)]
-
-    def unsup_targets(self, batch: dict, pseudo: list[Target]) -> list[Target]:
-        """Pseudo-labels carried into each strong view, minus those hidden by a paste, plus the
-        pasted instances (which regress under selective supervision)."""
-        views = batch["unlabelled"]["views"]
-        ss = self.options.selective_supervision
-        return [self.rb.with_pastes(carry(p, w.map, s.map), s, regress_pasted=ss)
-                for p, w, s in zip(pseudo, views["weak"], views["strong"])]
-
-    def unsupervised_loss(self, out, targets: list[Target]) -> dict[str, Tensor]:
-        losses = self.detector.loss(out, targets)
-        if not self.options.selective_supervision:
-            losses = drop_regression(losses, self.detector.kind)
-        return prefixed(losses, "unsup", self.options.lambda_unsup)
-
-    def sup_targets(self, views: list) -> list[Target]:
-        return self.rb.sup_targets(views, self.options.selective_supervision)
-
-    def observe(self, batch: dict, pseudo: list[Target]) -> None:
-        """The pseudo bank keeps each unlabelled image's latest pseudo-labels, in file pixels."""
-        for image_id, p, w in zip(batch["unlabelled"]["image_id"], pseudo, batch["unlabelled"]["views"]["weak"]):
-            self.rb.set_pseudo(image_id, p.with_boxes(w.map.inverse().apply(p.boxes)))
-
-    def after_step(self, step: int) -> None:
-        super().after_step(step)
-        if step > self.options.burn_in and (step - self.options.burn_in) % self.options.refresh_every == 0:
-            self.rb.refresh(self.metrics)
-
-    # ------------------------------------------------------------------ measurement
-    def _measure(self, batch: dict, pseudo: list[Target]) -> None:
-        super()._measure(batch, pseudo)
-        ds = self._datasets.get("unlabelled")
-        if ds is None or getattr(ds, "hidden", None) is None:
-            return
-        o = self.options
-        ids = batch["unlabelled"]["image_id"]
-        for image_id, d, s1, v in zip(ids, self._dets, self._stage1, batch["unlabelled"]["views"]["weak"]):
-            hidden = ds.hidden_target(image_id)
-            hidden = hidden.with_boxes(v.map.apply(hidden.boxes))
-            probs = self.rb.probs(image_id)
-            d, s1 = d.to("cpu"), s1.to("cpu")
-            self.variants["single"].add(s1, hidden)
-            self.variants["two_stage"].add(pf.multilabel_veto(s1, probs, o.tau_ml), hidden)
-            positive = (d.scores >= o.tau) | (probs[d.labels] >= o.mining_pos) if len(d) else torch.zeros(0, dtype=torch.bool)
-            self.variants["mining"].add(d.select(positive), hidden)  # Table 10 "two-stage mining"
-        for name, q in self.variants.items():
-            self.metrics.update(q.as_dict(prefix=f"quality_{name}/"))
 
 
-
-class StacAcrst(_WithRebalancer, Stac):
+class StacAcrst(Stac):
     """STAC + ACRST (the paper's Table 7): the once-only pseudo-labels pass the two stages and fill
     the pseudo bank; AFFR's class probabilities come from that one labelling pass; crops are pasted
     into STAC's strong views. With selective supervision only pasted crops regress on unlabelled
@@ -451,43 +392,5 @@ class StacAcrst(_WithRebalancer, Stac):
     def __init__(self, detector: DetectorAdapter, options: StacAcrstOptions | None = None, *, teacher=None,
                  classifier=None) -> None:
         o = options or StacAcrstOptions()
-        super().__init__(detector, o, teacher=teacher)
+        super().__init__(detector, o, teacher=teacher, rebalancer=Rebalancer(o, detector.num_classes, classifier))
         self.options: StacAcrstOptions = o
-        self.rb = Rebalancer(o, detector.num_classes, classifier)
-
-    def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        out = None if out_dir is None else Path(out_dir)
-        self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), out, next(self.detector.parameters()).device,
-                     self.metrics)
-        super().bind(datasets, out_dir)  # labels once, through :meth:`label`
-        self.rb.refresh(self.metrics)  # mu from the labelling pass; the pseudo bank is published
-
-    def label(self, dataset) -> dict[int, Target]:
-        o = self.options
-        out = {}
-        ss = o.selective_supervision
-        for image_id, d in self.detect(dataset, min(o.pr_thresh, o.tau)):
-            self.rb.add_detections([d])
-            t = pf.by_score(d, o.tau)
-            if o.nms is not None:
-                t = pf.nms(t, o.nms)
-            t = pf.as_pseudo(self.rb.stage_two(t, image_id), regress=o.unsup_regression and not ss)
-            self.rb.set_pseudo(image_id, t)
-            out[image_id] = t
-        return out
-
-    def unsup_targets(self, batch: dict) -> list[Target]:
-        o = self.options
-        regress = True if o.selective_supervision else o.unsup_regression
-        return [self.rb.with_pastes(t, v, regress_pasted=regress)
-                for t, v in zip(super().unsup_targets(batch), batch["unlabelled"]["views"]["strong"])]
-
-    def sup_targets(self, views: list) -> list[Target]:
-        o = self.options
-        return self.rb.sup_targets(views, o.selective_supervision or o.unsup_regression)
-
-    def unsupervised_loss(self, out, targets: list[Target]) -> dict[str, Tensor]:
-        unsup = self.detector.loss(out, targets)
-        if not (self.options.unsup_regression or self.options.selective_supervision):
-            unsup = drop_regression(unsup, self.detector.kind)
-        return prefixed(unsup, "unsup", self.options.lambda_unsup)

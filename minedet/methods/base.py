@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from minedet.data.transforms import Compose
@@ -84,13 +83,3 @@ class Method(nn.Module):
     @staticmethod
     def targets(views: list) -> list:
         return [v.target for v in views]
-
-
-@torch.no_grad()
-def copy_detector(det: DetectorAdapter) -> DetectorAdapter:
-    import copy
-
-    new = copy.deepcopy(det)
-    for p in new.parameters():
-        p.requires_grad_(False)
-    return new

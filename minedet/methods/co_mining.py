@@ -30,15 +30,15 @@ from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
+from minedet.pseudo.semantics import against_hidden, carry
 from minedet.structures import Target
-
-# theta1 of the release: class-wise NMS of co-generation per detector
-DEFAULT_NMS = {"retinanet": 0.5, "fcos": 0.6, "faster_rcnn": 0.5}
 
 
 @dataclass
 class CoMiningOptions:
-    """tau: score threshold (0.6; 0.5 on the extreme split); nms: theta1 (default per detector);
+    """tau: score threshold (0.6; 0.5 on the extreme split), on the score the detector names for mining
+    (FCOS: the class probability before centerness, as in the release); nms: theta1 (None: the
+    detector's ``mining_nms``, the release's value);
     iou_gt: theta2 (0.4); topk: candidates per FPN level (1000; Faster R-CNN: the best RPN proposals
     the RoI head decodes, at most its test-time count); max_dets: pseudo boxes per image (100);
     view: the second branch's augmentation; siamese / cogeneration: the Table 2 switches;
@@ -71,10 +71,8 @@ class CoMining(Method):
         if o.gt_match not in ("same", "any"):
             raise MinedetError(f"method.gt_match must be 'same' or 'any', not {o.gt_match!r}")
         self._view = view_transform(o.view)
-        if detector.kind == "fcos":
-            detector.threshold_on = "class_prob"  # the release gates FCOS by class probability
-        nms = DEFAULT_NMS.get(detector.kind, 0.5) if o.nms is None else o.nms
-        self._nms = nms
+        self._nms = detector.mining_nms if o.nms is None else o.nms
+        self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
         self.quality = {"o": QualityCounts(), "a": QualityCounts()}
         self._datasets: dict = {}
         self._out_dir: Path | None = None
@@ -96,20 +94,12 @@ class CoMining(Method):
         """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT."""
         o = self.options
         dets = self.detector.decode(out, score_thresh=o.tau, nms_thresh=self._nms, topk_candidates=o.topk,
-                                    detections_per_img=o.max_dets)
+                                    detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
         res = []
         for d, gt in zip(dets, gts):
             d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
             res.append(pf.as_pseudo(d, regress=o.pseudo_regress))
         return res
-
-    @staticmethod
-    def _carry(pseudo: Target, src, dst) -> Target:
-        """Move boxes from view ``src``'s frame to view ``dst``'s (identity for photometric views)."""
-        if src.map == dst.map:
-            return pseudo
-        m = src.map.inverse().then(dst.map)
-        return pseudo.with_boxes(m.apply(pseudo.boxes))
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         o = self.options
@@ -137,11 +127,11 @@ class CoMining(Method):
             targets = gts[name]
             if o.cogeneration:
                 targets = [
-                    Target.cat([gt, self._carry(p, views[source][i], views[name][i])])
+                    Target.cat([gt, carry(p, views[source][i].map, views[name][i].map)])
                     for i, (gt, p) in enumerate(zip(gts[name], mined[source]))
                 ]
             losses.update(prefixed(self.detector.loss(parts[name], targets), name))
-        self._last = (views, mined)
+        self.last_mined = mined
         return losses
 
     # ------------------------------------------------------------------ measurement
@@ -157,13 +147,9 @@ class CoMining(Method):
                 self.metrics[f"pseudo/{k}_class/{names[c] if names and c < len(names) else c}"] = float(count)
         if ds is None or ds.hidden is None:
             return
+        hidden = [ds.hidden_target(i) for i in batch["labelled"]["image_id"]]
         for name, targets in mined.items():
-            q = QualityCounts()
-            for i, t in enumerate(targets):
-                v = views[name][i]
-                hidden = ds.hidden_target(batch["labelled"]["image_id"][i])
-                hidden = hidden.with_boxes(v.map.apply(hidden.boxes))
-                q.add(t.to("cpu"), hidden)
+            q = against_hidden(targets, hidden, [v.map for v in views[name]])
             self.quality[name].merge(q)
             self.metrics.update(q.as_dict(prefix=f"quality/{name}_"))
             # running totals over the run (the per-step numbers are noisy); kept across a resume

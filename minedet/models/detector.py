@@ -107,6 +107,12 @@ class DetectorAdapter(nn.Module):
     """
 
     kind: str = ""
+    #: the loss terms that supervise box geometry (boxes with ``regress=False`` add nothing to them)
+    regression_terms: tuple[str, ...] = ()
+    #: class-wise NMS IoU for mining pseudo-labels from this detector (Co-mining's theta1, the release's value)
+    mining_nms: float = 0.5
+    #: the score a mining threshold applies to (``decode(score_rule=...)``): ``"score"``, the detection score
+    mining_score_rule: str = "score"
 
     def __init__(self, model: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -158,11 +164,14 @@ class DetectorAdapter(nn.Module):
         nms_thresh: float | None = None,
         topk_candidates: int | None = None,
         detections_per_img: int | None = None,
+        score_rule: str | None = None,
     ) -> list[Target]:
         """Detections per image (scores, labels 0..K-1, boxes xyxy in input-image pixels).
 
         ``None`` parameters take the wrapped model's own values (torchvision's defaults unless
         configured), which makes the result identical to torchvision's eval forward.
+        ``score_rule`` names the score ``score_thresh`` applies to, for this call only (FCOS:
+        ``"class_prob"`` gates on the class probability before centerness; None: the detector's rule).
         """
         raise NotImplementedError  # abstract
 
@@ -189,7 +198,7 @@ class _DenseAdapter(DetectorAdapter):
         napl = [n * a for n in napl]
         return HeadOutputs(image_list, sizes, features, head, anchors, napl, feature_names=names)
 
-    def _level_scores(self, level: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _level_scores(self, level: dict[str, Tensor], rule: str | None = None) -> tuple[Tensor, Tensor]:
         """(ranking score, thresholded score), each [HWA * K] flattened, for one image and level."""
         p = torch.sigmoid(level["cls_logits"]).flatten()
         return p, p
@@ -197,7 +206,8 @@ class _DenseAdapter(DetectorAdapter):
     def _decode_boxes(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         return self.model.box_coder.decode_single(deltas, anchors)
 
-    def decode(self, out, *, score_thresh=None, nms_thresh=None, topk_candidates=None, detections_per_img=None):
+    def decode(self, out, *, score_thresh=None, nms_thresh=None, topk_candidates=None, detections_per_img=None,
+               score_rule=None):
         m = self.model
         score_thresh = m.score_thresh if score_thresh is None else score_thresh
         nms_thresh = m.nms_thresh if nms_thresh is None else nms_thresh
@@ -211,7 +221,7 @@ class _DenseAdapter(DetectorAdapter):
             for lvl, anchors_l in enumerate(anchors_i):
                 level = {k: v[lvl][i] for k, v in split.items()}
                 num_classes = level["cls_logits"].shape[-1]
-                rank, gate = self._level_scores(level)
+                rank, gate = self._level_scores(level, score_rule)
                 keep = gate > score_thresh
                 scores = rank[keep]
                 idx = torch.where(keep)[0]
@@ -248,6 +258,7 @@ class RetinaNetAdapter(_DenseAdapter):
     """
 
     kind = "retinanet"
+    regression_terms = ("bbox_regression",)
 
     def __init__(self, model: nn.Module, num_classes: int, loss_norm: str = "image") -> None:
         super().__init__(model, num_classes)
@@ -329,17 +340,20 @@ class FCOSAdapter(_DenseAdapter):
     """
 
     kind = "fcos"
+    regression_terms = ("bbox_regression", "bbox_ctrness")  # centerness is trained only where boxes regress
+    mining_nms = 0.6
+    mining_score_rule = "class_prob"  # the Co-mining release gates FCOS pseudo-labels by class probability
 
     def __init__(self, model: nn.Module, num_classes: int, threshold_on: str = "score") -> None:
         super().__init__(model, num_classes)
         if threshold_on not in ("score", "class_prob"):
-            raise ValueError(f"threshold_on must be 'score' or 'class_prob', got {threshold_on!r}")
+            raise MinedetError(f"model.extra.threshold_on must be 'score' or 'class_prob', got {threshold_on!r}")
         self.threshold_on = threshold_on
 
-    def _level_scores(self, level):
+    def _level_scores(self, level, rule=None):
         p = torch.sigmoid(level["cls_logits"])
         rank = torch.sqrt(p * torch.sigmoid(level["bbox_ctrness"])).flatten()
-        return rank, (p.flatten() if self.threshold_on == "class_prob" else rank)
+        return rank, (p.flatten() if (rule or self.threshold_on) == "class_prob" else rank)
 
     def _decode_boxes(self, deltas, anchors):
         return self.model.box_coder.decode(deltas, anchors)
@@ -436,11 +450,12 @@ class FasterRCNNAdapter(DetectorAdapter):
     """
 
     kind = "faster_rcnn"
+    regression_terms = ("loss_box_reg", "loss_rpn_box_reg")
 
     def __init__(self, model: nn.Module, num_classes: int, roi_cls_loss: str = "ce", focal_gamma: float = 1.5) -> None:
         super().__init__(model, num_classes)
         if roi_cls_loss not in ("ce", "focal"):
-            raise ValueError(f"roi_cls_loss must be 'ce' or 'focal', got {roi_cls_loss!r}")
+            raise MinedetError(f"model.extra.roi_cls_loss must be 'ce' or 'focal', got {roi_cls_loss!r}")
         self.roi_cls_loss = roi_cls_loss
         self.focal_gamma = focal_gamma
 
@@ -552,7 +567,8 @@ class FasterRCNNAdapter(DetectorAdapter):
         roi = self.roi_loss(out, targets)
         return {**roi, **rpn}
 
-    def decode(self, out, *, score_thresh=None, nms_thresh=None, topk_candidates=None, detections_per_img=None):
+    def decode(self, out, *, score_thresh=None, nms_thresh=None, topk_candidates=None, detections_per_img=None,
+               score_rule=None):
         """RoI-head detections on the best proposals: at most ``topk_candidates`` per image, and never
         more than the RPN keeps at test time, so a training-mode forward (2000 proposals by default)
         is decoded as the detector would decode it at inference, at half the RoI-head cost."""

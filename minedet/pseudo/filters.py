@@ -8,7 +8,7 @@ Target and never mutates its input.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torchvision.ops import batched_nms, box_iou
@@ -23,14 +23,6 @@ def by_score(t: Target, thresh: float) -> Target:
     if t.scores is None or len(t) == 0:
         return t
     return t.select(t.scores > thresh)
-
-
-def by_class_score(t: Target, thresh: Sequence[float] | torch.Tensor) -> Target:
-    """Keep boxes whose score exceeds the threshold of their class (``thresh[label]``)."""
-    if t.scores is None or len(t) == 0:
-        return t
-    th = torch.as_tensor(thresh, dtype=t.scores.dtype, device=t.scores.device)
-    return t.select(t.scores > th[t.labels])
 
 
 def nms(t: Target, iou: float) -> Target:

@@ -1,0 +1,109 @@
+"""One pseudo-label mechanism for every method: detections -> targets, ignored boxes, background.
+
+A teacher's (or a Co-mining branch's) detections on an image are split three ways
+(DESIGN.md, "pseudo-label semantics"):
+
+* **confident** (score > ``tau``, after class-wise NMS and an optional extra stage such as ACRST's
+  multi-label veto): pseudo-labels, ``pseudo=True``, regression as configured;
+* **uncertain** (score in ``[ignore_below, tau]``, when ``ignore_below`` is set): ignored boxes,
+  ``weight=0`` and ``regress=False`` (the anchors / proposals they match are neither positive nor
+  background);
+* everything else: background (not in the targets).
+
+Boxes are ``[x1, y1, x2, y2]`` in the pixels of the view the detections were made on; :func:`carry`
+moves them into another view of the same file image. Every function is pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from minedet.data.transforms import BoxMap
+from minedet.pseudo import filters as pf
+from minedet.pseudo.quality import QualityCounts
+from minedet.structures import Target
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """One step's pseudo-labels, one entry per image, boxes in the frame the detections were made in.
+
+    Attributes:
+        detections: everything the teacher reported (score >= :attr:`PseudoRule.floor`).
+        confident: the pseudo-labels proper (``pseudo=True``); quality and banks see only these.
+        ignored: the uncertain boxes (``weight=0``, ``regress=False``); None when the band is off.
+    """
+
+    detections: list[Target]
+    confident: list[Target]
+    ignored: list[Target] | None
+
+    def targets(self) -> list[Target]:
+        """What the student is taught per image: confident ∪ ignored."""
+        if self.ignored is None:
+            return list(self.confident)
+        return [Target.cat([c, u]) for c, u in zip(self.confident, self.ignored)]
+
+
+Stage = Callable[[Target, int], Target]  # (confident boxes of one image, its image id) -> kept boxes
+
+
+@dataclass(frozen=True)
+class PseudoRule:
+    """The three-way split, built once from a method's options.
+
+    Args:
+        tau: score above which a detection is a pseudo-label.
+        nms: class-wise NMS IoU applied to the confident boxes (None: the detections' own NMS).
+        regress: whether pseudo-labels supervise box regression.
+        ignore_below: lower end of the ignored band ``[ignore_below, tau]`` (None: no band).
+    """
+
+    tau: float
+    nms: float | None = None
+    regress: bool = False
+    ignore_below: float | None = None
+    stages: tuple[Stage, ...] = field(default=())
+
+    @property
+    def floor(self) -> float:
+        """The score down to which detections are needed."""
+        return self.tau if self.ignore_below is None else min(self.tau, self.ignore_below)
+
+    def confident(self, t: Target, image_id: int) -> Target:
+        keep = pf.by_score(t, self.tau)
+        if self.nms is not None:
+            keep = pf.nms(keep, self.nms)
+        for stage in self.stages:
+            keep = stage(keep, image_id)
+        return pf.as_pseudo(keep, regress=self.regress)
+
+    def uncertain(self, t: Target) -> Target:
+        band = t.select((t.scores >= self.ignore_below) & (t.scores <= self.tau)) if len(t) else t
+        return pf.as_pseudo(band, regress=False).with_flags(weight=0.0)
+
+    def __call__(self, detections: Sequence[Target], image_ids: Sequence[int]) -> PseudoLabels:
+        dets = [d.detach() for d in detections]
+        confident = [self.confident(d, int(i)) for d, i in zip(dets, image_ids)]
+        ignored = None if self.ignore_below is None else [self.uncertain(d) for d in dets]
+        return PseudoLabels(dets, confident, ignored)
+
+
+def carry(t: Target, src: BoxMap, dst: BoxMap, min_size: float = 1.0) -> Target:
+    """Move boxes from the frame of a view with map ``src`` into the frame of a view with map
+    ``dst`` (both maps start from the same file image): ``dst ∘ src⁻¹``. Boxes are clipped to
+    ``dst.size`` and those left thinner than ``min_size`` pixels (cropped away) are dropped."""
+    if src == dst:
+        return t
+    m = src.inverse().then(dst)
+    return pf.min_size(t.with_boxes(m.apply(t.boxes)), min_size)
+
+
+def against_hidden(targets: Sequence[Target], hidden: Sequence[Target], maps: Sequence[BoxMap]) -> QualityCounts:
+    """Quality counts of ``targets`` (one per image, in the frame of the view with map ``maps[i]``)
+    against the hidden truth of the same images (file-image frame)."""
+    q = QualityCounts()
+    for t, h, m in zip(targets, hidden, maps):
+        q.add(t.to("cpu"), h.with_boxes(m.apply(h.boxes)))
+    return q

@@ -1,0 +1,287 @@
+"""A run assembled from a Config: data, detector, method, trainer, evaluation, export.
+
+The library entry point: ``minedet train``, ``minedet demo``, the benchmarks and the tests call
+:func:`run_training`. Concrete methods are named only through the CLI's registry
+(``minedet.cli.registry``), which turns ``method.name`` into a :class:`~minedet.methods.base.Method`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from minedet.config import Config
+from minedet.data.coco import CocoData, load_coco
+from minedet.data.datasets import DetectionDataset, infinite_loader
+from minedet.data.splits import check_hidden_matches
+from minedet.data.transforms import Compose, RandomHorizontalFlip
+from minedet.engine.checkpoint import export_model
+from minedet.engine.dist import DistInfo, setup_device, write_json_main
+from minedet.engine.inference import evaluate_detector
+from minedet.engine.trainer import Trainer
+from minedet.errors import MinedetError
+from minedet.methods.base import Method
+from minedet.models.build import DetectorSpec, build_detector
+
+
+# --------------------------------------------------------------------------------------------- data
+def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
+    """Fill missing data paths from ``data.digits`` (building the embedded dataset once into the
+    cache): a preset's train/val split is used unless ``data.train`` / ``data.val`` are given."""
+    d = cfg.data
+    if d.digits is None or (d.train is not None and d.val is not None):
+        if d.train is None:
+            raise MinedetError("config needs data.train (a COCO JSON) or data.digits")
+        return _resolve_semi(cfg, quiet)
+    from minedet.data.digits import build_digits
+
+    args = dict(d.digits)
+    key = "digits-" + "-".join(f"{k}{args[k]}" for k in sorted(args))
+    root = Path(d.cache_dir) / key
+    marker = root / "annotations" / "val.json"
+    if not marker.exists():
+        if not quiet:
+            print(f"minedet: building the digits dataset in {root}", file=sys.stderr)
+        try:
+            build_digits(root, progress=not quiet, **args)
+        except TypeError as e:
+            raise MinedetError(f"data.digits: {e}") from None
+    if d.train is None:
+        d.train, d.train_images = str(root / "annotations" / "train.json"), d.train_images or str(root / "images")
+    if d.val is None:
+        d.val, d.val_images = str(root / "annotations" / "val.json"), d.val_images or str(root / "images")
+    return _resolve_semi(cfg, quiet)
+
+
+def _resolve_semi(cfg: Config, quiet: bool) -> Config:
+    """``data.semi = {percent, seed}``: split ``data.train`` into labelled / unlabelled images once
+    (cached beside the other derived files, keyed by the source's content hash) and point
+    ``data.train`` / ``data.unlabelled`` / ``data.hidden`` at the parts."""
+    d = cfg.data
+    if d.semi is None or d.unlabelled is not None:
+        return cfg
+    import hashlib
+
+    from minedet.data.coco import save_coco
+    from minedet.data.splits import split_semi
+    from minedet.io import write_json_atomic
+
+    unknown = set(d.semi) - {"percent", "seed"}
+    if unknown or "percent" not in d.semi:
+        raise MinedetError(f"data.semi takes percent (required) and seed, got {sorted(d.semi)}")
+    percent, seed = float(d.semi["percent"]), int(d.semi.get("seed", 0))
+    src = Path(d.train)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    root = Path(d.cache_dir) / "semi" / f"{src.stem}-{sha}-p{percent:g}-s{seed}"
+    paths = {k: root / f"{k}.json" for k in ("labelled", "unlabelled", "hidden")}
+    if not all(p.exists() for p in paths.values()):
+        res = split_semi(load_coco(src, strict=d.strict).raw, percent, seed)
+        save_coco(paths["hidden"], res.hidden, validate=False)
+        save_coco(paths["unlabelled"], res.unlabelled, validate=False)
+        save_coco(paths["labelled"], res.labelled, validate=False)
+        write_json_atomic(root / "manifest.json", {**res.manifest, "source_file": str(src)}, indent=1)
+        if not quiet:
+            print(f"minedet: {percent:g}% labelled split (seed {seed}) of {src} in {root}", file=sys.stderr)
+    images = _images_dir(str(src), d.train_images)
+    d.train, d.train_images = str(paths["labelled"]), images
+    d.unlabelled, d.unlabelled_images = str(paths["unlabelled"]), d.unlabelled_images or images
+    d.hidden = str(paths["hidden"])
+    d.semi = None  # resolved: the paths above are the split (their folder holds its manifest.json)
+    return cfg
+
+
+def _images_dir(json_path: str, given: str | None) -> str:
+    return given if given is not None else str(Path(json_path).parent)
+
+
+def make_dataset(path: str, images: str | None, cfg: Config, *, views=None, train: bool, with_targets: bool = True,
+                 hidden: str | None = None) -> DetectionDataset:
+    data = load_coco(path, strict=cfg.data.strict)
+    hidden_data = load_coco(hidden) if hidden else None
+    if hidden_data is not None:  # a hidden truth of another split would make every quality number silently wrong
+        check_hidden_matches(data.raw, hidden_data.raw, kept_file=path, hidden_file=hidden)
+    base = Compose([RandomHorizontalFlip(cfg.data.flip)]) if train and cfg.data.flip > 0 else Compose([])
+    return DetectionDataset(
+        data,
+        _images_dir(path, images),
+        base=base,
+        views=views,
+        seed=cfg.train.seed,
+        with_targets=with_targets,
+        hidden=hidden_data,
+        skip_bad_images=not cfg.data.strict,
+    )
+
+
+def build_spec(cfg: Config, data: CocoData) -> DetectorSpec:
+    m = cfg.model
+    return DetectorSpec(
+        name=m.name, num_classes=data.num_classes, class_names=data.class_names, backbone=m.backbone,
+        image_size=cfg.data.image_size, levels=m.levels, fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale,
+        score_thresh=m.score_thresh, nms_thresh=m.nms_thresh, detections_per_img=m.detections_per_img,
+        topk_candidates=m.topk_candidates, extra=dict(m.extra),
+    )
+
+
+# --------------------------------------------------------------------------------------------- run
+@dataclass
+class Run:
+    """A run assembled from a Config: what :func:`run_training` trains.
+
+    Attributes:
+        cfg: the resolved config; spec: the detector's spec; method: the method holding the detector;
+        datasets: one dataset per stream the method names; val: the validation dataset or None;
+        info: this process; out: the output folder.
+    """
+
+    cfg: Config
+    spec: DetectorSpec
+    method: Method
+    datasets: dict[str, DetectionDataset]
+    val: DetectionDataset | None
+    info: DistInfo
+    out: Path
+
+
+def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = False, info: DistInfo | None = None) -> Run:
+    """Data paths, detector, method (by ``method.name`` through the CLI's registry), stream datasets."""
+    from minedet.cli.registry import build_method
+
+    cfg = resolve_data(cfg, quiet=quiet)
+    t = cfg.train
+    info = info or setup_device(t.device, quiet=quiet)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out_dir or t.out_dir)
+    torch.manual_seed(t.seed + info.rank)
+    spec = build_spec(cfg, load_coco(cfg.data.train, strict=cfg.data.strict))
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    detector = build_detector(spec, pretrained=cfg.model.pretrained, weights_path=cfg.model.weights)
+    method = build_method(cfg.method, detector)
+    torch.manual_seed(t.seed + info.rank)
+    datasets = stream_datasets(cfg, method)
+    method.bind(datasets, out if info.main else None)  # only rank 0 writes renders
+    val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
+    return Run(cfg, spec, method, datasets, val, info, out)
+
+
+def stream_datasets(cfg: Config, method: Method) -> dict[str, DetectionDataset]:
+    """One dataset per stream the method declares, with the views it asks for."""
+    streams = method.streams()
+    datasets: dict[str, DetectionDataset] = {}
+    for name, views in streams.items():
+        if name == "labelled":
+            datasets[name] = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True,
+                                          hidden=cfg.data.hidden if "unlabelled" not in streams else None)
+        elif name == "unlabelled":
+            if cfg.data.unlabelled is None:
+                raise MinedetError(f"method {method.name!r} needs data.unlabelled (a COCO JSON of unlabelled images)")
+            datasets[name] = make_dataset(cfg.data.unlabelled, cfg.data.unlabelled_images, cfg, views=views, train=True,
+                                          with_targets=False, hidden=cfg.data.hidden)
+        else:
+            raise MinedetError(f"method {method.name!r} asks for an unknown data stream {name!r}")
+    return datasets
+
+
+def batch_stream(run: Run) -> Callable[[int], Iterator[dict]]:
+    """``batches(start_step)``: one batch per step, ``{stream: collated batch}``, on the run's device."""
+    cfg, info, t = run.cfg, run.info, run.cfg.train
+    bs = {"labelled": cfg.data.batch_size, "unlabelled": cfg.data.unlabelled_batch_size or cfg.data.batch_size}
+    for k in run.datasets:  # the batch sizes are global: each rank loads bs / world
+        if bs[k] % info.world:
+            key = "data.batch_size" if k == "labelled" or cfg.data.unlabelled_batch_size is None else "data.unlabelled_batch_size"
+            raise MinedetError(f"{key}={bs[k]} is the global batch and must be a multiple of the {info.world} processes")
+    per_rank = {k: max(1, bs[k] // info.world) for k in run.datasets}
+
+    def batches(start_step: int) -> Iterator[dict]:
+        its = {
+            k: infinite_loader(ds, per_rank[k], seed=t.seed + 17 * i, rank=info.rank, world=info.world,
+                               start_batches=start_step * t.accumulate, workers=cfg.data.workers,
+                               pin_memory=info.device.type == "cuda")
+            for i, (k, ds) in enumerate(run.datasets.items())
+        }
+        while True:
+            yield to_device({k: next(it) for k, it in its.items()}, info.device)
+
+    return batches
+
+
+def evaluator(run: Run, reports: dict, *, quiet: bool) -> Callable[[Method, int], dict[str, float]]:
+    """``evaluate(method, step)``: pycocotools AP of every model the method names on the val split
+    (the first one unprefixed); the reports of the last call land in ``reports``."""
+    cfg = run.cfg
+
+    def evaluate(m: Method, step: int) -> dict[str, float]:
+        if run.val is None:
+            return {}
+        res: dict[str, float] = {}
+        reports.clear()
+        for i, (role, det) in enumerate(m.eval_models().items()):
+            rep = evaluate_detector(det, run.val, batch_size=max(8, cfg.data.batch_size), info=run.info,
+                                    progress=cfg.train.progress and not quiet)
+            prefix = "" if i == 0 else f"{role}/"
+            for k, v in rep.as_dict().items():
+                if isinstance(v, (int, float)) and v is not None:
+                    res[prefix + k] = v
+            reports[role] = rep
+        return res
+
+    return evaluate
+
+
+def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str | None = None,
+                 quiet: bool = False, info: DistInfo | None = None) -> dict:
+    """Train ``cfg`` end to end: assemble, train, evaluate, export ``OUT/model.pt`` and ``OUT/eval.json``.
+    Returns ``{"steps", "wall_s", "nonfinite_steps", "out_dir", "model", "reports"}``."""
+    run = build_run(cfg, out_dir=out_dir, quiet=quiet, info=info)
+    cfg, info, out, method = run.cfg, run.info, run.out, run.method
+    reports: dict = {}
+    meta = {"config": cfg.as_dict(), "spec": run.spec.as_dict(), "method": method.name}
+    trainer = Trainer(method, cfg.train, batch_stream(run), out_dir=out, info=info,
+                      evaluate=evaluator(run, reports, quiet=quiet), meta=meta)
+    if resume:
+        trainer.resume(resume)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_main(info, out / "config.json", cfg.as_dict())
+    result = trainer.fit()
+    model_path = out / "model.pt"
+    if info.main:
+        export_model(model_path, method.export_model(), meta={"method": method.name, "role": next(iter(method.eval_models())),
+                                                              "steps": result["steps"]})
+        summary = {
+            "steps": result["steps"], "wall_s": result["wall_s"], "nonfinite_steps": result["nonfinite_steps"],
+            "eval": {role: rep.as_dict() for role, rep in reports.items()}, "model": str(model_path),
+            "roles": list(reports), "method": method.name,
+        }
+        write_json_main(info, out / "eval.json", summary)
+    result.update({"out_dir": str(out), "model": str(model_path), "reports": reports})
+    return result
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    if device.type == "cpu":
+        return batch
+    from dataclasses import replace
+
+    for stream in batch.values():
+        for name, views in stream["views"].items():
+            stream["views"][name] = [replace(v, image=v.image.to(device, non_blocking=True), target=v.target.to(device)) for v in views]
+    return batch
+
+
+def print_reports(result: dict, file=None) -> None:
+    file = file or sys.stdout
+    reports = result.get("reports", {})
+    for i, (role, rep) in enumerate(reports.items()):
+        tag = f"{role} (saved model)" if i == 0 else role
+        print(f"\n== {tag}: pycocotools AP on the val split ==", file=file)
+        print(rep.table(), file=file)
+
+
