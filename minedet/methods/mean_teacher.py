@@ -105,14 +105,7 @@ class MeanTeacher(SelfTraining):
         maps = [v.map for v in weak]
         if self.rb is not None:
             self.rb.add_detections([d.detach() for d in dets])  # Pseudo Recall (Eq. 8) counts scores > pr_thresh
-        labels = self.rule(dets, ids)
-        q = self.measure(list(batch["unlabelled"]["image_id"]), labels.confident, maps)
-        if q is not None:
-            self.metrics.update(q.as_dict(prefix="quality/"))
-        if self.rb is not None:
-            self.rb.observe(batch["unlabelled"]["image_id"], labels, maps, self._datasets.get("unlabelled"), self.metrics,
-                            self.rule)
-        return labels, maps
+        return self.rule(dets, ids), maps
 
     def after_step(self, step: int) -> None:
         """``step`` optimiser steps are done: copy the teacher at the end of burn-in, EMA after;

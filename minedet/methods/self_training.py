@@ -160,6 +160,7 @@ class SelfTraining(Method):
             self.last_step = None
             return self.supervised_step(batch)
         labels, maps = self.pseudo_labels(batch)
+        self.observe(batch, labels, maps)
         targets_u = self.unsup_targets(batch, labels, maps)
         sup_views = self.sup_views(batch)
         strong = batch["unlabelled"]["views"]["strong"]
@@ -171,6 +172,16 @@ class SelfTraining(Method):
         return losses
 
     # ------------------------------------------------------------------ measurement
+    def observe(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> None:
+        """After each step's labelling: quality against the hidden truth (``quality/*``); with ACRST,
+        the pseudo bank and Table 10's variants."""
+        ids = [int(i) for i in batch["unlabelled"]["image_id"]]
+        q = self.measure(ids, labels.confident, maps)
+        if q is not None:
+            self.metrics.update(q.as_dict(prefix="quality/"))
+        if self.rb is not None:
+            self.rb.observe(ids, labels, maps, self._datasets.get("unlabelled"), self.metrics, self.rule)
+
     def measure(self, image_ids: list[int], confident: list[Target], maps: list[BoxMap]) -> QualityCounts | None:
         """Pseudo-labels per image, and their quality against the unlabelled stream's hidden truth
         (when there is one), added to the run's totals; returns this call's counts."""

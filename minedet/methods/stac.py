@@ -150,6 +150,9 @@ class Stac(SelfTraining):
             raise RuntimeError("Stac.bind(datasets) must run before training (it makes the pseudo-labels)")
         return True
 
+    def observe(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> None:
+        """Nothing per step: the one labelling pass was measured (and banked) in :meth:`bind`."""
+
     def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
         """The stored pseudo-labels of this batch's unlabelled images (file-image frame)."""
         ids = [int(i) for i in batch["unlabelled"]["image_id"]]

@@ -1,0 +1,77 @@
+"""Adding a self-training method is one file and one registry line.
+
+``FrozenTeacher`` below is the whole of a new method: the initial student, frozen, labels the
+unlabelled weak views at a fixed threshold. The template supplies the pseudo-label rule (with the
+ignored band), the box transport into the strong views, the losses, the measurement against
+hidden truth and the run's wiring; the registry line is the ``monkeypatch.setitem`` below.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+
+from minedet.data.transforms import BoxMap
+from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
+from minedet.pseudo.semantics import PseudoLabels, PseudoRule
+from minedet.structures import Target
+
+
+class FrozenTeacher(SelfTraining):
+    """Self-training with a teacher that never changes (the initial weights, frozen)."""
+
+    name = "frozen_teacher"
+
+    def __init__(self, detector, options: SelfTrainingOptions | None = None) -> None:
+        super().__init__(detector, options or SelfTrainingOptions())
+        self.frozen = (copy.deepcopy(detector).eval(),)  # a tuple: not part of the method's state
+
+    def teacher_ready(self) -> bool:
+        return True
+
+    def teacher_views(self) -> tuple[str, ...]:
+        return ("weak",)
+
+    @torch.no_grad()
+    def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
+        weak = batch["unlabelled"]["views"]["weak"]
+        dets = self.frozen[0].predict(self.images(weak), score_thresh=self.rule.floor)
+        return self.rule(dets, [v.target.image_id for v in weak]), [v.map for v in weak]
+
+
+def test_a_new_method_is_one_class_and_one_registry_line(tiny_digits, semi_split, tmp_path, monkeypatch):
+    from minedet.cli import registry
+    from minedet.run import run_training
+    from tests.conftest import tiny_config
+
+    monkeypatch.setitem(registry.METHODS, "frozen_teacher", (FrozenTeacher, SelfTrainingOptions))
+    out = tmp_path / "ft"
+    cfg = tiny_config(tiny_digits, out, data__train=str(semi_split["labelled"]),
+                      data__unlabelled=str(semi_split["unlabelled"]), data__unlabelled_images=str(tiny_digits.image_root),
+                      data__hidden=str(semi_split["hidden"]), method__name="frozen_teacher", method__tau=0.01,
+                      method__ignore_below=0.005, train__max_steps=2, train__ckpt_every=0)
+    result = run_training(cfg, quiet=True)
+    assert result["steps"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert all("unsup/classification" in r and "sup/classification" in r for r in train)
+    assert all("quality/n_hidden" in r for r in train), "measured against the hidden truth by the template"
+    assert json.loads((out / "eval.json").read_text())["method"] == "frozen_teacher"
+
+
+def test_the_rule_splits_detections_three_ways_and_never_mutates_them():
+    det = Target(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]), torch.tensor([0, 1, 1]),
+                 torch.tensor([0.9, 0.5, 0.1]), image_id=7)
+    labels = PseudoRule(tau=0.7, ignore_below=0.3)([det], [7])
+    (conf,), (ign,) = labels.confident, labels.ignored
+    assert conf.labels.tolist() == [0] and conf.flag("pseudo").all() and not conf.flag("regress").any()
+    assert ign.scores.tolist() == [0.5] and ign.flag("weight").tolist() == [0.0] and not ign.flag("regress").any()
+    (both,) = labels.targets()
+    assert len(both) == 2, "the box at 0.1 is background: not in the targets"
+    assert len(det) == 3 and not det.flags, "input untouched"
+    off = PseudoRule(tau=0.7)([det], [7])
+    assert off.ignored is None and [len(t) for t in off.targets()] == [1]
+    vetoed = PseudoRule(tau=0.0, stages=(lambda t, i: t.select(t.labels != 1),))([det], [7])
+    assert vetoed.confident[0].labels.tolist() == [0], "an extra stage (ACRST's veto) sees the image id and the boxes"
