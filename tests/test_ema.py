@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minedet.engine.ema import ModelEMA
+from minedet.models.ema import ModelEMA
 
 
 def _toy(seed: int = 0) -> nn.Module:

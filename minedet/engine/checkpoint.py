@@ -10,50 +10,19 @@ Two kinds of file:
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from minedet.errors import MinedetError
-from minedet.io import save_torch_atomic
+from minedet.io import load_checkpoint, save_torch_atomic
 
 MODEL_FORMAT = "minedet-model"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     save_torch_atomic(path, state)
-
-
-def _check_zip_crc(path: Path) -> None:
-    """torch.save writes a zip archive with a CRC-32 per entry, which ``torch.load`` never checks:
-    a flipped bit in tensor data would load silently different weights. Verify them (GB/s)."""
-    if not zipfile.is_zipfile(path):
-        return  # not the zip format: torch.load's own checks decide
-    with zipfile.ZipFile(path) as z:
-        bad = z.testzip()
-    if bad is not None:
-        raise MinedetError(f"checkpoint is corrupt (checksum mismatch in {bad})", file=str(path))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a file written by minedet with ``torch.load(weights_only=True)`` (no code from the file
-    runs) after checking its zip checksums; any failure is one line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinedetError("checkpoint file not found", file=str(path))
-    try:
-        _check_zip_crc(path)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except MinedetError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt file can fail anywhere in the unpickler / zip reader
-        msg = str(e).splitlines()[0][:160] if str(e) else e.__class__.__name__
-        raise MinedetError(f"not a readable minedet checkpoint ({e.__class__.__name__}: {msg})", file=str(path)) from None
-    if not isinstance(obj, dict):
-        raise MinedetError("not a minedet checkpoint (top level is not a dict)", file=str(path))
-    return obj
 
 
 #: what a training checkpoint (``OUT/checkpoints/last.pt``) must hold for ``--resume``

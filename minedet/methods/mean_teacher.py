@@ -6,7 +6,7 @@ Each step sees a labelled and an unlabelled batch (1:1 by default):
 
 1. **Burn-in** (the first ``burn_in`` steps): supervised loss only; the teacher is not used.
    After step ``burn_in`` (``after_step(burn_in)``) the teacher becomes an exact copy of the
-   student, then follows it by EMA after every step (``minedet.engine.ema.ModelEMA``:
+   student, then follows it by EMA after every step (``minedet.models.ema.ModelEMA``:
    ``teacher = decay * teacher + (1 - decay) * student``).
 2. **Mutual learning**: the teacher (eval mode, no gradients) predicts on the unlabelled *weak*
    view; the template's pseudo-label rule and box transport make the student's targets on the
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from minedet.data.transforms import BoxMap
-from minedet.engine.ema import ModelEMA
+from minedet.models.ema import ModelEMA
 from minedet.errors import MinedetError
 from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
 from minedet.models.detector import DetectorAdapter

@@ -40,10 +40,9 @@ from torchvision.ops import sigmoid_focal_loss
 
 from minedet.data.datasets import DetectionDataset, coco_target
 from minedet.data.transforms import Compose, RandomHorizontalFlip, view_transform
-from minedet.engine.checkpoint import load_checkpoint
-from minedet.engine.ema import ModelEMA
+from minedet.models.ema import ModelEMA
 from minedet.errors import MinedetError
-from minedet.io import save_torch_atomic
+from minedet.io import load_checkpoint, save_torch_atomic
 from minedet.models.backbones import build_classifier
 from minedet.structures import Target
 
