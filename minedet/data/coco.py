@@ -277,6 +277,36 @@ def validate_coco(
         check_images: check every image file exists, decodes, and has the recorded size.
     """
     file = str(file)
+    root = _check_top_level(d, file, image_root, check_images)
+    cats, cat_ids = _validate_categories(d["categories"], file)
+    images, sizes = _validate_images(d["images"], file)
+    if check_images:
+        for i, im in enumerate(images):
+            _check_image_file(im, root, file, _rec("image", i, im))
+    anns = _validate_annotations(d["annotations"], file, sizes, cat_ids, strict)
+    rejected = _validate_rejected(d.get("rejected"), file, sizes, cat_ids)
+    raw = {k: v for k, v in d.items()}
+    raw["images"] = images
+    raw["annotations"] = anns.kept
+    raw["categories"] = cats
+    return CocoData(
+        path=Path(file),
+        raw=raw,
+        categories=sorted(cats, key=lambda c: c["id"]),
+        images=images,
+        anns_by_image=anns.by_image(images),
+        n_clipped=anns.n_clipped,
+        n_dropped=anns.n_dropped,
+        emptied_image_ids=anns.emptied(),
+        rejected_by_image=rejected,
+    )
+
+
+def _check_top_level(
+    d: Any, file: str, image_root: str | os.PathLike | None, check_images: bool
+) -> Path | None:
+    """Check the top level is an object with the three lists, and that ``check_images`` has an
+    existing image folder. Returns the image folder as a Path (None when not given)."""
     if not isinstance(d, dict):
         raise MinedetError(f"top level must be a JSON object, got {type(d).__name__}", file=file)
     for key in _REQUIRED_TOP:
@@ -289,12 +319,16 @@ def validate_coco(
     root = Path(image_root) if image_root is not None else None
     if check_images and not root.is_dir():
         raise MinedetError("image folder not found", file=str(root))
+    return root
 
-    # categories
+
+def _validate_categories(records: list, file: str) -> tuple[list[dict], set[int]]:
+    """Check the category records (objects with an integer ``id`` unique in the list and a non-empty
+    ``name`` unique in the list; at least one). Returns their copies in file order and their ids."""
     cats: list[dict] = []
     cat_ids: set[int] = set()
     names: set[str] = set()
-    for i, c in enumerate(d["categories"]):
+    for i, c in enumerate(records):
         rec = _rec("category", i, c)
         if not isinstance(c, dict):
             raise MinedetError("category must be an object", file=file, record=f"categories[{i}]")
@@ -314,11 +348,16 @@ def validate_coco(
         cats.append(dict(c))
     if not cats:
         raise MinedetError('"categories" is empty: at least one category is needed', file=file)
+    return cats, cat_ids
 
-    # images
+
+def _validate_images(records: list, file: str) -> tuple[list[dict], dict[int, tuple[int, int]]]:
+    """Check the image records (objects with the image keys, an integer ``id`` unique in the list,
+    positive integer width/height, a relative ``file_name`` inside the image root). Returns their
+    copies in file order and image id -> (width, height)."""
     images: list[dict] = []
     sizes: dict[int, tuple[int, int]] = {}
-    for i, im in enumerate(d["images"]):
+    for i, im in enumerate(records):
         rec = _rec("image", i, im)
         if not isinstance(im, dict):
             raise MinedetError("image must be an object", file=file, record=f"images[{i}]")
@@ -335,113 +374,166 @@ def validate_coco(
         _check_file_name(im["file_name"], file, rec)
         sizes[im["id"]] = (w, h)
         images.append(dict(im))
-    if check_images:
-        for i, im in enumerate(images):
-            _check_image_file(im, root, file, _rec("image", i, im))
+    return images, sizes
 
-    # annotations
-    anns: list[dict] = []
-    anns_by_image: dict[int, list[dict]] = {im["id"]: [] for im in images}
+
+@dataclass
+class _Annotations:
+    """What :func:`_validate_annotations` returns: the kept, normalised annotations (file order),
+    the clipped / dropped counts and the images that had a non-crowd box in the file."""
+
+    kept: list[dict] = field(default_factory=list)
+    n_clipped: int = 0
+    n_dropped: int = 0
+    had_box: set[int] = field(default_factory=set)
+
+    def by_image(self, images: list[dict]) -> dict[int, list[dict]]:
+        """Image id -> its kept annotations in file order; every image is a key."""
+        out: dict[int, list[dict]] = {im["id"]: [] for im in images}
+        for a in self.kept:
+            out[a["image_id"]].append(a)
+        return out
+
+    def emptied(self) -> frozenset[int]:
+        """Images that had a non-crowd box in the file and keep none."""
+        still = {a["image_id"] for a in self.kept if not a["iscrowd"]}
+        return frozenset(iid for iid in self.had_box if iid not in still)
+
+
+def _validate_annotations(
+    records: list, file: str, sizes: dict[int, tuple[int, int]], cat_ids: set[int], strict: bool
+) -> _Annotations:
+    """Check every annotation record (:func:`_check_annotation`) and normalise its box
+    (:func:`_normalise_box`), one record after the other, so the first broken rule in file order is
+    the one reported."""
+    out = _Annotations()
     ann_ids: set[int] = set()
-    n_clipped = n_dropped = 0
-    had_box: set[int] = set()  # images with a non-crowd box in the file
-    for i, a in enumerate(d["annotations"]):
+    for i, a in enumerate(records):
         rec = _rec("annotation", i, a)
-        if not isinstance(a, dict):
-            raise MinedetError("annotation must be an object", file=file, record=f"annotations[{i}]")
-        for k in _ANN_KEYS:
-            if k not in a:
-                raise MinedetError(f'missing key "{k}"', file=file, record=rec)
-        aid = a["id"]
-        if not _is_int(aid):
-            raise MinedetError("annotation id must be an integer", file=file, record=f"annotations[{i}]")
-        if aid in ann_ids:
-            raise MinedetError("duplicate annotation id", file=file, record=rec)
-        ann_ids.add(aid)
+        x, y, bw, bh, crowd, area = _check_annotation(a, i, rec, file, sizes, cat_ids, ann_ids)
         iid = a["image_id"]
-        if not _is_int(iid) or iid not in sizes:
-            raise MinedetError(f"image_id {iid!r} is not an image in this file", file=file, record=rec)
-        if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
-            raise MinedetError(f"category_id {a['category_id']!r} is not a category in this file", file=file, record=rec)
-        bbox = a["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
-            raise MinedetError("bbox must be a list of 4 numbers [x, y, w, h]", file=file, record=rec)
-        try:
-            x, y, bw, bh = (float(v) for v in bbox)
-        except OverflowError:  # an integer too large for a float
-            raise MinedetError("bbox numbers must be finite", file=file, record=rec) from None
-        if not all(math.isfinite(v) for v in (x, y, bw, bh)):
-            raise MinedetError("bbox numbers must be finite", file=file, record=rec)
-        if bw < 0 or bh < 0:
-            raise MinedetError(f"bbox has negative width/height ({bw:g}x{bh:g})", file=file, record=rec)
-        crowd = a.get("iscrowd", 0)
-        if not (_is_int(crowd) or isinstance(crowd, bool)) or crowd not in (0, 1):
-            raise MinedetError(f"iscrowd must be 0 or 1, got {crowd!r}", file=file, record=rec)
-        area = a.get("area")
-        if area is not None:
-            try:
-                ok = _is_num(area) and math.isfinite(float(area)) and area >= 0
-            except OverflowError:
-                ok = False
-            if not ok:
-                raise MinedetError(f"area must be a finite number >= 0, got {area!r}", file=file, record=rec)
-        prov = a.get("provenance")
-        if prov is not None and prov not in PROVENANCE:
-            hint = ' (rejected boxes belong in the top-level "rejected" list)' if prov == "rejected" else ""
-            raise MinedetError(f"provenance must be one of {', '.join(PROVENANCE)}, got {prov!r}{hint}", file=file, record=rec)
         if not crowd:
-            had_box.add(iid)
-        W, H = sizes[iid]
-        if bw == 0 or bh == 0:
-            if strict:
-                raise MinedetError(f"bbox has zero area ({bw:g}x{bh:g}) (strict mode)", file=file, record=rec)
-            n_dropped += 1
+            out.had_box.add(iid)
+        box = _normalise_box(x, y, bw, bh, sizes[iid], strict, file, rec)
+        if box is None:
+            out.n_dropped += 1
             continue
-        x1, y1 = max(x, 0.0), max(y, 0.0)
-        x2, y2 = min(x + bw, float(W)), min(y + bh, float(H))
-        if x2 <= x1 or y2 <= y1:
-            raise MinedetError(
-                f"bbox [{x:g}, {y:g}, {bw:g}, {bh:g}] lies entirely outside its {W}x{H} image", file=file, record=rec
-            )
-        clipped = (x1, y1, x2, y2) != (x, y, x + bw, y + bh)
-        if clipped:
-            if strict:
-                raise MinedetError(
-                    f"bbox [{x:g}, {y:g}, {bw:g}, {bh:g}] extends outside its {W}x{H} image (strict mode)",
-                    file=file,
-                    record=rec,
-                )
-            n_clipped += 1
-            x, y, bw, bh = x1, y1, x2 - x1, y2 - y1
-            if bw <= 0 or bh <= 0:  # float underflow after clipping
-                n_dropped += 1
-                continue
-        out = dict(a)
-        out["bbox"] = [x, y, bw, bh]
-        out["area"] = float(area) if (area is not None and not clipped) else bw * bh
-        out["iscrowd"] = int(crowd)
-        anns.append(out)
-        anns_by_image[iid].append(out)
+        x, y, bw, bh, clipped = box
+        out.n_clipped += clipped
+        if bw <= 0 or bh <= 0:  # float underflow after clipping
+            out.n_dropped += 1
+            continue
+        ann = dict(a)
+        ann["bbox"] = [x, y, bw, bh]
+        ann["area"] = float(area) if (area is not None and not clipped) else bw * bh
+        ann["iscrowd"] = int(crowd)
+        out.kept.append(ann)
+    return out
 
-    emptied = frozenset(
-        iid for iid in had_box if not any(not a["iscrowd"] for a in anns_by_image[iid])
-    )
-    rejected = _validate_rejected(d.get("rejected"), file, sizes, cat_ids)
-    raw = {k: v for k, v in d.items()}
-    raw["images"] = images
-    raw["annotations"] = anns
-    raw["categories"] = cats
-    return CocoData(
-        path=Path(file),
-        raw=raw,
-        categories=sorted(cats, key=lambda c: c["id"]),
-        images=images,
-        anns_by_image=anns_by_image,
-        n_clipped=n_clipped,
-        n_dropped=n_dropped,
-        emptied_image_ids=emptied,
-        rejected_by_image=rejected,
-    )
+
+def _check_annotation(
+    a: Any,
+    i: int,
+    rec: str,
+    file: str,
+    sizes: dict[int, tuple[int, int]],
+    cat_ids: set[int],
+    ann_ids: set[int],
+) -> tuple[float, float, float, float, Any, Any]:
+    """Check one annotation record: an object with the annotation keys, an integer ``id`` not in
+    ``ann_ids`` (added to it), a known ``image_id`` and ``category_id``, a valid ``bbox``
+    (:func:`_check_bbox`), ``iscrowd``, ``area`` and ``provenance``. Returns the bbox as floats
+    ``x, y, w, h`` and the raw ``iscrowd`` (default 0) and ``area`` (None if absent)."""
+    if not isinstance(a, dict):
+        raise MinedetError("annotation must be an object", file=file, record=f"annotations[{i}]")
+    for k in _ANN_KEYS:
+        if k not in a:
+            raise MinedetError(f'missing key "{k}"', file=file, record=rec)
+    aid = a["id"]
+    if not _is_int(aid):
+        raise MinedetError("annotation id must be an integer", file=file, record=f"annotations[{i}]")
+    if aid in ann_ids:
+        raise MinedetError("duplicate annotation id", file=file, record=rec)
+    ann_ids.add(aid)
+    iid = a["image_id"]
+    if not _is_int(iid) or iid not in sizes:
+        raise MinedetError(f"image_id {iid!r} is not an image in this file", file=file, record=rec)
+    if not _is_int(a["category_id"]) or a["category_id"] not in cat_ids:
+        raise MinedetError(f"category_id {a['category_id']!r} is not a category in this file", file=file, record=rec)
+    x, y, bw, bh = _check_bbox(a["bbox"], file, rec)
+    crowd = a.get("iscrowd", 0)
+    if not (_is_int(crowd) or isinstance(crowd, bool)) or crowd not in (0, 1):
+        raise MinedetError(f"iscrowd must be 0 or 1, got {crowd!r}", file=file, record=rec)
+    area = a.get("area")
+    if area is not None:
+        _check_area(area, file, rec)
+    _check_provenance(a.get("provenance"), file, rec)
+    return x, y, bw, bh, crowd, area
+
+
+def _check_bbox(bbox: Any, file: str, rec: str) -> tuple[float, float, float, float]:
+    """Check ``bbox`` is a list of 4 finite numbers ``[x, y, w, h]`` with ``w, h >= 0``; returns them as floats."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_num(v) for v in bbox)):
+        raise MinedetError("bbox must be a list of 4 numbers [x, y, w, h]", file=file, record=rec)
+    try:
+        x, y, bw, bh = (float(v) for v in bbox)
+    except OverflowError:  # an integer too large for a float
+        raise MinedetError("bbox numbers must be finite", file=file, record=rec) from None
+    if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+        raise MinedetError("bbox numbers must be finite", file=file, record=rec)
+    if bw < 0 or bh < 0:
+        raise MinedetError(f"bbox has negative width/height ({bw:g}x{bh:g})", file=file, record=rec)
+    return x, y, bw, bh
+
+
+def _check_area(area: Any, file: str, rec: str) -> None:
+    """Check a given ``area`` is a finite number >= 0."""
+    try:
+        ok = _is_num(area) and math.isfinite(float(area)) and area >= 0
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise MinedetError(f"area must be a finite number >= 0, got {area!r}", file=file, record=rec)
+
+
+def _check_provenance(prov: Any, file: str, rec: str) -> None:
+    """Check a given ``provenance`` is one of :data:`PROVENANCE` (a rejected box is not an annotation)."""
+    if prov is not None and prov not in PROVENANCE:
+        hint = ' (rejected boxes belong in the top-level "rejected" list)' if prov == "rejected" else ""
+        raise MinedetError(f"provenance must be one of {', '.join(PROVENANCE)}, got {prov!r}{hint}", file=file, record=rec)
+
+
+def _normalise_box(
+    x: float, y: float, bw: float, bh: float, size: tuple[int, int], strict: bool, file: str, rec: str
+) -> tuple[float, float, float, float, bool] | None:
+    """Apply the box policy (module docstring) to ``[x, y, w, h]`` in a ``size = (W, H)`` image.
+
+    Returns None for a zero-area box (dropped; an error when ``strict``), else the box clipped to
+    ``[0, W] x [0, H]`` as ``x, y, w, h`` and whether it was clipped (an error when ``strict``).
+    A box lying entirely outside the image is always an error. The clipped box may have
+    underflowed to zero width or height; the caller drops it.
+    """
+    W, H = size
+    if bw == 0 or bh == 0:
+        if strict:
+            raise MinedetError(f"bbox has zero area ({bw:g}x{bh:g}) (strict mode)", file=file, record=rec)
+        return None
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + bw, float(W)), min(y + bh, float(H))
+    if x2 <= x1 or y2 <= y1:
+        raise MinedetError(
+            f"bbox [{x:g}, {y:g}, {bw:g}, {bh:g}] lies entirely outside its {W}x{H} image", file=file, record=rec
+        )
+    clipped = (x1, y1, x2, y2) != (x, y, x + bw, y + bh)
+    if not clipped:
+        return x, y, bw, bh, False
+    if strict:
+        raise MinedetError(
+            f"bbox [{x:g}, {y:g}, {bw:g}, {bh:g}] extends outside its {W}x{H} image (strict mode)",
+            file=file,
+            record=rec,
+        )
+    return x1, y1, x2 - x1, y2 - y1, True
 
 
 def _validate_rejected(rej: Any, file: str, sizes: dict[int, tuple[int, int]], cat_ids: set[int]) -> dict[int, list[dict]]:
