@@ -240,6 +240,34 @@ def sparsify(d: dict, mode: str, seed: int, rate: float | None = None) -> Sparse
         module docstring), ``images``, ``images_emptied`` (had boxes, now none), ``annotations``
         (before/after/hidden totals) and ``per_category`` (category id -> name, before, after, hidden).
     """
+    rate = _check_sparsify_args(mode, seed, rate)
+    _check_dict(d)
+    img_ids = _image_ids(d)
+    aid, iid, cid, order = _ann_arrays(d)
+    known = np.isin(iid, img_ids)
+    if not known.all():
+        bad = int(aid[np.flatnonzero(~known)[0]])
+        raise MinedetError(f"annotation id={bad} names an image that is not in the dataset")
+    erase = _erase_mask(mode, rate, seed, iid, cid, order)
+
+    anns = d["annotations"]
+    kept_anns = [a for a, e in zip(anns, erase.tolist()) if not e]
+    hidden_anns = [a for a, e in zip(anns, erase.tolist()) if e]
+    kept = _subset(d, d["images"], kept_anns)
+    hidden = _subset(d, d["images"], hidden_anns)
+    manifest = _sparse_manifest(d, mode, rate, seed, iid, cid, erase)
+    return SparseSplit(kept=kept, hidden=hidden, manifest=manifest)
+
+
+def _check_seed(seed: Any, what: str = "seed") -> None:
+    """Check ``seed`` is a non-negative integer (``what`` names it in the error)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MinedetError(f"{what} must be a non-negative integer, got {seed!r}")
+
+
+def _check_sparsify_args(mode: str, seed: Any, rate: Any) -> float | None:
+    """Check :func:`sparsify`'s mode (one of :data:`MODES`), rate (a number in [0, 1], given for
+    ``missing`` only) and seed. Returns the rate as a float (None outside ``missing``)."""
     if mode not in MODES:
         raise MinedetError(f"unknown sparsify mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "missing":
@@ -250,32 +278,27 @@ def sparsify(d: dict, mode: str, seed: int, rate: float | None = None) -> Sparse
         rate = float(rate)
     elif rate is not None:
         raise MinedetError(f"rate only applies to mode 'missing', not {mode!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MinedetError(f"seed must be a non-negative integer, got {seed!r}")
-    _check_dict(d)
-    img_ids = _image_ids(d)
-    aid, iid, cid, order = _ann_arrays(d)
-    known = np.isin(iid, img_ids)
-    if not known.all():
-        bad = int(aid[np.flatnonzero(~known)[0]])
-        raise MinedetError(f"annotation id={bad} names an image that is not in the dataset")
+    _check_seed(seed)
+    return rate
 
+
+def _erase_mask(
+    mode: str, rate: float | None, seed: int, iid: np.ndarray, cid: np.ndarray, order: np.ndarray
+) -> np.ndarray:
+    """Bool[N] over the annotations in file order: True = erased by ``mode`` (see :func:`sparsify`).
+
+    ``iid``/``cid`` are the annotations' image and category ids in file order, ``order`` the file
+    positions sorted by annotation id (:func:`_ann_arrays`). One draw: ``default_rng(seed).random(N)``.
+    """
     rng = np.random.default_rng(seed)
-    n = len(aid)
+    n = len(iid)
     # Work in annotation-id order so file order cannot matter. One uniform key per annotation;
     # priority = rank of (key, annotation id), so even equal keys have a fixed order.
     iid_s, cid_s = iid[order], cid[order]
     keys = rng.random(n)
     prio = np.empty(n, np.int64)
     prio[np.lexsort((np.arange(n), keys))] = np.arange(n)
-    if mode in ("easy", "hard", "extreme"):
-        groups = iid_s
-    elif mode == "missing":
-        groups = cid_s
-    else:  # keep1: one group per (image, category)
-        _, groups = np.unique(np.stack([iid_s, cid_s], axis=1), axis=0, return_inverse=True)
-        groups = groups.reshape(-1)
-    rank, size = _group_rank(groups, prio)  # within a group, the lowest priorities come first
+    rank, size = _group_rank(_erase_groups(mode, iid_s, cid_s), prio)  # lowest priorities first
     if mode == "easy":
         erase_s = rank < np.minimum(size, 1)
     elif mode == "hard":
@@ -283,24 +306,44 @@ def sparsify(d: dict, mode: str, seed: int, rate: float | None = None) -> Sparse
     elif mode == "extreme":
         erase_s = rank < size - 1
     elif mode == "missing":
-        q = Fraction(repr(rate))
-        cats, counts = np.unique(cid_s, return_counts=True)
-        n_erase = np.array([round_half_up(q * int(c)) for c in counts.tolist()], dtype=np.int64)
-        erase_s = rank < n_erase[np.searchsorted(cats, cid_s)] if n else np.zeros(0, bool)
+        erase_s = _erase_per_category(rate, cid_s, rank)
     else:  # keep1
         erase_s = rank >= 1
     erase = np.empty(n, bool)
     erase[order] = erase_s
+    return erase
 
-    anns = d["annotations"]
-    kept_anns = [a for a, e in zip(anns, erase.tolist()) if not e]
-    hidden_anns = [a for a, e in zip(anns, erase.tolist()) if e]
-    kept = _subset(d, d["images"], kept_anns)
-    hidden = _subset(d, d["images"], hidden_anns)
 
+def _erase_groups(mode: str, iid_s: np.ndarray, cid_s: np.ndarray) -> np.ndarray:
+    """The group of each annotation (annotation-id order) within which ``mode`` erases: its image
+    (easy/hard/extreme), its category (missing), or its (image, category) pair (keep1)."""
+    if mode in ("easy", "hard", "extreme"):
+        return iid_s
+    if mode == "missing":
+        return cid_s
+    _, groups = np.unique(np.stack([iid_s, cid_s], axis=1), axis=0, return_inverse=True)
+    return groups.reshape(-1)
+
+
+def _erase_per_category(rate: float, cid_s: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Mode ``missing``: erase the ``round_half_up(rate * n_c)`` lowest-ranked annotations of each category c."""
+    if not len(cid_s):
+        return np.zeros(0, bool)
+    q = Fraction(repr(rate))
+    cats, counts = np.unique(cid_s, return_counts=True)
+    n_erase = np.array([round_half_up(q * int(c)) for c in counts.tolist()], dtype=np.int64)
+    return rank < n_erase[np.searchsorted(cats, cid_s)]
+
+
+def _sparse_manifest(
+    d: dict, mode: str, rate: float | None, seed: int, iid: np.ndarray, cid: np.ndarray, erase: np.ndarray
+) -> dict:
+    """The manifest of a sparse split (keys listed in :func:`sparsify`)."""
+    n = len(iid)
+    n_hidden = int(np.count_nonzero(erase))
     had = set(iid.tolist())
     still = set(iid[~erase].tolist())
-    manifest = {
+    return {
         "minedet_version": __version__,
         "kind": "sparse",
         "protocol": "COCO-50miss" if (mode == "missing" and rate == 0.5) else mode,
@@ -315,10 +358,9 @@ def sparsify(d: dict, mode: str, seed: int, rate: float | None = None) -> Sparse
         "source_sha256": canonical_sha256(d),
         "images": len(d["images"]),
         "images_emptied": len(had - still),
-        "annotations": {"before": n, "after": len(kept_anns), "hidden": len(hidden_anns)},
+        "annotations": {"before": n, "after": n - n_hidden, "hidden": n_hidden},
         "per_category": _per_category(d, cid[~erase], cid[erase], cid),
     }
-    return SparseSplit(kept=kept, hidden=hidden, manifest=manifest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,8 +401,7 @@ def split_semi(d: dict, percent: float, seed: int) -> SemiSplit:
         MinedetError: percent outside (0, 100], an empty dataset, or k == 0 (too few images for percent).
     """
     p = _check_percent(percent)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MinedetError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_seed(seed)
     _check_dict(d)
     ids = np.sort(_image_ids(d))
     _ann_arrays(d)
@@ -429,52 +470,19 @@ def split_semi_from_supervision_file(
     from minedet.data.coco import read_json_file
 
     p = _check_percent(percent)
-    if isinstance(seed_index, bool) or not isinstance(seed_index, (int, np.integer)) or seed_index < 0:
-        raise MinedetError(f"seed index must be a non-negative integer, got {seed_index!r}")
+    _check_seed(seed_index, "seed index")
     _check_dict(d)
     _image_ids(d)
     _ann_arrays(d)
     f = str(path)
-    table = read_json_file(path)
-    if not isinstance(table, dict):
-        raise MinedetError("supervision file must be a JSON object keyed by percent", file=f)
-    key = None
-    for kk in table:
-        try:
-            if float(kk) == p:
-                key = kk
-                break
-        except (TypeError, ValueError):
-            continue
-    if key is None:
-        have = ", ".join(sorted(map(str, table), key=lambda s: (len(s), s)))
-        raise MinedetError(f"no entry for percent {p!r}; the file has: {have or 'none'}", file=f)
-    seeds = table[key]
-    if not isinstance(seeds, dict) or str(int(seed_index)) not in seeds:
-        raise MinedetError(f"no seed index {seed_index} under percent {key!r}", file=f, record=f'"{key}"')
-    pos = seeds[str(int(seed_index))]
-    rec = f'"{key}"/"{int(seed_index)}"'
-    if not isinstance(pos, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in pos):
-        raise MinedetError("positions must be a list of integers", file=f, record=rec)
+    key, pos, rec = _supervision_positions(read_json_file(path), p, int(seed_index), f)
     order = detectron2_image_order(d)
-    m = len(order)
-    expected = int(p / 100.0 * m)
-    if len(pos) != expected:
-        raise MinedetError(
-            f"{len(pos)} positions, but {p:g}% of this dataset's {m} images with boxes is {expected} "
-            "(floor): the file was made for another dataset",
-            file=f,
-            record=rec,
-        )
-    if len(set(pos)) != len(pos):
-        raise MinedetError("positions repeat", file=f, record=rec)
-    bad = [x for x in pos if not 0 <= x < m]
-    if bad:
-        raise MinedetError(f"position {bad[0]} outside 0..{m - 1}", file=f, record=rec)
+    _check_positions(pos, len(order), p, f, rec)
     lab_ids = {order[x] for x in pos}
     labelled, unlabelled, hidden = _semi_parts(d, lab_ids, set(order))
     in_list = set(order)
     excluded = sorted(im["id"] for im in d["images"] if im["id"] not in in_list)
+    m = len(order)
     manifest = {
         "minedet_version": __version__,
         "kind": "semi",
@@ -500,6 +508,58 @@ def split_semi_from_supervision_file(
         "excluded_image_ids": excluded,
     }
     return SemiSplit(labelled=labelled, unlabelled=unlabelled, hidden=hidden, manifest=manifest)
+
+
+def _supervision_positions(table: Any, p: float, seed_index: int, f: str) -> tuple[str, list[int], str]:
+    """Look up the positions for percent ``p`` and ``seed_index`` in a parsed ``COCO_supervision.txt``.
+
+    Checks the table is an object with a percent key equal to ``p`` (compared as floats), that key
+    holds an object with the seed index, and that entry is a list of integers. Returns the percent
+    key as written in the file, the positions, and the record name (``'"1.0"/"0"'``) for errors.
+    """
+    if not isinstance(table, dict):
+        raise MinedetError("supervision file must be a JSON object keyed by percent", file=f)
+    key = _percent_key(table, p)
+    if key is None:
+        have = ", ".join(sorted(map(str, table), key=lambda s: (len(s), s)))
+        raise MinedetError(f"no entry for percent {p!r}; the file has: {have or 'none'}", file=f)
+    seeds = table[key]
+    if not isinstance(seeds, dict) or str(seed_index) not in seeds:
+        raise MinedetError(f"no seed index {seed_index} under percent {key!r}", file=f, record=f'"{key}"')
+    pos = seeds[str(seed_index)]
+    rec = f'"{key}"/"{seed_index}"'
+    if not isinstance(pos, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in pos):
+        raise MinedetError("positions must be a list of integers", file=f, record=rec)
+    return key, pos, rec
+
+
+def _percent_key(table: dict, p: float) -> str | None:
+    """The first key of ``table`` whose float value equals ``p`` (keys that are not numbers are skipped)."""
+    for kk in table:
+        try:
+            if float(kk) == p:
+                return kk
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _check_positions(pos: list[int], m: int, p: float, f: str, rec: str) -> None:
+    """Check supervision-file positions fit a list of ``m`` images: exactly ``int(p / 100 * m)`` of
+    them (Unbiased Teacher's floor), no repeats, each in ``0..m-1``."""
+    expected = int(p / 100.0 * m)
+    if len(pos) != expected:
+        raise MinedetError(
+            f"{len(pos)} positions, but {p:g}% of this dataset's {m} images with boxes is {expected} "
+            "(floor): the file was made for another dataset",
+            file=f,
+            record=rec,
+        )
+    if len(set(pos)) != len(pos):
+        raise MinedetError("positions repeat", file=f, record=rec)
+    bad = [x for x in pos if not 0 <= x < m]
+    if bad:
+        raise MinedetError(f"position {bad[0]} outside 0..{m - 1}", file=f, record=rec)
 
 
 # --------------------------------------------------------------------------------------------------
