@@ -448,19 +448,12 @@ def build_digits(
     digits_per_image = _check_range("digits_per_image", digits_per_image, 0)
     digit_size = _check_range("digit_size", digit_size, 4)
     imbalance = _check_imbalance(imbalance)
-    need = _max_patch_side(digit_size)
-    if image_size < need:
-        raise MinedetError(
-            f"image_size must be >= {need} for digit_size {digit_size} (a digit patch up to {need} px), got {image_size}",
-            record="digits",
-        )
+    _check_digit_fits(image_size, digit_size)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise MinedetError("output path exists and is not a directory", file=str(root))
 
     from tqdm import tqdm
-
-    import minedet
 
     _, labels = load_glyphs()
     train_pool, val_pool = split_pools(labels, seed)
@@ -471,8 +464,40 @@ def build_digits(
         val_json=root / "annotations" / "val.json",
         image_root=image_root,
     )
-    val_first_id = val_first_image_id(n_train)
-    info = {
+    scene_kwargs = {
+        "image_size": image_size,
+        "digits_per_image": digits_per_image,
+        "digit_size": digit_size,
+        "imbalance": imbalance,
+    }
+    info = _digits_info(seed, n_train, n_val, scene_kwargs)
+    with tqdm(total=n_train + n_val, desc="digits", unit="img", disable=not progress) as bar:
+        for split, stream, pool, first_id, count, json_path in (
+            ("train", _STREAM_TRAIN, train_pool, 1, n_train, paths.train_json),
+            ("val", _STREAM_VAL, val_pool, val_first_image_id(n_train), n_val, paths.val_json),
+        ):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
+            coco = _coco_split(split, rng, pool, first_id, count, image_root, info, scene_kwargs, bar)
+            write_text_atomic(json_path, json.dumps(coco, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return paths
+
+
+def _check_digit_fits(image_size: int, digit_size: tuple[int, int]) -> None:
+    """Check the largest digit patch ``digit_size`` can give fits in an ``image_size`` image."""
+    need = _max_patch_side(digit_size)
+    if image_size < need:
+        raise MinedetError(
+            f"image_size must be >= {need} for digit_size {digit_size} (a digit patch up to {need} px), got {image_size}",
+            record="digits",
+        )
+
+
+def _digits_info(seed: int, n_train: int, n_val: int, scene_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The COCO ``info`` record of a digits build: the source and every generator argument
+    (``scene_kwargs``: image_size, digits_per_image, digit_size, imbalance) and constant."""
+    import minedet
+
+    return {
         "description": "minedet digits: scikit-learn handwritten digits composed into scenes",
         "source": "sklearn.datasets.load_digits",
         "version": minedet.__version__,
@@ -480,28 +505,13 @@ def build_digits(
             "seed": seed,
             "n_train": n_train,
             "n_val": n_val,
-            "image_size": image_size,
-            "digits_per_image": list(digits_per_image),
-            "digit_size": list(digit_size),
-            "imbalance": imbalance,
+            "image_size": scene_kwargs["image_size"],
+            "digits_per_image": list(scene_kwargs["digits_per_image"]),
+            "digit_size": list(scene_kwargs["digit_size"]),
+            "imbalance": scene_kwargs["imbalance"],
             "val_fraction": VAL_FRACTION,
             "max_iou": MAX_IOU,
             "alpha_threshold": ALPHA_THRESHOLD,
             "class_order": "p_k proportional to imbalance**(-k/9): class '0' most frequent, '9' rarest",
         },
     }
-    scene_kwargs = {
-        "image_size": image_size,
-        "digits_per_image": digits_per_image,
-        "digit_size": digit_size,
-        "imbalance": imbalance,
-    }
-    with tqdm(total=n_train + n_val, desc="digits", unit="img", disable=not progress) as bar:
-        for split, stream, pool, first_id, count, json_path in (
-            ("train", _STREAM_TRAIN, train_pool, 1, n_train, paths.train_json),
-            ("val", _STREAM_VAL, val_pool, val_first_id, n_val, paths.val_json),
-        ):
-            rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
-            coco = _coco_split(split, rng, pool, first_id, count, image_root, info, scene_kwargs, bar)
-            write_text_atomic(json_path, json.dumps(coco, ensure_ascii=False, separators=(",", ":")) + "\n")
-    return paths
