@@ -97,6 +97,7 @@ the best IoU >= 0.5.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``minedet data`` and its subcommands (one ``_register_<cmd>`` each)."""
     p = subparsers.add_parser(
         "data",
         help="build, check, convert, sparsify, split and describe COCO datasets",
@@ -111,6 +112,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p.set_defaults(func=_help)
 
+    _register_digits(sub)
+    _register_sparsify(sub)
+    _register_split_semi(sub)
+    _register_stats(sub)
+    _register_convert(sub)
+    _register_merge_reviewed(sub)
+    _register_check(sub)
+    _register_tile(sub)
+
+
+def _register_digits(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data digits``."""
     d = sub.add_parser(
         "digits",
         help="build the embedded digits dataset (handwritten digits composed into scenes)",
@@ -130,6 +143,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--image-size", type=int, default=128, metavar="PX", help="square image side in pixels (default 128)")
     d.set_defaults(func=_cmd_digits)
 
+
+def _register_sparsify(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data sparsify``."""
     s = sub.add_parser("sparsify", help="erase boxes by the easy/hard/extreme/50miss/keep1 protocols",
                        description=SPARSIFY_HELP, formatter_class=_RAW)
     s.add_argument("input", metavar="IN.json", help="COCO training annotations")
@@ -141,6 +157,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction of each category's boxes erased, mode 'missing' only (0.5 = COCO-50miss)")
     s.set_defaults(func=_cmd_sparsify)
 
+
+def _register_split_semi(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data split-semi``."""
     m = sub.add_parser("split-semi", help="labelled/unlabelled split (COCO-standard, or Unbiased Teacher's file)",
                        description=SEMI_HELP, formatter_class=_RAW)
     m.add_argument("input", metavar="IN.json", help="COCO training annotations")
@@ -152,6 +171,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="reproduce Unbiased Teacher's split from its position file")
     m.set_defaults(func=_cmd_split_semi)
 
+
+def _register_stats(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data stats``."""
     t = sub.add_parser(
         "stats",
         help="per-category counts, boxes per image, box sizes",
@@ -167,6 +189,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     t.set_defaults(func=_cmd_stats)
 
+
+def _register_convert(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data convert``."""
     c = sub.add_parser("convert", help="YOLO / Pascal VOC / LabelMe / CVAT <-> COCO JSON",
                        description=CONVERT_HELP, formatter_class=_RAW)
     c.add_argument("sources", nargs="+", metavar="SRC",
@@ -187,6 +212,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="VOC: use the XML file's stem + .jpg as file_name instead of <filename>")
     c.set_defaults(func=_cmd_convert)
 
+
+def _register_merge_reviewed(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data merge-reviewed``."""
     r = sub.add_parser("merge-reviewed", help="merge a reviewed export (Label Studio / CVAT / COCO) into a completed COCO",
                        description=MERGE_HELP, formatter_class=_RAW)
     r.add_argument("original", metavar="ORIGINAL.json", help="the COCO file 'minedet mine --out' wrote (labelled + mined boxes)")
@@ -197,6 +225,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a mined box moved by at most this many pixels (each side), same class, counts as accepted (default 0.5)")
     r.set_defaults(func=_cmd_merge_reviewed)
 
+
+def _register_check(sub: argparse._SubParsersAction) -> None:
+    """Add ``minedet data check``."""
     k = sub.add_parser(
         "check",
         help="validate a COCO file (and its images)",
@@ -212,7 +243,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k.add_argument("--images", default=None, metavar="DIR", help="image folder: check every image file")
     k.add_argument("--strict", action="store_true", help="clipped or zero-area boxes are errors")
     k.set_defaults(func=_cmd_check)
-    _register_tile(sub)
 
 
 # --------------------------------------------------------------------------------------------------
