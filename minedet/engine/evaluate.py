@@ -220,50 +220,11 @@ def evaluate_detections(
     """
     dataset = _prepared_gt(gt)
     known_images = {int(im["id"]) for im in dataset["images"]}
-    if image_ids is None:
-        img_ids = sorted(known_images)
-    else:
-        img_ids = sorted({int(i) for i in image_ids})
-        unknown = [i for i in img_ids if i not in known_images]
-        if unknown:
-            raise MinedetError(f"image ids not in the ground truth: {unknown[:5]}", record="image_ids")
-    selected = set(img_ids)
-
-    res = []
-    for i, r in enumerate(results):
-        if int(r["image_id"]) not in known_images:
-            raise MinedetError(
-                f"result refers to image_id {r['image_id']}, which the ground truth does not have",
-                record=f"result #{i}",
-            )
-        if int(r["image_id"]) in selected:
-            res.append({**r, "bbox": [float(v) for v in r["bbox"]]})
-
+    img_ids = _selected_image_ids(known_images, image_ids)
+    res = _selected_results(results, known_images, set(img_ids))
     cats = sorted(dataset["categories"], key=lambda c: c["id"])
-    if class_names is None:
-        names = [str(c.get("name", c["id"])) for c in cats]
-    else:
-        names = [str(n) for n in class_names]
-        if len(names) != len(cats):
-            raise ValueError(f"{len(names)} class names for {len(cats)} categories")
-
-    from pycocotools.cocoeval import COCOeval
-
-    with _maybe_quiet(quiet):
-        coco_gt = _coco_from_dict(dataset)
-        if res:
-            coco_dt = coco_gt.loadRes(res)
-        else:  # loadRes rejects an empty list: an empty result set is a COCO with no annotations
-            coco_dt = _coco_from_dict(
-                {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
-            )
-        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        ev.params.imgIds = img_ids
-        ev.params.catIds = [c["id"] for c in cats]
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-
+    names = _category_names(cats, class_names)
+    ev = _run_cocoeval(dataset, res, img_ids, [c["id"] for c in cats], quiet)
     stats = [_nan_if_negative(s) for s in ev.stats[:6]]
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     per_class: dict[str, float] = {}
@@ -278,6 +239,65 @@ def evaluate_detections(
         n_images=len(img_ids),
         n_detections=len(res),
     )
+
+
+def _selected_image_ids(known_images: set[int], image_ids: Sequence[int] | None) -> list[int]:
+    """The sorted ids of the images to evaluate: ``image_ids`` (each must be in ``known_images``),
+    or every known image when None."""
+    if image_ids is None:
+        return sorted(known_images)
+    img_ids = sorted({int(i) for i in image_ids})
+    unknown = [i for i in img_ids if i not in known_images]
+    if unknown:
+        raise MinedetError(f"image ids not in the ground truth: {unknown[:5]}", record="image_ids")
+    return img_ids
+
+
+def _selected_results(results: list[dict], known_images: set[int], selected: set[int]) -> list[dict]:
+    """Copies of the result records on ``selected`` images, ``bbox`` as floats (input order).
+    A record naming an image outside ``known_images`` is an error."""
+    res = []
+    for i, r in enumerate(results):
+        if int(r["image_id"]) not in known_images:
+            raise MinedetError(
+                f"result refers to image_id {r['image_id']}, which the ground truth does not have",
+                record=f"result #{i}",
+            )
+        if int(r["image_id"]) in selected:
+            res.append({**r, "bbox": [float(v) for v in r["bbox"]]})
+    return res
+
+
+def _category_names(cats: list[dict], class_names: Sequence[str] | None) -> list[str]:
+    """Names of ``cats`` (sorted by id): ``class_names`` (one per category) or each category's name (else id)."""
+    if class_names is None:
+        return [str(c.get("name", c["id"])) for c in cats]
+    names = [str(n) for n in class_names]
+    if len(names) != len(cats):
+        raise ValueError(f"{len(names)} class names for {len(cats)} categories")
+    return names
+
+
+def _run_cocoeval(dataset: dict, res: list[dict], img_ids: list[int], cat_ids: list[int], quiet: bool) -> Any:
+    """pycocotools ``COCOeval`` (bbox) of ``res`` against ``dataset`` on ``img_ids`` x ``cat_ids``,
+    evaluated, accumulated and summarised. An empty ``res`` is a result set with no detections."""
+    from pycocotools.cocoeval import COCOeval
+
+    with _maybe_quiet(quiet):
+        coco_gt = _coco_from_dict(dataset)
+        if res:
+            coco_dt = coco_gt.loadRes(res)
+        else:  # loadRes rejects an empty list: an empty result set is a COCO with no annotations
+            coco_dt = _coco_from_dict(
+                {"images": dataset["images"], "categories": dataset["categories"], "annotations": []}
+            )
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.imgIds = img_ids
+        ev.params.catIds = cat_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
 
 
 def _mean_valid(p: np.ndarray) -> float:
