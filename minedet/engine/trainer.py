@@ -18,8 +18,9 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -97,6 +98,19 @@ class MetricLog:
 
 
 # ------------------------------------------------------------------------------------------- trainer
+@dataclass
+class _Accumulated:
+    """What :meth:`Trainer._accumulate` gathered over one step's micro-batches: the logged loss
+    terms (mean over micro-batches), their names, seconds spent waiting for data, whether the step
+    must be skipped (a non-finite loss on some rank) and the non-finite terms on this rank."""
+
+    logged: dict[str, float] = field(default_factory=dict)
+    loss_keys: set[str] = field(default_factory=set)
+    data_time: float = 0.0
+    skip: bool = False
+    bad_terms: list[str] = field(default_factory=list)
+
+
 class Trainer:
     """Runs ``method`` for ``cfg.max_steps`` optimiser steps.
 
@@ -215,6 +229,12 @@ class Trainer:
         return torch.autocast(self.info.device.type, dtype=self.amp_dtype)
 
     def fit(self) -> dict:
+        """Train from ``self.step`` to ``cfg.max_steps`` (:meth:`_train_step` each), then save
+        ``last.pt`` and evaluate once more when an ``evaluate`` was given.
+
+        Returns:
+            ``{"steps", "wall_s", "nonfinite_steps"}`` plus ``"eval"`` (the final metrics) when evaluating.
+        """
         cfg = self.cfg
         it = self.batches(self.step)
         self._restore_rng()  # after the loader is made: its creation draws from the global RNG
@@ -227,72 +247,7 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             while self.step < cfg.max_steps:
-                t_step = time.perf_counter()
-                self.model.train()
-                self.optimizer.zero_grad(set_to_none=True)
-                logged: dict[str, float] = {}
-                skip = False
-                bad_terms: list[str] = []
-                data_time = 0.0
-                loss_keys: set[str] = set()
-                for micro in range(cfg.accumulate):
-                    t_data = time.perf_counter()
-                    batch = next(it)
-                    data_time += time.perf_counter() - t_data
-                    sync = micro == cfg.accumulate - 1 or self.info.world == 1
-                    ctx = nullcontext() if sync else self.model.no_sync()
-                    with ctx:
-                        with self._autocast():
-                            losses = self.model(batch)
-                        total = sum(losses.values())
-                        finite = bool(torch.isfinite(total.detach()).item())
-                        if not finite:
-                            bad_terms = [k for k, v in losses.items() if not torch.isfinite(v.detach()).item()]
-                        if all_reduce_flag(not finite, self.info):
-                            skip = True
-                            break
-                        self.scaler.scale(total / cfg.accumulate).backward()
-                    for k, v in losses.items():
-                        logged[k] = logged.get(k, 0.0) + float(v.detach()) / cfg.accumulate
-                    loss_keys.update(losses)
-                if not skip:
-                    self.scaler.unscale_(self.optimizer)
-                    params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-                    if cfg.clip_grad:
-                        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                    else:
-                        gnorm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
-                    if all_reduce_flag(not bool(torch.isfinite(gnorm).item()), self.info):
-                        skip = True
-                        bad_terms = bad_terms or ["gradient"]
-                    else:
-                        logged["grad_norm"] = float(gnorm)
-                if skip:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.scaler.is_enabled():
-                        self.scaler.update()
-                    self._nonfinite(bad_terms)
-                else:
-                    self.nonfinite_run = 0
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                self.scheduler.step()
-                self.step += 1
-                self.method.after_step(self.step)
-                logged.update(self.method.log_metrics())
-                logged["lr"] = self.optimizer.param_groups[0]["lr"]
-                logged["step_time"] = time.perf_counter() - t_step
-                logged["data_time"] = data_time  # waiting for the loader (all of its work when data.workers=0)
-                logged["loss"] = sum(logged[k] for k in loss_keys)
-                if self.step % max(1, cfg.log_every) == 0 or self.step == cfg.max_steps:
-                    self.log.write(self.step, self._mean_over_ranks(logged, loss_keys | {"loss"}))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"AP": f"{last_eval.get('ap', float('nan')):.3f}"} if last_eval else {}))
-                if cfg.eval_every and self.evaluate and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                    last_eval = self._evaluate()
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not skip:
-                    self.save()
+                last_eval = self._train_step(it, bar, last_eval)
         finally:
             if bar is not None:
                 bar.close()
@@ -302,6 +257,93 @@ class Trainer:
             result["eval"] = self._evaluate()
         self.log.close()
         return result
+
+    def _train_step(self, it: Iterator[dict], bar: Any, last_eval: dict[str, float]) -> dict[str, float]:
+        """One optimiser step: gradients over ``cfg.accumulate`` micro-batches (:meth:`_accumulate`),
+        the guarded update (:meth:`_apply_gradients`), the schedule, ``method.after_step``, logging,
+        and the periodic evaluation and checkpoint. Returns the latest evaluation metrics
+        (``last_eval`` unless this step evaluated)."""
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        acc = self._accumulate(it)
+        skip = self._apply_gradients(acc)
+        self.scheduler.step()
+        self.step += 1
+        self.method.after_step(self.step)
+        logged = acc.logged
+        logged.update(self.method.log_metrics())
+        logged["lr"] = self.optimizer.param_groups[0]["lr"]
+        logged["step_time"] = time.perf_counter() - t_step
+        logged["data_time"] = acc.data_time  # waiting for the loader (all of its work when data.workers=0)
+        logged["loss"] = sum(logged[k] for k in acc.loss_keys)
+        if self.step % max(1, cfg.log_every) == 0 or self.step == cfg.max_steps:
+            self.log.write(self.step, self._mean_over_ranks(logged, acc.loss_keys | {"loss"}))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss']:.3f}", **({"AP": f"{last_eval.get('ap', float('nan')):.3f}"} if last_eval else {}))
+        if cfg.eval_every and self.evaluate and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+            last_eval = self._evaluate()
+        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not skip:
+            self.save()
+        return last_eval
+
+    def _accumulate(self, it: Iterator[dict]) -> _Accumulated:
+        """Forward and backward ``cfg.accumulate`` micro-batches (DDP gradient sync on the last
+        only). A non-finite total loss on any rank stops it with ``skip`` set (and the terms that
+        were non-finite on this rank); loss terms are logged as their mean over micro-batches."""
+        cfg = self.cfg
+        acc = _Accumulated()
+        for micro in range(cfg.accumulate):
+            t_data = time.perf_counter()
+            batch = next(it)
+            acc.data_time += time.perf_counter() - t_data
+            sync = micro == cfg.accumulate - 1 or self.info.world == 1
+            ctx = nullcontext() if sync else self.model.no_sync()
+            with ctx:
+                with self._autocast():
+                    losses = self.model(batch)
+                total = sum(losses.values())
+                finite = bool(torch.isfinite(total.detach()).item())
+                if not finite:
+                    acc.bad_terms = [k for k, v in losses.items() if not torch.isfinite(v.detach()).item()]
+                if all_reduce_flag(not finite, self.info):
+                    acc.skip = True
+                    break
+                self.scaler.scale(total / cfg.accumulate).backward()
+            for k, v in losses.items():
+                acc.logged[k] = acc.logged.get(k, 0.0) + float(v.detach()) / cfg.accumulate
+            acc.loss_keys.update(losses)
+        return acc
+
+    def _apply_gradients(self, acc: _Accumulated) -> bool:
+        """Unscale and clip (or measure) the gradients, logging ``grad_norm``; a non-finite norm on
+        any rank skips the step like a non-finite loss. A skipped step zeroes the gradients and
+        counts it (:meth:`_nonfinite`); otherwise the optimiser steps. Returns whether it skipped."""
+        skip, bad_terms = acc.skip, acc.bad_terms
+        if not skip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if self.cfg.clip_grad:
+                gnorm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
+            else:
+                gnorm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+            if all_reduce_flag(not bool(torch.isfinite(gnorm).item()), self.info):
+                skip = True
+                bad_terms = bad_terms or ["gradient"]
+            else:
+                acc.logged["grad_norm"] = float(gnorm)
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self._nonfinite(bad_terms)
+        else:
+            self.nonfinite_run = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return skip
 
     def _mean_over_ranks(self, logged: dict[str, float], keys: set[str]) -> dict[str, float]:
         """``logged`` with the loss terms ``keys`` averaged over DDP ranks: each rank's value is the
