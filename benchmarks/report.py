@@ -431,7 +431,7 @@ def section_real(res: dict) -> list[str]:
             return "–"
         p = [x["precision"] for x in got if x["precision"] is not None]
         return (f"{mean_std(p) if p else '–'} / {mean_std([x['recall'] for x in got])} "
-                f"({sum(x['n_mined'] for x in got) / len(got):.0f} boxes)")
+                f"({sum(x['n_mined'] for x in got) / len(got):.0f} mined per run)")
 
     def train_quality(rs: list[dict]) -> str:
         p = [r.get("quality_o_total_precision") for r in rs if r.get("quality_o_total_precision") is not None]
