@@ -220,3 +220,76 @@ def test_per_class_counts_of_mined_boxes_are_logged():
         assert per_class, "a confident head mines boxes"
         assert sum(per_class.values()) == metrics[f"pseudo/{branch}_boxes_per_image"] * 2
         assert all(k.rsplit("/", 1)[1] in {"0", "1", "2"} for k in per_class)  # no dataset bound: class ids
+
+
+# ------------------------------------------------------------------ beyond the paper (issue: pseudo-labels that help)
+class _Labelled:
+    """A stand-in labelled stream for bind(): ids and their targets (the labelled density)."""
+
+    def __init__(self, boxes_per_image: list[int]):
+        self.ids = list(range(len(boxes_per_image)))
+        self._n = boxes_per_image
+        self.hidden = None
+        self.data = type("Data", (), {"class_names": [str(k) for k in range(10)]})()
+
+    def target(self, image_id):
+        n = self._n[image_id]
+        return Target(torch.tensor([[0.0, 0, 4, 4]] * n).reshape(n, 4), torch.zeros(n, dtype=torch.long))
+
+
+def test_uncertain_mined_boxes_are_ignored_not_background():
+    """ignore_below: a detection in [ignore_below, tau] that misses the labels joins the targets with
+    weight 0 and no regression; it changes the classification loss, never the box loss."""
+    det = tiny_detector("retinanet").train()
+    _confident(det)  # every location scores sigmoid(2) = 0.88
+    batch = _batch(n=2)
+    plain = CoMining(det, CoMiningOptions(tau=0.95))
+    ignoring = CoMining(det, CoMiningOptions(tau=0.95, ignore_below=0.5))
+    lp, li = plain.training_step(batch), ignoring.training_step(batch)
+    assert all(len(t) == 0 for t in ignoring.last_mined["o"]), "nothing above tau is mined"
+    ignored = ignoring.last_labels["o"].ignored
+    assert sum(len(t) for t in ignored) > 0
+    assert all(t.flag("weight").eq(0).all() and not t.flag("regress").any() for t in ignored)
+    assert float(li["o/classification"].detach()) != float(lp["o/classification"].detach())
+    # an ignored box adds nothing to the box loss (its anchors still count in the foreground normaliser)
+    out = det.forward_heads([v.image for v in batch["labelled"]["views"]["o"]])
+    assert float(det.loss(out, ignored)["bbox_regression"].detach()) == 0.0
+
+
+def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
+    """cap_ratio bounds mined boxes per image by the labelled density; a run that would mine far more
+    warns once."""
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    m = CoMining(det, CoMiningOptions(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100))
+    m.bind({"labelled": _Labelled([2, 2, 3, 1])})  # 2 labelled boxes per image -> cap 2
+    assert m.cap == 2
+    m.training_step(_batch(n=2))
+    m.training_step(_batch(n=2, seed=1))
+    assert all(len(t) <= 2 for t in m.last_mined["o"]) and any(len(t) == 2 for t in m.last_mined["o"])
+    assert capsys.readouterr().err.count("feeding on itself") == 1
+    uncapped = CoMining(det, CoMiningOptions(tau=0.5, iou_gt=0.99, max_dets=100))
+    uncapped.training_step(_batch(n=2))
+    assert max(len(t) for t in uncapped.last_mined["o"]) > 4
+
+
+def test_containment_drops_a_mined_box_enclosing_labelled_objects():
+    from minedet.pseudo import filters as pf
+
+    gt = Target(torch.tensor([[10.0, 10, 20, 20], [30, 10, 40, 20]]), torch.tensor([0, 0]))
+    mined = Target(torch.tensor([[5.0, 5, 45, 25], [50, 50, 60, 60]]), torch.tensor([0, 0]), torch.tensor([0.9, 0.8]))
+    assert len(pf.drop_overlapping(mined, gt, 0.4)) == 2, "the release's IoU rule keeps the enclosing box"
+    kept = pf.drop_containing(mined, gt, 0.8)
+    assert kept.boxes.tolist() == [[50.0, 50.0, 60.0, 60.0]]
+    assert len(pf.drop_containing(mined, Target.empty(), 0.8)) == 2
+
+
+def test_no_mining_during_the_warm_up():
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    m = CoMining(det, CoMiningOptions(tau=0.5, mine_after=3))
+    m.training_step(_batch())
+    assert all(len(t) == 0 for t in m.last_mined["o"])
+    m.after_step(3)
+    m.training_step(_batch())
+    assert any(len(t) > 0 for t in m.last_mined["o"])

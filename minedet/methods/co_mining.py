@@ -17,6 +17,8 @@ co-generation on a single branch (each image supervised by its own mined boxes);
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import against_hidden, carry
+from minedet.pseudo.semantics import PseudoLabels, PseudoRule, against_hidden, carry
 from minedet.structures import Target
 
 
@@ -46,7 +48,14 @@ class CoMiningOptions:
     gt_match: which ground-truth boxes a pseudo box is dropped for overlapping (IoU > theta2): ``same``
     class (the release) or ``any`` class (not in the paper: a second-class detection on a labelled
     object is then not taught as a new object; ``minedet mine``'s default);
-    render_every / render_images: Fig. 3-style renders of each branch's mined boxes."""
+    render_every / render_images: Fig. 3-style renders of each branch's mined boxes.
+
+    Beyond the paper (off by default: the release's behaviour): ignore_below: detections scoring in
+    [ignore_below, tau] that miss the labels are ignored (weight 0), not taught as background;
+    contain: drop a mined box holding at least this share of a labelled box's area (any class);
+    cap_ratio: at most ceil(cap_ratio x the labelled boxes per image of the training set) mined boxes
+    per image, the best first (a guard against a mining loop feeding on itself); mine_after: no mining
+    before this many steps."""
 
     tau: float = 0.6
     nms: float | None = None
@@ -60,6 +69,10 @@ class CoMiningOptions:
     gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4
+    ignore_below: float | None = None
+    contain: float | None = None
+    cap_ratio: float | None = None
+    mine_after: int = 0
 
 
 class CoMining(Method):
@@ -70,9 +83,21 @@ class CoMining(Method):
         self.options = o = options or CoMiningOptions()
         if o.gt_match not in ("same", "any"):
             raise MinedetError(f"method.gt_match must be 'same' or 'any', not {o.gt_match!r}")
+        if o.ignore_below is not None and not 0.0 <= o.ignore_below <= o.tau:
+            raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below}")
+        if o.contain is not None and not 0.0 < o.contain <= 1.0:
+            raise MinedetError(f"method.contain must be in (0, 1], got {o.contain}")
+        if o.cap_ratio is not None and o.cap_ratio <= 0:
+            raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self._view = view_transform(o.view)
         self._nms = detector.mining_nms if o.nms is None else o.nms
+        self.cap: int | None = None  # mined boxes per image at most (cap_ratio, set in bind from the labels)
+        self.rule = PseudoRule(o.tau, regress=o.pseudo_regress, ignore_below=o.ignore_below,
+                               stages=(self._capped,) if o.cap_ratio is not None else ())
+        self.steps_done = 0
+        self.drift_warned = False
         self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
+        self.last_labels: dict[str, PseudoLabels] = {}  # the same with the ignored band
         self.quality = {"o": QualityCounts(), "a": QualityCounts()}
         self._datasets: dict = {}
         self._out_dir: Path | None = None
@@ -87,19 +112,39 @@ class CoMining(Method):
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
         self._datasets = datasets
         self._out_dir = None if out_dir is None else Path(out_dir)
+        ds = datasets.get("labelled")
+        if self.options.cap_ratio is not None and ds is not None:
+            density = sum(len(ds.target(i)) for i in ds.ids) / max(1, len(ds.ids))
+            self.cap = max(1, math.ceil(self.options.cap_ratio * density))
+
+    def _capped(self, t: Target, image_id: int) -> Target:
+        if self.cap is None or len(t) <= self.cap:
+            return t
+        self.metrics["pseudo/capped"] = self.metrics.get("pseudo/capped", 0.0) + len(t) - self.cap
+        if len(t) > 2 * self.cap and not self.drift_warned:
+            self.drift_warned = True
+            print(f"minedet: warning: co-mining found {len(t)} boxes to mine in one image, over twice the cap of "
+                  f"{self.cap} (method.cap_ratio x the labelled boxes per image): the mining may be feeding on "
+                  "itself; watch pseudo/o_boxes_per_image", file=sys.stderr)
+        return pf.top_k(t, self.cap)
 
     # ------------------------------------------------------------------ co-generation
     @torch.no_grad()
-    def mine(self, out, gts: list[Target]) -> list[Target]:
-        """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT."""
+    def mine(self, out, gts: list[Target]) -> PseudoLabels:
+        """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT, split by
+        the one pseudo-label rule (confident; ignored with ``ignore_below``)."""
         o = self.options
-        dets = self.detector.decode(out, score_thresh=o.tau, nms_thresh=self._nms, topk_candidates=o.topk,
+        dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
-        res = []
+        kept = []
         for d, gt in zip(dets, gts):
             d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
-            res.append(pf.as_pseudo(d, regress=o.pseudo_regress))
-        return res
+            if o.contain is not None:
+                d = pf.drop_containing(d, gt, o.contain)
+            kept.append(d)
+        if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
+            kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
+        return self.rule(kept, [gt.image_id for gt in gts])
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         o = self.options
@@ -112,12 +157,14 @@ class CoMining(Method):
         parts = {name: out.take(slice(i * b, (i + 1) * b)) for i, name in enumerate(branches)}
         gts = {name: [v.target for v in views[name]] for name in branches}
 
-        mined: dict[str, list[Target]] = {}
+        labels: dict[str, PseudoLabels] = {}
         if o.cogeneration:
             t0 = time.perf_counter()
             for name in branches:
-                mined[name] = self.mine(parts[name], gts[name])
+                labels[name] = self.mine(parts[name], gts[name])
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
+        mined = {name: lab.confident for name, lab in labels.items()}
+        if o.cogeneration:
             self._measure(batch, views, mined)
 
         losses: dict[str, Tensor] = {}
@@ -128,10 +175,10 @@ class CoMining(Method):
             if o.cogeneration:
                 targets = [
                     Target.cat([gt, carry(p, views[source][i].map, views[name][i].map)])
-                    for i, (gt, p) in enumerate(zip(gts[name], mined[source]))
+                    for i, (gt, p) in enumerate(zip(gts[name], labels[source].targets()))
                 ]
             losses.update(prefixed(self.detector.loss(parts[name], targets), name))
-        self.last_mined = mined
+        self.last_mined, self.last_labels = mined, labels
         return losses
 
     # ------------------------------------------------------------------ measurement
@@ -157,15 +204,17 @@ class CoMining(Method):
 
     def extra_state(self) -> dict:
         """The running pseudo-label quality counts, so that totals continue across a resume."""
-        return {"quality": {k: asdict(q) for k, q in self.quality.items()}}
+        return {"quality": {k: asdict(q) for k, q in self.quality.items()}, "steps_done": self.steps_done}
 
     def load_extra_state(self, state: dict) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
         for k, q in (state.get("quality") or {}).items():
             if k in self.quality:
                 self.quality[k] = QualityCounts(**q)
 
     def after_step(self, step: int) -> None:
         o = self.options
+        self.steps_done = step
         if o.render_every and step % o.render_every == 0 and self._out_dir is not None:
             self.render(step)
 
@@ -189,7 +238,7 @@ class CoMining(Method):
         b = len(samples)
         for j, br in enumerate(branches):
             gts = [s["views"][br].target for s in samples]
-            mined = self.mine(out.take(slice(j * b, (j + 1) * b)), gts)
+            mined = self.mine(out.take(slice(j * b, (j + 1) * b)), gts).confident
             for s, gt, m in zip(samples, gts, mined):
                 colour = (255, 40, 40) if br == "o" else (40, 90, 255)
                 tiles.append(draw_boxes(s["views"][br].image, [

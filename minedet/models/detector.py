@@ -171,7 +171,8 @@ class DetectorAdapter(nn.Module):
         ``None`` parameters take the wrapped model's own values (torchvision's defaults unless
         configured), which makes the result identical to torchvision's eval forward.
         ``score_rule`` names the score ``score_thresh`` applies to, for this call only (FCOS:
-        ``"class_prob"`` gates on the class probability before centerness; None: the detector's rule).
+        ``"class_prob"`` gates on the class probability before centerness; None: the detector's rule);
+        given, the detections' ``scores`` are that score (ranking and NMS keep the detector's own).
         """
         raise NotImplementedError  # abstract
 
@@ -217,7 +218,7 @@ class _DenseAdapter(DetectorAdapter):
         results = []
         for i in range(len(out)):
             anchors_i = out.anchors[i].split(out.num_anchors_per_level)
-            boxes_all, scores_all, labels_all = [], [], []
+            boxes_all, scores_all, labels_all, gates_all = [], [], [], []
             for lvl, anchors_l in enumerate(anchors_i):
                 level = {k: v[lvl][i] for k, v in split.items()}
                 num_classes = level["cls_logits"].shape[-1]
@@ -228,6 +229,7 @@ class _DenseAdapter(DetectorAdapter):
                 n = det_utils._topk_min(idx, topk, 0)
                 scores, order = scores.topk(n)
                 idx = idx[order]
+                gates_all.append(gate[idx])
                 anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
                 labels = idx % num_classes
                 boxes = self._decode_boxes(level["bbox_regression"][anchor_idx], anchors_l[anchor_idx])
@@ -240,7 +242,9 @@ class _DenseAdapter(DetectorAdapter):
             labels = torch.cat(labels_all)
             keep = box_ops.batched_nms(boxes, scores, labels, nms_thresh)[:max_det]
             boxes = self._to_input(boxes[keep], out.images.image_sizes[i], out.input_sizes[i])
-            results.append(Target(boxes, labels[keep], scores[keep]))
+            # a per-call rule reports the score it thresholded (ranking and NMS still use the detector's score)
+            reported = torch.cat(gates_all)[keep] if score_rule is not None else scores[keep]
+            results.append(Target(boxes, labels[keep], reported))
         return results
 
 

@@ -52,6 +52,21 @@ def drop_overlapping(t: Target, gt: Target, iou: float, *, same_class: bool = Tr
     return t.select(~(m > iou).any(1))
 
 
+def drop_containing(t: Target, gt: Target, share: float) -> Target:
+    """Drop boxes that hold at least ``share`` of the area of a ground-truth box of any class (a mined
+    box enclosing labelled objects: its IoU with each of them can stay under theta2, so
+    :func:`drop_overlapping` keeps it)."""
+    if len(t) == 0 or len(gt) == 0:
+        return t
+    g = gt.boxes.to(t.boxes.device).float()
+    b = t.boxes.float()
+    lt = torch.maximum(b[:, None, :2], g[None, :, :2])
+    rb = torch.minimum(b[:, None, 2:], g[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = ((g[:, 2:] - g[:, :2]).clamp(min=0).prod(-1)).clamp(min=1e-6)
+    return t.select(~(inter / area[None, :] >= share).any(1))
+
+
 def min_size(t: Target, size: float) -> Target:
     """Drop boxes whose width or height is below ``size`` pixels."""
     if len(t) == 0:
