@@ -37,7 +37,7 @@ Loss, with ``x`` a logit, ``p = sigmoid(x)``, ``alpha = 0.25``, focal ``gamma_f 
 Defaults and where they come from:
 
 =====================  =======  ===================================================================
-option (spec.extra)    default  source
+option (model.extra)   default  source (checked by ``minedet.models.build.RetinaNetOptions``)
 =====================  =======  ===================================================================
 ``cls_loss``           "focal"  "brl" selects this adapter in ``build_retinanet``
 ``brl_t``              0.5      official config ``thresh=0.50`` (kernel: hard iff ``1 - p < thresh``)
@@ -62,7 +62,7 @@ Deliberate reading of the official code (differs from a naive "add a term" readi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,20 +71,11 @@ from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import sigmoid_focal_loss
 
-from minedet.errors import MinedetError
 from minedet.models.detector import HeadOutputs, RetinaNetAdapter
 from minedet.structures import Target
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
-
-BRL_DEFAULTS: dict[str, float] = {
-    "brl_t": 0.5,
-    "brl_beta": 1.0,
-    "brl_gamma": 2.0,
-    "brl_weight": 0.1,
-    "brl_iou": 0.1,
-}
 
 
 def mirror_focal_loss(
@@ -117,30 +108,6 @@ def mirror_focal_loss(
     return torch.where(p > 1.0 - t, hard, easy)
 
 
-def brl_options(extra: Mapping[str, Any]) -> dict[str, float]:
-    """Validated BRL options from a ``DetectorSpec.extra`` dict (missing keys take :data:`BRL_DEFAULTS`).
-
-    Raises:
-        MinedetError: an unknown ``brl_*`` key, a non-number, or a value out of range
-            (t in [0, 1], iou in [0, 0.4], beta/gamma/weight >= 0).
-    """
-    unknown = sorted(k for k in extra if str(k).startswith("brl_") and k not in BRL_DEFAULTS)
-    if unknown:
-        raise MinedetError(f"unknown BRL option(s) {', '.join(unknown)}; known: {', '.join(BRL_DEFAULTS)}")
-    opts: dict[str, float] = {}
-    for key, default in BRL_DEFAULTS.items():
-        value = extra.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MinedetError(f"{key} must be a number, got {value!r}")
-        opts[key] = float(value)
-    limits = {"brl_t": (0.0, 1.0), "brl_iou": (0.0, 0.4)}
-    for key, value in opts.items():
-        lo, hi = limits.get(key, (0.0, float("inf")))
-        if not lo <= value <= hi:
-            raise MinedetError(f"{key} must be in [{lo}, {hi}], got {value}")
-    return opts
-
-
 class BRLRetinaNetAdapter(RetinaNetAdapter):
     """RetinaNet adapter whose classification loss is the Background Recalibration Loss.
 
@@ -170,14 +137,6 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
         self.gamma = float(gamma)
         self.weight = float(weight)
         self.confusion_iou = float(confusion_iou)
-
-    @classmethod
-    def from_extra(cls, model: nn.Module, num_classes: int, extra: Mapping[str, Any]) -> "BRLRetinaNetAdapter":
-        """Build from ``DetectorSpec.extra`` (keys ``brl_t``, ``brl_beta``, ``brl_gamma``,
-        ``brl_weight``, ``brl_iou``; validated by :func:`brl_options`)."""
-        o = brl_options(extra)
-        return cls(model, num_classes, t=o["brl_t"], beta=o["brl_beta"], gamma=o["brl_gamma"],
-                   weight=o["brl_weight"], confusion_iou=o["brl_iou"])
 
     def confusion_anchors(self, anchors: Tensor, target: Target, matched: Tensor) -> Tensor:
         """Bool[A]: unmatched anchors (index -1) whose best IoU with any box of ``target`` is below
