@@ -494,11 +494,12 @@ def section_export(res: dict) -> list[str]:
         out.append("")
     lat = [r for r in recs if "speedup" in r]
     if lat:
-        out += ["| batch 1, image size | input | PyTorch eager (ms) | ONNX Runtime (ms) | speedup | target met |",
-                "|---|---|---|---|---|---|"]
+        out += ["| batch 1, image size | input | threads (torch / ONNX Runtime) | PyTorch eager (ms) | ONNX Runtime (ms) | "
+                "speedup | target met |", "|---|---|---|---|---|---|---|"]
         for r in lat:
-            out.append(f"| {r['image_size']} px | {'x'.join(map(str, r['input_shape']))} | {r['pytorch_ms']:.1f} | "
-                       f"{r['onnx_ms']:.1f} | {r['speedup']:.2f}x | {'yes' if r['meets_target'] else 'no'} |")
+            out.append(f"| {r['image_size']} px | {'x'.join(map(str, r['input_shape']))} | {r['torch_threads']} / "
+                       f"{r.get('onnx_threads', 'default')} | {r['pytorch_ms']:.1f} | {r['onnx_ms']:.1f} | "
+                       f"{r['speedup']:.2f}x | {'yes' if r['meets_target'] else 'no'} |")
         out.append("")
     if res.get("target"):
         out += [f"Target: {res['target']}.", ""]
