@@ -1,6 +1,7 @@
 """ONNX export: does the exported graph give PyTorch's detections, and how much faster is ONNX Runtime?
 
-Usage: python benchmarks/bench_export.py [--steps 300] [--model MODEL.pt] [--reps 20] [--out WORK]
+Usage: python benchmarks/bench_export.py [--steps 100] [--model MODEL.pt] [--reps 20] [--threads N]
+       [--only parity|latency] [--out WORK]
 
 1. Trains a small RetinaNet on the digits preset (``--steps``; or takes ``--model``) and exports it with
    ``minedet.export.export_onnx`` twice: at the training size and at 800 px (``--image-size 800``), both
@@ -12,7 +13,10 @@ Usage: python benchmarks/bench_export.py [--steps 300] [--model MODEL.pt] [--rep
    are resized to a short side of 800 inside both models).
 3. Latency per image, batch 1, paired in one run: PyTorch eager and ONNX Runtime calls alternate on the same
    image; medians over ``--reps``; at the training size (a val image) and at 800 px (a large scene).
-   Threads: torch's default and ONNX Runtime's default (all cores).
+   Threads: ``--threads`` for both (torch.set_num_threads and ONNX Runtime's intra-op threads; default
+   torch's default). On a machine shared with other jobs, 2 torch threads on 2 cores can wait seconds in
+   OpenMP barriers: measure with --threads 1 there.
+   With ``--out WORK`` holding ``run/model.pt`` from an earlier run, that model is reused (not retrained).
 """
 
 from __future__ import annotations
@@ -113,14 +117,16 @@ def _latency(det, onnx_det, img, reps: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="training steps of the benchmark's model")
+    ap.add_argument("--steps", type=int, default=100, help="training steps of the benchmark's model")
     ap.add_argument("--train-images", type=int, default=2000)
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--large-images", type=int, default=4, help="1024 px scenes for parity and the 800 px latency")
     ap.add_argument("--large-size", type=int, default=1024)
     ap.add_argument("--model", help="use this model.pt instead of training one (its val set: the digits preset's)")
     ap.add_argument("--reps", type=int, default=20, help="timed calls per runtime and size")
-    ap.add_argument("--out", help="work folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads of both runtimes (0: torch's default)")
+    ap.add_argument("--only", choices=["parity", "latency"], help="run one half of the benchmark")
+    ap.add_argument("--out", help="work folder (default: a temporary one); a model trained there before is reused")
     args = ap.parse_args()
 
     import torch
@@ -134,8 +140,13 @@ def main() -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_export_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model_path, cfg = (Path(args.model), None) if args.model else _train(args.steps, work, args.train_images,
-                                                                        args.val_images)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reused = not args.model and (work / "run" / "model.pt").exists()
+    if args.model or reused:
+        model_path, cfg = Path(args.model) if args.model else work / "run" / "model.pt", None
+    else:
+        model_path, cfg = _train(args.steps, work, args.train_images, args.val_images)
     train_s = round(time.perf_counter() - t0, 1)
     det, _ = load_model(model_path)
     train_size = det.spec.image_size
@@ -153,14 +164,14 @@ def main() -> int:
     for size in (train_size, 800):
         t = time.perf_counter()
         rep = export_onnx(det, work / f"model_{size}.onnx", image_size=size, dynamic=True, source=str(model_path))
-        exports[size] = (OnnxDetector(work / f"model_{size}.onnx"), round(time.perf_counter() - t, 1), rep.size_bytes)
+        exports[size] = (OnnxDetector(work / f"model_{size}.onnx", threads=args.threads), round(time.perf_counter() - t, 1), rep.size_bytes)
     pt_800, _ = load_model(model_path)  # PyTorch at 800 px: the same weights, images resized to 800 inside
     pt_800.model.transform.min_size = (800,)
     ratio = det.model.transform.max_size / det.model.transform.min_size[-1]
     pt_800.model.transform.max_size = int(round(800 * ratio))
     base = {"detector": det.kind, "method": "onnx_vs_eager", "model_steps": args.steps if not args.model else None, "train_size": train_size,
-            "train_s": train_s}
-    for what, pt, (ox, export_s, nbytes), ds, data in (
+            "train_s": train_s, "model_reused": reused}
+    for what, pt, (ox, export_s, nbytes), ds, data in () if args.only == "latency" else (
         ("digits val", det, exports[train_size], val_ds, val),
         (f"{args.large_images} large {args.large_size} px scenes", pt_800, exports[800], large_ds, large_data),
     ):
@@ -169,10 +180,12 @@ def main() -> int:
                "onnx_mb": round(nbytes / 1e6, 1), **_parity(pt, ox, ds, data)}
         records.append(rec)
         print(rec, file=sys.stderr)
-    for size, pt, (ox, _, _), img in ((train_size, det, exports[train_size], val_ds[0]["views"]["o"].image),
-                                      (800, pt_800, exports[800], large_ds[0]["views"]["o"].image)):
+    for size, pt, (ox, _, _), img in () if args.only == "parity" else (
+            (train_size, det, exports[train_size], val_ds[0]["views"]["o"].image),
+            (800, pt_800, exports[800], large_ds[0]["views"]["o"].image)):
         rec = {**base, "what": f"latency, {size} px", "image_size": size, "input_shape": list(img.shape), "batch": 1,
-               "torch_threads": torch.get_num_threads(), **_latency(pt, ox, img, args.reps)}
+               "torch_threads": torch.get_num_threads(), "onnx_threads": args.threads or "default",
+               **_latency(pt, ox, img, args.reps)}
         rec["meets_target"] = rec["speedup"] >= TARGET_SPEEDUP
         records.append(rec)
         print(rec, file=sys.stderr)
