@@ -36,6 +36,8 @@ METHODS = {
     "joint": {"name": "co_mining", "cogeneration": False},
     "co_mining": {"name": "co_mining"},
     "co_mining_any": {"name": "co_mining", "gt_match": "any"},  # beyond the paper: drop pseudo boxes on GT of any class
+    # beyond the paper: uncertain detections ignored, containment rule, drift cap at the labelled density, warm-up
+    "co_mining_guarded": {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100},
     "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
