@@ -183,7 +183,8 @@ def main() -> int:
     for size, pt, (ox, _, _), img in () if args.only == "parity" else (
             (train_size, det, exports[train_size], val_ds[0]["views"]["o"].image),
             (800, pt_800, exports[800], large_ds[0]["views"]["o"].image)):
-        rec = {**base, "what": f"latency, {size} px", "image_size": size, "input_shape": list(img.shape), "batch": 1,
+        threads = f", {args.threads} thread{'s' if args.threads > 1 else ''}" if args.threads > 1 else ""
+        rec = {**base, "what": f"latency, {size} px{threads}", "image_size": size, "input_shape": list(img.shape), "batch": 1,
                "torch_threads": torch.get_num_threads(), "onnx_threads": args.threads or "default",
                **_latency(pt, ox, img, args.reps)}
         rec["meets_target"] = rec["speedup"] >= TARGET_SPEEDUP
