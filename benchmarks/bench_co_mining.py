@@ -92,6 +92,8 @@ def main() -> int:
                     help="these methods instead of the table's: original, augmented, joint, co_mining, brl, retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per run (default 1): a same-seed re-run reproduces its record only at the same count")
     ap.add_argument("--append", action="store_true",
                     help="accepted for old command lines: results files are always appended to (a re-run is a new record)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -150,7 +152,7 @@ def main() -> int:
             for label in methods:
                 if split == "full" and label not in FULL_METHODS.get(args.table, ("original", "co_mining")):
                     continue
-                over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}",
+                over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
                         f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
                         f"data.cache_dir={work / 'cache'}"]
                 cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
