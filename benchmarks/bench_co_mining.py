@@ -251,7 +251,10 @@ def add_latency(records: list[dict], work: Path, table: str) -> None:
 def note(args, steps: int) -> str:
     return (f"Digits train split of {args.train_images} images (128 px), val {args.val_images} images with full labels; "
             f"{steps} steps of batch 16 per run (each image seen about {steps * 16 / max(1, args.train_images):.1f} times); "
-            f"each sparse split re-drawn with the run's seed.")
+            f"each sparse split re-drawn with the run's seed. A run with the same seed and the same number of torch threads "
+            f"reproduces bit for bit (tests/test_reproducible.py); another thread count changes the float sums and so the "
+            f"result; records made before the thread count was pinned (--threads, default 1) differ from re-runs for that reason "
+            f"or for code changed since (see the settings run more than once).")
 
 
 def beats_rivals(records: list[dict], rivals=("original", "augmented", "joint")) -> list[str]:
