@@ -152,7 +152,7 @@ def test_quality_of_single_two_stage_and_mining_variants_is_logged_against_hidde
     hidden = {100: _det([[2, 2, 12, 12], [40, 2, 60, 20]], [0, 2], [1.0, 1.0]), 101: Target.empty(101)}
     ds = SimpleNamespace(hidden=True, hidden_target=lambda i: Target(hidden[i].boxes, hidden[i].labels, image_id=i))
     m = _acrst(tau=0.5, two_stage=True, mining_pos=0.7)
-    m._datasets = {"unlabelled": ds}
+    m.datasets = {"unlabelled": ds}  # what bind() would set
     m.rb.image_probs = {100: torch.tensor([0.9, 0.1, 0.9]), 101: torch.tensor([0.9, 0.9, 0.9])}
     _fake_teacher(m, [_det([[2, 2, 12, 12], [30, 30, 50, 50], [40, 2, 60, 20]], [0, 1, 2], [0.9, 0.8, 0.3])])
     m.training_step(_batch())

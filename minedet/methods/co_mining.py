@@ -99,7 +99,7 @@ class CoMining(Method):
         self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
         self.last_labels: dict[str, PseudoLabels] = {}  # the same with the ignored band
         self.quality = {"o": QualityCounts(), "a": QualityCounts()}
-        self._datasets: dict = {}
+        self.datasets: dict = {}
         self._out_dir: Path | None = None
 
     # ------------------------------------------------------------------ wiring
@@ -110,7 +110,7 @@ class CoMining(Method):
         return {"labelled": views}
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        self._datasets = datasets
+        self.datasets = datasets
         self._out_dir = None if out_dir is None else Path(out_dir)
         ds = datasets.get("labelled")
         if self.options.cap_ratio is not None and ds is not None:
@@ -183,7 +183,7 @@ class CoMining(Method):
 
     # ------------------------------------------------------------------ measurement
     def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
-        ds = self._datasets.get("labelled")
+        ds = self.datasets.get("labelled")
         names = list(ds.data.class_names) if ds is not None else None
         for k, targets in mined.items():
             self.metrics[f"pseudo/{k}_boxes_per_image"] = sum(len(t) for t in targets) / max(1, len(targets))
@@ -223,7 +223,7 @@ class CoMining(Method):
         """Fig. 3: each branch's mined boxes on the first ``render_images`` training images."""
         from minedet.viz import BoxGroup, draw_boxes, grid, save_png
 
-        ds = self._datasets.get("labelled")
+        ds = self.datasets.get("labelled")
         if ds is None or not self.options.cogeneration:
             return None
         names = ds.data.class_names

@@ -95,7 +95,7 @@ class SelfTraining(Method):
                                stages=stages)
         self.quality = QualityCounts()
         self.last_step: StepRecord | None = None
-        self._datasets: dict = {}
+        self.datasets: dict = {}
         self._out_dir: Path | None = None
 
     # ------------------------------------------------------------------ wiring
@@ -116,7 +116,7 @@ class SelfTraining(Method):
         return ()
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        self._datasets = datasets
+        self.datasets = datasets
         self._out_dir = None if out_dir is None else Path(out_dir)
         if self.rb is not None:
             self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), self._out_dir,
@@ -180,13 +180,13 @@ class SelfTraining(Method):
         if q is not None:
             self.metrics.update(q.as_dict(prefix="quality/"))
         if self.rb is not None:
-            self.rb.observe(ids, labels, maps, self._datasets.get("unlabelled"), self.metrics, self.rule)
+            self.rb.observe(ids, labels, maps, self.datasets.get("unlabelled"), self.metrics, self.rule)
 
     def measure(self, image_ids: list[int], confident: list[Target], maps: list[BoxMap]) -> QualityCounts | None:
         """Pseudo-labels per image, and their quality against the unlabelled stream's hidden truth
         (when there is one), added to the run's totals; returns this call's counts."""
         self.metrics["pseudo/boxes_per_image"] = sum(len(p) for p in confident) / max(1, len(confident))
-        ds = self._datasets.get("unlabelled")
+        ds = self.datasets.get("unlabelled")
         if ds is None or getattr(ds, "hidden", None) is None:
             return None
         q = against_hidden(confident, [ds.hidden_target(i) for i in image_ids], maps)
