@@ -617,6 +617,17 @@ def readme_rows(results: dict) -> list[str]:
         rows.append(f"| real microscopy: StarDist's nuclei image, 50 % of training boxes erased, RetinaNet, val AP "
                     f"({_seeds(cells[0][1])}; one image: a small sample) | {text} "
                     "([nuclei](docs/benchmarks.md#real-images-nuclei-fluorescence-microscopy-50--of-the-boxes-erased-tiled)) |")
+    exp = results.get("export")
+    if exp:
+        recs = latest(exp["records"])
+        parity = [r for r in recs if r["what"].startswith("parity")]
+        lat = [r for r in recs if r["what"].startswith("latency") and r.get("onnx_threads") == 1]
+        text = "; ".join(f"{r['what'].split(', ', 1)[1]}: {r['matched']:,}/{r['compared']:,} detections matched, AP "
+                         f"{pct(r['ap_pytorch'])} both" for r in parity)
+        text += "".join(f"; ONNX Runtime {r['speedup']:.2f}× eager PyTorch at {r['image_size']} px ({r['onnx_ms']:.1f} vs "
+                        f"{r['pytorch_ms']:.1f} ms, batch 1, 1 thread each, paired)" for r in lat)
+        rows.append(f"| ONNX export (RetinaNet, a {parity[0]['model_steps'] if parity else '?'}-step digits model) | {text} "
+                    "([export](docs/benchmarks.md#onnx-export)) |")
     bank = results.get("cropbank")
     if bank:
         r = next(r for r in latest(bank["records"]) if "records" in r)
