@@ -453,3 +453,14 @@ def test_trainer_resume_after_burn_in_reproduces_the_teacher(tmp_path):
     assert teacher_keys
     for k, v in a["method"].items():
         assert torch.equal(v, b["method"][k]), k
+
+
+def test_adaptive_thresholds_come_from_the_teachers_scores_on_labelled_boxes():
+    m = MeanTeacher(tiny_detector("retinanet").train(), MeanTeacherOptions(burn_in=0, adaptive=True, max_dets=10))
+    m.training_step(_batch())
+    logged = m.log_metrics()
+    taus = [logged[f"pseudo/tau_{k}"] for k in range(3)]
+    assert all(0.3 <= t <= 0.9 for t in taus), taus
+    assert m.rule.thresholds.values().tolist() == pytest.approx(taus)
+    with pytest.raises(MinedetError, match="adaptive"):
+        build_method({"name": "stac", "adaptive": True, "teacher": "x.pt"}, tiny_detector("retinanet"))

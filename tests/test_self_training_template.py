@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 
 from minedet.data.transforms import BoxMap
@@ -75,3 +76,45 @@ def test_the_rule_splits_detections_three_ways_and_never_mutates_them():
     assert off.ignored is None and [len(t) for t in off.targets()] == [1]
     vetoed = PseudoRule(tau=0.0, stages=(lambda t, i: t.select(t.labels != 1),))([det], [7])
     assert vetoed.confident[0].labels.tolist() == [0], "an extra stage (ACRST's veto) sees the image id and the boxes"
+
+
+def test_class_thresholds_follow_the_scores_of_labelled_boxes():
+    from minedet.pseudo.semantics import ClassThresholds
+
+    gt = Target(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([0, 1]))
+    th = ClassThresholds(num_classes=3, base=0.7, momentum=0.5)
+    assert th.values().tolist() == pytest.approx([0.7, 0.7, 0.7]), "nothing seen yet: the base threshold"
+    seen = Target(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([0, 1]), torch.tensor([0.8, 0.5]))
+    th.observe([seen], [gt])
+    assert th.values().tolist() == pytest.approx([0.8, 0.5, 0.7])
+    lower = Target(seen.boxes, seen.labels, torch.tensor([0.4, 0.5]))
+    th.observe([lower], [gt])  # the model's scores on known class-0 objects drop: its threshold follows
+    assert th.values().tolist() == pytest.approx([0.6, 0.5, 0.7])
+    only1 = gt.select(gt.labels == 1)
+    th.observe([Target.empty()], [only1])  # labelled objects not found at all: clamped at the lower bound
+    th.observe([Target.empty()], [only1])
+    assert th.values().tolist() == pytest.approx([0.6, 0.3, 0.7])
+    rule = PseudoRule(tau=0.7, thresholds=th)
+    det = Target(torch.tensor([[0.0, 0, 5, 5], [9, 9, 14, 14]]), torch.tensor([0, 1]), torch.tensor([0.55, 0.35]))
+    assert rule.floor == pytest.approx(0.3)
+    assert rule([det], [0]).confident[0].labels.tolist() == [1], "class 1 (threshold 0.3) passes at 0.35, class 0 not"
+
+
+def test_adaptive_co_mining_logs_its_class_thresholds_and_resumes_them():
+    from minedet.methods.co_mining import CoMining, CoMiningOptions
+    from tests.helpers import random_targets, tiny_detector
+    from minedet.data.datasets import View
+
+    det = tiny_detector("retinanet").train()
+    size = 64
+    targets = random_targets(2, size)
+    views = [View(torch.rand(3, size, size), t, BoxMap(size=(size, size))) for t in targets]
+    batch = {"labelled": {"image_id": [0, 1], "views": {"o": views, "a": views}}}
+    m = CoMining(det, CoMiningOptions(adaptive=True))
+    m.training_step(batch)
+    logged = m.log_metrics()
+    assert {f"pseudo/tau_{k}" for k in range(3)} <= set(logged)
+    state = m.extra_state()
+    fresh = CoMining(tiny_detector("retinanet"), CoMiningOptions(adaptive=True))
+    fresh.load_extra_state(state)
+    assert torch.equal(fresh.rule.thresholds.values(), m.rule.thresholds.values())

@@ -32,7 +32,7 @@ from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import PseudoLabels, PseudoRule, against_hidden, carry
+from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry
 from minedet.structures import Target
 
 
@@ -55,7 +55,8 @@ class CoMiningOptions:
     contain: drop a mined box holding at least this share of a labelled box's area (any class);
     cap_ratio: at most ceil(cap_ratio x the labelled boxes per image of the training set) mined boxes
     per image, the best first (a guard against a mining loop feeding on itself); mine_after: no mining
-    before this many steps."""
+    before this many steps; adaptive: per-class thresholds from the scores the model gives the labelled
+    boxes of the same forward (their ``adaptive_quantile``, EMA, clamped to [0.3, 0.9]) instead of one tau."""
 
     tau: float = 0.6
     nms: float | None = None
@@ -73,6 +74,8 @@ class CoMiningOptions:
     contain: float | None = None
     cap_ratio: float | None = None
     mine_after: int = 0
+    adaptive: bool = False
+    adaptive_quantile: float = 0.5
 
 
 class CoMining(Method):
@@ -92,8 +95,9 @@ class CoMining(Method):
         self._view = view_transform(o.view)
         self._nms = detector.mining_nms if o.nms is None else o.nms
         self.cap: int | None = None  # mined boxes per image at most (cap_ratio, set in bind from the labels)
+        thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
         self.rule = PseudoRule(o.tau, regress=o.pseudo_regress, ignore_below=o.ignore_below,
-                               stages=(self._capped,) if o.cap_ratio is not None else ())
+                               stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
         self.steps_done = 0
         self.drift_warned = False
         self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
@@ -136,6 +140,10 @@ class CoMining(Method):
         o = self.options
         dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
+        if self.rule.thresholds is not None:  # what the model makes of the labelled boxes now
+            self.rule.thresholds.observe(dets, gts)
+            for k, v in enumerate(self.rule.thresholds.values().tolist()):
+                self.metrics[f"pseudo/tau_{k}"] = v
         kept = []
         for d, gt in zip(dets, gts):
             d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
@@ -204,10 +212,15 @@ class CoMining(Method):
 
     def extra_state(self) -> dict:
         """The running pseudo-label quality counts, so that totals continue across a resume."""
-        return {"quality": {k: asdict(q) for k, q in self.quality.items()}, "steps_done": self.steps_done}
+        state = {"quality": {k: asdict(q) for k, q in self.quality.items()}, "steps_done": self.steps_done}
+        if self.rule.thresholds is not None:
+            state["thresholds"] = self.rule.thresholds.state_dict()
+        return state
 
     def load_extra_state(self, state: dict) -> None:
         self.steps_done = int(state.get("steps_done", 0))
+        if self.rule.thresholds is not None and "thresholds" in state:
+            self.rule.thresholds.load_state_dict(state["thresholds"])
         for k, q in (state.get("quality") or {}).items():
             if k in self.quality:
                 self.quality[k] = QualityCounts(**q)

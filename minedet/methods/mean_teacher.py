@@ -105,6 +105,14 @@ class MeanTeacher(SelfTraining):
         maps = [v.map for v in weak]
         if self.rb is not None:
             self.rb.add_detections([d.detach() for d in dets])  # Pseudo Recall (Eq. 8) counts scores > pr_thresh
+        if self.rule.thresholds is not None:  # what the teacher makes of the labelled boxes now
+            lab = batch["labelled"]["views"]
+            views = lab["weak"] if "weak" in lab else lab["strong"]
+            seen = self.teacher.predict(self.images(views), score_thresh=self.rule.thresholds.lo, nms_thresh=o.nms,
+                                        detections_per_img=o.max_dets)
+            self.rule.thresholds.observe(seen, self.targets(views))
+            for k, v in enumerate(self.rule.thresholds.values().tolist()):
+                self.metrics[f"pseudo/tau_{k}"] = v
         return self.rule(dets, ids), maps
 
     def after_step(self, step: int) -> None:

@@ -31,7 +31,7 @@ from minedet.errors import MinedetError
 from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import PseudoLabels, PseudoRule, against_hidden, carry
+from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry
 from minedet.structures import Target
 
 
@@ -41,7 +41,9 @@ class SelfTrainingOptions:
     the detector's own); max_dets: pseudo boxes per image; lambda_unsup: weight of the unlabelled loss;
     unsup_regression: pseudo boxes also supervise box regression; strong_view: the student's photometric
     view (strong | color | blur | none); geometric: add a random scale+crop to the strong view;
-    ignore_below: teacher detections scoring in [ignore_below, tau] are ignored, not background (None: off)."""
+    ignore_below: teacher detections scoring in [ignore_below, tau] are ignored, not background (None: off);
+    adaptive: per-class thresholds from the scores the teacher gives the labelled boxes (their
+    adaptive_quantile, EMA, clamped to [0.3, 0.9]) instead of one tau (beyond the papers; off)."""
 
     tau: float = 0.7
     nms: float | None = None
@@ -51,6 +53,8 @@ class SelfTrainingOptions:
     strong_view: str = "strong"
     geometric: bool = False
     ignore_below: float | None = None
+    adaptive: bool = False
+    adaptive_quantile: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class SelfTraining(Method):
         # Eq. 10: with selective supervision only pasted crops regress on unlabelled images
         self.pasted_regress = ss or o.unsup_regression
         stages = (self.rb.stage_two,) if self.rb is not None else ()
+        thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
         self.rule = PseudoRule(o.tau, o.nms, regress=o.unsup_regression and not ss, ignore_below=o.ignore_below,
-                               stages=stages)
+                               stages=stages, thresholds=thresholds)
         self.quality = QualityCounts()
         self.last_step: StepRecord | None = None
         self.datasets: dict = {}
@@ -201,8 +206,13 @@ class SelfTraining(Method):
         return m
 
     def extra_state(self) -> dict[str, Any]:
-        return self.rb.state_dict() if self.rb is not None else {}
+        state = self.rb.state_dict() if self.rb is not None else {}
+        if self.rule.thresholds is not None:
+            state["thresholds"] = self.rule.thresholds.state_dict()
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.rb is not None:
             self.rb.load_state_dict(state, self.metrics)
+        if self.rule.thresholds is not None and "thresholds" in state:
+            self.rule.thresholds.load_state_dict(state["thresholds"])

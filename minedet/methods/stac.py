@@ -68,6 +68,9 @@ class Stac(SelfTraining):
     def __init__(self, detector: DetectorAdapter, options: StacOptions | None = None, *,
                  teacher: DetectorAdapter | None = None, rebalancer=None) -> None:
         o = options or StacOptions()
+        if o.adaptive:
+            raise MinedetError("method.adaptive applies to mean_teacher, acrst and co_mining (STAC labels once, before "
+                               "any labelled box is seen by its teacher)")
         if teacher is None:
             if not o.teacher:
                 raise MinedetError("method stac needs method.teacher=PATH/model.pt (the exported model of a "

@@ -19,6 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import torch
+from torchvision.ops import box_iou
+
 from minedet.data.transforms import BoxMap
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
@@ -49,6 +52,58 @@ class PseudoLabels:
 Stage = Callable[[Target, int], Target]  # (confident boxes of one image, its image id) -> kept boxes
 
 
+class ClassThresholds:
+    """Per-class score thresholds that follow the scores the model gives *labelled* objects now.
+
+    For every labelled box, the score of the best same-class detection overlapping it (IoU >= ``iou``;
+    0 when none) is what the model currently makes of a known object of that class. Each class's
+    threshold is the ``quantile`` of those scores in a step, followed by EMA (``momentum``), clamped to
+    ``[lo, hi]``; a class with no labelled box seen yet keeps ``base``. (Beyond the papers; in the spirit
+    of Consistent Teacher's adaptive thresholds, but from labelled boxes rather than pseudo-label statistics.)
+
+    Args:
+        num_classes: K. base: the threshold of an unseen class. quantile: which quantile of the scores.
+        momentum: EMA keep rate per step. lo / hi: bounds. iou: overlap that counts as detecting a box.
+    """
+
+    def __init__(self, num_classes: int, base: float, quantile: float = 0.5, momentum: float = 0.9,
+                 lo: float = 0.3, hi: float = 0.9, iou: float = 0.5) -> None:
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"thresholds need 0 < lo <= hi < 1, got {lo}, {hi}")
+        self.base, self.quantile, self.momentum, self.lo, self.hi, self.iou = base, quantile, momentum, lo, hi, iou
+        self.value = torch.full((num_classes,), float("nan"), dtype=torch.float64)
+
+    def observe(self, detections: Sequence[Target], labelled: Sequence[Target]) -> None:
+        """Detections (with scores) and the labelled boxes of the same images, in one frame per image."""
+        per_class: dict[int, list[float]] = {}
+        for d, gt in zip(detections, labelled):
+            if len(gt) == 0:
+                continue
+            best = torch.zeros(len(gt))
+            if len(d):
+                m = box_iou(gt.boxes.float().cpu(), d.boxes.float().cpu())
+                m = m * (gt.labels.cpu()[:, None] == d.labels.cpu()[None, :])
+                hit = (m >= self.iou).float() * d.scores.detach().float().cpu()[None, :]
+                best = hit.max(1).values
+            for k, v in zip(gt.labels.tolist(), best.tolist()):
+                per_class.setdefault(int(k), []).append(v)
+        for k, vals in per_class.items():
+            q = float(torch.quantile(torch.tensor(vals, dtype=torch.float64), self.quantile))
+            old = float(self.value[k])
+            self.value[k] = q if old != old else self.momentum * old + (1 - self.momentum) * q
+
+    def values(self) -> torch.Tensor:
+        """float[K]: each class's threshold now."""
+        v = self.value.clamp(self.lo, self.hi)
+        return torch.where(torch.isnan(self.value), torch.full_like(v, self.base), v).float()
+
+    def state_dict(self) -> dict:
+        return {"value": self.value.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"].clone().double()
+
+
 @dataclass(frozen=True)
 class PseudoRule:
     """The three-way split, built once from a method's options.
@@ -65,14 +120,25 @@ class PseudoRule:
     regress: bool = False
     ignore_below: float | None = None
     stages: tuple[Stage, ...] = field(default=())
+    thresholds: ClassThresholds | None = None
 
     @property
     def floor(self) -> float:
         """The score down to which detections are needed."""
-        return self.tau if self.ignore_below is None else min(self.tau, self.ignore_below)
+        floor = self.tau if self.thresholds is None else min(self.tau, self.thresholds.lo)
+        return floor if self.ignore_below is None else min(floor, self.ignore_below)
+
+    def tau_of(self, t: Target) -> torch.Tensor | float:
+        """The threshold of each box (float[N] with per-class thresholds, else ``tau``)."""
+        if self.thresholds is None:
+            return self.tau
+        return self.thresholds.values().to(t.boxes.device)[t.labels]
 
     def confident(self, t: Target, image_id: int) -> Target:
-        keep = pf.by_score(t, self.tau)
+        if self.thresholds is None:
+            keep = pf.by_score(t, self.tau)
+        else:
+            keep = t.select(t.scores > self.tau_of(t)) if len(t) else t
         if self.nms is not None:
             keep = pf.nms(keep, self.nms)
         for stage in self.stages:
@@ -80,7 +146,7 @@ class PseudoRule:
         return pf.as_pseudo(keep, regress=self.regress)
 
     def uncertain(self, t: Target) -> Target:
-        band = t.select((t.scores >= self.ignore_below) & (t.scores <= self.tau)) if len(t) else t
+        band = t.select((t.scores >= self.ignore_below) & (t.scores <= self.tau_of(t))) if len(t) else t
         return pf.as_pseudo(band, regress=False).with_flags(weight=0.0)
 
     def __call__(self, detections: Sequence[Target], image_ids: Sequence[int]) -> PseudoLabels:
