@@ -86,7 +86,9 @@ def reruns(res: dict, label) -> list[str]:
     for runs in by_key.values():
         if len(runs) > 1 and runs[0][0].get("ap") is not None:
             parts = [f"{pct(r['ap'])} (commit `{(o.get('git_commit') or '?')[:10]}`, {o['date'][:10]}, "
-                     f"{o.get('machine', {}).get('torch_threads', '?')} thread(s))" for r, o in runs]
+                     + (f"threads not recorded: the file's last write used {o.get('machine', {}).get('torch_threads', '?')})"
+                        if o.get("legacy") else f"{o.get('machine', {}).get('torch_threads', '?')} thread(s))")
+                     for r, o in runs]
             lines.append(f"- {label(runs[0][0])}: AP " + ", then ".join(parts))
     if lines:
         lines = ["Settings run more than once (the tables use the latest run; every run stays in the results file):", "",
