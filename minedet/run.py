@@ -127,6 +127,58 @@ def build_spec(cfg: Config, data: CocoData) -> DetectorSpec:
     )
 
 
+# --------------------------------------------------------------------------------------------- own data
+def own_data_config(method: str, *, train: str, val: str | None, overrides: list[str] = (), quiet: bool = False,
+                    **paths: str | None) -> Config:
+    """The config for ``minedet train METHOD --train ... --val ...``: the ``own_data`` preset with
+    ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
+    ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
+    training boxes unless overridden. Data that cannot support the run is one :class:`MinedetError`."""
+    from minedet.config import load_config, preset_path
+
+    if val is None:
+        raise MinedetError(f"training {method} on your data needs --val: a COCO JSON of validation images with "
+                           "complete labels (split some off with minedet data split-semi or by hand)")
+    data = load_coco(train)
+    counts = {name: 0 for name in data.class_names}
+    for a in data.annotations:
+        if not a.get("iscrowd"):
+            counts[data.class_names[data.label_of(a["category_id"])]] += 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise MinedetError(f"class {empty[0]!r} has no box in the training data, so nothing can learn it "
+                           "(remove the category or label some instances)", file=train)
+    proposed = propose_sizes(data)
+    given = {o.split("=", 1)[0] for o in overrides}
+    auto = [f"{k}={v}" for k, v in proposed.items() if k not in given]
+    cfg = load_config(preset_path("own_data"), [f"method.name={method}", *auto, *overrides])
+    d = cfg.data
+    d.train, d.val = train, val
+    for key, value in paths.items():
+        if value is not None:
+            setattr(d, key, value)
+    if not quiet and auto:
+        print("minedet: from the training boxes: " + ", ".join(auto) + " (override with KEY=VALUE)", file=sys.stderr)
+    return cfg
+
+
+def propose_sizes(data: CocoData) -> dict[str, float | int]:
+    """``data.image_size``: the median short side of the images, rounded to 32 and kept in [128, 1024];
+    ``model.anchor_scale``: the smallest anchors (stride 8) match the 5th percentile of box sides after
+    that resize, in [1, 8] by halves."""
+    import statistics
+
+    shorts = [min(int(im["width"]), int(im["height"])) for im in data.images]
+    size = int(min(1024, max(128, round(statistics.median(shorts) / 32) * 32))) if shorts else 512
+    scale = {im["id"]: size / max(1, min(int(im["width"]), int(im["height"]))) for im in data.images}
+    sides = sorted(min(a["bbox"][2], a["bbox"][3]) * scale[i] for i, anns in data.anns_by_image.items() for a in anns)
+    anchor = 4.0
+    if sides:
+        p5 = sides[int(0.05 * (len(sides) - 1))]
+        anchor = min(8.0, max(1.0, round(2 * p5 / 8) / 2))
+    return {"data.image_size": size, "model.anchor_scale": anchor}
+
+
 # --------------------------------------------------------------------------------------------- run
 @dataclass
 class Run:

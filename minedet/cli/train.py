@@ -5,14 +5,34 @@ from __future__ import annotations
 import argparse
 import os
 
-from minedet.cli.registry import method_options_help
+from minedet.cli.registry import METHODS, method_options_help
 from minedet.config import load_config, preset_path
-from minedet.run import print_reports, run_training
+from minedet.errors import MinedetError
+from minedet.run import own_data_config, print_reports, run_training
+
+_DATA_FLAGS = {"images": "train_images", "val_images": "val_images", "unlabelled": "unlabelled",
+               "unlabelled_images": "unlabelled_images", "hidden": "hidden"}
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _cmd_train(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """A method name with --train: your own data, no YAML; otherwise a YAML file or preset, whose data
+    paths the flags replace."""
+    paths = {key: getattr(args, flag) for flag, key in _DATA_FLAGS.items()}
+    if args.config in METHODS and not args.config.endswith((".yaml", ".yml")):
+        if args.train is None:
+            raise MinedetError(f"minedet train {args.config} trains on your data: give --train TRAIN.json "
+                               "(and --images, --val); or name a preset such as digits_co_mining")
+        return own_data_config(args.config, train=args.train, val=args.val, overrides=args.overrides, **paths)
     cfg = load_config(preset_path(args.config), args.overrides)
+    for key, value in {"train": args.train, "val": args.val, **paths}.items():
+        if value is not None:
+            setattr(cfg.data, key, value)
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     if args.out:
         cfg.train.out_dir = args.out
     if args.device:
@@ -31,15 +51,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Train a detector from a YAML config (sections data/model/method/train) or a preset name\n"
-            "shipped with minedet (e.g. digits_retinanet, digits_fcos, digits_faster_rcnn).\n"
+            "shipped with minedet (e.g. digits_retinanet, digits_co_mining, digits_acrst), or on your own\n"
+            "COCO data with no YAML: minedet train co_mining --train train.json --images DIR --val val.json\n"
+            "(the method name as the config; image size and anchor scale proposed from the boxes).\n"
             "Writes OUT/checkpoints/last.pt (resumable), OUT/model.pt (the plain detector),\n"
             "OUT/metrics.jsonl, OUT/tb (TensorBoard) and OUT/eval.json.\n"
             "Multi-GPU: torchrun --nproc_per_node N -m minedet train CONFIG ...\n\n"
             "Methods and their options (set with method.KEY=VALUE):\n" + method_options_help()
         ),
     )
-    p.add_argument("config", help="YAML config file or preset name")
+    p.add_argument("config", help="YAML config file, preset name, or a method name with --train")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=500 method.name=co_mining")
+    p.add_argument("--train", metavar="JSON", help="training COCO JSON (data.train)")
+    p.add_argument("--images", metavar="DIR", help="its image folder (data.train_images; default: the JSON's folder)")
+    p.add_argument("--val", metavar="JSON", help="validation COCO JSON with complete labels (data.val)")
+    p.add_argument("--val-images", metavar="DIR", help="data.val_images (default: the JSON's folder)")
+    p.add_argument("--unlabelled", metavar="JSON", help="COCO JSON of unlabelled images (mean_teacher, stac, acrst)")
+    p.add_argument("--unlabelled-images", metavar="DIR", help="data.unlabelled_images")
+    p.add_argument("--hidden", metavar="JSON", help="erased boxes, to measure mined-box quality only (data.hidden)")
     p.add_argument("--out", help="output directory (default: train.out_dir)")
     p.add_argument("--resume", metavar="CKPT", help="resume from a training checkpoint (OUT/checkpoints/last.pt)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")

@@ -1,0 +1,70 @@
+"""``minedet train METHOD --train ... --val ...``: your own COCO data with no YAML."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minedet.cli import main
+from minedet.data.coco import load_coco
+from minedet.run import own_data_config, propose_sizes
+
+@pytest.fixture(scope="module")
+def tiny_digits(tmp_path_factory):
+    """Enough 64-px images that every class has a training box."""
+    from minedet.data.digits import build_digits
+
+    d = build_digits(tmp_path_factory.mktemp("own"), seed=0, n_train=40, n_val=6, image_size=64,
+                     digits_per_image=(2, 3), digit_size=(14, 24))
+    assert all(any(a["category_id"] == c["id"] for a in json.loads(d.train_json.read_text())["annotations"])
+               for c in json.loads(d.train_json.read_text())["categories"])
+    return d
+
+
+# keeps the CPU run tiny; everything else comes from the own_data preset and the data
+TINY = ["train.max_steps=2", "train.eval_every=0", "train.ckpt_every=0", "train.progress=false", "model.pretrained=false",
+        "model.fpn_channels=16", "data.batch_size=2"]
+
+
+def test_method_name_trains_on_the_given_files(tiny_digits, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "co_mining", "--train", str(tiny_digits.train_json), "--images", str(tiny_digits.image_root),
+               "--val", str(tiny_digits.val_json), "--val-images", str(tiny_digits.image_root), "--out", str(out), *TINY])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "from the training boxes: data.image_size=128" in err and "model.anchor_scale=" in err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"]["name"] == "co_mining" and cfg["data"]["train"] == str(tiny_digits.train_json)
+    assert json.loads((out / "eval.json").read_text())["method"] == "co_mining"
+
+
+def test_proposals_follow_the_boxes_and_yield_to_overrides(tiny_digits):
+    data = load_coco(tiny_digits.train_json)
+    proposed = propose_sizes(data)
+    assert proposed["data.image_size"] == 128  # 64 px images: the lower bound
+    assert 1.0 <= proposed["model.anchor_scale"] <= 8.0
+    cfg = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                          overrides=["data.image_size=96", "model.anchor_scale=3"], quiet=True)
+    assert cfg.data.image_size == 96 and cfg.model.anchor_scale == 3.0
+
+
+def test_data_that_cannot_support_the_run_is_one_line(tiny_digits, tmp_path, capsys):
+    assert main(["train", "co_mining", "--train", str(tiny_digits.train_json)]) == 2
+    assert "needs --val" in capsys.readouterr().err
+    raw = json.loads(tiny_digits.train_json.read_text())
+    raw["categories"].append({"id": 999, "name": "unicorn"})
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps(raw))
+    assert main(["train", "co_mining", "--train", str(bad), "--val", str(tiny_digits.val_json)]) == 2
+    err = capsys.readouterr().err
+    assert "'unicorn' has no box" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "co_mining", "--val", str(tiny_digits.val_json)]) == 2
+    assert "--train" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["mean_teacher"])
+def test_semi_supervised_methods_ask_for_unlabelled_images(method, tiny_digits, tmp_path, capsys):
+    rc = main(["train", method, "--train", str(tiny_digits.train_json), "--val", str(tiny_digits.val_json),
+               "--out", str(tmp_path / "x"), *TINY])
+    assert rc == 2 and "data.unlabelled" in capsys.readouterr().err
