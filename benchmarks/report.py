@@ -626,11 +626,12 @@ def readme_rows(results: dict) -> list[str]:
     if exp:
         recs = latest(exp["records"])
         parity = [r for r in recs if r["what"].startswith("parity")]
-        lat = [r for r in recs if r["what"].startswith("latency") and r.get("onnx_threads") == 1]
+        lat = [r for r in recs if r["what"].startswith("latency") and r.get("onnx_threads") in (1, 2)]
         text = "; ".join(f"{r['what'].split(', ', 1)[1]}: {r['matched']:,}/{r['compared']:,} detections matched, AP "
                          f"{pct(r['ap_pytorch'])} both" for r in parity)
         text += "".join(f"; ONNX Runtime {r['speedup']:.2f}× eager PyTorch at {r['image_size']} px ({r['onnx_ms']:.1f} vs "
-                        f"{r['pytorch_ms']:.1f} ms, batch 1, 1 thread each, paired)" for r in lat)
+                        f"{r['pytorch_ms']:.1f} ms, batch 1, {r['onnx_threads']} thread{'s' * (r['onnx_threads'] > 1)} each, "
+                        "paired)" for r in lat)
         rows.append(f"| ONNX export (RetinaNet, a {parity[0]['model_steps'] if parity else '?'}-step digits model) | {text} "
                     "([export](docs/benchmarks.md#onnx-export)) |")
     bank = results.get("cropbank")
