@@ -229,7 +229,8 @@ class _DenseAdapter(DetectorAdapter):
                 n = det_utils._topk_min(idx, topk, 0)
                 scores, order = scores.topk(n)
                 idx = idx[order]
-                gates_all.append(gate[idx])
+                if score_rule is not None:  # only a per-call rule reports its own score
+                    gates_all.append(gate[idx])
                 anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
                 labels = idx % num_classes
                 boxes = self._decode_boxes(level["bbox_regression"][anchor_idx], anchors_l[anchor_idx])
