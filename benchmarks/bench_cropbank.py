@@ -88,7 +88,7 @@ def pipeline(batches: int) -> list[dict]:
             pasted = 0
             for _ in range(batches):
                 b = next(it)
-                pasted += sum(int(v.target.flag("pasted").sum()) for v in b["views"]["strong"])
+                pasted += sum(int(v.target.flag("pasted").sum()) for v in b.views["strong"])
             dt = time.perf_counter() - t0
             out.append({"what": f"{name} stream, {'with' if fbr else 'without'} FBR paste", "fbr": fbr, "stream": name,
                         "images_per_s": round(8 * batches / dt, 1), "pasted_per_image": round(pasted / (8 * batches), 2),

@@ -27,7 +27,11 @@ class DataConfig:
     ``cache_dir`` when the paths are not given. ``semi`` (``{percent: P, seed: S}``) splits the
     training set into labelled / unlabelled images (``minedet data split-semi``) into ``cache_dir``
     and sets ``train``, ``unlabelled`` and ``hidden`` (the unlabelled images' erased boxes, for
-    measurement only) unless ``unlabelled`` is given.
+    measurement only) unless ``unlabelled`` is given. ``mixed`` (``{percent: P, sparse: S, mode: M,
+    seed: N}``) flags the training images complete / sparse / none (``minedet data split-semi
+    --sparse``) into ``cache_dir`` and sets ``train`` and ``hidden``. A training file whose images
+    carry ``"labels"`` flags feeds each stream the images of its kind (see ``minedet.run.stream_data``).
+    ``sparse`` names a separate file of sparsely labelled images.
     """
 
     train: str | None = None
@@ -37,13 +41,17 @@ class DataConfig:
     unlabelled: str | None = None
     unlabelled_images: str | None = None
     hidden: str | None = None
+    sparse: str | None = None
+    sparse_images: str | None = None
     digits: dict | None = None
     semi: dict | None = None
+    mixed: dict | None = None
     cache_dir: str = ".cache/minedet"
     image_size: int = 128
     flip: float = 0.5
     batch_size: int = 8
     unlabelled_batch_size: int | None = None
+    sparse_batch_size: int | None = None
     workers: int = 0
     strict: bool = False
 

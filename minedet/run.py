@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -36,7 +36,7 @@ def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
     if d.digits is None or (d.train is not None and d.val is not None):
         if d.train is None:
             raise MinedetError("config needs data.train (a COCO JSON) or data.digits")
-        return _resolve_semi(cfg, quiet)
+        return _resolve_semi(_resolve_mixed(cfg, quiet), quiet)
     from minedet.data.digits import build_digits
 
     args = dict(d.digits)
@@ -54,7 +54,40 @@ def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
         d.train, d.train_images = str(root / "annotations" / "train.json"), d.train_images or str(root / "images")
     if d.val is None:
         d.val, d.val_images = str(root / "annotations" / "val.json"), d.val_images or str(root / "images")
-    return _resolve_semi(cfg, quiet)
+    return _resolve_semi(_resolve_mixed(cfg, quiet), quiet)
+
+
+def _resolve_mixed(cfg: Config, quiet: bool) -> Config:
+    """``data.mixed = {percent, sparse, mode, seed}``: flag ``data.train``'s images complete / sparse /
+    none once (cached, keyed by the source's content hash) and point ``data.train`` / ``data.hidden``
+    at the flagged file and its hidden truth."""
+    d = cfg.data
+    if d.mixed is None:
+        return cfg
+    import hashlib
+
+    from minedet.data.coco import save_coco
+    from minedet.data.mixed import split_mixed
+    from minedet.io import write_json_atomic
+
+    unknown = set(d.mixed) - {"percent", "sparse", "mode", "seed"}
+    if unknown or not {"percent", "sparse", "mode"} <= set(d.mixed):
+        raise MinedetError(f"data.mixed takes percent, sparse, mode (required) and seed, got {sorted(d.mixed)}")
+    m = {**d.mixed, "seed": int(d.mixed.get("seed", 0))}
+    src = Path(d.train)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    root = Path(d.cache_dir) / "mixed" / f"{src.stem}-{sha}-c{m['percent']:g}-s{m['sparse']:g}-{m['mode']}-s{m['seed']}"
+    paths = {k: root / f"{k}.json" for k in ("mixed", "hidden")}
+    if not all(p.exists() for p in paths.values()):
+        res = split_mixed(load_coco(src, strict=d.strict).raw, float(m["percent"]), float(m["sparse"]), str(m["mode"]), m["seed"])
+        save_coco(paths["hidden"], res.hidden, validate=False)
+        save_coco(paths["mixed"], res.mixed, validate=False)
+        write_json_atomic(root / "manifest.json", {**res.manifest, "source_file": str(src)}, indent=1)
+        if not quiet:
+            print(f"minedet: mixed split {res.manifest['images']} (seed {m['seed']}) of {src} in {root}", file=sys.stderr)
+    d.train_images = _images_dir(str(src), d.train_images)
+    d.train, d.hidden, d.mixed = str(paths["mixed"]), str(paths["hidden"]), None
+    return cfg
 
 
 def _resolve_semi(cfg: Config, quiet: bool) -> Config:
@@ -98,16 +131,16 @@ def _images_dir(json_path: str, given: str | None) -> str:
     return given if given is not None else str(Path(json_path).parent)
 
 
-def make_dataset(path: str, images: str | None, cfg: Config, *, views=None, train: bool, with_targets: bool = True,
-                 hidden: str | None = None) -> DetectionDataset:
-    data = load_coco(path, strict=cfg.data.strict)
-    hidden_data = load_coco(hidden) if hidden else None
-    if hidden_data is not None:  # a hidden truth of another split would make every quality number silently wrong
-        check_hidden_matches(data.raw, hidden_data.raw, kept_file=path, hidden_file=hidden)
+def make_dataset(path: str | CocoData, images: str | None, cfg: Config, *, views=None, train: bool,
+                 with_targets: bool = True, hidden: str | CocoData | None = None) -> DetectionDataset:
+    """A dataset of a COCO file (or loaded data, with its image folder) with the views asked for; ``hidden`` (a file or
+    loaded data holding at least these images) is cut to these images and checked against them."""
+    data = path if isinstance(path, CocoData) else load_coco(path, strict=cfg.data.strict)
+    hidden_data = _hidden_for(data, hidden)
     base = Compose([RandomHorizontalFlip(cfg.data.flip)]) if train and cfg.data.flip > 0 else Compose([])
     return DetectionDataset(
         data,
-        _images_dir(path, images),
+        images if isinstance(path, CocoData) else _images_dir(path, images),
         base=base,
         views=views,
         seed=cfg.train.seed,
@@ -115,6 +148,21 @@ def make_dataset(path: str, images: str | None, cfg: Config, *, views=None, trai
         hidden=hidden_data,
         skip_bad_images=not cfg.data.strict,
     )
+
+
+def _hidden_for(data: CocoData, hidden: str | CocoData | None) -> CocoData | None:
+    """The hidden truth of ``data``'s images; a hidden truth of another split would make every quality
+    number silently wrong, so ids, categories and annotation ids are checked."""
+    if hidden is None:
+        return None
+    from minedet.data.mixed import select_images
+
+    h = hidden if isinstance(hidden, CocoData) else load_coco(hidden)
+    ids = {int(im["id"]) for im in data.images}
+    if ids < {int(im["id"]) for im in h.images}:  # one hidden file of a mixed dataset: this stream's part
+        h = select_images(h, ids, what="hidden truth of " + str(data.path))
+    check_hidden_matches(data.raw, h.raw, kept_file=str(data.path), hidden_file=str(h.path))
+    return h
 
 
 def build_spec(cfg: Config, data: CocoData) -> DetectorSpec:
@@ -223,32 +271,76 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     return Run(cfg, spec, method, datasets, val, info, out)
 
 
+def stream_data(cfg: Config, streams: Iterable[str]) -> dict[str, tuple[CocoData, str]]:
+    """Where each stream's images come from: ``{stream: (data, image folder)}``.
+
+    ``labelled`` is ``data.train``, ``sparse`` is ``data.sparse``, ``unlabelled`` is ``data.unlabelled``.
+    When ``data.train``'s images carry ``"labels"`` flags (:mod:`minedet.data.mixed`), it is cut by kind:
+    complete -> ``labelled``, sparse -> ``sparse``, none -> ``unlabelled`` (unless those files are given).
+    A method without a ``sparse`` stream trains its ``labelled`` stream on the sparse images too when it
+    reads no unlabelled images (Co-mining, supervised); otherwise the kinds it has no stream for are
+    left out, with a note. Empty streams are left out.
+    """
+    from minedet.data.mixed import is_mixed, kind_counts, select_kinds
+
+    d, streams = cfg.data, list(streams)
+    train = load_coco(d.train, strict=d.strict)
+    out: dict[str, tuple[CocoData, str]] = {}
+    folder = _images_dir(d.train, d.train_images)
+    if not is_mixed(train):
+        out["labelled"] = (train, folder)
+    else:
+        kinds = {"labelled": ["complete"], "sparse": ["sparse"], "unlabelled": ["none"]}
+        if "sparse" not in streams and "unlabelled" not in streams:
+            kinds["labelled"] = ["complete", "sparse"]
+        unused = [k for s, ks in kinds.items() if s not in streams for k in ks if k not in kinds["labelled"]]
+        counts = kind_counts(train)
+        for s in streams:
+            if not (s == "sparse" and d.sparse) and not (s == "unlabelled" and d.unlabelled):
+                out[s] = (select_kinds(train, kinds[s]), folder)
+        left = [f"{counts[k]['images']} {k}" for k in unused if counts[k]["images"]]
+        if left:
+            print(f"minedet: this method has no stream for the {' and '.join(left)}-labelled images of {d.train}; "
+                  "they are left out (the mixed method reads every kind)", file=sys.stderr)
+    for s, path, images in (("sparse", d.sparse, d.sparse_images), ("unlabelled", d.unlabelled, d.unlabelled_images)):
+        if s in streams and path is not None:
+            out[s] = (load_coco(path, strict=d.strict), _images_dir(path, images))
+    return {s: v for s, v in out.items() if v[0].images}
+
+
 def stream_datasets(cfg: Config, method: Method) -> dict[str, DetectionDataset]:
-    """One dataset per stream the method declares, with the views it asks for."""
+    """One dataset per stream the method declares, with the views it asks for (see :func:`stream_data`);
+    a stream the method cannot do without and the data lacks is a :class:`MinedetError`."""
     streams = method.streams()
-    datasets: dict[str, DetectionDataset] = {}
-    for name, views in streams.items():
-        if name == "labelled":
-            datasets[name] = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True,
-                                          hidden=cfg.data.hidden if "unlabelled" not in streams else None)
-        elif name == "unlabelled":
-            if cfg.data.unlabelled is None:
-                raise MinedetError(f"method {method.name!r} needs data.unlabelled (a COCO JSON of unlabelled images)")
-            datasets[name] = make_dataset(cfg.data.unlabelled, cfg.data.unlabelled_images, cfg, views=views, train=True,
-                                          with_targets=False, hidden=cfg.data.hidden)
-        else:
-            raise MinedetError(f"method {method.name!r} asks for an unknown data stream {name!r}")
-    return datasets
+    unknown = set(streams) - {"labelled", "sparse", "unlabelled"}
+    if unknown:
+        raise MinedetError(f"method {method.name!r} asks for an unknown data stream {sorted(unknown)[0]!r}")
+    sources = stream_data(cfg, streams)
+    optional = getattr(method, "optional_streams", frozenset())
+    missing = [s for s in streams if s not in sources and s not in optional]
+    if missing:
+        need = {"labelled": "data.train (a COCO JSON with labelled images)",
+                "sparse": "sparsely labelled images (data.sparse, or images flagged \"labels\": \"sparse\" in data.train)",
+                "unlabelled": "data.unlabelled (a COCO JSON of unlabelled images)"}[missing[0]]
+        raise MinedetError(f"method {method.name!r} needs {need}")
+    measured = {"sparse", "unlabelled"} & set(sources) or {"labelled"}  # where hidden truth is measured
+    return {
+        s: make_dataset(data, images, cfg, views=streams[s], train=True, with_targets=s != "unlabelled",
+                        hidden=cfg.data.hidden if s in measured else None)
+        for s, (data, images) in sources.items()
+    }
 
 
 def batch_stream(run: Run) -> Callable[[int], Iterator[dict]]:
     """``batches(start_step)``: one batch per step, ``{stream: collated batch}``, on the run's device."""
     cfg, info, t = run.cfg, run.info, run.cfg.train
-    bs = {"labelled": cfg.data.batch_size, "unlabelled": cfg.data.unlabelled_batch_size or cfg.data.batch_size}
+    d = cfg.data
+    keys = {"labelled": "batch_size", "unlabelled": "unlabelled_batch_size", "sparse": "sparse_batch_size"}
+    keys = {s: k if getattr(d, k) is not None else "batch_size" for s, k in keys.items()}
+    bs = {s: getattr(d, k) for s, k in keys.items()}
     for k in run.datasets:  # the batch sizes are global: each rank loads bs / world
         if bs[k] % info.world:
-            key = "data.batch_size" if k == "labelled" or cfg.data.unlabelled_batch_size is None else "data.unlabelled_batch_size"
-            raise MinedetError(f"{key}={bs[k]} is the global batch and must be a multiple of the {info.world} processes")
+            raise MinedetError(f"data.{keys[k]}={bs[k]} is the global batch and must be a multiple of the {info.world} processes")
     per_rank = {k: max(1, bs[k] // info.world) for k in run.datasets}
 
     def batches(start_step: int) -> Iterator[dict]:
@@ -322,10 +414,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
         return batch
     from dataclasses import replace
 
-    for stream in batch.values():
-        for name, views in stream["views"].items():
-            stream["views"][name] = [replace(v, image=v.image.to(device, non_blocking=True), target=v.target.to(device)) for v in views]
-    return batch
+    def move(v):
+        return replace(v, image=v.image.to(device, non_blocking=True), target=v.target.to(device))
+
+    return {name: stream.map_views(move) for name, stream in batch.items()}
 
 
 def print_reports(result: dict, file=None) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minedet.cli.registry import build_method
-from minedet.data.datasets import View
+from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
 from minedet.errors import MinedetError
 from minedet.methods.acrst import Acrst, AcrstOptions
@@ -38,8 +38,8 @@ def _batch(n=2, seed=0, pasted=None, flip_weak=False):
         t = Target.empty(100 + i) if pasted is None else pasted[i]
         us.append(View((v.image * 0.8).clamp(0, 1), t, m))
     return {
-        "labelled": {"image_id": list(range(n)), "views": {"weak": lw, "strong": ls}},
-        "unlabelled": {"image_id": [100 + i for i in range(n)], "views": {"weak": uw, "strong": us}},
+        "labelled": StreamBatch(list(range(n)), [(0, 0)] * n, {"weak": lw, "strong": ls}),
+        "unlabelled": StreamBatch([100 + i for i in range(n)], [(0, 0)] * n, {"weak": uw, "strong": us}),
     }
 
 
@@ -382,9 +382,9 @@ def test_dataloader_workers_pick_up_a_republished_bank(tiny_digits, semi_split, 
     only(4, 1)
     it = infinite_loader(unl, 2, seed=0, workers=1)
     first = next(it)
-    assert {int(k) for v in first["views"]["strong"] for k in v.target.labels} == {4}
+    assert {int(k) for v in first.views["strong"] for k in v.target.labels} == {4}
     only(7, 2)
     labels = set()
     for _ in range(4):  # samples already prefetched may still come from the old bank
-        labels |= {int(k) for v in next(it)["views"]["strong"] for k in v.target.labels}
+        labels |= {int(k) for v in next(it).views["strong"] for k in v.target.labels}
     assert 7 in labels

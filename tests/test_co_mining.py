@@ -7,7 +7,7 @@ import torch
 
 from minedet.pseudo.semantics import carry
 
-from minedet.data.datasets import View
+from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
 from minedet.methods.co_mining import CoMining, CoMiningOptions
 from minedet.structures import Target
@@ -20,7 +20,7 @@ def _batch(n=2, size=64, seed=0, empty=()):
     m = BoxMap(size=(size, size))
     o = [View(torch.rand(3, size, size, generator=g), t, m) for t in targets]
     a = [View((v.image * 0.7 + 0.1).clamp(0, 1), v.target, m) for v in o]
-    return {"labelled": {"image_id": list(range(n)), "views": {"o": o, "a": a}}}
+    return {"labelled": StreamBatch(list(range(n)), [(0, 0)] * n, {"o": o, "a": a})}
 
 
 def _confident(det):
@@ -62,7 +62,7 @@ def test_complementary_supervision_uses_the_other_branch():
     batch = _batch(n=2)
     m.training_step(batch)
     (t_o, t_a) = seen
-    gts = [v.target for v in batch["labelled"]["views"]["o"]]
+    gts = [v.target for v in batch["labelled"].views["o"]]
     mined = m.last_mined
     for i in range(2):
         assert len(t_o[i]) == len(gts[i]) + len(mined["a"][i])
@@ -81,7 +81,7 @@ def test_mined_boxes_never_duplicate_same_class_ground_truth():
     from torchvision.ops import box_iou
 
     for name in ("o", "a"):
-        for gt, p in zip([v.target for v in batch["labelled"]["views"][name]], m.last_mined[name]):
+        for gt, p in zip([v.target for v in batch["labelled"].views[name]], m.last_mined[name]):
             if len(gt) and len(p):
                 iou = box_iou(p.boxes, gt.boxes) * (p.labels[:, None] == gt.labels[None, :])
                 assert float(iou.max()) <= 0.4
@@ -100,7 +100,7 @@ def test_gt_match_any_drops_other_class_boxes_on_labelled_objects():
         m = CoMining(det, CoMiningOptions(tau=0.5, gt_match=mode))
         m.training_step(batch)
         worst[mode] = max(float(box_iou(p.boxes, v.target.boxes).max()) for v, p in
-                          zip(batch["labelled"]["views"]["o"], m.last_mined["o"]) if len(p) and len(v.target))
+                          zip(batch["labelled"].views["o"], m.last_mined["o"]) if len(p) and len(v.target))
     assert worst["any"] <= 0.4 < worst["same"]  # the release keeps other-class boxes on labelled objects
     with pytest.raises(MinedetError, match="gt_match"):
         CoMining(tiny_detector("retinanet"), CoMiningOptions(gt_match="class"))
@@ -138,7 +138,7 @@ def test_fcos_mines_on_the_class_probability_and_decodes_as_before():
     m.training_step(batch)
     assert all(len(t) > 0 for t in m.last_mined["o"]), "class probability 0.998 > tau: mined"
     det.eval()
-    images = [v.image for v in batch["labelled"]["views"]["o"]]
+    images = [v.image for v in batch["labelled"].views["o"]]
     assert all(len(t) == 0 for t in det.predict(images)), "evaluation keeps sqrt(p * centerness) ~ 0.01 < 0.5"
 
 
@@ -252,7 +252,7 @@ def test_uncertain_mined_boxes_are_ignored_not_background():
     assert all(t.flag("weight").eq(0).all() and not t.flag("regress").any() for t in ignored)
     assert float(li["o/classification"].detach()) != float(lp["o/classification"].detach())
     # an ignored box adds nothing to the box loss (its anchors still count in the foreground normaliser)
-    out = det.forward_heads([v.image for v in batch["labelled"]["views"]["o"]])
+    out = det.forward_heads([v.image for v in batch["labelled"].views["o"]])
     assert float(det.loss(out, ignored)["bbox_regression"].detach()) == 0.0
 
 

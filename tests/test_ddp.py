@@ -246,14 +246,14 @@ def test_ranks_together_see_the_one_process_batch(tiny_digits):
     for _ in range(4):  # > one epoch of 12 images
         b = next(full)
         parts = [next(s) for s in shards]
-        ids = sorted(i for p in parts for i in p["image_id"])
-        assert sorted(b["image_id"]) == ids
-        got = {iid: (p["views"]["a"][j].image, p["views"]["a"][j].target.boxes)
-               for p in parts for j, iid in enumerate(p["image_id"])}
-        for j, iid in enumerate(b["image_id"]):
+        ids = sorted(i for p in parts for i in p.image_ids)
+        assert sorted(b.image_ids) == ids
+        got = {iid: (p.views["a"][j].image, p.views["a"][j].target.boxes)
+               for p in parts for j, iid in enumerate(p.image_ids)}
+        for j, iid in enumerate(b.image_ids):
             img, boxes = got[iid]
-            assert torch.equal(img, b["views"]["a"][j].image), "the colour view is seeded by the sample key"
-            assert torch.equal(boxes, b["views"]["a"][j].target.boxes)
+            assert torch.equal(img, b.views["a"][j].image), "the colour view is seeded by the sample key"
+            assert torch.equal(boxes, b.views["a"][j].target.boxes)
             empties += int(boxes.numel() == 0)
     assert empties > 0, "images with no boxes take part"
 

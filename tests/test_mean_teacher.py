@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minedet.cli.registry import build_method
-from minedet.data.datasets import View
+from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap, Compose, RandomHorizontalFlip, RandomScaleCrop
 from minedet.errors import MinedetError
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
@@ -31,8 +31,8 @@ def _batch(n=2, seed=0, empty=(1,)):
     uw = [View(torch.rand(3, SIZE, SIZE, generator=g), Target.empty(100 + i), m) for i in range(n)]
     us = [View((v.image * 0.8).clamp(0, 1), v.target, m) for v in uw]
     return {
-        "labelled": {"image_id": list(range(n)), "views": {"weak": lw, "strong": ls}},
-        "unlabelled": {"image_id": [100 + i for i in range(n)], "views": {"weak": uw, "strong": us}},
+        "labelled": StreamBatch(list(range(n)), [(0, 0)] * n, {"weak": lw, "strong": ls}),
+        "unlabelled": StreamBatch([100 + i for i in range(n)], [(0, 0)] * n, {"weak": uw, "strong": us}),
     }
 
 
@@ -123,7 +123,7 @@ def test_unsup_losses_are_classification_only_and_give_no_regression_gradient(na
     assert sum(len(t) for t in pseudo) > 0, "tau=0 must produce pseudo boxes"
     assert all(not t.flag("regress").any() and t.flag("pseudo").all() for t in pseudo)
     # the full detector loss on the pseudo targets has zero regression terms (regress=False)
-    full = det.loss(det.forward_heads([v.image for v in _batch()["unlabelled"]["views"]["strong"]]), pseudo)
+    full = det.loss(det.forward_heads([v.image for v in _batch()["unlabelled"].views["strong"]]), pseudo)
     for k in {"retinanet": ["bbox_regression"], "fcos": ["bbox_regression", "bbox_ctrness"],
               "faster_rcnn": ["loss_box_reg", "loss_rpn_box_reg"]}[name]:
         assert float(full[k].detach()) == 0.0, k
@@ -225,7 +225,7 @@ def test_pseudo_boxes_land_where_the_pixels_went_under_flip_and_scale_crop():
     assert weak_box[0, 0] > 30, "the weak view is mirrored"
     _fake_teacher(m, [Target(weak_box, torch.tensor([2]), torch.tensor([0.9]))])
     lab = _batch(n=1)["labelled"]
-    m.training_step({"labelled": lab, "unlabelled": {"image_id": [7], "views": {"weak": [weak], "strong": [strong]}}})
+    m.training_step({"labelled": lab, "unlabelled": StreamBatch([7], [(0, 0)], {"weak": [weak], "strong": [strong]})})
     (t,) = m.last_step.unsup_targets
     ys, xs = torch.where(strong_img[0] > 0.75)
     bright = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
@@ -340,7 +340,7 @@ def test_stac_labels_the_unlabelled_set_once_and_trains_on_the_stored_labels(tin
     assert len(calls) == n_calls, "no teacher forward during training"
     assert {"sup/classification", "unsup/classification", "unsup/bbox_regression"} <= set(losses)
     assert torch.isfinite(sum(losses.values()))
-    for t, image_id, v in zip(seen[1], batch["unlabelled"]["image_id"], batch["unlabelled"]["views"]["strong"]):
+    for t, image_id, v in zip(seen[1], batch["unlabelled"].image_ids, batch["unlabelled"].views["strong"]):
         stored = m.pseudo[image_id]
         assert torch.allclose(t.boxes, carry(stored, BoxMap(), v.map).boxes)
         assert t.flag("pseudo").all() and t.flag("regress").all()

@@ -96,3 +96,14 @@ def test_mean_teacher_sigkill_after_burn_in_then_resume_reproduces_uninterrupted
     # the teacher is an EMA of the student, not a copy of it
     assert any(not torch.equal(teacher["ema.module." + k[len("detector."):]], v)
                for k, v in student.items() if v.is_floating_point() and "ema.module." + k[len("detector."):] in teacher)
+
+
+def test_mixed_sigkill_after_burn_in_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path):
+    """All three streams from one flagged file (25 % complete, 50 % sparse, the rest unlabelled); the
+    kill lands after burn-in, so teacher, student and the three loaders' positions must all come back."""
+    killed_at = _sigkill_resume(
+        tiny_digits, tmp_path, min_saves=2, pseudo_key="pseudo/boxes_per_image",
+        data__mixed={"percent": 25, "sparse": 50, "mode": "hard", "seed": 0}, data__cache_dir=str(tmp_path / "cache"),
+        method__name="mixed", method__burn_in=2, method__tau=0.005, method__ignore_below=0.001, method__max_dets=10,
+    )
+    assert killed_at > 2, "the kill landed after burn-in"

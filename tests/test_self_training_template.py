@@ -14,6 +14,8 @@ import json
 import pytest
 import torch
 
+from minedet.data.datasets import StreamBatch
+
 from minedet.data.transforms import BoxMap
 from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
 from minedet.pseudo.semantics import PseudoLabels, PseudoRule
@@ -37,7 +39,7 @@ class FrozenTeacher(SelfTraining):
 
     @torch.no_grad()
     def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
-        weak = batch["unlabelled"]["views"]["weak"]
+        weak = batch["unlabelled"].views["weak"]
         dets = self.frozen[0].predict(self.images(weak), score_thresh=self.rule.floor)
         return self.rule(dets, [v.target.image_id for v in weak]), [v.map for v in weak]
 
@@ -109,7 +111,7 @@ def test_adaptive_co_mining_logs_its_class_thresholds_and_resumes_them():
     size = 64
     targets = random_targets(2, size)
     views = [View(torch.rand(3, size, size), t, BoxMap(size=(size, size))) for t in targets]
-    batch = {"labelled": {"image_id": [0, 1], "views": {"o": views, "a": views}}}
+    batch = {"labelled": StreamBatch([0, 1], [(0, 0)] * 2, {"o": views, "a": views})}
     m = CoMining(det, CoMiningOptions(adaptive=True))
     m.training_step(batch)
     logged = m.log_metrics()

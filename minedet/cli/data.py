@@ -54,6 +54,11 @@ Images removed by that filter are in neither set (as in Unbiased Teacher) and ar
 Writes, in --out-dir (default: beside the input), files named STEM.semiPpct.seedS.*:
 labelled.json (labelled images and their boxes), unlabelled.json (the other images, no boxes),
 unlabelled.hidden.json (their boxes) and manifest.json (the labelled image ids, sorted).
+
+With --sparse S --mode M one mixed file is written instead, for the mixed method: P% of the images
+flagged "labels": "complete" (boxes kept), S% "sparse" (boxes erased by 'minedet data sparsify --mode M'
+with the same seed) and the rest "none" (every box erased), drawn by numpy default_rng(SEED).permutation.
+Files STEM.mixedPcSs-M.seedS.json, .hidden.json (every erased box) and .manifest.json.
 """
 
 
@@ -169,6 +174,10 @@ def _register_split_semi(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--out-dir", default=None, metavar="DIR", help="output folder (default: the input's folder)")
     m.add_argument("--split-file", default=None, metavar="COCO_supervision.txt",
                    help="reproduce Unbiased Teacher's split from its position file")
+    m.add_argument("--sparse", type=float, default=None, metavar="S",
+                   help="also flag S%% of the images sparse (with --mode): one mixed file for the mixed method")
+    m.add_argument("--mode", default=None, choices=["easy", "hard", "extreme", "keep1"],
+                   help="with --sparse: how the sparse images' boxes are erased (see minedet data sparsify)")
     m.set_defaults(func=_cmd_split_semi)
 
 
@@ -340,7 +349,37 @@ def _pct(p: float) -> str:
     return f"{p:g}"
 
 
+def _cmd_split_mixed(args: argparse.Namespace) -> int:
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.mixed import split_mixed
+    from minedet.io import write_json_atomic
+
+    if args.mode is None or args.split_file:
+        raise MinedetError("--sparse needs --mode (easy, hard, extreme or keep1) and takes no --split-file")
+    src = Path(args.input)
+    out_dir = Path(args.out_dir) if args.out_dir else src.parent
+    stem = src.name[:-5] if src.name.endswith(".json") else src.name
+    tag = f"{stem}.mixed{_pct(args.percent)}c{_pct(args.sparse)}s-{args.mode}.seed{args.seed}"
+    paths = {k: out_dir / f"{tag}{k}.json" for k in ("", ".hidden", ".manifest")}
+    _refuse_overwrite(src, list(paths.values()))
+    res = split_mixed(load_coco(src).raw, args.percent, args.sparse, args.mode, args.seed)
+    manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": _file_sha256(src),
+                "command": f"minedet data split-semi {src} --percent {_pct(args.percent)} --sparse {_pct(args.sparse)} "
+                           f"--mode {args.mode} --seed {args.seed}"}
+    save_coco(paths[".hidden"], res.hidden, validate=False)
+    save_coco(paths[""], res.mixed, validate=False)
+    write_json_atomic(paths[".manifest"], manifest, indent=1)
+    n = manifest["images"]
+    print(f"{paths['']}: {n['complete']} complete, {n['sparse']} sparse, {n['none']} unlabelled images, "
+          f"{manifest['annotations']['kept']} boxes")
+    print(f"{paths['.hidden']}: {manifest['annotations']['hidden']} hidden boxes")
+    print(paths[".manifest"])
+    return 0
+
+
 def _cmd_split_semi(args: argparse.Namespace) -> int:
+    if args.sparse is not None:
+        return _cmd_split_mixed(args)
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.splits import split_semi, split_semi_from_supervision_file
     from minedet.io import write_json_atomic

@@ -11,6 +11,7 @@ from minedet.methods.base import Method
 from minedet.methods.acrst import Acrst, AcrstOptions, StacAcrst, StacAcrstOptions
 from minedet.methods.co_mining import CoMining, CoMiningOptions
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
+from minedet.methods.mixed import Mixed, MixedOptions
 from minedet.methods.stac import Stac, StacOptions
 from minedet.methods.supervised import Supervised, SupervisedOptions
 from minedet.models.detector import DetectorAdapter
@@ -22,6 +23,7 @@ METHODS: dict[str, tuple[type[Method], type]] = {
     "stac": (Stac, StacOptions),
     "acrst": (Acrst, AcrstOptions),
     "stac_acrst": (StacAcrst, StacAcrstOptions),
+    "mixed": (Mixed, MixedOptions),
 }
 
 

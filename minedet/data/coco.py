@@ -284,6 +284,7 @@ def validate_coco(
         for i, im in enumerate(images):
             _check_image_file(im, root, file, _rec("image", i, im))
     anns = _validate_annotations(d["annotations"], file, sizes, cat_ids, strict)
+    _check_unlabelled_images(images, anns.kept, file)
     rejected = _validate_rejected(d.get("rejected"), file, sizes, cat_ids)
     raw = {k: v for k, v in d.items()}
     raw["images"] = images
@@ -351,6 +352,20 @@ def _validate_categories(records: list, file: str) -> tuple[list[dict], set[int]
     return cats, cat_ids
 
 
+# an image record's optional "labels" flag: how completely its boxes were labelled (minedet.data.mixed)
+LABEL_KINDS = ("complete", "sparse", "none")
+
+
+def _check_unlabelled_images(images: list[dict], anns: list[dict], file: str) -> None:
+    """An image flagged ``"labels": "none"`` has no box."""
+    none = {im["id"]: i for i, im in enumerate(images) if im.get("labels") == "none"}
+    for a in anns:
+        if a["image_id"] in none:
+            i = none[a["image_id"]]
+            raise MinedetError(f'image is flagged "labels": "none" but annotation id={a["id"]} boxes it',
+                               file=file, record=_rec("image", i, images[i]))
+
+
 def _validate_images(records: list, file: str) -> tuple[list[dict], dict[int, tuple[int, int]]]:
     """Check the image records (objects with the image keys, an integer ``id`` unique in the list,
     positive integer width/height, a relative ``file_name`` inside the image root). Returns their
@@ -372,6 +387,8 @@ def _validate_images(records: list, file: str) -> tuple[list[dict], dict[int, tu
         if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
             raise MinedetError(f"width/height must be positive integers, got {w!r}x{h!r}", file=file, record=rec)
         _check_file_name(im["file_name"], file, rec)
+        if "labels" in im and im["labels"] not in LABEL_KINDS:
+            raise MinedetError(f'"labels" must be one of {", ".join(LABEL_KINDS)}, got {im["labels"]!r}', file=file, record=rec)
         sizes[im["id"]] = (w, h)
         images.append(dict(im))
     return images, sizes

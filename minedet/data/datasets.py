@@ -165,14 +165,37 @@ class DetectionDataset(Dataset):
         return {"image_id": image_id, "views": views, "orig_size": orig, "index": index}
 
 
-def collate(samples: list[dict]) -> dict:
-    """List of samples -> {"image_id": [...], "views": {name: [View, ...]}, "orig_size": [...]}"""
+@dataclass
+class StreamBatch:
+    """One stream's samples of a step, collated.
+
+    Attributes:
+        image_ids: the COCO image id of each sample.
+        orig_sizes: each file image's ``(H0, W0)``.
+        views: view name -> one :class:`View` per sample (same order).
+    """
+
+    image_ids: list[int]
+    orig_sizes: list[tuple[int, int]]
+    views: dict[str, list[View]]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def map_views(self, fn) -> "StreamBatch":
+        """A copy with ``fn(view)`` applied to every view (e.g. moving it to a device)."""
+        return StreamBatch(list(self.image_ids), list(self.orig_sizes),
+                           {n: [fn(v) for v in vs] for n, vs in self.views.items()})
+
+
+Batch = dict  # {stream name: StreamBatch}: what a method's training_step receives
+
+
+def collate(samples: list[dict]) -> StreamBatch:
+    """List of samples -> :class:`StreamBatch`."""
     names = samples[0]["views"].keys()
-    return {
-        "image_id": [s["image_id"] for s in samples],
-        "orig_size": [s["orig_size"] for s in samples],
-        "views": {n: [s["views"][n] for s in samples] for n in names},
-    }
+    return StreamBatch([s["image_id"] for s in samples], [s["orig_size"] for s in samples],
+                       {n: [s["views"][n] for s in samples] for n in names})
 
 
 class InfiniteSampler(Sampler[int]):

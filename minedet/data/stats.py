@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 from minedet.data.coco import CocoData
+from minedet.data.mixed import is_mixed, kind_counts
 from minedet.io import write_bytes_atomic
 
 __all__ = ["dataset_stats", "format_stats", "plot_stats", "SIZE_BINS"]
@@ -82,6 +83,7 @@ def dataset_stats(data: CocoData) -> dict[str, Any]:
             for i in range(len(SIZE_BINS))
         ],
         "coco_size": {"small": small, "medium": medium, "large": large},
+        **({"labels": kind_counts(data)} if is_mixed(data) else {}),
     }
 
 
@@ -92,6 +94,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"  images {stats['images']}  annotations {stats['annotations']}  (crowd {stats['crowd']})  "
         f"categories {stats['categories']}  images without boxes {stats['images_without_boxes']}",
     ]
+    if stats.get("labels"):  # a mixed file: how completely each image was labelled
+        mix = stats["labels"]
+        lines.append("  labels: " + ", ".join(f"{v['images']} {k} ({v['boxes']} boxes)" for k, v in mix.items()))
     if stats.get("n_clipped") or stats.get("n_dropped"):
         lines.append(f"  boxes clipped to the image {stats['n_clipped']}, zero-area boxes dropped {stats['n_dropped']}")
     lines.append("")

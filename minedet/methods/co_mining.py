@@ -156,7 +156,7 @@ class CoMining(Method):
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         o = self.options
-        views = batch["labelled"]["views"]
+        views = batch["labelled"].views
         vo = views["o"]
         b = len(vo)
         branches = ["o", "a"] if o.siamese else ["o"]
@@ -202,7 +202,7 @@ class CoMining(Method):
                 self.metrics[f"pseudo/{k}_class/{names[c] if names and c < len(names) else c}"] = float(count)
         if ds is None or ds.hidden is None:
             return
-        hidden = [ds.hidden_target(i) for i in batch["labelled"]["image_id"]]
+        hidden = [ds.hidden_target(i) for i in batch["labelled"].image_ids]
         for name, targets in mined.items():
             q = against_hidden(targets, hidden, [v.map for v in views[name]])
             self.quality[name].merge(q)

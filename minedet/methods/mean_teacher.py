@@ -97,7 +97,7 @@ class MeanTeacher(SelfTraining):
         """The teacher's detections on the unlabelled weak views (score >= the rule's floor, or ACRST's
         Pseudo Recall threshold when lower), split by the rule; boxes in the weak-view frame."""
         o = self.options
-        weak = batch["unlabelled"]["views"]["weak"]
+        weak = self.pseudo_views(batch, "weak")
         floor = self.rule.floor if self.rb is None else min(self.rule.floor, self.rb.o.pr_thresh)
         self.teacher.eval()
         dets = self.teacher.predict(self.images(weak), score_thresh=floor, nms_thresh=o.nms, detections_per_img=o.max_dets)
@@ -106,14 +106,18 @@ class MeanTeacher(SelfTraining):
         if self.rb is not None:
             self.rb.add_detections([d.detach() for d in dets])  # Pseudo Recall (Eq. 8) counts scores > pr_thresh
         if self.rule.thresholds is not None:  # what the teacher makes of the labelled boxes now
-            lab = batch["labelled"]["views"]
-            views = lab["weak"] if "weak" in lab else lab["strong"]
+            views = self.known_views(batch)
             seen = self.teacher.predict(self.images(views), score_thresh=self.rule.thresholds.lo, nms_thresh=o.nms,
                                         detections_per_img=o.max_dets)
             self.rule.thresholds.observe(seen, self.targets(views))
             for k, v in enumerate(self.rule.thresholds.values().tolist()):
                 self.metrics[f"pseudo/tau_{k}"] = v
         return self.rule(dets, ids), maps
+
+    def known_views(self, batch: dict) -> list:
+        """Views whose boxes are true labels, in the teacher's frame (the labelled weak views)."""
+        lab = batch["labelled"].views
+        return lab["weak"] if "weak" in lab else lab["strong"]
 
     def after_step(self, step: int) -> None:
         """``step`` optimiser steps are done: copy the teacher at the end of burn-in, EMA after;

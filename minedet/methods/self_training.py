@@ -141,10 +141,22 @@ class SelfTraining(Method):
             return self.rb.sup_targets(views, self.pasted_regress)
         return self.targets(views)
 
+    def pseudo_streams(self, batch: dict) -> list[str]:
+        """The streams whose images the teacher labels this step, in batch order (``unlabelled``)."""
+        return ["unlabelled"]
+
+    def pseudo_views(self, batch: dict, view: str) -> list:
+        """View ``view`` of every image the teacher labels, streams concatenated in :meth:`pseudo_streams` order."""
+        return [v for s in self.pseudo_streams(batch) for v in batch[s].views[view]]
+
+    def stream_loss(self, stream: str) -> tuple[str, float]:
+        """Loss prefix and weight of a pseudo-labelled stream: ``unsup`` at ``lambda_unsup``."""
+        return "unsup", self.options.lambda_unsup
+
     def unsup_targets(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> list[Target]:
         """Pseudo-labels (confident and ignored) carried into each strong view; with ACRST, minus the
         boxes hidden by a paste, plus the pasted instances."""
-        strong = batch["unlabelled"]["views"]["strong"]
+        strong = self.pseudo_views(batch, "strong")
         carried = [carry(t, m, v.map).to(v.image.device) for t, m, v in zip(labels.targets(), maps, strong)]
         if self.rb is None:
             return carried
@@ -156,7 +168,7 @@ class SelfTraining(Method):
         return prefixed(self.detector.loss(out, self.sup_targets(views)), "sup")
 
     def sup_views(self, batch: dict) -> list:
-        lab = batch["labelled"]["views"]
+        lab = batch["labelled"].views
         return [v for name in self.sup_view_names() for v in lab[name]]
 
     # ------------------------------------------------------------------ the step
@@ -168,11 +180,15 @@ class SelfTraining(Method):
         self.observe(batch, labels, maps)
         targets_u = self.unsup_targets(batch, labels, maps)
         sup_views = self.sup_views(batch)
-        strong = batch["unlabelled"]["views"]["strong"]
         n = len(sup_views)
-        out = self.detector.forward_heads(self.images(sup_views) + self.images(strong))
-        losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.sup_targets(sup_views)), "sup")
-        losses.update(prefixed(self.detector.loss(out.take(slice(n, None)), targets_u), "unsup", self.options.lambda_unsup))
+        out = self.detector.forward_heads(self.images(sup_views) + self.images(self.pseudo_views(batch, "strong")))
+        losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.sup_targets(sup_views)), "sup") if n else {}
+        j = 0
+        for stream in self.pseudo_streams(batch):  # one loss per stream, each with its own weight
+            k = len(batch[stream])
+            prefix, weight = self.stream_loss(stream)
+            losses.update(prefixed(self.detector.loss(out.take(slice(n + j, n + j + k)), targets_u[j:j + k]), prefix, weight))
+            j += k
         self.last_step = StepRecord(labels, targets_u)
         return losses
 
@@ -180,21 +196,25 @@ class SelfTraining(Method):
     def observe(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> None:
         """After each step's labelling: quality against the hidden truth (``quality/*``); with ACRST,
         the pseudo bank and Table 10's variants."""
-        ids = [int(i) for i in batch["unlabelled"]["image_id"]]
-        q = self.measure(ids, labels.confident, maps)
+        streams = [s for s in self.pseudo_streams(batch) for _ in range(len(batch[s]))]
+        ids = [int(i) for s in self.pseudo_streams(batch) for i in batch[s].image_ids]
+        q = self.measure(ids, labels.confident, maps, streams)
         if q is not None:
             self.metrics.update(q.as_dict(prefix="quality/"))
         if self.rb is not None:
             self.rb.observe(ids, labels, maps, self.datasets.get("unlabelled"), self.metrics, self.rule)
 
-    def measure(self, image_ids: list[int], confident: list[Target], maps: list[BoxMap]) -> QualityCounts | None:
-        """Pseudo-labels per image, and their quality against the unlabelled stream's hidden truth
-        (when there is one), added to the run's totals; returns this call's counts."""
+    def measure(self, image_ids: list[int], confident: list[Target], maps: list[BoxMap],
+                streams: list[str] | None = None) -> QualityCounts | None:
+        """Pseudo-labels per image, and their quality against the hidden truth of each image's stream
+        (``unlabelled`` unless ``streams`` names them; only when every stream has one), added to the
+        run's totals; returns this call's counts."""
         self.metrics["pseudo/boxes_per_image"] = sum(len(p) for p in confident) / max(1, len(confident))
-        ds = self.datasets.get("unlabelled")
-        if ds is None or getattr(ds, "hidden", None) is None:
+        streams = streams or ["unlabelled"] * len(image_ids)
+        sets = [self.datasets.get(s) for s in streams]
+        if not sets or any(ds is None or getattr(ds, "hidden", None) is None for ds in sets):
             return None
-        q = against_hidden(confident, [ds.hidden_target(i) for i in image_ids], maps)
+        q = against_hidden(confident, [ds.hidden_target(i) for ds, i in zip(sets, image_ids)], maps)
         self.quality.merge(q)
         return q
 

@@ -158,7 +158,7 @@ class Stac(SelfTraining):
 
     def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
         """The stored pseudo-labels of this batch's unlabelled images (file-image frame)."""
-        ids = [int(i) for i in batch["unlabelled"]["image_id"]]
+        ids = [int(i) for i in batch["unlabelled"].image_ids]
         empty = [pf.as_pseudo(Target.empty(i), regress=self.rule.regress) for i in ids]
         confident = [self.pseudo.get(i, e) for i, e in zip(ids, empty)]
         ignored = [self.ignored.get(i, Target.empty(i)) for i in ids] if self.ignored else None

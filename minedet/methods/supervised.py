@@ -31,6 +31,6 @@ class Supervised(Method):
         return {"labelled": {"o": self._view}}
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
-        views = batch["labelled"]["views"]["o"]
+        views = batch["labelled"].views["o"]
         out = self.detector.forward_heads(self.images(views))
         return prefixed(self.detector.loss(out, self.targets(views)), "sup")
