@@ -398,3 +398,19 @@ def _worker(jobs_path: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1]))
+
+
+def test_mixed_runs_under_ddp_with_all_three_streams(tiny_digits, tmp_path):
+    """The mixed method (complete, sparse and unlabelled streams cut from one flagged file) trains past
+    burn-in in two processes; both ranks see batches of every stream and the run exports its teacher."""
+    cfg = _config(tiny_digits, "supervised", steps=4)
+    cfg["data"].update(mixed={"percent": 25, "sparse": 50, "mode": "hard", "seed": 0}, cache_dir=str(tmp_path / "cache"),
+                       sparse_batch_size=2, unlabelled_batch_size=2, val=None)
+    cfg["method"] = {"name": "mixed", "burn_in": 2, "tau": 0.03, "ignore_below": 0.01, "max_dets": 5}
+    out = tmp_path / "mixed"
+    proc = _torchrun([_argv(_write_cfg(tmp_path, "mixed", cfg), out)], tmp_path)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in rows if r["kind"] == "train"}
+    assert "sparse/classification" in train[1] and "unsup/classification" in train[4]
+    assert (out / "model.pt").exists()

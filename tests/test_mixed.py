@@ -86,6 +86,16 @@ def test_sparse_images_keep_their_labels_and_gain_only_what_no_label_explains():
     assert {k.split("/")[0] for k in losses} == {"sup", "sparse", "unsup"}
 
 
+@pytest.mark.parametrize("name", ["fcos", "faster_rcnn"])
+def test_the_other_detectors_train_on_all_three_streams(name):
+    m = Mixed(tiny_detector(name, seed=0).train(), MixedOptions(burn_in=0, tau=0.7))
+    _fake_teacher(m, DETS)
+    losses = m.training_step(_batch())
+    assert {k.split("/")[0] for k in losses} == {"sup", "sparse", "unsup"}
+    sum(losses.values()).backward()
+    assert len(m.last_step.unsup_targets[0]) == 3, "labelled box + pseudo-label + ignored box"
+
+
 def test_options_turn_the_overlap_rules_and_the_band_off():
     m = _mixed(contain=None, ignore_below=None)
     _fake_teacher(m, DETS)
@@ -215,3 +225,13 @@ def test_split_semi_cli_writes_a_mixed_file(tiny_digits, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "minedet", "data", "split-semi", str(src), "--percent", "25",
                           "--sparse", "50", "--seed", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--mode" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_digits_mixed_preset_names_valid_options():
+    from minedet.cli.registry import METHODS
+    from minedet.config import from_dict, load_config, preset_path
+
+    cfg = load_config(preset_path("digits_mixed"), [])
+    cls, opts_cls = METHODS[cfg.method["name"]]
+    opts = from_dict(opts_cls, {k: v for k, v in cfg.method.items() if k != "name"}, where="method")
+    assert cls is Mixed and opts.ignore_below == 0.3 and cfg.data.mixed["sparse"] == 30
