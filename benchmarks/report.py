@@ -508,7 +508,51 @@ def section_export(res: dict) -> list[str]:
     return out
 
 
-RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_loader, "cropbank": section_cropbank}
+MIXED_COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed", "full"]
+
+
+def section_mixed(res: dict) -> list[str]:
+    """Mixed supervision: one row per metric, one column per method (bench_mixed.py's order)."""
+    recs = latest(res["records"])
+    methods = [m for m in MIXED_COLUMNS if any(r["method"] == m for r in recs)]
+    all_seeds = sorted({r["seed"] for r in recs})
+    out = ["## Mixed supervision: complete, sparse and unlabelled images (digits, long-tailed)", "", *header(res)]
+    if res.get("note"):
+        out += [res["note"], ""]
+    out += [f"Mean ± std over seeds {all_seeds}:", "", "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for metric in ("ap", "ap50"):
+        out.append(f"| {metric.upper()} | " + " | ".join(seed_cell([r for r in recs if r["method"] == m], metric, all_seeds)
+                                                   for m in methods) + " |")
+    out.append("")
+    for key, label in (("quality_precision", "pseudo-label precision"), ("quality_recall", "pseudo-label recall")):
+        vals = [(r["method"], r[key]) for r in recs if r.get(key) is not None]
+        if vals:
+            out += [f"{label} over the last logged steps (against the erased boxes): " + ", ".join(
+                f"{m} {statistics.mean(v for m2, v in vals if m2 == m):.2f}" for m in dict.fromkeys(m for m, _ in vals)), ""]
+    out += reruns(res, lambda r: f"{r['method']} seed {r['seed']}")
+    out += [f"- {line}" for line in res.get("derived", [])]
+    return out + ([""] if res.get("derived") else [])
+
+
+def section_review(res: dict) -> list[str]:
+    """One review round (scripted reviewer) against co-mining alone at the same total steps."""
+    recs = latest(res["records"])
+    out = ["## One review round on digits `hard` (scripted reviewer)", "", *header(res)]
+    if res.get("note"):
+        out += [res["note"], ""]
+    out += ["| seed | steps | round 1 AP | after review + round 2 AP | mined boxes shown | accepted | deleted (reviewer clicks) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        if r["method"] == "review_round":
+            out.append(f"| {r['seed']} | {r['round1_steps']} + {r['round2_steps']} | {pct(r['round1_ap'])} | {pct(r['ap'])} | "
+                       f"{r['mined_shown']} | {r['mined_accepted']} | {r['reviewer_deletions']} |")
+    out += ["", *reruns(res, lambda r: f"{r['method']} seed {r['seed']}")]
+    out += [f"- {line}" for line in res.get("derived", [])]
+    return out + ([""] if res.get("derived") else [])
+
+
+RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_loader, "cropbank": section_cropbank,
+             "mixed": section_mixed, "review": section_review}
 RENDERERS["real_nuclei"] = section_real
 RENDERERS["export"] = section_export
 TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
@@ -615,6 +659,21 @@ def readme_rows(results: dict) -> list[str]:
         rs = _pick(ign, fraction=10.0, method="mean_teacher")
         rows.append(f"| Mean Teacher with `method.ignore_below=0.3` (beyond the papers), 10 % labelled ({_seeds(rs)}) | {_ms(rs)} "
                     "([ignore_below](docs/benchmarks.md#mean-teacher-with-uncertain-teacher-boxes-ignored-methodignore_below03-beyond-the-papers)) |")
+    mixed = results.get("mixed")
+    if mixed:
+        cells = [(m, _pick(mixed, method=m)) for m in MIXED_COLUMNS]
+        text = ", ".join(f"{m.replace('_', ' ')} {_ms(rs)}" for m, rs in cells if rs)
+        seeds = sorted({r["seed"] for _, rs in cells for r in rs})
+        rows.append(f"| mixed supervision, long-tailed digits: 10 % complete, 30 % `hard`-sparse, 60 % unlabelled "
+                    f"(seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}) | {text} "
+                    "([mixed](docs/benchmarks.md#mixed-supervision-complete-sparse-and-unlabelled-images-digits-long-tailed)) |")
+    review = results.get("review")
+    if review:
+        for r in _pick(review, method="review_round"):
+            rows.append(f"| one review round on digits `hard` (scripted reviewer, seed {r['seed']}) | co-mining "
+                        f"{r['round1_steps']} steps {pct(r['round1_ap'])}, then {r['round2_steps']} more on the reviewed labels "
+                        f"{pct(r['ap'])}; {r['mined_shown']} mined boxes shown, {r['reviewer_deletions']} deleted "
+                        "([review](docs/benchmarks.md#one-review-round-on-digits-hard-scripted-reviewer)) |")
     real = results.get("real_nuclei")
     if real:
         cells = [(m, _pick(real, method=m)) for m in dict.fromkeys(r["method"] for r in latest(real["records"]))]
@@ -674,7 +733,8 @@ def page(results: dict) -> str:
              "use the latest run of each setting and list the earlier ones.", ""]
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
              "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
-             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "real_nuclei", "export", "cropbank", "loader", "splits"]
+             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "mixed", "review", "real_nuclei", "export", "cropbank",
+             "loader", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
         render = RENDERERS.get(name)

@@ -70,6 +70,7 @@ class ModelConfig:
     detections_per_img: int = 100
     topk_candidates: int = 1000
     extra: dict = field(default_factory=dict)
+    init: str | None = None  # start from the weights of an exported model.pt (train again after a review)
 
 
 @dataclass

@@ -263,12 +263,28 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     spec = build_spec(cfg, load_coco(cfg.data.train, strict=cfg.data.strict))
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     detector = build_detector(spec, pretrained=cfg.model.pretrained, weights_path=cfg.model.weights)
+    if cfg.model.init:
+        init_from(detector, cfg.model.init)
     method = build_method(cfg.method, detector)
     torch.manual_seed(t.seed + info.rank)
     datasets = stream_datasets(cfg, method)
     method.bind(datasets, out if info.main else None)  # only rank 0 writes renders
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
     return Run(cfg, spec, method, datasets, val, info, out)
+
+
+def init_from(detector, path: str) -> None:
+    """Load the weights of an exported model (``model.pt``) into ``detector``; a model of another
+    detector, backbone or class list is a one-line :class:`MinedetError`."""
+    from minedet.engine.checkpoint import load_model
+
+    src, _ = load_model(path)
+    mine, theirs = detector.spec, src.spec
+    for key in ("name", "backbone", "num_classes", "class_names", "levels", "fpn_channels", "anchor_scale"):
+        if getattr(mine, key) != getattr(theirs, key):
+            raise MinedetError(f"model.init: the model has {key}={getattr(theirs, key)!r} but this run builds "
+                               f"{getattr(mine, key)!r}", file=path)
+    detector.model.load_state_dict(src.model.state_dict())
 
 
 def stream_data(cfg: Config, streams: Iterable[str]) -> dict[str, tuple[CocoData, str]]:

@@ -100,3 +100,48 @@ def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
         "hard: tau0.5 - joint = -4.0 AP on seeds [0, 1]: not more than one std (1.4)",
         "extreme: co_mining - original = +10.0 AP on seeds [0]: one seed, no std",
     ]
+
+
+def test_bench_mixed_and_review_run_and_render(tmp_path):
+    _run(tmp_path, "bench_mixed.py", "--seeds", "0", "--steps", "4", "--train-images", "40", "--val-images", "6",
+         "--methods", "supervised_sparse", "mean_teacher", "mixed", "--out", str(tmp_path / "mixed"))
+    recs = _records(tmp_path, "mixed")
+    assert [r["method"] for r in recs] == ["supervised_sparse", "mean_teacher", "mixed"] and all(r["steps"] == 4 for r in recs)
+    _run(tmp_path, "bench_review.py", "--seeds", "0", "--round1", "3", "--round2", "2", "--train-images", "24",
+         "--val-images", "6", "--out", str(tmp_path / "review"))
+    rev = _records(tmp_path, "review")
+    assert rev[0]["method"] == "review_round" and rev[0]["total_steps"] == 5 and rev[0]["steps"] == 2
+    assert (tmp_path / "review" / "round1_hard_3_s0" / "completed.json").exists()
+    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
+    proc = subprocess.run([sys.executable, str(BENCH / "report.py")], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "MINEDET_BENCH_RESULTS": str(tmp_path / "results"),
+                               "MINEDET_BENCH_DOCS": str(tmp_path / "docs"), "MINEDET_BENCH_README": str(tmp_path / "README.md")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert "## Mixed supervision" in page and "| AP | " in page and "## One review round" in page
+    assert "mixed supervision, long-tailed digits" in (tmp_path / "README.md").read_text()
+
+
+def test_the_scripted_reviewer_accepts_hidden_matches_and_deletes_the_rest():
+    sys.path.insert(0, str(BENCH))
+    from bench_review import scripted_review
+
+    from minedet.data.coco import validate_coco
+    from minedet.review import merge_reviewed
+
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    images = [{"id": 1, "file_name": "1.png", "width": 64, "height": 64}, {"id": 2, "file_name": "2.png", "width": 64, "height": 64}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "mined": True, "score": 0.9},  # right
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [40, 40, 10, 10], "mined": True, "score": 0.8},  # wrong class
+            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [21, 21, 10, 10], "mined": True, "score": 0.7},  # duplicate
+            {"id": 5, "image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 10], "mined": True, "score": 0.6}]  # no object
+    hidden = [{"id": 10, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
+              {"id": 11, "image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10]}]
+    mined = validate_coco({"images": images, "annotations": anns, "categories": cats}, file="mined.json")
+    truth = validate_coco({"images": images, "annotations": hidden, "categories": cats}, file="hidden.json")
+    reviewed, counts = scripted_review(mined, truth)
+    assert counts == {"shown": 4, "accepted": 1, "deleted": 3}
+    merged = merge_reviewed(mined, reviewed)
+    assert merged.counts["mined-accepted"] == 1 and merged.counts["rejected"] == 3 and merged.counts["labelled"] == 1
+    assert merged.counts["labelled_changed"] == 0

@@ -293,3 +293,27 @@ def test_no_mining_during_the_warm_up():
     m.after_step(3)
     m.training_step(_batch())
     assert any(len(t) > 0 for t in m.last_mined["o"])
+
+
+def test_boxes_a_reviewer_rejected_stay_background():
+    """Detections on a region the data's "rejected" list names are neither mined nor ignored."""
+    from types import SimpleNamespace
+
+    from torchvision.ops import box_iou
+
+    runs = {}
+    for iou in (None, 0.5):
+        det = tiny_detector("retinanet").train()
+        _confident(det)
+        m = CoMining(det, CoMiningOptions(tau=0.5, iou_gt=0.99, ignore_below=0.1, rejected_iou=iou))
+        m.training_step(_batch())
+        first = m.last_labels["o"].targets()[0]
+        assert len(first), "the confident untrained head finds boxes to mine"
+        rejected = Target(first.boxes[:1].clone(), first.labels[:1].clone(), image_id=0)
+        ds = SimpleNamespace(data=SimpleNamespace(rejected_by_image={0: [object()]}, class_names=[]),
+                             rejected_target=lambda i, r=rejected: r if i == 0 else Target.empty(i), hidden=None)
+        m.bind({"labelled": ds})
+        m.training_step(_batch())
+        got = m.last_labels["o"].targets()[0]
+        runs[iou] = int((box_iou(got.boxes, rejected.boxes) > 0.5).sum()) if len(got) else 0
+    assert runs[None] > 0 and runs[0.5] == 0

@@ -86,6 +86,19 @@ def test_sparse_images_keep_their_labels_and_gain_only_what_no_label_explains():
     assert {k.split("/")[0] for k in losses} == {"sup", "sparse", "unsup"}
 
 
+def test_a_box_a_reviewer_rejected_is_never_a_pseudo_label():
+    m = _mixed()
+    rejected = Target(DETS.boxes[2:3], torch.tensor([1]), image_id=2)
+    ds = SimpleNamespace(data=SimpleNamespace(rejected_by_image={2: [object()]}), hidden=None,
+                         rejected_target=lambda i: rejected if i == 2 else Target.empty(i))
+    m.bind({"sparse": ds})
+    _fake_teacher(m, DETS)
+    m.training_step(_batch(("sparse", "unlabelled")))
+    sparse_t, unl_t = m.last_step.unsup_targets
+    assert DETS.boxes[2].tolist() not in sparse_t.boxes.tolist(), "rejected on the sparse image: background"
+    assert DETS.boxes[2].tolist() in unl_t.boxes.tolist(), "the unlabelled image has no rejected box"
+
+
 @pytest.mark.parametrize("name", ["fcos", "faster_rcnn"])
 def test_the_other_detectors_train_on_all_three_streams(name):
     m = Mixed(tiny_detector(name, seed=0).train(), MixedOptions(burn_in=0, tau=0.7))

@@ -132,6 +132,12 @@ class DetectionDataset(Dataset):
             return Target.empty(image_id)
         return coco_target(self.hidden, image_id, self.hidden.anns_by_image.get(image_id, []))
 
+    def rejected_target(self, image_id: int) -> Target:
+        """The boxes a reviewer rejected on an image (the file's top-level ``"rejected"`` list): known
+        non-objects, in the file image's pixels. Never part of a sample's target."""
+        recs = self.data.rejected_by_image.get(image_id)
+        return coco_target(self.data, image_id, recs) if recs else Target.empty(image_id)
+
     def load(self, index: int) -> torch.Tensor:
         info = self.data.images[index]
         return load_image(self.image_root / info["file_name"], file=str(self.data.path), record=f"image id={info['id']}")

@@ -32,7 +32,7 @@ from minedet.methods.base import Method, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry
+from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry, known_background
 from minedet.structures import Target
 
 
@@ -56,7 +56,9 @@ class CoMiningOptions:
     cap_ratio: at most ceil(cap_ratio x the labelled boxes per image of the training set) mined boxes
     per image, the best first (a guard against a mining loop feeding on itself); mine_after: no mining
     before this many steps; adaptive: per-class thresholds from the scores the model gives the labelled
-    boxes of the same forward (their ``adaptive_quantile``, EMA, clamped to [0.3, 0.9]) instead of one tau."""
+    boxes of the same forward (their ``adaptive_quantile``, EMA, clamped to [0.3, 0.9]) instead of one tau.
+    rejected_iou: a detection overlapping a box a reviewer rejected (the data's ``"rejected"`` list, any
+    class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off)."""
 
     tau: float = 0.6
     nms: float | None = None
@@ -76,6 +78,7 @@ class CoMiningOptions:
     mine_after: int = 0
     adaptive: bool = False
     adaptive_quantile: float = 0.5
+    rejected_iou: float | None = 0.5
 
 
 class CoMining(Method):
@@ -134,9 +137,9 @@ class CoMining(Method):
 
     # ------------------------------------------------------------------ co-generation
     @torch.no_grad()
-    def mine(self, out, gts: list[Target]) -> PseudoLabels:
-        """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT, split by
-        the one pseudo-label rule (confident; ignored with ``ignore_below``)."""
+    def mine(self, out, gts: list[Target], rejected: list[Target] | None = None) -> PseudoLabels:
+        """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT (and on
+        boxes a reviewer rejected), split by the one pseudo-label rule (confident; ignored with ``ignore_below``)."""
         o = self.options
         dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
@@ -145,10 +148,12 @@ class CoMining(Method):
             for k, v in enumerate(self.rule.thresholds.values().tolist()):
                 self.metrics[f"pseudo/tau_{k}"] = v
         kept = []
-        for d, gt in zip(dets, gts):
+        for d, gt, rej in zip(dets, gts, rejected or [Target.empty()] * len(gts)):
             d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
             if o.contain is not None:
                 d = pf.drop_containing(d, gt, o.contain)
+            if o.rejected_iou is not None and len(rej):
+                d = pf.drop_overlapping(d, rej, o.rejected_iou, same_class=False)
             kept.append(d)
         if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
@@ -168,8 +173,9 @@ class CoMining(Method):
         labels: dict[str, PseudoLabels] = {}
         if o.cogeneration:
             t0 = time.perf_counter()
+            ds, ids = self.datasets.get("labelled"), batch["labelled"].image_ids
             for name in branches:
-                labels[name] = self.mine(parts[name], gts[name])
+                labels[name] = self.mine(parts[name], gts[name], known_background(ds, ids, [v.map for v in views[name]]))
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
         mined = {name: lab.confident for name, lab in labels.items()}
         if o.cogeneration:

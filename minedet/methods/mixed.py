@@ -29,7 +29,7 @@ from minedet.methods.base import prefixed
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
-from minedet.pseudo.semantics import PseudoLabels
+from minedet.pseudo.semantics import PseudoLabels, known_background
 from minedet.structures import Target
 
 
@@ -38,12 +38,15 @@ class MixedOptions(MeanTeacherOptions):
     """:class:`~minedet.methods.mean_teacher.MeanTeacherOptions` with ``ignore_below=0.3``, plus
     lambda_sparse: weight of the sparse images' loss; iou_gt: a pseudo box overlapping a labelled box
     (any class) by IoU > iou_gt is dropped; contain: a pseudo box holding at least this share of a
-    labelled box is dropped (None: off)."""
+    labelled box is dropped (None: off); rejected_iou: a pseudo box overlapping a box a reviewer rejected
+    (the data's ``"rejected"`` list) by IoU > rejected_iou is dropped, so that region stays background
+    (None: off)."""
 
     ignore_below: float | None = 0.3
     lambda_sparse: float = 1.0
     iou_gt: float = 0.4
     contain: float | None = 0.8
+    rejected_iou: float | None = 0.5
 
 
 class Mixed(MeanTeacher):
@@ -107,16 +110,21 @@ class Mixed(MeanTeacher):
         already covers (both the confident and the ignored ones)."""
         labels, maps = super().pseudo_labels(batch)
         known = self.targets(self.pseudo_views(batch, "weak"))  # empty on unlabelled images
-        confident = [self.unknown(t, k) for t, k in zip(labels.confident, known)]
-        ignored = None if labels.ignored is None else [self.unknown(t, k) for t, k in zip(labels.ignored, known)]
+        rejected = [r for s in self.pseudo_streams(batch) for r in known_background(
+            self.datasets.get(s), batch[s].image_ids, [v.map for v in batch[s].views["weak"]])]
+        confident = [self.unknown(t, k, r) for t, k, r in zip(labels.confident, known, rejected)]
+        ignored = None if labels.ignored is None else [self.unknown(t, k, r) for t, k, r in zip(labels.ignored, known, rejected)]
         return PseudoLabels(labels.detections, confident, ignored), maps
 
-    def unknown(self, t: Target, known: Target) -> Target:
-        """The boxes of ``t`` no labelled box of ``known`` accounts for."""
+    def unknown(self, t: Target, known: Target, rejected: Target) -> Target:
+        """The boxes of ``t`` no labelled box of ``known`` accounts for and no rejected box forbids."""
+        o = self.options
+        if len(t) and len(rejected) and o.rejected_iou is not None:
+            t = pf.drop_overlapping(t, rejected, o.rejected_iou, same_class=False)
         if not len(known) or not len(t):
             return t
-        t = pf.drop_overlapping(t, known, self.options.iou_gt, same_class=False)
-        return t if self.options.contain is None else pf.drop_containing(t, known, self.options.contain)
+        t = pf.drop_overlapping(t, known, o.iou_gt, same_class=False)
+        return t if o.contain is None else pf.drop_containing(t, known, o.contain)
 
     def unsup_targets(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> list[Target]:
         """The template's carried pseudo-labels, after each sparse image's labelled boxes (true targets)."""

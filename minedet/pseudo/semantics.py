@@ -166,6 +166,18 @@ def carry(t: Target, src: BoxMap, dst: BoxMap, min_size: float = 1.0) -> Target:
     return pf.min_size(t.with_boxes(m.apply(t.boxes)), min_size)
 
 
+def known_background(dataset, image_ids: Sequence[int], maps: Sequence[BoxMap]) -> list[Target]:
+    """The boxes a reviewer rejected on each image (``dataset.rejected_target``), in the frame of the
+    view with map ``maps[i]``: regions a pseudo-label must leave as background."""
+    if not getattr(getattr(dataset, "data", None), "rejected_by_image", None):
+        return [Target.empty(int(i)) for i in image_ids]
+    out = []
+    for i, m in zip(image_ids, maps):
+        r = dataset.rejected_target(int(i))
+        out.append(r.with_boxes(m.apply(r.boxes)) if len(r) else r)
+    return out
+
+
 def against_hidden(targets: Sequence[Target], hidden: Sequence[Target], maps: Sequence[BoxMap]) -> QualityCounts:
     """Quality counts of ``targets`` (one per image, in the frame of the view with map ``maps[i]``)
     against the hidden truth of the same images (file-image frame)."""
