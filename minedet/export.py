@@ -206,6 +206,25 @@ def export_onnx(
     # traced on an image the detector does not resize or pad: the constants torchvision's RoI pooling
     # infers from the first image it sees (feature map / image scales) are then the true strides
     example = torch.rand(3, size, size, generator=g)
+    proto = _trace(graph, example, dynamic, onnx, source)
+    input_shape: list = [3, "height", "width"] if dynamic else [3, size, size]
+    _stamp(proto, detector.kind, spec, size, input_shape, source)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    report = ExportReport(Path(out), detector.kind, size, input_shape, len(data), 0, None, None)
+    if verify:
+        checks = [example]
+        if dynamic:  # and an image of another shape, which the resize and the padding change
+            checks.append(torch.rand(3, size * 3 // 4 + 5, size + 13, generator=g))
+        _verify(data, model, label_offset, checks, report, source)
+    from minedet.io import write_bytes_atomic
+
+    write_bytes_atomic(out, data)
+    return report
+
+
+def _trace(graph: nn.Module, example: Tensor, dynamic: bool, onnx, source: str | None):
+    """Trace ``graph`` on ``example`` into an ONNX ModelProto (an exporter failure is one line)."""
     axes = {"boxes": {0: "detections"}, "scores": {0: "detections"}, "labels": {0: "detections"}}
     if dynamic:
         axes["image"] = {1: "height", 2: "width"}
@@ -220,14 +239,17 @@ def export_onnx(
     except Exception as e:  # noqa: BLE001 - an exporter failure is one line naming the model
         msg = str(e).splitlines()[0][:200] if str(e) else ""
         raise MinedetError(f"the ONNX exporter failed ({e.__class__.__name__}: {msg})", file=source) from None
-    proto = onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _stamp(proto, kind: str, spec, size: int, input_shape: list, source: str | None) -> None:
+    """The file's metadata: what ``minedet predict`` and other runtimes need to use the graph."""
     from minedet import __version__
 
-    input_shape: list = [3, "height", "width"] if dynamic else [3, size, size]
     meta = {
         "minedet_format": ONNX_FORMAT,
         "minedet_version": __version__,
-        "kind": detector.kind,
+        "kind": kind,
         "class_names": json.dumps(list(spec.class_names)),
         "spec": json.dumps(spec.as_dict()),
         "image_size": str(size),
@@ -240,18 +262,6 @@ def export_onnx(
         proto.metadata_props.add(key=k, value=v)
     proto.producer_name = "minedet"
     proto.producer_version = __version__
-    onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    report = ExportReport(Path(out), detector.kind, size, input_shape, len(data), 0, None, None)
-    if verify:
-        checks = [example]
-        if dynamic:  # and an image of another shape, which the resize and the padding change
-            checks.append(torch.rand(3, size * 3 // 4 + 5, size + 13, generator=g))
-        _verify(data, model, label_offset, checks, report, source)
-    from minedet.io import write_bytes_atomic
-
-    write_bytes_atomic(out, data)
-    return report
 
 
 def _verify(data: bytes, model: nn.Module, label_offset: int, images: list[Tensor], report: ExportReport,
