@@ -248,3 +248,17 @@ def test_the_digits_mixed_preset_names_valid_options():
     cls, opts_cls = METHODS[cfg.method["name"]]
     opts = from_dict(opts_cls, {k: v for k, v in cfg.method.items() if k != "name"}, where="method")
     assert cls is Mixed and opts.ignore_below == 0.3 and cfg.data.mixed["sparse"] == 30
+
+
+def test_sparsify_images_writes_a_mixed_file_of_complete_and_sparse_images(tiny_digits, tmp_path):
+    out = tmp_path / "mixed.json"
+    proc = subprocess.run([sys.executable, "-m", "minedet", "data", "sparsify", str(tiny_digits.train_json), str(out),
+                           "--mode", "extreme", "--seed", "1", "--images", "50"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    mixed, hidden = load_coco(out), load_coco(tmp_path / "mixed.hidden.json")
+    counts = kind_counts(mixed)
+    assert counts["sparse"]["images"] == 6 and counts["complete"]["images"] == 6 and counts["none"]["images"] == 0
+    sparse_ids = {i for i, k in image_kinds(mixed).items() if k == "sparse"}
+    assert all(len(mixed.anns_by_image.get(i, [])) <= 1 for i in sparse_ids), "extreme keeps one box per image"
+    assert {a["image_id"] for a in hidden.annotations} <= sparse_ids
+    assert json.loads((tmp_path / "mixed.manifest.json").read_text())["command"].endswith("--images 50")

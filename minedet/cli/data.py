@@ -35,6 +35,10 @@ sorted by id, so the result does not depend on the order of records in the file.
 Writes OUT.json (the sparse set), OUT.hidden.json (the erased boxes under their original ids, same
 images and categories) and OUT.manifest.json (seed, rule, rounding, per-category counts, the input's
 SHA-256).
+
+With --images P only P% of the images are sparsified (drawn by numpy default_rng(SEED).permutation) and
+every image record says which it is: "labels": "sparse" or "complete" (a mixed file for the mixed
+method; modes easy, hard, extreme, keep1). OUT.hidden.json then holds the erased boxes of every image.
 """
 
 SEMI_HELP = """\
@@ -160,6 +164,8 @@ def _register_sparsify(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, required=True, metavar="S", help="random seed of the draw (required, for reproducibility)")
     s.add_argument("--rate", type=float, default=None, metavar="P",
                    help="fraction of each category's boxes erased, mode 'missing' only (0.5 = COCO-50miss)")
+    s.add_argument("--images", type=float, default=None, metavar="P",
+                   help="sparsify only P%% of the images and flag each image sparse or complete (a mixed file)")
     s.set_defaults(func=_cmd_sparsify)
 
 
@@ -335,6 +341,10 @@ def write_sparsified(src: str | Path, out: str | Path, mode: str, seed: int, rat
 
 
 def _cmd_sparsify(args: argparse.Namespace) -> int:
+    if args.images is not None:
+        return _write_mixed(args, 100 - args.images, args.images, Path(args.output),
+                            f"minedet data sparsify {args.input} {args.output} --mode {args.mode} --seed {args.seed} "
+                            f"--images {_pct(args.images)}")
     out = Path(args.output)
     hidden_path = out.with_suffix(".hidden.json")
     manifest = write_sparsified(args.input, out, args.mode, args.seed, args.rate)
@@ -350,22 +360,33 @@ def _pct(p: float) -> str:
 
 
 def _cmd_split_mixed(args: argparse.Namespace) -> int:
-    from minedet.data.coco import load_coco, save_coco
-    from minedet.data.mixed import split_mixed
-    from minedet.io import write_json_atomic
-
     if args.mode is None or args.split_file:
         raise MinedetError("--sparse needs --mode (easy, hard, extreme or keep1) and takes no --split-file")
     src = Path(args.input)
     out_dir = Path(args.out_dir) if args.out_dir else src.parent
     stem = src.name[:-5] if src.name.endswith(".json") else src.name
-    tag = f"{stem}.mixed{_pct(args.percent)}c{_pct(args.sparse)}s-{args.mode}.seed{args.seed}"
-    paths = {k: out_dir / f"{tag}{k}.json" for k in ("", ".hidden", ".manifest")}
+    out = out_dir / f"{stem}.mixed{_pct(args.percent)}c{_pct(args.sparse)}s-{args.mode}.seed{args.seed}.json"
+    return _write_mixed(args, args.percent, args.sparse, out,
+                        f"minedet data split-semi {src} --percent {_pct(args.percent)} --sparse {_pct(args.sparse)} "
+                        f"--mode {args.mode} --seed {args.seed}")
+
+
+def _write_mixed(args: argparse.Namespace, complete: float, sparse: float, out: Path, command: str) -> int:
+    """Write a mixed file OUT.json (images flagged complete / sparse / none), OUT.hidden.json and
+    OUT.manifest.json (written last: its presence marks a complete split)."""
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.mixed import split_mixed
+    from minedet.io import write_json_atomic
+
+    if out.suffix != ".json":
+        raise MinedetError("output name must end in .json", file=str(out))
+    if args.mode == "missing":
+        raise MinedetError("a mixed file sparsifies per image: use --mode easy, hard, extreme or keep1")
+    src = Path(args.input)
+    paths = {k: out.with_suffix(k + ".json") if k else out for k in ("", ".hidden", ".manifest")}
     _refuse_overwrite(src, list(paths.values()))
-    res = split_mixed(load_coco(src).raw, args.percent, args.sparse, args.mode, args.seed)
-    manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": _file_sha256(src),
-                "command": f"minedet data split-semi {src} --percent {_pct(args.percent)} --sparse {_pct(args.sparse)} "
-                           f"--mode {args.mode} --seed {args.seed}"}
+    res = split_mixed(load_coco(src).raw, complete, sparse, args.mode, args.seed)
+    manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": _file_sha256(src), "command": command}
     save_coco(paths[".hidden"], res.hidden, validate=False)
     save_coco(paths[""], res.mixed, validate=False)
     write_json_atomic(paths[".manifest"], manifest, indent=1)
