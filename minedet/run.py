@@ -314,10 +314,11 @@ def stream_data(cfg: Config, streams: Iterable[str]) -> dict[str, tuple[CocoData
         for s in streams:
             if not (s == "sparse" and d.sparse) and not (s == "unlabelled" and d.unlabelled):
                 out[s] = (select_kinds(train, kinds[s]), folder)
-        left = [f"{counts[k]['images']} {k}" for k in unused if counts[k]["images"]]
+        words = {"sparse": "sparsely labelled", "none": "unlabelled"}
+        left = [f"{counts[k]['images']} {words[k]}" for k in unused if counts[k]["images"]]
         if left:
-            print(f"minedet: this method has no stream for the {' and '.join(left)}-labelled images of {d.train}; "
-                  "they are left out (the mixed method reads every kind)", file=sys.stderr)
+            print(f"minedet: this method reads no {' and no '.join(left)} images of {d.train}: they are left out "
+                  "(the mixed method reads every kind)", file=sys.stderr)
     for s, path, images in (("sparse", d.sparse, d.sparse_images), ("unlabelled", d.unlabelled, d.unlabelled_images)):
         if s in streams and path is not None:
             out[s] = (load_coco(path, strict=d.strict), _images_dir(path, images))
