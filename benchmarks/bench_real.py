@@ -59,7 +59,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # the Co-mining release's settings (Wang et al., AAAI 2021; see DESIGN.md), pinned here so a change
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
-         "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True}
+         "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "joint", "co_mining", "co_mining_best")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
           "co_mining_best": "co-mining (best defaults)"}

@@ -2,8 +2,7 @@
 against co-mining alone at the same total number of steps (RetinaNet, EfficientNet-Lite0 FPN, CPU).
 
 Usage:
-  python benchmarks/bench_review.py --seeds 0                       # round 1: 450 steps, round 2: 450 steps
-  python benchmarks/bench_review.py --seeds 0 --round1 900 --round2 900
+  python benchmarks/bench_review.py --seeds 0 --alone              # round 1: 900 steps, round 2: 300 steps, both arms
 
 The loop a user runs, scripted:
 1. round 1: co-mining on the sparse training set (the headline's setting) for --round1 steps;
@@ -15,8 +14,9 @@ The loop a user runs, scripted:
 4. round 2: co-mining on the completed dataset, starting from the round-1 model (model.init), for
    --round2 steps; boxes the reviewer rejected stay background (method.rejected_iou, default 0.5).
 Effort is counted as the reviewer's clicks: each deleted box (accepting one is leaving it as shown).
-Co-mining alone at round1 + round2 steps is the headline's co_mining record of the same seed, steps
-and thread count (benchmarks/results/co_mining.json), or --alone trains it here.
+--alone: co-mining alone at the same total steps, i.e. the same round 2 from the same round-1 model on
+the unreviewed sparse labels. Round 1 is the headline's co-mining run (bench_co_mining.py, 900 steps):
+a round-1 run found in --out (e.g. that run's folder, copied) is reused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import append_results, latest, load_results, train_record
+from common import append_results, latest, train_record
 
 
 def scripted_review(mined, hidden) -> tuple[dict, dict[str, int]]:
@@ -75,9 +75,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--split", default="hard", choices=["easy", "hard", "extreme"])
-    ap.add_argument("--round1", type=int, default=450, help="co-mining steps before the review")
-    ap.add_argument("--round2", type=int, default=450, help="co-mining steps after it, from the round-1 model")
-    ap.add_argument("--alone", action="store_true", help="also train co-mining alone for round1 + round2 steps here")
+    ap.add_argument("--round1", type=int, default=900, help="co-mining steps before the review (the headline's 900)")
+    ap.add_argument("--round2", type=int, default=300, help="co-mining steps after it, from the round-1 model")
+    ap.add_argument("--alone", action="store_true",
+                    help="also run round 2 on the unreviewed labels (co-mining alone at the same total steps)")
     ap.add_argument("--train-images", type=int, default=4000)
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
@@ -137,10 +138,15 @@ def main() -> int:
         print(f"    AP {100 * rec['ap']:.1f}", file=sys.stderr, flush=True)
         recs = [rec]
         if args.alone:
-            cfg3 = config(seed, args.round1 + args.round2)
-            recs.append(train_record(cfg3, label={"method": "co_mining_alone", "split": args.split, "seed": seed,
-                                                  "what": str(args.round1 + args.round2), "total_steps": args.round1 + args.round2},
-                                     out_dir=work / f"alone_{args.split}_{args.round1 + args.round2}_s{seed}"))
+            cfg3 = config(seed, args.round2)
+            cfg3.model.init = str(r1 / "model.pt")
+            print(f"[review] seed {seed} co-mining alone: the same {args.round2} steps on the unreviewed labels ...",
+                  file=sys.stderr, flush=True)
+            alone = train_record(cfg3, label={"method": "co_mining_alone", "split": args.split, "seed": seed,
+                                              "what": f"{args.round1}+{args.round2}"},
+                                 out_dir=work / f"alone_{args.split}_{args.round1}+{args.round2}_s{seed}")
+            print(f"    AP {100 * alone['ap']:.1f}", file=sys.stderr, flush=True)
+            recs.append({**alone, "total_steps": args.round1 + args.round2})
         append_results("review", recs, note=note(args), derive=derived)
     return 0
 
@@ -152,23 +158,17 @@ def note(args) -> str:
 
 
 def derived(records: list[dict]) -> list[str]:
-    """Each review round against co-mining alone at the same total steps (this file's --alone runs, or
-    the headline's co_mining record of the same seed, steps and threads)."""
-    head = [r for r in (load_results("co_mining") or {}).get("records", []) if r.get("method") == "co_mining"]
+    """Each review round against co-mining alone (the same round 2 on the unreviewed labels)."""
     lines = []
-    for r in latest(records):
+    recs = latest(records)
+    for r in recs:
         if r["method"] != "review_round":
             continue
-        threads = (r.get("origin") or {}).get("machine", {}).get("torch_threads")
-        alone = [a for a in records if a["method"] == "co_mining_alone" and a["seed"] == r["seed"]
-                 and a.get("total_steps") == r["total_steps"]]
-        alone = alone or [a for a in head if a.get("split") == r["split"] and a.get("seed") == r["seed"]
-                          and a.get("steps") == r["total_steps"]
-                          and (a.get("origin") or {}).get("machine", {}).get("torch_threads") == threads]
+        alone = [a for a in recs if a["method"] == "co_mining_alone" and a["seed"] == r["seed"] and a.get("what") == r.get("what")]
         versus = f"co-mining alone {100 * alone[-1]['ap']:.1f}" if alone else "no co-mining-alone run at that budget"
         lines.append(f"seed {r['seed']}: review round {100 * r['ap']:.1f} ({r['round1_steps']} + {r['round2_steps']} steps; "
-                     f"round 1 {100 * r['round1_ap']:.1f}) vs {versus}; the reviewer saw {r['mined_shown']} mined boxes, "
-                     f"accepted {r['mined_accepted']} and deleted {r['reviewer_deletions']} "
+                     f"round 1 {100 * r['round1_ap']:.1f}) vs {versus} at the same steps; the reviewer saw "
+                     f"{r['mined_shown']} mined boxes, accepted {r['mined_accepted']} and deleted {r['reviewer_deletions']} "
                      f"({r['hidden_boxes']} boxes were erased)")
     return lines
 

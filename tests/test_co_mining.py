@@ -9,9 +9,14 @@ from minedet.pseudo.semantics import carry
 
 from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
-from minedet.methods.co_mining import CoMining, CoMiningOptions
+from minedet.methods.co_mining import PAPER_SETTINGS, CoMining, CoMiningOptions
 from minedet.structures import Target
 from tests.helpers import random_targets, tiny_detector
+
+
+def _opts(**kw) -> CoMiningOptions:
+    """The release's behaviour (method.paper) with ``kw`` on top: each test switches on what it tests."""
+    return CoMiningOptions(**{**PAPER_SETTINGS, **kw})
 
 
 def _batch(n=2, size=64, seed=0, empty=()):
@@ -33,7 +38,7 @@ def _confident(det):
 @pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn"])
 def test_step_returns_both_branch_losses_and_backpropagates(name):
     det = tiny_detector(name).train()
-    m = CoMining(det, CoMiningOptions(tau=0.3))
+    m = CoMining(det, _opts(tau=0.3))
     losses = m.training_step(_batch(empty=(1,)))
     assert any(k.startswith("o/") for k in losses) and any(k.startswith("a/") for k in losses)
     total = sum(losses.values())
@@ -55,7 +60,7 @@ def test_complementary_supervision_uses_the_other_branch():
     """C_o = P^g_a ∪ Y and C_a = P^g_o ∪ Y: the loss of branch o sees what branch a mined."""
     det = tiny_detector("retinanet").train()
     _confident(det)
-    m = CoMining(det, CoMiningOptions(tau=0.5, iou_gt=0.4))
+    m = CoMining(det, _opts(tau=0.5, iou_gt=0.4))
     seen = []
     orig = det.loss
     det.loss = lambda out, targets: seen.append(targets) or orig(out, targets)
@@ -75,7 +80,7 @@ def test_complementary_supervision_uses_the_other_branch():
 def test_mined_boxes_never_duplicate_same_class_ground_truth():
     det = tiny_detector("retinanet").train()
     _confident(det)
-    m = CoMining(det, CoMiningOptions(tau=0.5))
+    m = CoMining(det, _opts(tau=0.5))
     batch = _batch(n=2)
     m.training_step(batch)
     from torchvision.ops import box_iou
@@ -97,32 +102,32 @@ def test_gt_match_any_drops_other_class_boxes_on_labelled_objects():
     for mode in ("same", "any"):
         det = tiny_detector("retinanet").train()
         _confident(det)
-        m = CoMining(det, CoMiningOptions(tau=0.5, gt_match=mode))
+        m = CoMining(det, _opts(tau=0.5, gt_match=mode))
         m.training_step(batch)
         worst[mode] = max(float(box_iou(p.boxes, v.target.boxes).max()) for v, p in
                           zip(batch["labelled"].views["o"], m.last_mined["o"]) if len(p) and len(v.target))
     assert worst["any"] <= 0.4 < worst["same"]  # the release keeps other-class boxes on labelled objects
     with pytest.raises(MinedetError, match="gt_match"):
-        CoMining(tiny_detector("retinanet"), CoMiningOptions(gt_match="class"))
+        CoMining(tiny_detector("retinanet"), _opts(gt_match="class"))
 
 
 def test_high_tau_mines_nothing_and_equals_joint():
     det = tiny_detector("retinanet").train()
     batch = _batch(n=2)
     torch.manual_seed(0)
-    cm = CoMining(det, CoMiningOptions(tau=0.999)).training_step(batch)
-    joint = CoMining(det, CoMiningOptions(cogeneration=False)).training_step(batch)
+    cm = CoMining(det, _opts(tau=0.999)).training_step(batch)
+    joint = CoMining(det, _opts(cogeneration=False)).training_step(batch)
     for k in joint:
         torch.testing.assert_close(cm[k], joint[k])
 
 
 def test_single_branch_cogeneration_and_views():
     det = tiny_detector("retinanet").train()
-    m = CoMining(det, CoMiningOptions(siamese=False, tau=0.3))
+    m = CoMining(det, _opts(siamese=False, tau=0.3))
     assert list(m.streams()["labelled"]) == ["o"]
     losses = m.training_step(_batch())
     assert all(k.startswith("o/") for k in losses)
-    assert set(CoMining(det, CoMiningOptions(view="blur")).streams()["labelled"]) == {"o", "a"}
+    assert set(CoMining(det, _opts(view="blur")).streams()["labelled"]) == {"o", "a"}
 
 
 def test_fcos_mines_on_the_class_probability_and_decodes_as_before():
@@ -133,7 +138,7 @@ def test_fcos_mines_on_the_class_probability_and_decodes_as_before():
         head = det.model.head
         head.classification_head.cls_logits.bias.fill_(6.0)  # p ~ 0.998
         head.regression_head.bbox_ctrness.bias.fill_(-9.0)  # centerness ~ 1e-4 -> sqrt(p c) ~ 0.01
-    m = CoMining(det, CoMiningOptions(tau=0.5, max_dets=5))
+    m = CoMining(det, _opts(tau=0.5, max_dets=5))
     batch = _batch(n=2)
     m.training_step(batch)
     assert all(len(t) > 0 for t in m.last_mined["o"]), "class probability 0.998 > tau: mined"
@@ -162,7 +167,8 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     save_coco(train, split.kept)
     save_coco(hidden, split.hidden)
     cfg = tiny_config(tiny_digits, tmp_path / "run", data__train=str(train), data__hidden=str(hidden),
-                      method__name="co_mining", method__tau=0.05, method__render_every=2, method__render_images=2)
+                      method__name="co_mining", method__tau=0.05, method__paper=True, method__render_every=2,
+                      method__render_images=2)
     res = run_training(cfg, quiet=True)
     assert res["steps"] == 4
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -212,7 +218,7 @@ def test_quality_totals_survive_a_resume():
 def test_per_class_counts_of_mined_boxes_are_logged():
     det = tiny_detector("retinanet")
     _confident(det)
-    m = CoMining(det, CoMiningOptions(tau=0.5))
+    m = CoMining(det, _opts(tau=0.5))
     m.training_step(_batch(n=2, empty=(1,)))
     metrics = m.log_metrics()
     for branch in ("o", "a"):
@@ -243,8 +249,8 @@ def test_uncertain_mined_boxes_are_ignored_not_background():
     det = tiny_detector("retinanet").train()
     _confident(det)  # every location scores sigmoid(2) = 0.88
     batch = _batch(n=2)
-    plain = CoMining(det, CoMiningOptions(tau=0.95))
-    ignoring = CoMining(det, CoMiningOptions(tau=0.95, ignore_below=0.5))
+    plain = CoMining(det, _opts(tau=0.95))
+    ignoring = CoMining(det, _opts(tau=0.95, ignore_below=0.5))
     lp, li = plain.training_step(batch), ignoring.training_step(batch)
     assert all(len(t) == 0 for t in ignoring.last_mined["o"]), "nothing above tau is mined"
     ignored = ignoring.last_labels["o"].ignored
@@ -261,14 +267,14 @@ def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
     warns once."""
     det = tiny_detector("retinanet").train()
     _confident(det)
-    m = CoMining(det, CoMiningOptions(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100))
+    m = CoMining(det, _opts(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100))
     m.bind({"labelled": _Labelled([2, 2, 3, 1])})  # 2 labelled boxes per image -> cap 2
     assert m.cap == 2
     m.training_step(_batch(n=2))
     m.training_step(_batch(n=2, seed=1))
     assert all(len(t) <= 2 for t in m.last_mined["o"]) and any(len(t) == 2 for t in m.last_mined["o"])
     assert capsys.readouterr().err.count("feeding on itself") == 1
-    uncapped = CoMining(det, CoMiningOptions(tau=0.5, iou_gt=0.99, max_dets=100))
+    uncapped = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100))
     uncapped.training_step(_batch(n=2))
     assert max(len(t) for t in uncapped.last_mined["o"]) > 4
 
@@ -287,7 +293,7 @@ def test_containment_drops_a_mined_box_enclosing_labelled_objects():
 def test_no_mining_during_the_warm_up():
     det = tiny_detector("retinanet").train()
     _confident(det)
-    m = CoMining(det, CoMiningOptions(tau=0.5, mine_after=3))
+    m = CoMining(det, _opts(tau=0.5, mine_after=3))
     m.training_step(_batch())
     assert all(len(t) == 0 for t in m.last_mined["o"])
     m.after_step(3)
@@ -305,7 +311,7 @@ def test_boxes_a_reviewer_rejected_stay_background():
     for iou in (None, 0.5):
         det = tiny_detector("retinanet").train()
         _confident(det)
-        m = CoMining(det, CoMiningOptions(tau=0.5, iou_gt=0.99, ignore_below=0.1, rejected_iou=iou))
+        m = CoMining(det, _opts(tau=0.5, iou_gt=0.99, ignore_below=0.1, rejected_iou=iou))
         m.training_step(_batch())
         first = m.last_labels["o"].targets()[0]
         assert len(first), "the confident untrained head finds boxes to mine"
@@ -317,3 +323,16 @@ def test_boxes_a_reviewer_rejected_stay_background():
         got = m.last_labels["o"].targets()[0]
         runs[iou] = int((box_iou(got.boxes, rejected.boxes) > 0.5).sum()) if len(got) else 0
     assert runs[None] > 0 and runs[0.5] == 0
+
+
+def test_defaults_are_the_guards_and_paper_restores_the_release():
+    d, p = CoMiningOptions(), CoMiningOptions(paper=True)
+    assert (d.ignore_below, d.contain, d.cap_ratio, d.mine_after) == (0.3, 0.8, 1.0, 100)
+    assert (p.ignore_below, p.contain, p.cap_ratio, p.mine_after, p.adaptive) == (None, None, None, 0, False)
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    paper, default = CoMining(det, p), CoMining(det, d)
+    paper.training_step(_batch())
+    default.training_step(_batch())
+    assert any(len(t) for t in paper.last_mined["o"]) and not any(len(t) for t in default.last_mined["o"]), \
+        "the default mines nothing in its first 100 steps"

@@ -24,7 +24,7 @@ def test_sparse_methods_extreme_uses_the_release_tau_unless_overridden():
 def test_demo_sparse_runs_both_methods_on_the_same_labels(tmp_path, capsys):
     over = [f"data.cache_dir={tmp_path / 'cache'}", "data.digits.n_train=6", "data.digits.n_val=3",
             "data.digits.image_size=64", "data.image_size=64", "data.batch_size=2", "model.pretrained=false",
-            "model.fpn_channels=32", "train.ckpt_every=0", "method.tau=0.05"]
+            "model.fpn_channels=32", "train.ckpt_every=0", "method.tau=0.05", "method.ignore_below=0.01"]
     assert main(["demo", "--sparse", "hard", "--steps", "2", "--out", str(tmp_path / "runs"), *over]) == 0
     out = capsys.readouterr().out
     assert "'hard' labels" in out and "supervised" in out and "co_mining" in out

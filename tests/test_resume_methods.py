@@ -74,7 +74,7 @@ def _sigkill_resume(tiny_digits, tmp_path: Path, min_saves: int, pseudo_key: str
 def test_co_mining_sigkill_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path):
     """Both branches, co-generation on (a low tau so boxes are actually mined and cross-supervise)."""
     _sigkill_resume(tiny_digits, tmp_path, min_saves=1, pseudo_key="pseudo/a_boxes_per_image",
-                    method__name="co_mining", method__tau=0.005,
+                    method__name="co_mining", method__tau=0.005, method__paper=True,
                     method__topk=50, method__max_dets=10)
 
 
