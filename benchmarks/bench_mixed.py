@@ -12,6 +12,7 @@ Columns (what each method can make of the same data):
   mean_teacher         complete as labelled; sparse + unlabelled images as unlabelled (their boxes unused)
   mean_teacher_ignore  the same with the uncertain band (ignore_below 0.3), the mixed method's default
   mixed                the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step)
+  mixed_adaptive       the same with per-class thresholds from the teacher's scores on labelled boxes (adaptive)
   full                 supervised on every image with its full labels (the ceiling)
 
 The split is `minedet data split-semi --percent 10 --sparse 30 --mode hard --seed SEED` (re-drawn per
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from common import append_results, latest, train_record
 
-COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed", "full"]
+COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
+           "mixed_adaptive", "full"]
 
 
 def parts(mixed_json: Path, hidden_json: Path, out: Path) -> dict[str, Path]:
@@ -94,7 +96,7 @@ def main() -> int:
             cfg.data.unlabelled_images = cfg.data.train_images
             cfg.method = {**mt, **({"ignore_below": 0.3} if label == "mean_teacher_ignore" else {})}
         else:
-            cfg.method = {**mt, "name": "mixed"}
+            cfg.method = {**mt, "name": "mixed", **({"adaptive": True} if label == "mixed_adaptive" else {})}
             cfg.data.sparse_batch_size = cfg.data.unlabelled_batch_size = 4
         return cfg
 
@@ -126,7 +128,7 @@ def derived(records: list[dict]) -> list[str]:
 
     mixed, n = mean("mixed")
     full, _ = mean("full")
-    others = {m: mean(m)[0] for m in COLUMNS if m not in ("mixed", "full") and mean(m)[0] is not None}
+    others = {m: mean(m)[0] for m in COLUMNS if not m.startswith("mixed") and m != "full" and mean(m)[0] is not None}
     if mixed is None or not others:
         return []
     best = max(others, key=others.get)

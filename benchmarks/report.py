@@ -508,7 +508,8 @@ def section_export(res: dict) -> list[str]:
     return out
 
 
-MIXED_COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed", "full"]
+MIXED_COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
+                 "mixed_adaptive", "full"]
 
 
 def section_mixed(res: dict) -> list[str]:
