@@ -44,11 +44,13 @@ def main() -> int:
     runners = {}
     # (label, method, images per batch): supervised at 2x the batch sees as many images as co-mining's two views
     # and 'joint' (two views, no co-generation) shows what co-generation itself adds
-    setups = [("supervised", {"name": "supervised"}, bs), ("co_mining", {"name": "co_mining"}, bs),
-              ("joint", {"name": "co_mining", "cogeneration": False}, bs), ("supervised_2x_batch", {"name": "supervised"}, 2 * bs)]
-    if args.init:  # the mechanisms beyond the paper, acting from the first step (no warm-up)
-        setups += [("co_mining_guarded", {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0}, bs),
-                   ("co_mining_adaptive", {"name": "co_mining", "adaptive": True}, bs)]
+    # co_mining and joint: the release's behaviour (method.paper), as in the papers' tables
+    setups = [("supervised", {"name": "supervised"}, bs), ("co_mining", {"name": "co_mining", "paper": True}, bs),
+              ("joint", {"name": "co_mining", "cogeneration": False, "paper": True}, bs),
+              ("supervised_2x_batch", {"name": "supervised"}, 2 * bs)]
+    if args.init:  # the mechanisms beyond the paper (minedet's defaults), acting from the first step (no warm-up)
+        setups += [("co_mining_guarded", {"name": "co_mining", "mine_after": 0}, bs),
+                   ("co_mining_adaptive", {"name": "co_mining", "paper": True, "adaptive": True}, bs)]
     for label, method_cfg, batch in setups:
         spec = build_spec(cfg, load_coco(cfg.data.train))
         detector = build_detector(spec, pretrained=True)

@@ -663,7 +663,10 @@ def readme_rows(results: dict) -> list[str]:
     mixed = results.get("mixed")
     if mixed:
         cells = [(m, _pick(mixed, method=m)) for m in MIXED_COLUMNS]
-        text = ", ".join(f"{m.replace('_', ' ')} {_ms(rs)}" for m, rs in cells if rs)
+        names = {"supervised_complete": "supervised on the complete images", "supervised_sparse": "supervised on complete + sparse",
+                 "co_mining": "co-mining (paper)", "mean_teacher": "Mean Teacher", "mean_teacher_ignore": "Mean Teacher + ignored band",
+                 "mixed": "mixed", "mixed_adaptive": "mixed + adaptive thresholds", "full": "full labels"}
+        text = ", ".join(f"{names[m]} {_ms(rs)}" for m, rs in cells if rs)
         seeds = sorted({r["seed"] for _, rs in cells for r in rs})
         rows.append(f"| mixed supervision, long-tailed digits: 10 % complete, 30 % `hard`-sparse, 60 % unlabelled "
                     f"(seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}) | {text} "
