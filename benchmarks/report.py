@@ -674,9 +674,11 @@ def readme_rows(results: dict) -> list[str]:
     review = results.get("review")
     if review:
         for r in _pick(review, method="review_round"):
+            alone = _pick(review, method="co_mining_alone", seed=r["seed"], what=r.get("what"))
+            versus = f" (the same steps on the unreviewed labels: {pct(alone[-1]['ap'])})" if alone else ""
             rows.append(f"| one review round on digits `hard` (scripted reviewer, seed {r['seed']}) | co-mining "
                         f"{r['round1_steps']} steps {pct(r['round1_ap'])}, then {r['round2_steps']} more on the reviewed labels "
-                        f"{pct(r['ap'])}; {r['mined_shown']} mined boxes shown, {r['reviewer_deletions']} deleted "
+                        f"{pct(r['ap'])}{versus}; {r['mined_shown']} mined boxes shown, {r['reviewer_deletions']} deleted "
                         "([review](docs/benchmarks.md#one-review-round-on-digits-hard-scripted-reviewer)) |")
     real = results.get("real_nuclei")
     if real:
