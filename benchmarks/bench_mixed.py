@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import append_results, latest, train_record
+from common import add_run_args, append_results, latest, train_record
 
 COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
            "mixed_adaptive", "full"]
@@ -58,10 +58,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=None, choices=COLUMNS, help="only these columns")
     ap.add_argument("--steps", type=int, default=800, help="training steps per run (teacher-student methods: half burn-in)")
-    ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--val-images", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    add_run_args(ap, train_images=2000)
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

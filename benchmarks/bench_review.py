@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import append_results, latest, train_record
+from common import add_run_args, append_results, latest, train_record
 
 
 def scripted_review(mined, hidden) -> tuple[dict, dict[str, int]]:
@@ -79,10 +79,7 @@ def main() -> int:
     ap.add_argument("--round2", type=int, default=300, help="co-mining steps after it, from the round-1 model")
     ap.add_argument("--alone", action="store_true",
                     help="also run round 2 on the unreviewed labels (co-mining alone at the same total steps)")
-    ap.add_argument("--train-images", type=int, default=4000)
-    ap.add_argument("--val-images", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
-    ap.add_argument("--out", default=None, help="work folder (default: a temporary one); a round-1 run found there is reused")
+    add_run_args(ap, train_images=4000, out_help="work folder (default: a temporary one); a round-1 run found there is reused")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -51,6 +51,14 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + args)
 
 
+def add_run_args(ap, *, train_images: int, out_help: str = "work folder (default: a temporary one)") -> None:
+    """The options every training benchmark shares: data size, torch threads, work folder."""
+    ap.add_argument("--train-images", type=int, default=train_images)
+    ap.add_argument("--val-images", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    ap.add_argument("--out", default=None, help=out_help)
+
+
 def run_origin() -> dict:
     """Where a record comes from: the command line, date, git commit and machine of this run."""
     return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -57,69 +57,72 @@ def resolve_data(cfg: Config, *, quiet: bool = False) -> Config:
     return _resolve_semi(_resolve_mixed(cfg, quiet), quiet)
 
 
-def _resolve_mixed(cfg: Config, quiet: bool) -> Config:
-    """``data.mixed = {percent, sparse, mode, seed}``: flag ``data.train``'s images complete / sparse /
-    none once (cached, keyed by the source's content hash) and point ``data.train`` / ``data.hidden``
-    at the flagged file and its hidden truth."""
-    d = cfg.data
-    if d.mixed is None:
-        return cfg
+def _cached_split(d, kind: str, tag: str, names: tuple[str, ...], make, quiet: bool) -> dict[str, Path]:
+    """Split ``d.train`` once into the cache (``cache_dir/kind/STEM-SHA-tag/NAME.json``, keyed by the
+    source's content hash): ``make(raw) -> (result, manifest)``, each ``NAME`` an attribute of the
+    result; returns the paths of the parts."""
     import hashlib
 
     from minedet.data.coco import save_coco
-    from minedet.data.mixed import split_mixed
     from minedet.io import write_json_atomic
+
+    src = Path(d.train)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
+    root = Path(d.cache_dir) / kind / f"{src.stem}-{sha}-{tag}"
+    paths = {k: root / f"{k}.json" for k in names}
+    if not all(p.exists() for p in paths.values()):
+        res, manifest = make(load_coco(src, strict=d.strict).raw)
+        for k in names:
+            save_coco(paths[k], getattr(res, k), validate=False)
+        write_json_atomic(root / "manifest.json", {**manifest, "source_file": str(src)}, indent=1)
+        if not quiet:
+            print(f"minedet: {kind} split {tag} of {src} in {root}", file=sys.stderr)
+    return paths
+
+
+def _resolve_mixed(cfg: Config, quiet: bool) -> Config:
+    """``data.mixed = {percent, sparse, mode, seed}``: flag ``data.train``'s images complete / sparse /
+    none once (cached) and point ``data.train`` / ``data.hidden`` at the flagged file and its hidden truth."""
+    d = cfg.data
+    if d.mixed is None:
+        return cfg
+    from minedet.data.mixed import split_mixed
 
     unknown = set(d.mixed) - {"percent", "sparse", "mode", "seed"}
     if unknown or not {"percent", "sparse", "mode"} <= set(d.mixed):
         raise MinedetError(f"data.mixed takes percent, sparse, mode (required) and seed, got {sorted(d.mixed)}")
     m = {**d.mixed, "seed": int(d.mixed.get("seed", 0))}
-    src = Path(d.train)
-    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    root = Path(d.cache_dir) / "mixed" / f"{src.stem}-{sha}-c{m['percent']:g}-s{m['sparse']:g}-{m['mode']}-s{m['seed']}"
-    paths = {k: root / f"{k}.json" for k in ("mixed", "hidden")}
-    if not all(p.exists() for p in paths.values()):
-        res = split_mixed(load_coco(src, strict=d.strict).raw, float(m["percent"]), float(m["sparse"]), str(m["mode"]), m["seed"])
-        save_coco(paths["hidden"], res.hidden, validate=False)
-        save_coco(paths["mixed"], res.mixed, validate=False)
-        write_json_atomic(root / "manifest.json", {**res.manifest, "source_file": str(src)}, indent=1)
-        if not quiet:
-            print(f"minedet: mixed split {res.manifest['images']} (seed {m['seed']}) of {src} in {root}", file=sys.stderr)
-    d.train_images = _images_dir(str(src), d.train_images)
+    tag = f"c{m['percent']:g}-s{m['sparse']:g}-{m['mode']}-s{m['seed']}"
+
+    def make(raw):
+        res = split_mixed(raw, float(m["percent"]), float(m["sparse"]), str(m["mode"]), m["seed"])
+        return res, res.manifest
+
+    paths = _cached_split(d, "mixed", tag, ("hidden", "mixed"), make, quiet)
+    d.train_images = _images_dir(d.train, d.train_images)
     d.train, d.hidden, d.mixed = str(paths["mixed"]), str(paths["hidden"]), None
     return cfg
 
 
 def _resolve_semi(cfg: Config, quiet: bool) -> Config:
     """``data.semi = {percent, seed}``: split ``data.train`` into labelled / unlabelled images once
-    (cached beside the other derived files, keyed by the source's content hash) and point
-    ``data.train`` / ``data.unlabelled`` / ``data.hidden`` at the parts."""
+    (cached) and point ``data.train`` / ``data.unlabelled`` / ``data.hidden`` at the parts."""
     d = cfg.data
     if d.semi is None or d.unlabelled is not None:
         return cfg
-    import hashlib
-
-    from minedet.data.coco import save_coco
     from minedet.data.splits import split_semi
-    from minedet.io import write_json_atomic
 
     unknown = set(d.semi) - {"percent", "seed"}
     if unknown or "percent" not in d.semi:
         raise MinedetError(f"data.semi takes percent (required) and seed, got {sorted(d.semi)}")
     percent, seed = float(d.semi["percent"]), int(d.semi.get("seed", 0))
-    src = Path(d.train)
-    sha = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    root = Path(d.cache_dir) / "semi" / f"{src.stem}-{sha}-p{percent:g}-s{seed}"
-    paths = {k: root / f"{k}.json" for k in ("labelled", "unlabelled", "hidden")}
-    if not all(p.exists() for p in paths.values()):
-        res = split_semi(load_coco(src, strict=d.strict).raw, percent, seed)
-        save_coco(paths["hidden"], res.hidden, validate=False)
-        save_coco(paths["unlabelled"], res.unlabelled, validate=False)
-        save_coco(paths["labelled"], res.labelled, validate=False)
-        write_json_atomic(root / "manifest.json", {**res.manifest, "source_file": str(src)}, indent=1)
-        if not quiet:
-            print(f"minedet: {percent:g}% labelled split (seed {seed}) of {src} in {root}", file=sys.stderr)
-    images = _images_dir(str(src), d.train_images)
+
+    def make(raw):
+        res = split_semi(raw, percent, seed)
+        return res, res.manifest
+
+    paths = _cached_split(d, "semi", f"p{percent:g}-s{seed}", ("hidden", "unlabelled", "labelled"), make, quiet)
+    images = _images_dir(d.train, d.train_images)
     d.train, d.train_images = str(paths["labelled"]), images
     d.unlabelled, d.unlabelled_images = str(paths["unlabelled"]), d.unlabelled_images or images
     d.hidden = str(paths["hidden"])
@@ -341,9 +344,10 @@ def stream_datasets(cfg: Config, method: Method) -> dict[str, DetectionDataset]:
                 "unlabelled": "data.unlabelled (a COCO JSON of unlabelled images)"}[missing[0]]
         raise MinedetError(f"method {method.name!r} needs {need}")
     measured = {"sparse", "unlabelled"} & set(sources) or {"labelled"}  # where hidden truth is measured
+    hidden = load_coco(cfg.data.hidden) if cfg.data.hidden else None  # read once, cut per stream
     return {
         s: make_dataset(data, images, cfg, views=streams[s], train=True, with_targets=s != "unlabelled",
-                        hidden=cfg.data.hidden if s in measured else None)
+                        hidden=hidden if s in measured else None)
         for s, (data, images) in sources.items()
     }
 

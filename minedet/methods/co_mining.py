@@ -160,13 +160,9 @@ class CoMining(Method):
             for k, v in enumerate(self.rule.thresholds.values().tolist()):
                 self.metrics[f"pseudo/tau_{k}"] = v
         kept = []
-        for d, gt, rej in zip(dets, gts, rejected or [Target.empty()] * len(gts)):
-            d = pf.drop_overlapping(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same")
-            if o.contain is not None:
-                d = pf.drop_containing(d, gt, o.contain)
-            if o.rejected_iou is not None and len(rej):
-                d = pf.drop_overlapping(d, rej, o.rejected_iou, same_class=False)
-            kept.append(d)
+        for d, gt, rej in zip(dets, gts, rejected or [None] * len(gts)):
+            kept.append(pf.drop_known(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same", contain=o.contain,
+                                      rejected=rej, rejected_iou=o.rejected_iou))
         if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
         return self.rule(kept, [gt.image_id for gt in gts])

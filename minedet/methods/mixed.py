@@ -119,12 +119,8 @@ class Mixed(MeanTeacher):
     def unknown(self, t: Target, known: Target, rejected: Target) -> Target:
         """The boxes of ``t`` no labelled box of ``known`` accounts for and no rejected box forbids."""
         o = self.options
-        if len(t) and len(rejected) and o.rejected_iou is not None:
-            t = pf.drop_overlapping(t, rejected, o.rejected_iou, same_class=False)
-        if not len(known) or not len(t):
-            return t
-        t = pf.drop_overlapping(t, known, o.iou_gt, same_class=False)
-        return t if o.contain is None else pf.drop_containing(t, known, o.contain)
+        return pf.drop_known(t, known, o.iou_gt, same_class=False, contain=o.contain, rejected=rejected,
+                             rejected_iou=o.rejected_iou)
 
     def unsup_targets(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> list[Target]:
         """The template's carried pseudo-labels, after each sparse image's labelled boxes (true targets)."""

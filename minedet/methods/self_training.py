@@ -196,8 +196,8 @@ class SelfTraining(Method):
     def observe(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> None:
         """After each step's labelling: quality against the hidden truth (``quality/*``); with ACRST,
         the pseudo bank and Table 10's variants."""
-        streams = [s for s in self.pseudo_streams(batch) for _ in range(len(batch[s]))]
-        ids = [int(i) for s in self.pseudo_streams(batch) for i in batch[s].image_ids]
+        pairs = [(s, int(i)) for s in self.pseudo_streams(batch) for i in batch[s].image_ids]
+        streams, ids = [s for s, _ in pairs], [i for _, i in pairs]
         q = self.measure(ids, labels.confident, maps, streams)
         if q is not None:
             self.metrics.update(q.as_dict(prefix="quality/"))

@@ -67,6 +67,19 @@ def drop_containing(t: Target, gt: Target, share: float) -> Target:
     return t.select(~(inter / area[None, :] >= share).any(1))
 
 
+def drop_known(t: Target, gt: Target, iou: float, *, same_class: bool = True, contain: float | None = None,
+               rejected: Target | None = None, rejected_iou: float | None = None) -> Target:
+    """The boxes of ``t`` no labelled box accounts for (:func:`drop_overlapping` at ``iou``, then
+    :func:`drop_containing` at ``contain`` when given) and no rejected box forbids (IoU > ``rejected_iou``,
+    any class, when both are given): what may still become a pseudo-label."""
+    t = drop_overlapping(t, gt, iou, same_class=same_class)
+    if contain is not None:
+        t = drop_containing(t, gt, contain)
+    if rejected is not None and rejected_iou is not None and len(rejected):
+        t = drop_overlapping(t, rejected, rejected_iou, same_class=False)
+    return t
+
+
 def min_size(t: Target, size: float) -> Target:
     """Drop boxes whose width or height is below ``size`` pixels."""
     if len(t) == 0:
