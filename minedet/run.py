@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from minedet.config import Config
+from minedet.config import Config, TrainConfig
 from minedet.data.coco import CocoData, load_coco
 from minedet.data.datasets import DetectionDataset, infinite_loader
 from minedet.data.splits import check_hidden_matches
@@ -24,7 +24,7 @@ from minedet.engine.dist import DistInfo, setup_device, write_json_main
 from minedet.engine.inference import evaluate_detector
 from minedet.engine.trainer import Trainer
 from minedet.errors import MinedetError
-from minedet.methods.base import Method
+from minedet.methods.base import Method, PreStage
 from minedet.models.build import DetectorSpec, build_detector
 
 
@@ -272,8 +272,47 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     torch.manual_seed(t.seed + info.rank)
     datasets = stream_datasets(cfg, method)
     method.bind(datasets, out if info.main else None)  # only rank 0 writes renders
+    run_prestages(method, t, out, info)
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
     return Run(cfg, spec, method, datasets, val, info, out)
+
+
+def run_prestages(method: Method, train: TrainConfig, out: Path, info: DistInfo) -> None:
+    """Train what ``method`` needs before its first step (:meth:`Method.prestages`, e.g. ACRST's
+    image-level classifier) and hand each result to it (:func:`train_prestage`)."""
+    for st in method.prestages():
+        st.use(train_prestage(st, train, out, info))
+
+
+def train_prestage(st: PreStage, train: TrainConfig, out: Path, info: DistInfo):
+    """One pre-stage through the one :class:`Trainer`: the run's device, DDP, AMP, checkpoint
+    interval, logging and progress bar; AdamW without weight decay at the stage's constant rate,
+    no clipping. Checkpoints and metrics go to ``OUT/NAME/``, the result to ``OUT/NAME.pt``
+    (written by the main process). A result file that exists is loaded instead; a
+    ``OUT/NAME/checkpoints/last.pt`` of the same stage configuration (``st.meta``) is resumed. The
+    global RNG is the stage's own (``st.seed`` + rank), restored afterwards. Returns the result."""
+    from dataclasses import replace
+
+    from minedet.engine.checkpoint import load_training_checkpoint
+
+    result = Path(out) / f"{st.name}.pt"
+    if result.is_file():
+        return st.load(result)
+    cfg = replace(train, max_steps=st.steps, optimizer="adamw", lr=st.lr, weight_decay=0.0, warmup_steps=0,
+                  schedule="constant", clip_grad=None, accumulate=1, eval_every=0)
+    devices = [info.device.index or 0] if info.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(st.seed + info.rank)
+        trainer = Trainer(st.module, cfg, lambda start: st.batches(start, info.rank, info.world),
+                          out_dir=Path(out) / st.name, info=info, meta={"prestage": st.name, **st.meta}, name=st.name)
+        last = trainer.ckpt_dir / "last.pt"
+        if last.is_file() and load_training_checkpoint(last).get("meta") == trainer.meta:
+            trainer.resume(last)
+        trainer.fit()
+    artefact = st.result(st.module)
+    if info.main:
+        st.save(artefact, result)
+    return artefact
 
 
 def init_from(detector, path: str) -> None:

@@ -414,3 +414,19 @@ def test_mixed_runs_under_ddp_with_all_three_streams(tiny_digits, tmp_path):
     train = {r["step"]: r for r in rows if r["kind"] == "train"}
     assert "sparse/classification" in train[1] and "unsup/classification" in train[4]
     assert (out / "model.pt").exists()
+
+
+def test_acrst_classifier_prestage_trains_under_ddp(tiny_digits, tmp_path):
+    """ACRST's image-level classifier is a pre-stage of the run: in two processes it trains through the
+    one training loop (DDP, its own checkpoints and metrics under OUT/multilabel/), rank 0 writes
+    multilabel.pt, and the detector's training follows in the same launch."""
+    cfg = _config(tiny_digits, "mean_teacher", steps=2)
+    cfg["method"] = {"name": "acrst", "burn_in": 1, "tau": 0.03, "max_dets": 5, "fbr": False,
+                     "multilabel": {"steps": 4, "burn_in": 2, "batch_size": 4, "image_size": 64, "pretrained": False}}
+    out = tmp_path / "acrst"
+    proc = _torchrun([_argv(_write_cfg(tmp_path, "acrst", cfg), out)], tmp_path)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    rows = [json.loads(x) for x in (out / "multilabel" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and {"sup/ml", "unsup/ml"} <= set(rows[-1])
+    assert (out / "multilabel.pt").is_file() and (out / "multilabel" / "checkpoints" / "last.pt").is_file()
+    assert _train_log(out)[-1]["step"] == 2 and (out / "model.pt").exists()

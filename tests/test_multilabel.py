@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,15 +19,16 @@ from minedet.io import save_torch_atomic
 from minedet.models.multilabel import (
     MultiLabelClassifier,
     MultiLabelOptions,
-    MultiLabelTrainer,
+    MultiLabelBatches,
+    MultiLabelMeanTeacher,
     focal_bce,
     image_labels,
     image_probabilities,
     image_truth,
     load_multilabel,
     negative_label_quality,
+    new_classifier,
     save_multilabel,
-    train_multilabel,
 )
 from minedet.structures import Target
 
@@ -198,80 +200,185 @@ def _mean_prob_gap(probs: dict[int, torch.Tensor], truth: dict[int, torch.Tensor
     return min(float(p[t[:, k], k].mean() - p[~t[:, k], k].mean()) for k in range(p.shape[1]))
 
 
-def test_train_multilabel_learns_colours_and_is_deterministic(squares):
+def _stage(lab, unl, opts, model=None):
+    """The SSMLL pre-stage as ACRST declares it (what the run trains before the detector)."""
+    from minedet.methods.base import PreStage
+
+    module = MultiLabelMeanTeacher(model if model is not None else new_classifier(2, opts), opts)
+    return PreStage("multilabel", module, lambda s, r, w: MultiLabelBatches(lab, unl, 2, opts, rank=r, world=w)(s),
+                    opts.steps, opts.lr, opts.seed, result=lambda m: m.result(), save=save_multilabel,
+                    load=load_multilabel if model is None else _load_tiny, use=lambda a: None,
+                    meta={"multilabel": repr(opts)})
+
+
+def _load_tiny(path):
+    """A saved tiny classifier (load_multilabel builds only the registered backbones)."""
+    model = tiny()
+    model.load_state_dict(torch.load(path, weights_only=True)["model"])
+    return model.eval()
+
+
+def _train(lab, unl, opts, out, model=None, **train):
+    """Train the classifier through the one training loop (minedet.run.train_prestage)."""
+    from minedet.config import TrainConfig
+    from minedet.engine.dist import DistInfo
+    from minedet.run import train_prestage
+
+    return train_prestage(_stage(lab, unl, opts, model), TrainConfig(progress=False, **train), out, DistInfo())
+
+
+def test_train_multilabel_learns_colours_and_is_deterministic(squares, tmp_path):
     lab, unl, val = squares
     opts = MultiLabelOptions(steps=60, burn_in=30, **FAST)
     truth = image_truth(val)
     untrained = image_probabilities(tiny(), val)
     assert _mean_prob_gap(untrained, truth) < 0.1
-    a = train_multilabel(lab, unl, 2, opts, model=tiny())
+    a = _train(lab, unl, opts, tmp_path / "a", model=tiny())
     assert not a.training and a.image_size == 32
+    assert (tmp_path / "a" / "multilabel.pt").is_file() and (tmp_path / "a" / "multilabel" / "metrics.jsonl").is_file()
     pa = image_probabilities(a, val)
     assert set(pa) == set(val.ids)
     assert _mean_prob_gap(pa, truth) > 0.3  # chance is 0
     q = negative_label_quality(pa, truth, tau_ml=0.5, pos_thresh=0.5)
     assert q["neg_accuracy"] > 0.8 and q["neg_recall"] > 0.8
-    b = train_multilabel(lab, unl, 2, opts, model=tiny())
+    b = _train(lab, unl, opts, tmp_path / "b", model=tiny())
     pb = image_probabilities(b, val)
     assert all(torch.equal(pa[i], pb[i]) for i in pa)
-    c = train_multilabel(lab, unl, 2, MultiLabelOptions(steps=60, burn_in=30, seed=1, **FAST), model=tiny())
+    c = _train(lab, unl, MultiLabelOptions(steps=60, burn_in=30, seed=1, **FAST), tmp_path / "c", model=tiny())
     pc = image_probabilities(c, val)
     assert any(not torch.equal(pa[i], pc[i]) for i in pa)
+    # a run whose result file exists loads it instead of training
+    again = _train(lab, unl, MultiLabelOptions(steps=60, burn_in=30, seed=1, **FAST), tmp_path / "a", model=tiny())
+    assert all(torch.equal(pa[i], p) for i, p in image_probabilities(again, val).items())
 
 
-def test_train_multilabel_with_the_default_backbone_is_seeded(squares):
-    lab, unl, val = squares
-    opts = MultiLabelOptions(steps=2, burn_in=1, image_size=32, batch_size=2, pretrained=False)
-    a = train_multilabel(lab, unl, 2, opts, progress=True)
-    assert isinstance(a, MultiLabelClassifier) and a.backbone == "effnet_lite0" and not a.training
-    assert all(p.requires_grad for p in a.parameters())  # an ordinary module, not the frozen EMA copy
-    b = train_multilabel(lab, unl, 2, opts)
-    x = torch.rand(2, 3, 32, 32)
-    assert torch.equal(a.probabilities(x), b.probabilities(x))
+def test_interrupted_prestage_resumes_bit_exactly(squares, tmp_path):
+    from minedet.config import TrainConfig
+    from minedet.engine.dist import DistInfo
+    from minedet.run import train_prestage
+
+    lab, unl, _ = squares
+    opts = MultiLabelOptions(steps=8, burn_in=3, ema_decay=0.9, **FAST)
+    whole = _train(lab, unl, opts, tmp_path / "whole", model=tiny(), ckpt_every=5)
+    st = _stage(lab, unl, opts, tiny())
+    inner = st.batches
+
+    def crashing(start, rank, world):
+        for i, b in enumerate(inner(start, rank, world)):
+            if start + i == 6:
+                raise RuntimeError("power cut")
+            yield b
+
+    st.batches = crashing
+    part = tmp_path / "part"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train_prestage(st, TrainConfig(progress=False, ckpt_every=5), part, DistInfo())
+    assert not (part / "multilabel.pt").exists() and (part / "multilabel" / "checkpoints" / "last.pt").is_file()
+    resumed = _train(lab, unl, opts, part, model=tiny(), ckpt_every=5)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(resumed.probabilities(x), whole.probabilities(x))
+    rows = [json.loads(r) for r in (part / "multilabel" / "metrics.jsonl").read_text().splitlines()]
+    assert {"sup/ml", "unsup/ml"} <= set(rows[-1]) and rows[-1]["step"] == 8
+    # a checkpoint of another configuration (seed) is not resumed: that run starts from step 0
+    other = tmp_path / "other"
+    (other / "multilabel").mkdir(parents=True)
+    (part / "multilabel.pt").unlink()
+    import shutil
+
+    shutil.copytree(part / "multilabel" / "checkpoints", other / "multilabel" / "checkpoints")
+    fresh = _train(lab, unl, MultiLabelOptions(steps=8, burn_in=3, ema_decay=0.9, seed=3, **FAST), other, model=tiny(),
+                   log_every=1)
+    assert not torch.equal(fresh.probabilities(x), whole.probabilities(x))
+    first = json.loads((other / "multilabel" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+
+
+def test_new_classifier_is_seeded_and_leaves_the_global_rng_alone():
+    opts = MultiLabelOptions(image_size=32, pretrained=False)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a, b = new_classifier(3, opts), new_classifier(3, opts)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    c = new_classifier(3, MultiLabelOptions(image_size=32, pretrained=False, seed=1))
+    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_batches_resume_mid_stream_and_shard_over_ranks(squares):
+    lab, unl, _ = squares
+    opts = MultiLabelOptions(steps=10, burn_in=2, **FAST)
+    make = MultiLabelBatches(lab, unl, 2, opts)
+    it = make(0)
+    run = [next(it) for _ in range(5)]
+    assert set(run[1]) == {"labelled"} and set(run[2]) == {"labelled", "unlabelled"}
+    later = next(make(3))
+    assert torch.equal(later["labelled"][0], run[3]["labelled"][0]) and torch.equal(later["unlabelled"][1], run[3]["unlabelled"][1])
+    weak, strong = run[3]["unlabelled"]
+    assert weak.shape == strong.shape == (8, 3, 32, 32) and not torch.equal(weak, strong)
+    r0, r1 = (next(MultiLabelBatches(lab, unl, 2, opts, rank=r, world=2)(3)) for r in (0, 1))
+    assert torch.equal(r0["labelled"][0], run[3]["labelled"][0][0::2]) and torch.equal(r1["labelled"][1], run[3]["labelled"][1][1::2])
+    with pytest.raises(MinedetError, match="multiple of the 3 processes"):
+        MultiLabelBatches(lab, unl, 2, opts, world=3)
+
+
+def _steps(module, batches, n):
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    out = []
+    for step in range(n):
+        losses = module(next(batches))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        module.after_step(module.steps_done + 1)
+        out.append(losses)
+    return out
 
 
 def test_teacher_is_copied_at_burn_in_then_follows_by_ema(squares):
     lab, unl, _ = squares
-    tr = MultiLabelTrainer(lab, unl, 2, MultiLabelOptions(steps=5, burn_in=3, ema_decay=0.9, **FAST), model=tiny())
-    losses = [tr.train_step() for _ in range(2)]
-    assert tr.teacher is None and all(set(x) == {"sup/ml"} for x in losses)
-    assert tr.result() is tr.student  # before burn-in: the student
-    assert set(tr.train_step()) == {"sup/ml"}  # the step that ends burn-in, then the copy
-    assert all(torch.equal(tr.teacher.state_dict()[k], v) for k, v in tr.student.state_dict().items())
-    after = tr.train_step()
-    assert set(after) == {"sup/ml", "unsup/ml"} and all(math.isfinite(v) for v in after.values())
-    teacher, student = tr.teacher, tr.student
+    opts = MultiLabelOptions(steps=5, burn_in=3, ema_decay=0.9, **FAST)
+    mt = MultiLabelMeanTeacher(tiny(), opts)
+    it = MultiLabelBatches(lab, unl, 2, opts)(0)
+    losses = _steps(mt, it, 2)
+    assert mt.teacher is None and all(set(x) == {"sup/ml"} for x in losses)
+    assert set(_steps(mt, it, 1)[0]) == {"sup/ml"}  # the step that ends burn-in, then the copy
+    assert all(torch.equal(mt.teacher.state_dict()[k], v) for k, v in mt.student.state_dict().items())
+    after = _steps(mt, it, 1)[0]
+    assert set(after) == {"sup/ml", "unsup/ml"} and all(math.isfinite(float(v)) for v in after.values())
+    teacher, student = mt.teacher, mt.student
     diffs = [float((t - s).detach().abs().max()) for t, s in zip(teacher.parameters(), student.parameters())]
     assert max(diffs) > 0  # the teacher lags the student
     x = torch.rand(2, 3, 32, 32)
     assert not torch.equal(teacher.probabilities(x), student.probabilities(x))
     assert not any(p.requires_grad for p in teacher.parameters())
-    out = tr.result()
-    assert out is not teacher and not out.training
+    out = mt.result()
+    assert out is not teacher and not out.training and all(p.requires_grad for p in out.parameters())
     assert torch.equal(out.probabilities(x), teacher.probabilities(x))
 
 
 def test_teacher_follows_by_ema_rule(squares):
     lab, unl, _ = squares
-    tr = MultiLabelTrainer(lab, unl, 2, MultiLabelOptions(steps=3, burn_in=1, ema_decay=0.75, **FAST), model=tiny())
-    tr.train_step()  # copy
-    before = {k: v.clone() for k, v in tr.teacher.state_dict().items()}
-    tr.train_step()
-    s = tr.student.state_dict()
+    opts = MultiLabelOptions(steps=3, burn_in=1, ema_decay=0.75, **FAST)
+    mt = MultiLabelMeanTeacher(tiny(), opts)
+    it = MultiLabelBatches(lab, unl, 2, opts)(0)
+    _steps(mt, it, 1)  # copy
+    before = {k: v.clone() for k, v in mt.teacher.state_dict().items()}
+    _steps(mt, it, 1)
+    s = mt.student.state_dict()
     w = "net.head.weight"
-    assert torch.allclose(tr.teacher.state_dict()[w], 0.75 * before[w] + 0.25 * s[w], atol=1e-6)
-    assert not torch.equal(tr.teacher.state_dict()[w], s[w])
+    assert torch.allclose(mt.teacher.state_dict()[w], 0.75 * before[w] + 0.25 * s[w], atol=1e-6)
+    assert not torch.equal(mt.teacher.state_dict()[w], s[w])
 
 
 def test_pseudo_labels_are_binary_teacher_decisions_on_the_weak_view(squares):
     lab, unl, _ = squares
-    tr = MultiLabelTrainer(lab, unl, 2, MultiLabelOptions(steps=2, burn_in=0, pos_thresh=0.6, **FAST), model=tiny())
-    weak, strong = tr.unlabelled_batch()
-    assert weak.shape == strong.shape == (8, 3, 32, 32) and not torch.equal(weak, strong)
+    opts = MultiLabelOptions(steps=2, burn_in=0, pos_thresh=0.6, **FAST)
+    mt = MultiLabelMeanTeacher(tiny(), opts)
+    weak, strong = next(MultiLabelBatches(lab, unl, 2, opts)(0))["unlabelled"]
     with torch.no_grad():
-        tr.ema.module.net.head.bias.copy_(torch.tensor([5.0, -5.0]))  # class 0 present, class 1 absent
-    pseudo = tr.pseudo_labels(weak)
-    probs = tr.ema.module.probabilities(weak)
+        mt.ema.module.net.head.bias.copy_(torch.tensor([5.0, -5.0]))  # class 0 present, class 1 absent
+    pseudo = mt.pseudo_labels(weak)
+    probs = mt.ema.module.probabilities(weak)
     assert torch.equal(pseudo, (probs >= 0.6).float())
     assert pseudo[:, 0].sum() > 0 and pseudo[:, 1].sum() < 8
 
@@ -281,12 +388,13 @@ def test_without_unlabelled_and_with_images_without_boxes(squares, tmp_path):
     assert any(len(lab.target(i)) == 0 for i in lab.ids)  # every 4th image has no square
     empty = _squares(tmp_path, "empty", 0, seed=0)
     empty_unl = DetectionDataset(empty.data, tmp_path, with_targets=False)  # behaves like None
-    for unl in (None, empty_unl):
-        tr = MultiLabelTrainer(lab, unl, 2, MultiLabelOptions(steps=3, burn_in=1, **FAST), model=tiny())
-        model = tr.fit()
-        assert tr.unlabelled is None and tr.teacher is not None and not model.training
+    opts = MultiLabelOptions(steps=3, burn_in=1, **FAST)
+    for k, unl in enumerate((None, empty_unl)):
+        assert set(next(MultiLabelBatches(lab, unl, 2, opts)(2))) == {"labelled"}
+        model = _train(lab, unl, opts, tmp_path / f"r{k}", model=tiny())
+        assert not model.training
     with pytest.raises(MinedetError, match="labelled image"):
-        MultiLabelTrainer(empty_unl, None, 2, MultiLabelOptions(**FAST), model=tiny())
+        MultiLabelBatches(empty_unl, None, 2, opts)
 
 
 # --------------------------------------------------------------------------------------- inference / measurement

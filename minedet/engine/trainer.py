@@ -125,6 +125,7 @@ class Trainer:
         out_dir: where checkpoints, metrics.jsonl and tb/ go.
         info: device and process group.
         meta: stored in every checkpoint (config dict, detector spec, class names).
+        name: the progress bar's label (``train``, or a pre-stage's name).
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class Trainer:
         info: DistInfo | None = None,
         evaluate: Callable[[Method, int], dict[str, float]] | None = None,
         meta: dict | None = None,
+        name: str = "train",
     ) -> None:
         self.method = method
         self.cfg = cfg
@@ -145,6 +147,7 @@ class Trainer:
         self.info = info or DistInfo()
         self.out_dir = Path(out_dir)
         self.meta = meta or {}
+        self.name = name
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.method.to(self.info.device)
         if cfg.sync_bn and self.info.world > 1:
@@ -242,7 +245,7 @@ class Trainer:
         if self.info.main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.name, unit="step", dynamic_ncols=True, file=sys.stderr)
         last_eval: dict[str, float] = {}
         t0 = time.perf_counter()
         try:

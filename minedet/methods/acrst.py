@@ -18,7 +18,7 @@ with its own switch so the paper's ablations (Tables 4-7, 10) run from one confi
   (0.1) per class over the last refresh window (summed over DDP ranks); crops are drawn by class
   with ``mu_k ∝ (1/PR_k)^beta`` (``beta`` 0.6; ``affr=False`` is beta 0 = uniform FBR).
 * **Two-stage filtering** (``two_stage``): an image-level multi-label classifier (SSMLL,
-  :mod:`minedet.models.multilabel`, trained by its own Mean Teacher before detection training and
+  :mod:`minedet.models.multilabel`, trained by its own Mean Teacher in a pre-stage of the run and
   saved as ``multilabel.pt``) gives each unlabelled image a probability per class; pseudo-boxes
   pass stage one by score (``tau``) and stage two when their class's probability is >= ``tau_ml``
   (0.2). With hidden truth, the precision/recall of single-stage, two-stage filtering and
@@ -37,8 +37,9 @@ implements every part; the Paste step is declared in the template's strong views
 Choices the paper leaves open (documented, tested): pastes start at step 0 from the labelled bank
 (uniform classes until the teacher has produced a Pseudo Recall); classes with no detection get a
 finite AFFR probability (``class_probabilities``); under DDP each rank keeps the pseudo bank of the
-images it sees, PR is summed over ranks, and every rank trains the same SSMLL classifier (same
-seed) unless ``multilabel_checkpoint`` names a trained one.
+images it sees and PR is summed over ranks. The SSMLL classifier is a pre-stage of the run
+(:meth:`Rebalancer.prestages`): the one training loop trains it before the detector, with the run's
+DDP, AMP, checkpoints and resume, unless ``multilabel_checkpoint`` names a trained one.
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ from __future__ import annotations
 import atexit
 import json
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ from torch import Tensor
 from minedet.data.cropbank import CropBank, SnapshotReader, class_probabilities, publish, pseudo_recall, union
 from minedet.data.paste import Paste, remove_occluded
 from minedet.data.transforms import BoxMap, Compose
+from minedet.engine.dist import labelling_info
 from minedet.errors import MinedetError
 from minedet.io import write_text_atomic
+from minedet.methods.base import PreStage
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
 from minedet.methods.stac import Stac, StacOptions
 from minedet.models.detector import DetectorAdapter
@@ -160,6 +162,9 @@ class Rebalancer:
         self.index_of: dict[int, int] = {}
         self.multilabel_quality: dict | None = None
         self._bank_dir: Path | None = None
+        self.data: tuple = (None, None)  # (labelled, unlabelled) datasets, from bind
+        self.out_dir: Path | None = None
+        self.run_metrics: dict = {}
         self.bound = False
         self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
         o = parts
@@ -182,9 +187,9 @@ class Rebalancer:
         """``view`` led by the FBR Paste step (unchanged with ``fbr`` off)."""
         return view if self.paste is None else Compose([self.paste, *view.transforms])
 
-    def bind(self, lab, unl, out_dir: Path | None, device: torch.device, metrics: dict) -> None:
+    def bind(self, lab, unl, out_dir: Path | None, metrics: dict) -> None:
         """Labelled bank from ``lab``'s ground truth; the Paste step's source images; the first
-        snapshot; the multi-label classifier and its probabilities on ``unl``."""
+        snapshot; a given or named (``multilabel_checkpoint``) classifier's probabilities on ``unl``."""
         o = self.o
         if lab is None or unl is None:
             raise MinedetError("ACRST needs labelled and unlabelled data (data.train and data.unlabelled)")
@@ -197,41 +202,62 @@ class Rebalancer:
             self.paste.set_sources([[lab.image_root / im["file_name"] for im in lab.data.images],
                                     [unl.image_root / im["file_name"] for im in unl.data.images]])
             self.publish(metrics)
-        if o.two_stage:
-            self._prepare_multilabel(lab, unl, out_dir, device, metrics)
+        self.data, self.out_dir, self.run_metrics = (lab, unl), out_dir, metrics
+        if o.two_stage and self.classifier is None and o.multilabel_checkpoint:
+            from minedet.models.multilabel import load_multilabel
+
+            self.classifier = load_multilabel(o.multilabel_checkpoint)
+        if o.two_stage and self.classifier is not None:
+            self.use_classifier(self.classifier)
         self.bound = True
 
-    def _prepare_multilabel(self, lab, unl, out_dir, device, metrics) -> None:
+    @property
+    def needs_classifier(self) -> bool:
+        """Stage two waits for its classifier (a pre-stage trains it)."""
+        return self.o.two_stage and self.classifier is None
+
+    def prestages(self) -> list[PreStage]:
+        """The SSMLL classifier's Mean Teacher training (``method.multilabel``), when stage two needs
+        a classifier and none was given or named."""
+        if not self.needs_classifier:
+            return []
+        from dataclasses import asdict
+
         from minedet.config import from_dict
-        from minedet.models.multilabel import (MultiLabelOptions, image_labels, load_multilabel, negative_label_quality,
-                                               save_multilabel, train_multilabel)
+        from minedet.models.multilabel import (MultiLabelBatches, MultiLabelMeanTeacher, MultiLabelOptions, load_multilabel,
+                                               new_classifier, save_multilabel)
+
+        lab, unl = self.data
+        mo = from_dict(MultiLabelOptions, dict(self.o.multilabel), where="method.multilabel")
+
+        def batches(start: int, rank: int, world: int):
+            return MultiLabelBatches(lab, unl, self.k, mo, rank=rank, world=world)(start)
+
+        return [PreStage("multilabel", MultiLabelMeanTeacher(new_classifier(self.k, mo), mo), batches, mo.steps, mo.lr,
+                         mo.seed, result=lambda m: m.result(), save=save_multilabel, load=load_multilabel,
+                         use=self.use_classifier,
+                         meta={"multilabel": asdict(mo), "classes": self.k, "labelled": len(lab), "unlabelled": len(unl)})]
+
+    def use_classifier(self, clf) -> None:
+        """Stage two's classifier: its probabilities on every unlabelled image (sharded over DDP
+        ranks) and, with hidden truth, its image-level label quality (Table 9)."""
+        from minedet.models.multilabel import image_labels, negative_label_quality
 
         o = self.o
-        clf = self.classifier
-        saved = None if out_dir is None else out_dir / "multilabel.pt"
-        if clf is None and o.multilabel_checkpoint:
-            clf = load_multilabel(o.multilabel_checkpoint)
-        elif clf is None and saved is not None and saved.is_file():  # resumed run: the classifier is already trained
-            clf = load_multilabel(saved)
-        elif clf is None:
-            mopts = from_dict(MultiLabelOptions, dict(o.multilabel), where="method.multilabel")
-            clf = train_multilabel(lab, unl, self.k, mopts, progress=saved is not None and sys.stderr.isatty(), device=device)
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                save_multilabel(clf, saved)
         if getattr(clf, "num_classes", self.k) != self.k:
             raise MinedetError(f"the multi-label classifier has {clf.num_classes} classes, the detector {self.k}",
                                file=o.multilabel_checkpoint or None)
-        clf.to(device)
-        self.image_probs = {int(i): v.float().cpu() for i, v in _gather_probs(clf, unl, device).items()}
+        self.classifier = clf
+        unl = self.data[1]
+        self.image_probs = {int(i): v.float().cpu() for i, v in _gather_probs(clf, unl, labelling_info().device).items()}
         if getattr(unl, "hidden", None) is not None:
             truth = {i: image_labels(unl.hidden_target(i), self.k) for i in self.image_probs}
             self.multilabel_quality = negative_label_quality(self.image_probs, truth, o.tau_ml)
             for name, v in self.multilabel_quality.items():
                 if isinstance(v, (int, float)) and v == v:
-                    metrics[f"multilabel/{name}"] = float(v)
-            if out_dir is not None:
-                write_text_atomic(out_dir / "multilabel_quality.json", json.dumps(self.multilabel_quality, indent=2))
+                    self.run_metrics[f"multilabel/{name}"] = float(v)
+            if self.out_dir is not None:
+                write_text_atomic(self.out_dir / "multilabel_quality.json", json.dumps(self.multilabel_quality, indent=2))
 
     # ------------------------------------------------------------------ CropBank / AFFR
     def banks(self) -> list[CropBank]:
@@ -394,3 +420,7 @@ class StacAcrst(Stac):
         o = options or StacAcrstOptions()
         super().__init__(detector, o, teacher=teacher, rebalancer=Rebalancer(o, detector.num_classes, classifier))
         self.options: StacAcrstOptions = o
+
+    def prestages(self) -> list[PreStage]:
+        """The classifier's pre-stage; the one labelling pass waits for it (stage two vetoes with it)."""
+        return [replace(st, use=lambda clf, use=st.use: (use(clf), self.label_once())) for st in super().prestages()]

@@ -8,7 +8,9 @@ each loss is made, never chosen later by key.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from torch import Tensor, nn
 
@@ -19,6 +21,40 @@ from minedet.models.detector import DetectorAdapter
 def prefixed(losses: dict[str, Tensor], prefix: str, weight: float = 1.0) -> dict[str, Tensor]:
     """``{prefix + "/" + k: weight * v}`` (MMDetection's ``rename_loss_dict(reweight_loss_dict(...))``)."""
     return {f"{prefix}/{k}": v * weight for k, v in losses.items()}
+
+
+@dataclass
+class PreStage:
+    """Something a method trains before its own training, by the same training loop (the run
+    assembles it: :func:`minedet.run.run_prestages`), e.g. ACRST's image-level classifier.
+
+    Fields:
+        name: its sub-folder of the run (``OUT/NAME/``: checkpoints, metrics) and its result file
+            ``OUT/NAME.pt``; a run whose result file exists loads it instead of training again.
+        module: an ``nn.Module`` the loop can train: ``forward(batch) -> {name: weighted loss}``,
+            ``after_step(step)``, ``log_metrics()``, ``extra_state()`` / ``load_extra_state(state)``.
+        batches: ``batches(start_step, rank, world) -> iterator`` of this process's batches, from
+            ``start_step`` on exactly what an uninterrupted run would see.
+        steps, lr: its schedule (AdamW without weight decay, constant rate).
+        seed: the global RNG seed of its loop (dropout and the like), plus the process's rank.
+        result: ``result(module) -> artefact`` once trained; ``save(artefact, path)`` and
+            ``load(path) -> artefact`` write and read the result file; ``use(artefact)`` hands it
+            to the method (on every process).
+        meta: what identifies this training (its options, the data sizes); a checkpoint left in
+            the sub-folder by another configuration is not resumed.
+    """
+
+    name: str
+    module: nn.Module
+    batches: Callable[[int, int, int], Iterator[Any]]
+    steps: int
+    lr: float
+    seed: int
+    result: Callable[[nn.Module], Any]
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path], Any]
+    use: Callable[[Any], None]
+    meta: dict = field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -46,6 +82,10 @@ class Method(nn.Module):
     def bind(self, datasets: dict, out_dir: str | None = None) -> None:
         """Called once before training with the stream datasets and the run's output folder
         (for measurement against hidden truth and renders). Default: nothing."""
+
+    def prestages(self) -> list[PreStage]:
+        """What must be trained before this method's first step (after :meth:`bind`). Default: nothing."""
+        return []
 
     # ---------------------------------------------------------------- the step
     def training_step(self, batch: dict) -> dict[str, Tensor]:

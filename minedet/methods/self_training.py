@@ -124,8 +124,11 @@ class SelfTraining(Method):
         self.datasets = datasets
         self._out_dir = None if out_dir is None else Path(out_dir)
         if self.rb is not None:
-            self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), self._out_dir,
-                         next(self.detector.parameters()).device, self.metrics)
+            self.rb.bind(datasets.get("labelled"), datasets.get("unlabelled"), self._out_dir, self.metrics)
+
+    def prestages(self) -> list:
+        """ACRST's parts may need the SSMLL classifier trained first (:meth:`Rebalancer.prestages`)."""
+        return self.rb.prestages() if self.rb is not None else []
 
     # ------------------------------------------------------------------ named steps
     def teacher_ready(self) -> bool:

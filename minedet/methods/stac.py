@@ -133,6 +133,14 @@ class Stac(SelfTraining):
         if ds is None:
             raise MinedetError("method stac needs data.unlabelled (a COCO JSON of unlabelled images)")
         super().bind(datasets, out_dir)
+        if self.rb is None or not self.rb.needs_classifier:
+            self.label_once()
+
+    def label_once(self) -> None:
+        """The one labelling pass over the unlabelled images: the stored pseudo-labels, measured
+        (and banked with ACRST's parts). Run by :meth:`bind`, or after the pre-stage that trains
+        stage two's classifier."""
+        ds = self.datasets["unlabelled"]
         labels = self.label(ds)
         ids = [d.image_id for d in labels.detections]
         self.pseudo = dict(zip(ids, labels.confident))

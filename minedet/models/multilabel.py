@@ -7,7 +7,8 @@ AAAI 2022, section "Two-stage Pseudo-label Filtering" and Implementation Details
 builds on a ResNet-50 CTran; here the body is any :func:`build_classifier` network
 (EfficientNet-Lite0 with the packaged ImageNet weights by default) with a K-way sigmoid head.
 
-Training (:func:`train_multilabel`, :class:`MultiLabelTrainer`):
+Training (:class:`MultiLabelMeanTeacher` over :class:`MultiLabelBatches`, run by minedet's one
+training loop as ACRST's pre-stage, with its DDP, AMP, checkpoints and resume):
 
 * burn-in: labelled images only, image-level targets from their boxes (:func:`image_labels`),
   focal binary cross-entropy (:func:`focal_bce`);
@@ -50,15 +51,17 @@ __all__ = [
     "MULTILABEL_FORMAT",
     "MultiLabelClassifier",
     "MultiLabelOptions",
-    "MultiLabelTrainer",
+    "MultiLabelBatches",
+    "MultiLabelMeanTeacher",
     "focal_bce",
     "image_labels",
     "image_probabilities",
     "image_truth",
     "load_multilabel",
     "negative_label_quality",
+    "new_classifier",
     "save_multilabel",
-    "train_multilabel",
+    "seeded",
 ]
 
 #: ``"format"`` entry of a file written by :func:`save_multilabel`
@@ -264,8 +267,14 @@ class MultiLabelOptions:
                 raise MinedetError(f"multi-label {name} must be a number in {'[' if lo_ok else '('}{lo}, {hi}], got {v!r}")
 
 
-def _epochs(n: int, g: torch.Generator) -> Iterator[int]:
-    """Endless shuffled epochs of ``range(n)`` drawn from ``g``."""
+def _order(n: int, seed: int, skip: int) -> Iterator[int]:
+    """Endless shuffled epochs of ``range(n)`` (``torch.randperm`` under ``seed``), from draw ``skip`` on."""
+    g = torch.Generator().manual_seed(seed)
+    epochs, skip = divmod(skip, n)
+    for _ in range(epochs):  # a few hundred permutations at most: cheap to replay
+        torch.randperm(n, generator=g)
+    first = torch.randperm(n, generator=g).tolist()[skip:]
+    yield from first
     while True:
         yield from torch.randperm(n, generator=g).tolist()
 
@@ -289,170 +298,157 @@ def _load(dataset: DetectionDataset, index: int) -> tuple[int, Tensor]:
 
 
 @contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
     """Global RNG (initialisation, dropout) seeded by ``seed`` inside, restored outside."""
+    device = torch.device(device)
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 
 
-class MultiLabelTrainer:
-    """Mean Teacher for image-level multi-label classification (ACRST SSMLL); one step at a time.
+def new_classifier(num_classes: int, options: MultiLabelOptions) -> MultiLabelClassifier:
+    """The untrained student of ``options`` (backbone, image size, packaged weights), initialised
+    under ``options.seed`` without touching the caller's global RNG."""
+    with seeded(options.seed):
+        return MultiLabelClassifier(num_classes, options.backbone, options.image_size, options.pretrained)
 
-    Args:
-        labelled: images with boxes (``labelled.target(image_id)`` gives the image-level targets;
-            images without boxes are all-negative examples). Its views are ignored.
-        unlabelled: images without labels, or None / empty (then labelled images only).
-        num_classes: K.
-        options: :class:`MultiLabelOptions`.
-        device: where the student and the teacher live.
-        model: the student to train (in place), instead of a new ``MultiLabelClassifier(num_classes,
-            options.backbone, options.image_size, options.pretrained)`` initialised under
-            ``options.seed``; its own ``image_size`` is used.
 
-    Attributes: ``student`` (trained by Adam), ``ema`` (:class:`ModelEMA`; its ``module`` is the
-    teacher, copied from the student when ``step`` reaches ``burn_in``), ``step`` (optimiser steps
-    done). Steps ``0 .. burn_in - 1`` are labelled-only; from step ``burn_in`` on each step also has
-    the unlabelled loss and ends with an EMA update.
+class MultiLabelBatches:
+    """The SSMLL training batches, one per step: ``batches(start_step) -> iterator`` (the shape a
+    training loop resumes from: from ``start_step`` on it yields exactly what an uninterrupted run
+    would).
+
+    Each batch is ``{"labelled": (weak views float[b, 3, S, S], image-level targets float[b, K])}``
+    and, from step ``burn_in`` on with unlabelled images, ``"unlabelled": (weak views = the resized
+    images, strong views)``. Labelled views get a random horizontal flip; strong views a flip and
+    :func:`view_transform("strong")` (colour jitter, blur, cutout). ``S`` is ``image_size``.
+
+    The global batch (``options.batch_size`` per stream) is drawn from shuffled epochs seeded by
+    ``options.seed``; each image's augmentation has its own generator seeded by (seed, step,
+    position), so a batch does not depend on what came before it. Process ``rank`` of ``world``
+    (DDP) takes positions ``rank::world`` of every global batch, which must divide evenly.
     """
 
     def __init__(self, labelled: DetectionDataset, unlabelled: DetectionDataset | None, num_classes: int,
-                 options: MultiLabelOptions | None = None, *, device: str | torch.device = "cpu",
-                 model: MultiLabelClassifier | None = None) -> None:
-        self.options = o = options or MultiLabelOptions()
+                 options: MultiLabelOptions, *, image_size: int | None = None, rank: int = 0, world: int = 1) -> None:
         if len(labelled) == 0:
             raise MinedetError("multi-label training needs at least one labelled image")
+        if options.batch_size % world:
+            raise MinedetError(f"method.multilabel.batch_size={options.batch_size} is the global batch and must be "
+                               f"a multiple of the {world} processes")
         self.labelled = labelled
         self.unlabelled = unlabelled if unlabelled is not None and len(unlabelled) > 0 else None
-        self.num_classes = num_classes
-        self.device = torch.device(device)
-        if model is None:
-            with _seeded(o.seed, self.device):
-                model = MultiLabelClassifier(num_classes, o.backbone, o.image_size, o.pretrained)
-        elif model.num_classes != num_classes:
-            raise ValueError(f"the model has {model.num_classes} classes, the data {num_classes}")
-        self.student = model.to(self.device)
-        self.image_size = model.image_size
-        self.student.train()
-        self.ema = ModelEMA(self.student, o.ema_decay)  # a copy already: burn_in == 0 needs no other
-        self.optimizer = torch.optim.Adam([p for p in self.student.parameters() if p.requires_grad], lr=o.lr)
-        self.step = 0
-        base = o.seed * 1_000_003
-        self._lab_order = _epochs(len(labelled), torch.Generator().manual_seed(base + 1))
-        self._unl_order = _epochs(len(self.unlabelled), torch.Generator().manual_seed(base + 2)) if self.unlabelled else None
-        self._aug = torch.Generator().manual_seed(base + 3)
-        self._weak = Compose([RandomHorizontalFlip(0.5)])  # labelled images
+        self.o = options
+        self.size = image_size or options.image_size
+        self.rank, self.world = rank, world
+        self.targets = {i: image_labels(labelled.target(i), num_classes) for i in labelled.ids}
+        self._weak = Compose([RandomHorizontalFlip(0.5)])
         self._strong = Compose([RandomHorizontalFlip(0.5), *view_transform("strong").transforms])
-        self._rng = torch.Generator().manual_seed(base + 4)  # global-RNG substitute for dropout etc.
-        self._targets = {i: image_labels(labelled.target(i), num_classes) for i in labelled.ids}
 
-    @property
-    def burned_in(self) -> bool:
-        """True once the teacher exists (``step >= burn_in``)."""
-        return self.step >= self.options.burn_in
+    def _view(self, image: Tensor, tf: Compose, step: int, stream: int, pos: int) -> Tensor:
+        g = torch.Generator().manual_seed(((self.o.seed * 1_000_003 + step) * 4 + stream) * 65_537 + pos)
+        return tf(image, Target.empty(), g)[0]
+
+    def __call__(self, start_step: int) -> Iterator[dict]:
+        o, bs = self.o, self.o.batch_size
+        base = o.seed * 1_000_003
+        lab = _order(len(self.labelled), base + 1, start_step * bs)
+        unl = None
+        if self.unlabelled is not None:
+            unl = _order(len(self.unlabelled), base + 2, max(0, start_step - o.burn_in) * bs)
+        step = start_step
+        while True:
+            batch = {"labelled": self._labelled(step, [next(lab) for _ in range(bs)])}
+            if unl is not None and step >= o.burn_in:
+                batch["unlabelled"] = self._unlabelled(step, [next(unl) for _ in range(bs)])
+            yield batch
+            step += 1
+
+    def _labelled(self, step: int, order: list[int]) -> tuple[Tensor, Tensor]:
+        images, targets = [], []
+        for pos in range(self.rank, len(order), self.world):
+            index, image = _load(self.labelled, order[pos])
+            images.append(self._view(_resize_one(image, self.size), self._weak, step, 0, pos))
+            targets.append(self.targets[self.labelled.ids[index]])
+        return torch.stack(images), torch.stack(targets)
+
+    def _unlabelled(self, step: int, order: list[int]) -> tuple[Tensor, Tensor]:
+        assert self.unlabelled is not None
+        weak, strong = [], []
+        for pos in range(self.rank, len(order), self.world):
+            image = _resize_one(_load(self.unlabelled, order[pos])[1], self.size)
+            weak.append(image)
+            strong.append(self._view(image, self._strong, step, 1, pos))
+        return torch.stack(weak), torch.stack(strong)
+
+
+class MultiLabelMeanTeacher(nn.Module):
+    """Mean Teacher for image-level multi-label classification (ACRST SSMLL), shaped for the one
+    training loop (:class:`minedet.engine.trainer.Trainer`): ``forward(batch) -> losses``,
+    ``after_step(step)``, ``extra_state`` / ``load_extra_state``.
+
+    Args:
+        student: the classifier to train (in place).
+        options: :class:`MultiLabelOptions` (``burn_in``, ``ema_decay``, ``pos_thresh``, ``gamma``).
+
+    Steps ``0 .. burn_in - 1`` see labelled images only (``sup/ml``); the step that ends burn-in
+    copies the student into the teacher (:meth:`ModelEMA.copy_from`), every later step moves the
+    teacher by EMA. After burn-in a batch also holds unlabelled images: the teacher's
+    probabilities on the weak view, thresholded at ``pos_thresh``, supervise the student's strong
+    view (``unsup/ml``, focal BCE; the two losses summed unweighted, 1:1 batches).
+    """
+
+    def __init__(self, student: MultiLabelClassifier, options: MultiLabelOptions | None = None) -> None:
+        super().__init__()
+        self.options = options or MultiLabelOptions()
+        self.student = student
+        self.ema = ModelEMA(student, self.options.ema_decay)  # a copy already: burn_in == 0 needs no other
+        self.steps_done = 0
 
     @property
     def teacher(self) -> MultiLabelClassifier | None:
         """The EMA teacher once burn-in has passed, else None."""
-        return self.ema.module if self.burned_in else None  # type: ignore[return-value]
-
-    def _view(self, image: Tensor, tf: Compose) -> Tensor:
-        image = _resize_one(image, self.image_size)
-        return tf(image, Target.empty(), self._aug)[0]
-
-    def labelled_batch(self) -> tuple[Tensor, Tensor]:
-        """(weak views float[B, 3, S, S], image-level targets float[B, K])."""
-        images, targets = [], []
-        for _ in range(self.options.batch_size):
-            index, image = _load(self.labelled, next(self._lab_order))
-            images.append(self._view(image, self._weak))
-            targets.append(self._targets[self.labelled.ids[index]])
-        return torch.stack(images).to(self.device), torch.stack(targets).to(self.device)
-
-    def unlabelled_batch(self) -> tuple[Tensor, Tensor]:
-        """(weak views = the resized images, strong views), each float[B, 3, S, S]."""
-        assert self.unlabelled is not None and self._unl_order is not None
-        weak, strong = [], []
-        for _ in range(self.options.batch_size):
-            _, image = _load(self.unlabelled, next(self._unl_order))
-            image = _resize_one(image, self.image_size)
-            weak.append(image)
-            strong.append(self._view(image, self._strong))
-        return torch.stack(weak).to(self.device), torch.stack(strong).to(self.device)
+        return self.ema.module if self.steps_done >= self.options.burn_in else None  # type: ignore[return-value]
 
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> Tensor:
         """Binary image-level pseudo-labels float[B, K]: teacher probability >= ``pos_thresh``."""
         return (self.ema.module.probabilities(weak) >= self.options.pos_thresh).float()
 
-    def losses(self) -> dict[str, Tensor]:
-        """One batch's weighted losses: ``sup/ml`` (+ ``unsup/ml`` after burn-in with unlabelled data)."""
-        o = self.options
-        lab, y = self.labelled_batch()
-        if not self.burned_in or self.unlabelled is None:
-            return {"sup/ml": focal_bce(self.student(lab), y, o.gamma)}
-        weak, strong = self.unlabelled_batch()
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        g = self.options.gamma
+        lab, y = batch["labelled"]
+        y = y.to(self.student.mean.device)
+        if "unlabelled" not in batch:
+            return {"sup/ml": focal_bce(self.student(lab), y, g)}
+        weak, strong = batch["unlabelled"]
         pseudo = self.pseudo_labels(weak)
         logits = self.student(torch.cat([lab, strong]))  # one forward: BatchNorm sees both halves
-        return {"sup/ml": focal_bce(logits[: len(lab)], y, o.gamma),
-                "unsup/ml": focal_bce(logits[len(lab):], pseudo, o.gamma)}
+        return {"sup/ml": focal_bce(logits[: len(lab)], y, g), "unsup/ml": focal_bce(logits[len(lab):], pseudo, g)}
 
-    def train_step(self) -> dict[str, float]:
-        """One optimiser step; then the teacher is copied from the student when this step ends
-        burn-in (``step == burn_in``), or follows it by EMA after burn-in."""
-        self.student.train()
-        with _seeded(int(torch.randint(2**62, (), generator=self._rng)), self.device):
-            losses = self.losses()
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        self.step += 1
-        if self.step == self.options.burn_in:
+    def after_step(self, step: int) -> None:
+        self.steps_done = step
+        if step == self.options.burn_in:
             self.ema.copy_from(self.student)
-        elif self.step > self.options.burn_in:
+        elif step > self.options.burn_in:
             self.ema.update(self.student)
-        return {k: float(v.detach()) for k, v in losses.items()}
 
-    def fit(self, *, progress: bool = False) -> MultiLabelClassifier:
-        """Run the remaining ``options.steps - step`` steps; return :meth:`result`."""
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    def log_metrics(self) -> dict[str, float]:
+        return {}
 
-            bar = tqdm(total=self.options.steps, initial=self.step, desc="multi-label", unit="step",
-                       dynamic_ncols=True, file=sys.stderr)
-        try:
-            while self.step < self.options.steps:
-                losses = self.train_step()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-        finally:
-            if bar is not None:
-                bar.close()
-        return self.result()
+    def extra_state(self) -> dict:
+        return {"steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
 
     def result(self) -> MultiLabelClassifier:
-        """The teacher (a copy, eval mode) once burn-in has passed, else the student (eval mode)."""
-        if self.teacher is None:
-            return self.student.eval()
-        out = copy.deepcopy(self.teacher)
+        """A trainable copy in eval mode of the teacher once burn-in has passed, else of the student."""
+        out = copy.deepcopy(self.teacher if self.teacher is not None else self.student)
         for p in out.parameters():
             p.requires_grad_(True)
         return out.eval()
-
-
-def train_multilabel(labelled: DetectionDataset, unlabelled: DetectionDataset | None, num_classes: int,
-                     options: MultiLabelOptions | None = None, *, progress: bool = False,
-                     device: str | torch.device = "cpu",
-                     model: MultiLabelClassifier | None = None) -> MultiLabelClassifier:
-    """Train the SSMLL classifier by Mean Teacher (see :class:`MultiLabelTrainer`; ``model``: an
-    untrained student to use instead of building one from ``options``); returns the teacher (a
-    copy, eval mode) once ``options.steps > options.burn_in``, else the student (eval mode)."""
-    return MultiLabelTrainer(labelled, unlabelled, num_classes, options, device=device,
-                             model=model).fit(progress=progress)
 
 
 # --------------------------------------------------------------------------------------- inference
