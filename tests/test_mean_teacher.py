@@ -464,3 +464,15 @@ def test_adaptive_thresholds_come_from_the_teachers_scores_on_labelled_boxes():
     assert m.rule.thresholds.values().tolist() == pytest.approx(taus)
     with pytest.raises(MinedetError, match="adaptive"):
         build_method({"name": "stac", "adaptive": True, "teacher": "x.pt"}, tiny_detector("retinanet"))
+
+
+def test_paper_switch_restores_the_papers_rule_on_every_self_training_method():
+    from minedet.methods.acrst import AcrstOptions, StacAcrstOptions
+    from minedet.methods.mixed import MixedOptions
+
+    for cls in (MeanTeacherOptions, StacOptions, AcrstOptions, StacAcrstOptions, MixedOptions):
+        o = cls(ignore_below=0.3, adaptive=True, paper=True)
+        assert (o.ignore_below, o.adaptive) == (None, False), cls.__name__
+        assert cls(ignore_below=0.3, adaptive=True).ignore_below == 0.3
+    m = build_method({"name": "mean_teacher", "tau": 0.7, "ignore_below": 0.3, "paper": True}, tiny_detector("retinanet"))
+    assert m.rule.floor == 0.7, "with paper=true nothing below tau is kept, not even as an ignored box"

@@ -43,7 +43,8 @@ class SelfTrainingOptions:
     view (strong | color | blur | none); geometric: add a random scale+crop to the strong view;
     ignore_below: teacher detections scoring in [ignore_below, tau] are ignored, not background (None: off);
     adaptive: per-class thresholds from the scores the teacher gives the labelled boxes (their
-    adaptive_quantile, EMA, clamped to [0.3, 0.9]) instead of one tau (beyond the papers; off)."""
+    adaptive_quantile, EMA, clamped to [0.3, 0.9]) instead of one tau (beyond the papers; off);
+    paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds)."""
 
     tau: float = 0.7
     nms: float | None = None
@@ -55,6 +56,17 @@ class SelfTrainingOptions:
     ignore_below: float | None = None
     adaptive: bool = False
     adaptive_quantile: float = 0.5
+    paper: bool = False
+
+    def __post_init__(self) -> None:
+        if self.paper:  # the papers' pseudo-label rule: every option beyond them off
+            for k, v in PAPER_SETTINGS.items():
+                setattr(self, k, v)
+
+
+#: what ``method.paper=true`` sets on a self-training method (Mean Teacher, STAC, ACRST, mixed): the
+#: papers' rule, every detection below tau taught as background
+PAPER_SETTINGS = {"ignore_below": None, "adaptive": False}
 
 
 @dataclass(frozen=True)
