@@ -620,10 +620,10 @@ def readme_rows(results: dict) -> list[str]:
     if cm:
         for split in ("hard", "extreme"):
             cells = [(m, _pick(cm, split=split, method=m))
-                     for m in ("original", "augmented", "joint", "co_mining", "tau0.5", "co_mining_guarded")]
+                     for m in ("original", "original_2x", "augmented", "joint", "co_mining", "tau0.5", "co_mining_guarded")]
             cells = [(m, rs) for m, rs in cells if rs]
             full = _pick(cm, split="full", method="original")
-            names = {"tau0.5": "co-mining at tau 0.5", "co_mining": "co-mining",
+            names = {"tau0.5": "co-mining at tau 0.5", "co_mining": "co-mining", "original_2x": "original at twice the batch",
                      "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)"}
             text = ", ".join(f"{names.get(m, m)} {_ms(rs)}"
                              + (f" ({_seeds(rs)})" if len(rs) < 3 else "") for m, rs in cells)
@@ -642,10 +642,12 @@ def readme_rows(results: dict) -> list[str]:
         res = results.get(name)
         if res:
             o, c = _pick(res, split="hard", method="original"), _pick(res, split="hard", method="co_mining")
+            g = _pick(res, split="hard", method="co_mining_guarded")
             full = _pick(res, split="full", method="original")
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
-            rows.append(f"| Co-mining on {det}, digits `hard` ({_seeds(o + c)}) | original {_ms(o)}, co-mining {_ms(c)}{extra} "
-                        f"([{det}](docs/benchmarks.md#{anchor})) |")
+            guarded = f", co-mining with the guards {_ms(g)} ({_seeds(g)})" if g else ""
+            rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
+                        f"({_seeds(c)}){guarded}{extra} ([{det}](docs/benchmarks.md#{anchor})) |")
     semi = results.get("semi")
     if semi:
         for f in sorted({r["fraction"] for r in latest(semi["records"]) if r.get("fraction") not in (None, 100.0)}):
