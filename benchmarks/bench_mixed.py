@@ -91,7 +91,7 @@ def main() -> int:
         elif label.startswith("mean_teacher"):
             cfg.data.train, cfg.data.unlabelled, cfg.data.hidden = str(p["complete"]), str(p["unlabelled"]), str(p["unlabelled_hidden"])
             cfg.data.unlabelled_images = cfg.data.train_images
-            cfg.method = {**mt, **({"ignore_below": 0.3} if label == "mean_teacher_ignore" else {})}
+            cfg.method = {**mt, **({"ignore_below": 0.3} if label == "mean_teacher_ignore" else {"paper": True})}
         else:
             cfg.method = {**mt, "name": "mixed", **({"adaptive": True} if label == "mixed_adaptive" else {})}
             cfg.data.sparse_batch_size = cfg.data.unlabelled_batch_size = 4

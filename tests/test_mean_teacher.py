@@ -111,7 +111,7 @@ REG_PARAMS = {
 @pytest.mark.parametrize("name", ["retinanet", "fcos", "faster_rcnn"])
 def test_unsup_losses_are_classification_only_and_give_no_regression_gradient(name):
     det = tiny_detector(name).train()
-    m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10))
+    m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, paper=True))
     m.train()
     losses = m.training_step(_batch())
     unsup = {k: v for k, v in losses.items() if k.startswith("unsup/")}
@@ -135,7 +135,7 @@ def test_unsup_losses_are_classification_only_and_give_no_regression_gradient(na
 
 def test_unsup_regression_true_keeps_box_terms_and_their_gradient():
     det = tiny_detector("retinanet").train()
-    m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, unsup_regression=True))
+    m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, unsup_regression=True, paper=True))
     losses = m.training_step(_batch())
     assert "unsup/bbox_regression" in losses
     sum(v for k, v in losses.items() if k.startswith("unsup/")).backward()
@@ -148,7 +148,7 @@ def test_unsup_loss_is_weighted_by_lambda():
     vals = {}
     for lam in (1.0, 4.0):
         det = tiny_detector("retinanet", seed=0).train()
-        m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, lambda_unsup=lam))
+        m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, lambda_unsup=lam, paper=True))
         vals[lam] = m.training_step(batch)
     assert torch.allclose(vals[4.0]["unsup/classification"], 4 * vals[1.0]["unsup/classification"], rtol=1e-5)
     assert torch.allclose(vals[4.0]["sup/classification"], vals[1.0]["sup/classification"])
@@ -363,7 +363,7 @@ def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_s
     cfg = tiny_config(tiny_digits, out, data__train=str(semi_split["labelled"]),
                       data__unlabelled=str(semi_split["unlabelled"]), data__unlabelled_images=str(tiny_digits.image_root),
                       data__hidden=str(semi_split["hidden"]), method__name="mean_teacher", method__burn_in=2,
-                      method__tau=0.05, train__max_steps=4, train__ckpt_every=0)
+                      method__tau=0.05, method__paper=True, train__max_steps=4, train__ckpt_every=0)
     result = run_training(cfg, quiet=True)
     assert result["steps"] == 4 and list(result["reports"]) == ["teacher", "student"]
     ev = json.loads((out / "eval.json").read_text())

@@ -85,7 +85,7 @@ def test_mean_teacher_sigkill_after_burn_in_then_resume_reproduces_uninterrupted
         tiny_digits, tmp_path, min_saves=2, pseudo_key="pseudo/boxes_per_image",
         data__train=str(semi_split["labelled"]), data__unlabelled=str(semi_split["unlabelled"]),
         data__unlabelled_images=str(tiny_digits.image_root), data__hidden=str(semi_split["hidden"]),
-        method__name="mean_teacher", method__burn_in=2, method__tau=0.005, method__max_dets=10,
+        method__name="mean_teacher", method__burn_in=2, method__tau=0.005, method__paper=True, method__max_dets=10,
     )
     assert killed_at > 2, "the kill landed after burn-in"
     ck = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")

@@ -130,7 +130,10 @@ class AcrstParts:
 
 @dataclass
 class AcrstOptions(AcrstParts, MeanTeacherOptions):
-    """Mean Teacher's options (:class:`MeanTeacherOptions`) plus ACRST's (:class:`AcrstParts`)."""
+    """Mean Teacher's options (:class:`MeanTeacherOptions`) plus ACRST's (:class:`AcrstParts`). Without the
+    ignored band by default: ACRST with it is not yet measured better (docs/benchmarks.md)."""
+
+    ignore_below: float | None = None
 
 
 @dataclass

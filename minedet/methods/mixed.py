@@ -35,14 +35,13 @@ from minedet.structures import Target
 
 @dataclass
 class MixedOptions(MeanTeacherOptions):
-    """:class:`~minedet.methods.mean_teacher.MeanTeacherOptions` with ``ignore_below=0.3``, plus
+    """:class:`~minedet.methods.mean_teacher.MeanTeacherOptions` (``ignore_below=0.3``), plus
     lambda_sparse: weight of the sparse images' loss; iou_gt: a pseudo box overlapping a labelled box
     (any class) by IoU > iou_gt is dropped; contain: a pseudo box holding at least this share of a
     labelled box is dropped (None: off); rejected_iou: a pseudo box overlapping a box a reviewer rejected
     (the data's ``"rejected"`` list) by IoU > rejected_iou is dropped, so that region stays background
     (None: off)."""
 
-    ignore_below: float | None = 0.3
     lambda_sparse: float = 1.0
     iou_gt: float = 0.4
     contain: float | None = 0.8

@@ -96,7 +96,8 @@ class SelfTraining(Method):
         super().__init__(detector)
         self.options = o = options
         if o.ignore_below is not None and not 0.0 <= o.ignore_below <= o.tau:
-            raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below}")
+            raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below} "
+                               "(lower it, set it to null, or method.paper=true for the papers' rule)")
         try:
             strong = view_transform(o.strong_view)
         except ValueError as e:
