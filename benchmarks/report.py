@@ -509,7 +509,7 @@ def section_export(res: dict) -> list[str]:
 
 
 MIXED_COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
-                 "mixed_adaptive", "full"]
+                 "mixed_adaptive", "mixed_late_sparse", "full"]
 
 
 def section_mixed(res: dict) -> list[str]:
@@ -667,7 +667,8 @@ def readme_rows(results: dict) -> list[str]:
         cells = [(m, _pick(mixed, method=m)) for m in MIXED_COLUMNS]
         names = {"supervised_complete": "supervised on the complete images", "supervised_sparse": "supervised on complete + sparse",
                  "co_mining": "co-mining (paper)", "mean_teacher": "Mean Teacher", "mean_teacher_ignore": "Mean Teacher + ignored band",
-                 "mixed": "mixed", "mixed_adaptive": "mixed + adaptive thresholds", "full": "full labels"}
+                 "mixed": "mixed", "mixed_adaptive": "mixed + adaptive thresholds",
+                 "mixed_late_sparse": "mixed, burn-in on complete images only", "full": "full labels"}
         text = ", ".join(f"{names[m]} {_ms(rs)}" for m, rs in cells if rs)
         seeds = sorted({r["seed"] for _, rs in cells for r in rs})
         rows.append(f"| mixed supervision, long-tailed digits: 10 % complete, 30 % `hard`-sparse, 60 % unlabelled "

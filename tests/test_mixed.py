@@ -131,6 +131,13 @@ def test_burn_in_trains_on_labelled_and_sparse_boxes_and_streams_are_optional():
     assert {k.split("/")[0] for k in only_sparse.training_step(_batch(("sparse",)))} == {"sparse"}
     with pytest.raises(MinedetError, match="needs labelled images"):
         _mixed().bind({"unlabelled": object()})
+    complete_only = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=False))
+    _fake_teacher(complete_only, DETS)
+    assert {k.split("/")[0] for k in complete_only.training_step(_batch())} == {"sup"}, "sparse images wait for the teacher"
+    sparse_only = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=False))
+    _fake_teacher(sparse_only, DETS)
+    assert {k.split("/")[0] for k in sparse_only.training_step(_batch(("sparse",)))} == {"sparse"}, \
+        "without complete images burn-in has only the sparse ones"
 
 
 def test_lambda_sparse_weights_the_sparse_loss():

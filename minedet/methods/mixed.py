@@ -10,7 +10,8 @@ A configuration of the self-training template with up to three streams (beyond b
   student's loss on the strong view (``sparse/*``, weight ``lambda_sparse``) sees labelled ∪ pseudo;
 * ``unlabelled``: pseudo-labels only (``unsup/*``, weight ``lambda_unsup``), as in Mean Teacher.
 
-Burn-in trains on the labelled images and on the sparse images' labelled boxes. The ``labelled``
+Burn-in trains on the labelled images and on the sparse images' labelled boxes (``sparse_burn_in``;
+off: on the complete images only, when there are any). The ``labelled``
 and ``unlabelled`` streams are optional (a run may hold only sparse images, or sparse and
 unlabelled ones). Which image is which comes from the data (:mod:`minedet.data.mixed`).
 Defaults: Mean Teacher's, with the uncertain band on (``ignore_below=0.3``).
@@ -40,9 +41,12 @@ class MixedOptions(MeanTeacherOptions):
     (any class) by IoU > iou_gt is dropped; contain: a pseudo box holding at least this share of a
     labelled box is dropped (None: off); rejected_iou: a pseudo box overlapping a box a reviewer rejected
     (the data's ``"rejected"`` list) by IoU > rejected_iou is dropped, so that region stays background
-    (None: off)."""
+    (None: off); sparse_burn_in: burn-in also trains on the sparse images' labelled boxes (their unlabelled
+    objects then count as background until the teacher takes over); off, burn-in sees the complete images
+    only when there are any."""
 
     lambda_sparse: float = 1.0
+    sparse_burn_in: bool = True
     iou_gt: float = 0.4
     contain: float | None = 0.8
     rejected_iou: float | None = 0.5
@@ -94,7 +98,8 @@ class Mixed(MeanTeacher):
     def supervised_step(self, batch: dict) -> dict[str, Tensor]:
         """Burn-in: the labelled views, and the sparse strong views with their labelled boxes."""
         views = self.sup_views(batch)
-        sparse = batch["sparse"].views["strong"] if "sparse" in batch else []
+        use = "sparse" in batch and (self.options.sparse_burn_in or not views)
+        sparse = batch["sparse"].views["strong"] if use else []
         out = self.detector.forward_heads(self.images(views) + self.images(sparse))
         n = len(views)
         losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.sup_targets(views)), "sup") if n else {}
