@@ -28,7 +28,7 @@ from pathlib import Path
 
 import json
 
-from common import append_results, latest, load_results, train_record, write_json
+from common import append_results, finished_run, latest, load_results, train_record, write_json
 
 # the paper's rows pin the release's behaviour (method.paper=true); the guards beyond it are minedet's defaults
 METHODS = {
@@ -41,6 +41,9 @@ METHODS = {
     "co_mining_any": {"name": "co_mining", "gt_match": "any", "paper": True},  # beyond the paper: drop pseudo boxes on GT of any class
     # beyond the paper: uncertain detections ignored, containment rule, drift cap at the labelled density, warm-up
     "co_mining_guarded": {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100},
+    # the guards with per-class thresholds from the scores the model gives labelled boxes (method.adaptive)
+    "co_mining_adaptive": {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100,
+                           "adaptive": True},
     "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
@@ -102,6 +105,9 @@ def main() -> int:
                     help="accepted for old command lines: results files are always appended to (a re-run is a new record)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--name", default=None, help="results file name (default: co_mining for the headline, co_mining_TABLE otherwise)")
+    ap.add_argument("--reuse-finished", action="store_true",
+                    help="a run in --out that trained all its steps but has no record (the benchmark was stopped while "
+                         "measuring) is evaluated and measured again from its final checkpoint instead of retrained")
     ap.add_argument("--latency-only", action="store_true", help="with --remine: only re-measure predict latency")
     ap.add_argument("--remine", action="store_true",
                     help="do not train: re-measure mining quality and predict latency of the runs kept in --out "
@@ -173,8 +179,9 @@ def main() -> int:
                     cfg.data.train = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
                 out = work / f"{args.table}_{split}_{label}_s{seed}"
                 print(f"[{args.table}] seed {seed} {split:<8} {label:<10} ...", file=sys.stderr, flush=True)
+                done = finished_run(out, steps) if args.reuse_finished else None
                 rec = train_record(cfg, label={"method": label, "split": split, "seed": seed, "detector": detector,
-                                               "run": out.name}, out_dir=out)
+                                               "run": out.name}, out_dir=out, resume=done)
                 if split != "full" and (label == "original" or cfg.method["name"] == "co_mining" and cfg.method.get("cogeneration", True)):
                     rec.update(mining_quality(out, cfg))
                 if label == "co_mining":

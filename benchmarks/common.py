@@ -125,16 +125,31 @@ def append_results(name: str, new_records: list[dict], *, derive=None, **extra) 
     return append_records(name, [{**r, "origin": origin} for r in new_records], derive=derive, **extra)
 
 
-def train_record(cfg, *, label: dict, out_dir: Path) -> dict:
-    """Run one training job and return a flat record (AP, per-class AP, steps, times, quality)."""
+def finished_run(out_dir: Path, steps: int) -> Path | None:
+    """The last checkpoint of a run in ``out_dir`` that trained all ``steps`` (its eval.json says so), else None."""
+    last, done = out_dir / "checkpoints" / "last.pt", out_dir / "eval.json"
+    if last.is_file() and done.is_file() and json.loads(done.read_text()).get("steps") == steps:
+        return last
+    return None
+
+
+def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None) -> dict:
+    """Run one training job and return a flat record (AP, per-class AP, steps, times, quality).
+
+    ``resume``: the final checkpoint of a run that finished but whose record was never written (the
+    benchmark was stopped while measuring): no step is trained, the same weights are evaluated again,
+    and the record keeps the first run's times and says ``"rebuilt_from_checkpoint": true``."""
     from minedet.run import run_training
 
     cfg.train.progress = False
+    first = json.loads((out_dir / "eval.json").read_text()) if resume else None
     t0 = time.perf_counter()
-    res = run_training(cfg, out_dir=out_dir, quiet=True)
+    res = run_training(cfg, out_dir=out_dir, quiet=True, resume=str(resume) if resume else None)
     wall = time.perf_counter() - t0
     rec = {**label, "steps": res["steps"], "wall_s": round(wall, 1), "train_s": round(res["wall_s"], 1),
            "nonfinite_steps": res["nonfinite_steps"]}
+    if first is not None:
+        rec.update(wall_s=round(first["wall_s"], 1), train_s=round(first["wall_s"], 1), rebuilt_from_checkpoint=True)
     metrics = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     def trimmed_mean(xs: list[float]) -> float:
