@@ -11,10 +11,11 @@ Columns (what each method can make of the same data):
   co_mining            co-mining on complete + sparse (the release's settings: tau 0.6, method.paper=true)
   mean_teacher         complete as labelled; sparse + unlabelled images as unlabelled (their boxes unused), the papers' rule
   mean_teacher_ignore  the same with the uncertain band (ignore_below 0.3), the mixed method's default
-  mixed                the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step)
+  mixed                the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step),
+                       burn-in on complete + sparse images (sparse_burn_in=true, as first measured)
   mixed_adaptive       the same with per-class thresholds from the teacher's scores on labelled boxes (adaptive)
-  mixed_late_sparse    mixed with burn-in on the complete images only (sparse_burn_in=false): the sparse images'
-                       missing boxes are never taught as background before the teacher labels them
+  mixed_late_sparse    mixed with burn-in on the complete images only (sparse_burn_in=false, the default): the sparse
+                       images' missing boxes are never taught as background before the teacher labels them
   full                 supervised on every image with its full labels (the ceiling)
 
 The split is `minedet data split-semi --percent 10 --sparse 30 --mode hard --seed SEED` (re-drawn per
@@ -95,7 +96,9 @@ def main() -> int:
             cfg.data.unlabelled_images = cfg.data.train_images
             cfg.method = {**mt, **({"ignore_below": 0.3} if label == "mean_teacher_ignore" else {"paper": True})}
         else:
-            extra = {"mixed_adaptive": {"adaptive": True}, "mixed_late_sparse": {"sparse_burn_in": False}}.get(label, {})
+            # mixed and mixed_adaptive as first measured (sparse images in burn-in); sparse_burn_in=false is the default since
+            extra = {"mixed": {"sparse_burn_in": True}, "mixed_adaptive": {"adaptive": True, "sparse_burn_in": True},
+                     "mixed_late_sparse": {"sparse_burn_in": False}}.get(label, {})
             cfg.method = {**mt, "name": "mixed", **extra}
             cfg.data.sparse_batch_size = cfg.data.unlabelled_batch_size = 4
         return cfg

@@ -225,7 +225,7 @@ def test_acrst_end_to_end_pastes_filters_and_reports(tiny_digits, semi_split, tm
     cfg = tiny_config(tiny_digits, out, data__train=str(semi_split["labelled"]),
                       data__unlabelled=str(semi_split["unlabelled"]), data__unlabelled_images=str(tiny_digits.image_root),
                       data__hidden=str(semi_split["hidden"]), method__name="acrst", method__burn_in=2,
-                      method__tau=0.05, method__refresh_every=1, method__n_min=1, method__n_max=3,
+                      method__tau=0.05, method__ignore_below=0.01, method__refresh_every=1, method__n_min=1, method__n_max=3,
                       method__multilabel={"steps": 4, "burn_in": 2, "batch_size": 2, "image_size": 32, "pretrained": False},
                       train__max_steps=4, train__ckpt_every=2)
     result = run_training(cfg, quiet=True)

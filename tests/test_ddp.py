@@ -412,7 +412,8 @@ def test_mixed_runs_under_ddp_with_all_three_streams(tiny_digits, tmp_path):
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in rows if r["kind"] == "train"}
-    assert "sparse/classification" in train[1] and "unsup/classification" in train[4]
+    assert "sparse/classification" not in train[1], "burn-in trains on the complete images (sparse_burn_in=false)"
+    assert "sparse/classification" in train[4] and "unsup/classification" in train[4]
     assert (out / "model.pt").exists()
 
 
@@ -421,7 +422,7 @@ def test_acrst_classifier_prestage_trains_under_ddp(tiny_digits, tmp_path):
     one training loop (DDP, its own checkpoints and metrics under OUT/multilabel/), rank 0 writes
     multilabel.pt, and the detector's training follows in the same launch."""
     cfg = _config(tiny_digits, "mean_teacher", steps=2)
-    cfg["method"] = {"name": "acrst", "burn_in": 1, "tau": 0.03, "max_dets": 5, "fbr": False,
+    cfg["method"] = {"name": "acrst", "burn_in": 1, "tau": 0.03, "ignore_below": 0.01, "max_dets": 5, "fbr": False,
                      "multilabel": {"steps": 4, "burn_in": 2, "batch_size": 4, "image_size": 64, "pretrained": False}}
     out = tmp_path / "acrst"
     proc = _torchrun([_argv(_write_cfg(tmp_path, "acrst", cfg), out)], tmp_path)

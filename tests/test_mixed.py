@@ -122,7 +122,7 @@ def test_options_turn_the_overlap_rules_and_the_band_off():
 
 
 def test_burn_in_trains_on_labelled_and_sparse_boxes_and_streams_are_optional():
-    m = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5))
+    m = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=True))
     seen = _fake_teacher(m, DETS)
     losses = m.training_step(_batch())
     assert seen == [] and {k.split("/")[0] for k in losses} == {"sup", "sparse"}
@@ -226,8 +226,8 @@ def test_mixed_end_to_end_with_ratio_hidden_truth_and_stats(tiny_digits, tmp_pat
     assert list(result["reports"]) == ["teacher", "student"]
     rows = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
     train = {r["step"]: r for r in rows if r["kind"] == "train"}
-    assert "sparse/classification" in train[1] and "unsup/classification" not in train[1]
-    assert "unsup/classification" in train[4] and train[4]["quality/n_hidden"] > 0
+    assert {"sparse/classification", "unsup/classification"}.isdisjoint(train[1]), "burn-in: the complete images only"
+    assert {"sparse/classification", "unsup/classification"} <= set(train[4]) and train[4]["quality/n_hidden"] > 0
     mixed_json = next((tmp_path / "cache" / "mixed").glob("*/mixed.json"))
     out = subprocess.run([sys.executable, "-m", "minedet", "data", "stats", str(mixed_json)], capture_output=True, text=True)
     assert out.returncode == 0 and "labels:" in out.stdout and "3 complete" in out.stdout

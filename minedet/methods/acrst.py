@@ -130,10 +130,8 @@ class AcrstParts:
 
 @dataclass
 class AcrstOptions(AcrstParts, MeanTeacherOptions):
-    """Mean Teacher's options (:class:`MeanTeacherOptions`) plus ACRST's (:class:`AcrstParts`). Without the
-    ignored band by default: ACRST with it is not yet measured better (docs/benchmarks.md)."""
-
-    ignore_below: float | None = None
+    """Mean Teacher's options (:class:`MeanTeacherOptions`, the ignored band included: measured better for
+    ACRST too on long-tailed digits, docs/benchmarks.md) plus ACRST's (:class:`AcrstParts`)."""
 
 
 @dataclass

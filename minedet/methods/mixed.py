@@ -10,8 +10,8 @@ A configuration of the self-training template with up to three streams (beyond b
   student's loss on the strong view (``sparse/*``, weight ``lambda_sparse``) sees labelled ∪ pseudo;
 * ``unlabelled``: pseudo-labels only (``unsup/*``, weight ``lambda_unsup``), as in Mean Teacher.
 
-Burn-in trains on the labelled images and on the sparse images' labelled boxes (``sparse_burn_in``;
-off: on the complete images only, when there are any). The ``labelled``
+Burn-in trains on the complete images only when there are any (``sparse_burn_in=true``: on the sparse
+images' labelled boxes too, which teaches their missing boxes as background). The ``labelled``
 and ``unlabelled`` streams are optional (a run may hold only sparse images, or sparse and
 unlabelled ones). Which image is which comes from the data (:mod:`minedet.data.mixed`).
 Defaults: Mean Teacher's, with the uncertain band on (``ignore_below=0.3``).
@@ -42,11 +42,12 @@ class MixedOptions(MeanTeacherOptions):
     labelled box is dropped (None: off); rejected_iou: a pseudo box overlapping a box a reviewer rejected
     (the data's ``"rejected"`` list) by IoU > rejected_iou is dropped, so that region stays background
     (None: off); sparse_burn_in: burn-in also trains on the sparse images' labelled boxes (their unlabelled
-    objects then count as background until the teacher takes over); off, burn-in sees the complete images
-    only when there are any."""
+    objects then count as background until the teacher takes over); off (the default: measured better on
+    long-tailed digits, one seed, docs/benchmarks.md), burn-in sees the complete images only when there
+    are any."""
 
     lambda_sparse: float = 1.0
-    sparse_burn_in: bool = True
+    sparse_burn_in: bool = False
     iou_gt: float = 0.4
     contain: float | None = 0.8
     rejected_iou: float | None = 0.5
