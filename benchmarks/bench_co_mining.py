@@ -30,6 +30,9 @@ import json
 
 from common import append_results, finished_run, latest, load_results, train_record, write_json
 
+#: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran
+GUARDS = {"ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100}
+
 # the paper's rows pin the release's behaviour (method.paper=true); the guards beyond it are minedet's defaults
 METHODS = {
     "original": {"name": "supervised", "view": "none"},
@@ -40,10 +43,9 @@ METHODS = {
     "co_mining": {"name": "co_mining", "paper": True},
     "co_mining_any": {"name": "co_mining", "gt_match": "any", "paper": True},  # beyond the paper: drop pseudo boxes on GT of any class
     # beyond the paper: uncertain detections ignored, containment rule, drift cap at the labelled density, warm-up
-    "co_mining_guarded": {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100},
+    "co_mining_guarded": {"name": "co_mining", **GUARDS},
     # the guards with per-class thresholds from the scores the model gives labelled boxes (method.adaptive)
-    "co_mining_adaptive": {"name": "co_mining", "ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100,
-                           "adaptive": True},
+    "co_mining_adaptive": {"name": "co_mining", **GUARDS, "adaptive": True},
     "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
