@@ -6,7 +6,9 @@ one record per run); ``benchmarks/report.py`` regenerates ``docs/benchmarks.md``
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -108,14 +110,27 @@ def append_records(name: str, records: list[dict], *, derive=None, **extra) -> P
     missing = [i for i, r in enumerate(records) if not r.get("origin")]
     if missing:
         raise ValueError(f"{name}.json: records {missing} carry no origin")
-    res = load_results(name) or {"name": name, **run_origin(), "records": []}
-    all_records = list(res["records"]) + list(records)
-    res.update(extra)
-    if derive is not None:
-        res["derived"] = derive(latest(all_records))
-    res["records"] = all_records
-    write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
+    with _locked(name):  # two benchmarks finishing together must not drop each other's record
+        res = load_results(name) or {"name": name, **run_origin(), "records": []}
+        all_records = list(res["records"]) + list(records)
+        res.update(extra)
+        if derive is not None:
+            res["derived"] = derive(latest(all_records))
+        res["records"] = all_records
+        write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
     return RESULTS / f"{name}.json"
+
+
+@contextlib.contextmanager
+def _locked(name: str):
+    """Hold an exclusive lock on ``results/.<name>.lock`` while a results file is read and rewritten."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def append_results(name: str, new_records: list[dict], *, derive=None, **extra) -> Path:

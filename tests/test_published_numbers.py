@@ -110,6 +110,18 @@ def test_results_are_appended_with_their_origin_and_tables_use_the_latest(tmp_pa
         common.append_records("t", [rec])
 
 
+def test_benchmarks_appending_at_once_keep_every_record(tmp_path):
+    """Benchmarks run side by side append to one results file; none may drop another's record."""
+    code = ("import sys; sys.path.insert(0, {bench!r}); import common; "
+            "[common.append_results('t', [{{'method': 'm', 'seed': int(sys.argv[1]), 'i': i}}]) for i in range(15)]")
+    env = {**os.environ, "MINEDET_BENCH_RESULTS": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(bench=str(BENCH)), str(k)], cwd=ROOT, env=env)
+             for k in range(4)]
+    assert all(p.wait() == 0 for p in procs)
+    recs = json.loads((tmp_path / "t.json").read_text())["records"]
+    assert sorted((r["seed"], r["i"]) for r in recs) == [(k, i) for k in range(4) for i in range(15)]
+
+
 def test_results_tool_restores_lost_records_and_copies_with_provenance(tmp_path, monkeypatch):
     import common
     import results_tool
