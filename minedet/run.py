@@ -26,6 +26,7 @@ from minedet.engine.trainer import Trainer
 from minedet.errors import MinedetError
 from minedet.methods.base import Method, PreStage
 from minedet.models.build import DetectorSpec, build_detector
+from minedet.seeding import seeded
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -300,9 +301,7 @@ def train_prestage(st: PreStage, train: TrainConfig, out: Path, info: DistInfo):
         return st.load(result)
     cfg = replace(train, max_steps=st.steps, optimizer="adamw", lr=st.lr, weight_decay=0.0, warmup_steps=0,
                   schedule="constant", clip_grad=None, accumulate=1, eval_every=0)
-    devices = [info.device.index or 0] if info.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(st.seed + info.rank)
+    with seeded(st.seed + info.rank, info.device):
         trainer = Trainer(st.module, cfg, lambda start: st.batches(start, info.rank, info.world),
                           out_dir=Path(out) / st.name, info=info, meta={"prestage": st.name, **st.meta}, name=st.name)
         last = trainer.ckpt_dir / "last.pt"

@@ -30,7 +30,6 @@ import copy
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from minedet.models.ema import ModelEMA
 from minedet.errors import MinedetError
 from minedet.io import load_checkpoint, save_torch_atomic
 from minedet.models.backbones import build_classifier
+from minedet.seeding import seeded
 from minedet.structures import Target
 
 __all__ = [
@@ -295,16 +295,6 @@ def _load(dataset: DetectionDataset, index: int) -> tuple[int, Tensor]:
                 print(f"minedet: warning: {e}; skipped (bad images so far: {dataset.bad_images})", file=sys.stderr)
             tries += 1
             index = (index + 1) % len(dataset)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Global RNG (initialisation, dropout) seeded by ``seed`` inside, restored outside."""
-    device = torch.device(device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def new_classifier(num_classes: int, options: MultiLabelOptions) -> MultiLabelClassifier:
