@@ -270,6 +270,9 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     if cfg.model.init:
         init_from(detector, cfg.model.init)
     method = build_method(cfg.method, detector)
+    if info.main:
+        for line in method.schedule_warnings(t.max_steps):
+            print(f"minedet: warning: {line}", file=sys.stderr)
     torch.manual_seed(t.seed + info.rank)
     datasets = stream_datasets(cfg, method)
     method.bind(datasets, out if info.main else None)  # only rank 0 writes renders

@@ -301,6 +301,21 @@ def test_teacher_and_student_roles_and_option_checks():
         build_method({"name": "mean_teacher", "strong_view": "heavy"}, tiny_detector("retinanet"))
 
 
+def test_schedule_warnings_name_a_teacher_that_cannot_follow_the_student():
+    def warnings(max_steps, **opts):
+        return build_method({"name": "mean_teacher", **opts}, tiny_detector("retinanet")).schedule_warnings(max_steps)
+
+    assert warnings(1200, burn_in=600, ema_decay=0.995) == []  # the digits preset: a 200-step horizon, 600 steps after
+    assert warnings(180000, burn_in=5000, ema_decay=0.9996) == []  # the papers' COCO schedule
+    [never] = warnings(500, burn_in=500)
+    assert "never leaves burn-in" in never and "method.burn_in" in never
+    [slow] = warnings(3000, burn_in=2000, ema_decay=0.9996)  # own data with the library defaults
+    assert "about 2500 steps but only 1000" in slow and "33 % student" in slow
+    suggested = float(slow.rsplit("method.ema_decay=", 1)[1].split()[0])
+    assert warnings(3000, burn_in=2000, ema_decay=suggested) == []  # the suggestion silences it
+    assert warnings(1200, burn_in=600, ema_decay=1.0)  # a frozen teacher never follows
+
+
 # ------------------------------------------------------------------------------------------ STAC
 def _confident(det):
     with torch.no_grad():
@@ -354,7 +369,7 @@ def test_stac_needs_a_teacher_file():
 
 
 # ------------------------------------------------------------------------------------ end to end
-def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_split, tmp_path):
+def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_split, tmp_path, capsys):
     from minedet.run import run_training
     from minedet.engine.checkpoint import load_model
     from tests.conftest import tiny_config
@@ -366,6 +381,9 @@ def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_s
                       method__tau=0.05, method__paper=True, train__max_steps=4, train__ckpt_every=0)
     result = run_training(cfg, quiet=True)
     assert result["steps"] == 4 and list(result["reports"]) == ["teacher", "student"]
+    # 2 steps after burn-in cannot move a 0.9996 EMA: the run says so, once, and trains on
+    warned = [x for x in capsys.readouterr().err.splitlines() if "method.ema_decay=0.9996" in x]
+    assert len(warned) == 1 and warned[0].startswith("minedet: warning:") and "only 2 follow burn-in" in warned[0]
     ev = json.loads((out / "eval.json").read_text())
     assert ev["roles"] == ["teacher", "student"]
     assert all(0.0 <= ev["eval"][r]["ap"] <= 1.0 for r in ev["roles"])

@@ -87,6 +87,11 @@ class Method(nn.Module):
         """What must be trained before this method's first step (after :meth:`bind`). Default: nothing."""
         return []
 
+    def schedule_warnings(self, max_steps: int) -> list[str]:
+        """What in this method's options does not fit a run of ``max_steps`` steps (one line each; the run
+        prints them and goes on). Default: nothing."""
+        return []
+
     # ---------------------------------------------------------------- the step
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         raise NotImplementedError  # abstract

@@ -32,6 +32,7 @@ Choices (documented, tested):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,22 @@ class MeanTeacher(SelfTraining):
             self.ema.update(self.detector)
         if self.rb is not None and step > self.options.burn_in and (step - self.options.burn_in) % self.rb.o.refresh_every == 0:
             self.rb.refresh(self.metrics)
+
+    def schedule_warnings(self, max_steps: int) -> list[str]:
+        """Burn-in that leaves no mutual learning, or a teacher whose EMA horizon (``1 / (1 - ema_decay)``
+        steps) is longer than the steps after burn-in: the exported teacher would stay near its burn-in copy."""
+        o, after = self.options, max_steps - self.options.burn_in
+        if after <= 0:
+            return [f"method.burn_in={o.burn_in} >= train.max_steps={max_steps}: the run never leaves burn-in, so "
+                    "no unlabelled image is used and the teacher is never trained; lower method.burn_in"]
+        horizon = math.inf if o.ema_decay >= 1.0 else 1.0 / (1.0 - o.ema_decay)
+        if horizon > after:
+            share = 1.0 - o.ema_decay ** after
+            return [f"method.ema_decay={o.ema_decay} averages the student over about {horizon:.0f} steps but only {after} "
+                    f"follow burn-in: the exported teacher ends {100 * share:.0f} % student, {100 - 100 * share:.0f} % its "
+                    f"burn-in copy; for this schedule try method.ema_decay={1.0 - 4.0 / after:.4g} (a horizon of a quarter "
+                    "of the steps after burn-in)"]
+        return []
 
     def eval_models(self) -> dict[str, DetectorAdapter]:
         if not self.teacher_ready():
