@@ -336,3 +336,12 @@ def test_defaults_are_the_guards_and_paper_restores_the_release():
     default.training_step(_batch())
     assert any(len(t) for t in paper.last_mined["o"]) and not any(len(t) for t in default.last_mined["o"]), \
         "the default mines nothing in its first 100 steps"
+
+
+def test_a_warm_up_as_long_as_the_run_is_named_before_training():
+    def warnings(steps, **o):
+        return CoMining(tiny_detector("retinanet"), CoMiningOptions(**o)).schedule_warnings(steps)
+
+    assert warnings(900) == [] and warnings(50, cogeneration=False) == []
+    [line] = warnings(100)  # the default warm-up of 100 steps on a 100-step run
+    assert "nothing is ever mined" in line and "method.mine_after" in line

@@ -136,6 +136,13 @@ class CoMining(Method):
             density = sum(len(ds.target(i)) for i in ds.ids) / max(1, len(ds.ids))
             self.cap = max(1, math.ceil(self.options.cap_ratio * density))
 
+    def schedule_warnings(self, max_steps: int) -> list[str]:
+        o = self.options
+        if o.cogeneration and o.mine_after >= max_steps:
+            return [f"method.mine_after={o.mine_after} >= train.max_steps={max_steps}: nothing is ever mined, so this "
+                    "run trains the Siamese detector without co-generation; lower method.mine_after"]
+        return []
+
     def _capped(self, t: Target, image_id: int) -> Target:
         if self.cap is None or len(t) <= self.cap:
             return t
