@@ -311,7 +311,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="columns to run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    ap.add_argument("--steps", type=int, default=250, help="training steps per run (default 250, the steps of every recorded column)")
     ap.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
     ap.add_argument("--cache-dir", default=".cache/minedet", help="where the wheel and the tiles are kept")
     ap.add_argument("--out", default=None, help="work folder for the runs (default: a temporary one)")

@@ -447,6 +447,8 @@ def section_real(res: dict) -> list[str]:
             row("mined boxes, score > 0.5: precision / recall of the erased nuclei (%)", mined),
             row("co-mining's own mined boxes over training: precision / recall (%)", train_quality),
             row("minutes per run (training, val and mining)", lambda rs: f"{sum(r['wall_s'] for r in rs) / len(rs) / 60:.1f}"),
+            row("training steps (a column trained longer is not comparable)",
+                lambda rs: " / ".join(str(n) for n in sorted({r["steps"] for r in rs}))),
             ""]
     if not by["co_mining_best"]:
         out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
