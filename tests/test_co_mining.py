@@ -9,7 +9,7 @@ from minedet.pseudo.semantics import carry
 
 from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
-from minedet.methods.co_mining import PAPER_SETTINGS, CoMining, CoMiningOptions
+from minedet.methods.co_mining import DRIFT_WINDOW, PAPER_SETTINGS, CoMining, CoMiningOptions
 from minedet.structures import Target
 from tests.helpers import random_targets, tiny_detector
 
@@ -263,8 +263,8 @@ def test_uncertain_mined_boxes_are_ignored_not_background():
 
 
 def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
-    """cap_ratio bounds mined boxes per image by the labelled density; a run that would mine far more
-    warns once."""
+    """cap_ratio bounds mined boxes per image by the labelled density; a run whose cap cuts most images
+    over a window of steps warns once, at the window's end."""
     det = tiny_detector("retinanet").train()
     _confident(det)
     m = CoMining(det, _opts(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100))
@@ -273,7 +273,14 @@ def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
     m.training_step(_batch(n=2))
     m.training_step(_batch(n=2, seed=1))
     assert all(len(t) <= 2 for t in m.last_mined["o"]) and any(len(t) == 2 for t in m.last_mined["o"])
-    assert capsys.readouterr().err.count("feeding on itself") == 1
+    assert "feeding on itself" not in capsys.readouterr().err  # not on one image: at the end of a window
+    m.after_step(DRIFT_WINDOW - 1)
+    assert "feeding on itself" not in capsys.readouterr().err
+    m.after_step(DRIFT_WINDOW)
+    m.training_step(_batch(n=2, seed=2))
+    m.after_step(2 * DRIFT_WINDOW)
+    err = capsys.readouterr().err
+    assert err.count("feeding on itself") == 1 and "on 8 of 8 images" in err  # 2 steps x 2 images x 2 branches
     uncapped = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100))
     uncapped.training_step(_batch(n=2))
     assert max(len(t) for t in uncapped.last_mined["o"]) > 4

@@ -92,6 +92,10 @@ class CoMiningOptions:
 PAPER_SETTINGS = {"ignore_below": None, "contain": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
 
 
+#: the drift warning looks at the mined boxes of this many steps at a time
+DRIFT_WINDOW = 50
+
+
 class CoMining(Method):
     name = "co_mining"
 
@@ -115,6 +119,7 @@ class CoMining(Method):
                                stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
         self.steps_done = 0
         self.drift_warned = False
+        self._drift = [0, 0]  # images through the cap, images it cut, since the last drift check
         self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
         self.last_labels: dict[str, PseudoLabels] = {}  # the same with the ignored band
         self.quality = {"o": QualityCounts(), "a": QualityCounts()}
@@ -144,15 +149,24 @@ class CoMining(Method):
         return []
 
     def _capped(self, t: Target, image_id: int) -> Target:
-        if self.cap is None or len(t) <= self.cap:
+        if self.cap is None:
             return t
+        self._drift[0] += 1
+        if len(t) <= self.cap:
+            return t
+        self._drift[1] += 1
         self.metrics["pseudo/capped"] = self.metrics.get("pseudo/capped", 0.0) + len(t) - self.cap
-        if len(t) > 2 * self.cap and not self.drift_warned:
-            self.drift_warned = True
-            print(f"minedet: warning: co-mining found {len(t)} boxes to mine in one image, over twice the cap of "
-                  f"{self.cap} (method.cap_ratio x the labelled boxes per image): the mining may be feeding on "
-                  "itself; watch pseudo/o_boxes_per_image", file=sys.stderr)
         return pf.top_k(t, self.cap)
+
+    def _check_drift(self, step: int) -> None:
+        """Warn once when the cap cut most images' mined boxes over the last :data:`DRIFT_WINDOW` steps: one
+        image over the cap is noise (a sparse image may hide many objects), most of them is a mining loop."""
+        (seen, cut), self._drift = self._drift, [0, 0]
+        if seen and 2 * cut > seen and not self.drift_warned:
+            self.drift_warned = True
+            print(f"minedet: warning: co-mining hit its cap of {self.cap} mined boxes per image (method.cap_ratio x "
+                  f"the labelled boxes per image) on {cut} of {seen} images in the {DRIFT_WINDOW} steps to step {step}: "
+                  "the mining may be feeding on itself; watch pseudo/o_boxes_per_image and pseudo/capped", file=sys.stderr)
 
     # ------------------------------------------------------------------ co-generation
     @torch.no_grad()
@@ -249,6 +263,8 @@ class CoMining(Method):
     def after_step(self, step: int) -> None:
         o = self.options
         self.steps_done = step
+        if self.cap is not None and step % DRIFT_WINDOW == 0:
+            self._check_drift(step)
         if o.render_every and step % o.render_every == 0 and self._out_dir is not None:
             self.render(step)
 
