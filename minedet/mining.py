@@ -49,7 +49,7 @@ from minedet.data.coco import CocoData
 from minedet.data.datasets import coco_target, load_image
 from minedet.data.transforms import BoxMap, ColorJitter
 from minedet.errors import MinedetError
-from minedet.pseudo.filters import cogeneration, drop_overlapping, min_size
+from minedet.pseudo.filters import cogeneration, drop_overlapping, drop_parts, min_size
 from minedet.pseudo.quality import QualityCounts
 from minedet.structures import Target
 
@@ -85,6 +85,7 @@ class MineSettings:
     floor: float
     seed: int
     gt_match: str = "any"
+    part: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -238,6 +239,7 @@ def mine_dataset(
     agree: str = "none",
     agree_iou: float = 0.5,
     gt_match: str = "any",
+    part: float | None = None,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
     progress: bool = False,
@@ -254,6 +256,8 @@ def mine_dataset(
         image_root: folder the ``file_name`` entries are relative to.
         score, nms, iou_gt, max_dets: the co-generation filter (module docstring).
         gt_match: ``"any"`` (drop boxes on a labelled box of any class) or ``"same"`` (same class only).
+        part: also drop a box with at least this share of its own area on labelled boxes (any class:
+            a shifted or partial box on a labelled object); None: off.
         agree: ``"none"``, ``"color"`` or ``"flip"`` test-time agreement; ``agree_iou`` its IoU.
         batch_size: images per forward pass.
         progress: a tqdm bar on stderr.
@@ -270,7 +274,7 @@ def mine_dataset(
         MinedetError: bad settings, a detector for other classes, a missing or unreadable image, an
             image whose size differs from its record.
     """
-    settings = _settings(score, nms, iou_gt, max_dets, agree, agree_iou, gt_match, collect_down_to, seed)
+    settings = _settings(score, nms, iou_gt, max_dets, agree, agree_iou, gt_match, collect_down_to, seed, part)
     batch_size = _check_pos_int("batch_size", batch_size)
     names = list(data.class_names)
     _check_detector(detector, names, data)
@@ -290,7 +294,7 @@ def mine_dataset(
 
 
 def _settings(score: float, nms: float, iou_gt: float, max_dets: int, agree: str, agree_iou: float, gt_match: str,
-              collect_down_to: float | None, seed: int) -> MineSettings:
+              collect_down_to: float | None, seed: int, part: float | None = None) -> MineSettings:
     """Check the filter settings of :func:`mine_dataset` (one MinedetError per bad value)."""
     score = _check_unit("score", score)
     nms = _check_unit("nms", nms)
@@ -302,7 +306,10 @@ def _settings(score: float, nms: float, iou_gt: float, max_dets: int, agree: str
     if gt_match not in ("any", "same"):
         raise MinedetError(f"gt_match must be any or same, got {gt_match!r}")
     floor = score if collect_down_to is None else min(score, _check_unit("collect_down_to", collect_down_to))
-    return MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match)
+    if part is not None and _check_unit("part", part) == 0.0:
+        raise MinedetError("part must be in (0, 1], got 0 (null turns it off)")
+    part = None if part is None else float(part)
+    return MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match, part)
 
 
 def _check_detector(detector, names: list[str], data: CocoData) -> None:
@@ -372,6 +379,8 @@ def _filter_image(d, data: CocoData, rec: dict, settings: MineSettings, other: T
     t = cogeneration(settings.floor, settings.nms, settings.max_dets)(t)
     t = min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
     t = drop_overlapping(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same")
+    if settings.part is not None:
+        t = drop_parts(t, gt_target(data, iid), settings.part)
     if data.rejected_by_image.get(iid):  # a reviewer already said "no object here": never offered again
         t = drop_overlapping(t, gt_target(data, iid, rejected=True), settings.iou_gt, same_class=False)
     if other is not None:

@@ -10,6 +10,7 @@ from minedet.pseudo.semantics import carry
 from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
 from minedet.methods.co_mining import DRIFT_WINDOW, PAPER_SETTINGS, CoMining, CoMiningOptions
+from minedet.errors import MinedetError
 from minedet.structures import Target
 from tests.helpers import random_targets, tiny_detector
 
@@ -295,6 +296,24 @@ def test_containment_drops_a_mined_box_enclosing_labelled_objects():
     kept = pf.drop_containing(mined, gt, 0.8)
     assert kept.boxes.tolist() == [[50.0, 50.0, 60.0, 60.0]]
     assert len(pf.drop_containing(mined, Target.empty(), 0.8)) == 2
+
+
+def test_part_rule_drops_a_shifted_box_on_a_labelled_object():
+    from minedet.pseudo import filters as pf
+
+    gt = Target(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0]))
+    # a box shifted by half its side: IoU 1/3 (kept by the IoU rule), half of its own area on the labelled box
+    mined = Target(torch.tensor([[20.0, 10, 40, 30], [50, 50, 70, 70], [28, 10, 48, 30]]), torch.tensor([0, 0, 0]),
+                   torch.tensor([0.9, 0.8, 0.7]))
+    assert len(pf.drop_overlapping(mined, gt, 0.4)) == 3
+    assert pf.drop_parts(mined, gt, 0.5).boxes.tolist() == [[50.0, 50.0, 70.0, 70.0], [28.0, 10.0, 48.0, 30.0]]
+    assert len(pf.drop_parts(mined, gt, 0.05)) == 1  # the one touching the labelled box by a tenth goes too
+    assert len(pf.drop_parts(mined, Target.empty(), 0.1)) == 3
+    kept = pf.drop_known(mined, gt, 0.4, part=0.5)
+    assert kept.boxes.tolist() == [[50.0, 50.0, 70.0, 70.0], [28.0, 10.0, 48.0, 30.0]]
+    with pytest.raises(MinedetError, match="method.part"):
+        CoMining(tiny_detector("retinanet"), CoMiningOptions(part=0.0))
+    assert CoMiningOptions(part=0.3, paper=True).part is None
 
 
 def test_no_mining_during_the_warm_up():

@@ -157,6 +157,26 @@ def test_by_default_a_labelled_box_of_any_class_is_not_mined_again(det, sparse) 
         _mine(det, data, root, gt_match="class")
 
 
+def test_part_drops_mined_boxes_lying_mostly_on_labelled_boxes(det, sparse) -> None:
+    data, _, _, root, *_ = sparse
+    plain = _mine(det, data, root, iou_gt=0.4, score=0.05)
+    parted = _mine(det, data, root, iou_gt=0.4, score=0.05, part=0.3)
+    assert parted.settings.part == 0.3 and plain.settings.part is None
+    dropped = 0
+    for im in data.images:
+        iid = im["id"]
+        gt = gt_target(data, iid)
+        assert _rows(parted.mined[iid]) <= _rows(plain.mined[iid])
+        for b in parted.mined[iid].boxes:
+            lt, rb = torch.maximum(b[:2], gt.boxes[:, :2]), torch.minimum(b[2:], gt.boxes[:, 2:])
+            on = float((rb - lt).clamp(min=0).prod(-1).sum()) if len(gt) else 0.0
+            assert on < 0.3 * float((b[2:] - b[:2]).prod())
+        dropped += len(plain.mined[iid]) - len(parted.mined[iid])
+    assert dropped > 0  # the rule had something to drop
+    with pytest.raises(MinedetError, match="part"):
+        _mine(det, data, root, part=0.0)
+
+
 def test_images_without_boxes(det, sparse, tiny_digits) -> None:
     data, _, source, root, *_ = sparse
     bare = dict(source, annotations=[])
@@ -391,6 +411,18 @@ def test_cli_without_gallery_writes_reports_beside_out(model_file, sparse, tmp_p
     assert rc == 0, capsys.readouterr().err
     assert {p.name for p in tmp_path.iterdir()} == {"c.json", "c.summary.json", "c.pr.json", "c.pr.png",
                                                    "c.labelstudio.json", "c.labelstudio.xml", "c.cvat.xml"}
+    # --part reaches the filter: the same run with it mines fewer boxes
+    parted = tmp_path / "p" / "c.json"
+    parted.parent.mkdir()
+    rc = main(["mine", str(model_file), str(sp), "--images", str(root), "--out", str(parted), "--score", "0.05",
+               "--part", "0.3", "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    plain = tmp_path / "q" / "c.json"
+    plain.parent.mkdir()
+    assert main(["mine", str(model_file), str(sp), "--images", str(root), "--out", str(plain), "--score", "0.05",
+                 "--device", "cpu", "--quiet"]) == 0
+    n_mined = [sum(1 for a in json.loads(f.read_text())["annotations"] if a.get("mined")) for f in (parted, plain)]
+    assert n_mined[0] < n_mined[1]
 
 
 def test_cli_class_mismatch_is_one_line_exit_2(model_file, tiny_digits, tmp_path, capsys) -> None:

@@ -19,7 +19,9 @@ hand back the boxes its labels miss (Co-mining's co-generation rules, Wang et al
   1. keep detections with score > --score, class-wise NMS at --nms, at most --max-dets per image;
   2. drop a detection whose IoU with a labelled box (of any class; --gt-match same: of its own class,
      Co-mining's training rule) is > --iou-gt, or with a box a reviewer rejected (the "rejected" list
-     of 'minedet data merge-reviewed', any class): a reviewed box is not offered again;
+     of 'minedet data merge-reviewed', any class): a reviewed box is not offered again; --part SHARE
+     also drops a detection with at least SHARE of its own area on labelled boxes (a shifted or partial
+     box on a labelled object: on small, crowded objects such boxes keep an IoU under --iou-gt);
   3. --agree color|flip (optional): also run the model on a colour-jittered (seeded per image) or
      horizontally flipped copy; keep a box only when that copy has a detection of the same class
      with IoU >= --agree-iou whose score is also > --score. The kept box's score is the mean of both.
@@ -59,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gt-match", choices=["any", "same"], default="any",
                    help="compare with labelled boxes of any class (default: a labelled object is not missing, whatever "
                         "the detector calls it) or of the same class only (Co-mining's training rule)")
+    p.add_argument("--part", type=float, default=None, metavar="SHARE",
+                   help="also drop a box with at least this share of its own area on labelled boxes (default: off; "
+                        "try 0.3 on small, crowded objects)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many mined boxes per image (default 100)")
     p.add_argument("--agree", choices=["none", "color", "flip"], default="none",
                    help="test-time agreement with an augmented view (default none)")
@@ -99,7 +104,8 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
     res = mine_dataset(
         det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
-        agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, batch_size=args.batch_size, device=device,
+        agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, part=args.part, batch_size=args.batch_size,
+        device=device,
         progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
         source=source,
     )

@@ -54,6 +54,8 @@ class CoMiningOptions:
     true`` turns them off, the release's behaviour): ignore_below (0.3): detections scoring in
     [ignore_below, tau] that miss the labels are ignored (weight 0), not taught as background;
     contain (0.8): drop a mined box holding at least this share of a labelled box's area (any class);
+    part (off): drop a mined box with at least this share of its own area on labelled boxes (a shifted or
+    partial box on a labelled object; measured on the nuclei image only, so not a default);
     cap_ratio (1.0): at most ceil(cap_ratio x the labelled boxes per image of the training set) mined
     boxes per image, the best first (a guard against a mining loop feeding on itself); mine_after (100):
     no mining before this many steps; adaptive (off): per-class thresholds from the scores the model gives the labelled
@@ -75,6 +77,7 @@ class CoMiningOptions:
     render_images: int = 4
     ignore_below: float | None = 0.3
     contain: float | None = 0.8
+    part: float | None = None
     cap_ratio: float | None = 1.0
     mine_after: int = 100
     adaptive: bool = False
@@ -89,7 +92,7 @@ class CoMiningOptions:
 
 
 #: what ``method.paper=true`` sets: the Co-mining release's behaviour (the guards beyond the paper off)
-PAPER_SETTINGS = {"ignore_below": None, "contain": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
+PAPER_SETTINGS = {"ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
 
 
 #: the drift warning looks at the mined boxes of this many steps at a time
@@ -107,8 +110,10 @@ class CoMining(Method):
         if o.ignore_below is not None and not 0.0 <= o.ignore_below <= o.tau:
             raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the release's behaviour)")
-        if o.contain is not None and not 0.0 < o.contain <= 1.0:
-            raise MinedetError(f"method.contain must be in (0, 1], got {o.contain}")
+        for key in ("contain", "part"):
+            v = getattr(o, key)
+            if v is not None and not 0.0 < v <= 1.0:
+                raise MinedetError(f"method.{key} must be in (0, 1] or null, got {v}")
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self._view = view_transform(o.view)
@@ -183,7 +188,7 @@ class CoMining(Method):
         kept = []
         for d, gt, rej in zip(dets, gts, rejected or [None] * len(gts)):
             kept.append(pf.drop_known(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same", contain=o.contain,
-                                      rejected=rej, rejected_iou=o.rejected_iou))
+                                      part=o.part, rejected=rej, rejected_iou=o.rejected_iou))
         if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
         return self.rule(kept, [gt.image_id for gt in gts])
