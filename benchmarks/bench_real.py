@@ -27,7 +27,9 @@ Protocol:
 Columns (--methods): full (every training nucleus labelled), original (supervised on the sparse
 labels), joint (Siamese, no co-generation), co_mining (the paper's / release's settings, pinned),
 co_mining_best (the digits_co_mining preset's method block as it is when run: rerun this column
-after the preset's defaults change).
+after the preset's defaults change), co_mining_part (the same with ``method.part`` 0.3: mined boxes
+lying mostly on labelled nuclei are not mined). Every column's mined boxes are scored twice: with the
+IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as ``minedet mine --part 0.3``).
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
-METHODS = ("full", "original", "joint", "co_mining", "co_mining_best")
+METHODS = ("full", "original", "joint", "co_mining", "co_mining_best", "co_mining_part")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
-          "co_mining_best": "co-mining (best defaults)"}
+          "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)"}
+#: the part rule (drop a box with this share of its own area on labelled nuclei): co_mining_part trains with it,
+#: and every column's mined boxes are also scored with it (``mine_pr_part``, as ``minedet mine --part 0.3``)
+PART = 0.3
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -197,6 +202,8 @@ def method_block(label: str) -> dict:
         return dict(PAPER)
     if label == "co_mining_best":
         return dict(load_config(preset_path("digits_co_mining")).method)
+    if label == "co_mining_part":
+        return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
     raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
 
 
@@ -246,7 +253,7 @@ def mined_quality(model_path: Path, info: dict, seed: int) -> dict:
     """Mine the training region (tiled prediction, merged) and score it against the erased nuclei."""
     from minedet.data.splits import sparsify
     from minedet.mining import gt_target
-    from minedet.pseudo.filters import drop_overlapping
+    from minedet.pseudo.filters import drop_overlapping, drop_parts
     from minedet.pseudo.quality import match
 
     d, region = region_predictions(model_path, info, "train")
@@ -255,13 +262,17 @@ def mined_quality(model_path: Path, info: dict, seed: int) -> dict:
     labelled = gt_target(_subset(region, lambda a: a["id"] not in erased), 1)  # crowd pieces count as labelled
     hidden = gt_target(_subset(region, lambda a: a["id"] in erased and not a["iscrowd"]), 1)
     cand = drop_overlapping(d, labelled, 0.4, same_class=False)
-    rows = []
-    for t in THRESHOLDS:
-        m = cand.select(cand.scores > t)
-        tp, _ = match(m, hidden)
-        rows.append({"threshold": t, "n_mined": len(m), "tp": tp, "n_hidden": len(hidden),
-                     "precision": tp / len(m) if len(m) else None, "recall": tp / len(hidden) if len(hidden) else None})
-    return {"mine_pr": rows}
+
+    def rows(c):
+        out = []
+        for t in THRESHOLDS:
+            m = c.select(c.scores > t)
+            tp, _ = match(m, hidden)
+            out.append({"threshold": t, "n_mined": len(m), "tp": tp, "n_hidden": len(hidden),
+                        "precision": tp / len(m) if len(m) else None, "recall": tp / len(hidden) if len(hidden) else None})
+        return out
+
+    return {"mine_pr": rows(cand), "mine_pr_part": rows(drop_parts(cand, labelled, PART))}
 
 
 def _subset(data, keep):
