@@ -58,13 +58,18 @@ def drop_containing(t: Target, gt: Target, share: float) -> Target:
     :func:`drop_overlapping` keeps it)."""
     if len(t) == 0 or len(gt) == 0:
         return t
+    inter, g = _intersections(t, gt)
+    area = ((g[:, 2:] - g[:, :2]).clamp(min=0).prod(-1)).clamp(min=1e-6)
+    return t.select(~(inter / area[None, :] >= share).any(1))
+
+
+def _intersections(t: Target, gt: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Intersection areas float[N, M] of ``t``'s and ``gt``'s boxes, and ``gt``'s boxes on ``t``'s device."""
     g = gt.boxes.to(t.boxes.device).float()
     b = t.boxes.float()
     lt = torch.maximum(b[:, None, :2], g[None, :, :2])
     rb = torch.minimum(b[:, None, 2:], g[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = ((g[:, 2:] - g[:, :2]).clamp(min=0).prod(-1)).clamp(min=1e-6)
-    return t.select(~(inter / area[None, :] >= share).any(1))
+    return (rb - lt).clamp(min=0).prod(-1), g
 
 
 def drop_parts(t: Target, gt: Target, share: float) -> Target:
@@ -73,12 +78,8 @@ def drop_parts(t: Target, gt: Target, share: float) -> Target:
     under theta2 (seen on small, crowded nuclei, where such boxes were most of the mined ones)."""
     if len(t) == 0 or len(gt) == 0:
         return t
-    g = gt.boxes.to(t.boxes.device).float()
-    b = t.boxes.float()
-    lt = torch.maximum(b[:, None, :2], g[None, :, :2])
-    rb = torch.minimum(b[:, None, 2:], g[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1).sum(1)
-    area = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1).clamp(min=1e-6)
+    inter = _intersections(t, gt)[0].sum(1)
+    area = (t.boxes[:, 2:] - t.boxes[:, :2]).float().clamp(min=0).prod(-1).clamp(min=1e-6)
     return t.select(~(inter / area >= share))
 
 
