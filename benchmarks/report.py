@@ -616,6 +616,12 @@ def _seeds(recs: list[dict]) -> str:
     return f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
 
 
+def _self_training_cells(res: dict) -> str:
+    """``Mean Teacher 2 % AP (n seeds), ...`` for every method and labelled fraction a semi-supervised file holds."""
+    return ", ".join(f"{name} {f:g} % {_ms(rs)} ({_seeds(rs)})" for m, name in (("mean_teacher", "Mean Teacher"), ("acrst", "ACRST"))
+                     for f in (2.0, 5.0, 10.0) if (rs := _pick(res, fraction=f, method=m)))
+
+
 def readme_rows(results: dict) -> list[str]:
     """``| benchmark | result |`` rows for README.md, each from the records of one results file."""
     rows = []
@@ -676,21 +682,13 @@ def readme_rows(results: dict) -> list[str]:
                         + " ([semi](docs/benchmarks.md#semi-supervised-digits-long-tailed-supervised-vs-stac-vs-mean-teacher-vs-acrst)) |")
     ign = results.get("semi_ignore")
     if ign:
-        cells = []
-        for m, name in (("mean_teacher", "Mean Teacher"), ("acrst", "ACRST")):
-            for f in (2.0, 5.0, 10.0):
-                rs = _pick(ign, fraction=f, method=m)
-                if rs:
-                    cells.append(f"{name} {f:g} % {_ms(rs)} ({_seeds(rs)})")
         rows.append(f"| self-training with `method.ignore_below=0.3` (beyond the papers; Mean Teacher's default), long-tailed "
-                    f"digits | {', '.join(cells)} "
+                    f"digits | {_self_training_cells(ign)} "
                     "([ignore_below](docs/benchmarks.md#self-training-with-uncertain-teacher-boxes-ignored-methodignore_below03-beyond-the-papers)) |")
     ema = results.get("semi_ema")
     if ema:
-        cells = [f"{name} {f:g} % {_ms(rs)} ({_seeds(rs)})" for m, name in (("mean_teacher", "Mean Teacher"), ("acrst", "ACRST"))
-                 for f in (2.0, 5.0, 10.0) if (rs := _pick(ema, fraction=f, method=m))]
         rows.append(f"| self-training with the ignored band and a faster teacher (`method.ema_decay=0.99`, the presets' 0.995), "
-                    f"long-tailed digits | {', '.join(cells)} "
+                    f"long-tailed digits | {_self_training_cells(ema)} "
                     "([ema_decay](docs/benchmarks.md#self-training-with-a-faster-teacher-methodema_decay099-instead-of-the-presets-0995-with-the-ignored-band)) |")
     mixed = results.get("mixed")
     if mixed:

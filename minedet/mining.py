@@ -49,7 +49,7 @@ from minedet.data.coco import CocoData
 from minedet.data.datasets import coco_target, load_image
 from minedet.data.transforms import BoxMap, ColorJitter
 from minedet.errors import MinedetError
-from minedet.pseudo.filters import cogeneration, drop_overlapping, drop_parts, min_size
+from minedet.pseudo.filters import cogeneration, drop_known, min_size
 from minedet.pseudo.quality import QualityCounts
 from minedet.structures import Target
 
@@ -378,11 +378,10 @@ def _filter_image(d, data: CocoData, rec: dict, settings: MineSettings, other: T
     t = Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(), image_id=iid)
     t = cogeneration(settings.floor, settings.nms, settings.max_dets)(t)
     t = min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
-    t = drop_overlapping(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same")
-    if settings.part is not None:
-        t = drop_parts(t, gt_target(data, iid), settings.part)
-    if data.rejected_by_image.get(iid):  # a reviewer already said "no object here": never offered again
-        t = drop_overlapping(t, gt_target(data, iid, rejected=True), settings.iou_gt, same_class=False)
+    # a reviewer's rejected boxes ("no object here") are never offered again
+    rejected = gt_target(data, iid, rejected=True) if data.rejected_by_image.get(iid) else None
+    t = drop_known(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same", part=settings.part,
+                   rejected=rejected, rejected_iou=settings.iou_gt)
     if other is not None:
         t, gate, reported = _agreement(t, other, settings.agree_iou)
         return Target(t.boxes, t.labels, reported, image_id=iid), gate
