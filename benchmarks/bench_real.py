@@ -24,11 +24,20 @@ Protocol:
     box (IoU <= 0.4), scored against the erased nuclei (IoU >= 0.5) at score thresholds 0.3..0.9;
     co-mining's own mined-box quality over training is logged when data.hidden is set.
 
+Held-out folds (columns folds_*): the training region is cut into 2 vertical bands of 192 px, each tiled
+on its own (the same tile size and overlap, 12 tiles each); ``minedet.data.folds`` deals the bands to
+2 folds; the model of fold f trains 250 steps on the other band's (sparse) tiles and mines band f
+(tiled prediction, merged); the mined boxes of both bands are scored like every column's. Then the
+boxes mined at score > 0.5 (IoU and part rules) join the labels of the ordinary tiles and a supervised
+model is retrained on them: the column's AP is that model's (the fold models' own AP is kept as
+``fold_ap``). Three trainings per seed.
+
 Columns (--methods): full (every training nucleus labelled), original (supervised on the sparse
 labels), joint (Siamese, no co-generation), co_mining (the paper's / release's settings, pinned),
 co_mining_best (the digits_co_mining preset's method block as it is when run: rerun this column
 after the preset's defaults change), co_mining_part (the same with ``method.part`` 0.3: mined boxes
-lying mostly on labelled nuclei are not mined). Every column's mined boxes are scored twice: with the
+lying mostly on labelled nuclei are not mined), folds_original / folds_co_mining (held-out folds, the fold
+models trained as ``original`` / as ``co_mining_part``). Every column's mined boxes are scored twice: with the
 IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as ``minedet mine --part 0.3``).
 """
 
@@ -62,12 +71,20 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
-METHODS = ("full", "original", "joint", "co_mining", "co_mining_best", "co_mining_part")
+METHODS = ("full", "original", "joint", "co_mining", "co_mining_best", "co_mining_part", "folds_original", "folds_co_mining")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
-          "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)"}
+          "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
+          "folds_original": "held-out folds: original", "folds_co_mining": "held-out folds: co-mining (+ part 0.3)"}
 #: the part rule (drop a box with this share of its own area on labelled nuclei): co_mining_part trains with it,
 #: and every column's mined boxes are also scored with it (``mine_pr_part``, as ``minedet mine --part 0.3``)
 PART = 0.3
+#: held-out folds (``minedet data folds`` + ``minedet mine --folds``): the training region is cut into this many
+#: vertical bands, each tiled on its own, so a band's tiles share no pixel with the other band's; the model of
+#: fold f trains on the other band's tiles and mines band f
+BANDS = 2
+#: after held-out mining, the boxes mined above this score (IoU and part rules applied) join the labels and a
+#: supervised model is retrained on the completed tiles: the column's AP is that model's
+RETRAIN_SCORE = 0.5
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -204,6 +221,8 @@ def method_block(label: str) -> dict:
         return dict(load_config(preset_path("digits_co_mining")).method)
     if label == "co_mining_part":
         return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
+    if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
+        return method_block("original" if label == "folds_original" else "co_mining_part")
     raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
 
 
@@ -249,14 +268,19 @@ def evaluate(model_path: Path, info: dict) -> dict:
     return {"ap": rep.ap, "ap50": rep.ap50, "ap75": rep.ap75, "val_detections": len(d)}
 
 
-def mined_quality(model_path: Path, info: dict, seed: int) -> dict:
-    """Mine the training region (tiled prediction, merged) and score it against the erased nuclei."""
+def mined_quality(model_path: Path | None, info: dict, seed: int, detections=None) -> dict:
+    """Mine the training region (tiled prediction, merged; or ``detections`` in region pixels) and score it
+    against the erased nuclei."""
+    from minedet.data.coco import load_coco
     from minedet.data.splits import sparsify
     from minedet.mining import gt_target
     from minedet.pseudo.filters import drop_overlapping, drop_parts
     from minedet.pseudo.quality import match
 
-    d, region = region_predictions(model_path, info, "train")
+    if detections is None:
+        d, region = region_predictions(model_path, info, "train")
+    else:
+        d, region = detections, load_coco(Path(info["root"]) / "train_region.json")
     whole = {**region.raw, "annotations": [a for a in region.raw["annotations"] if not a["iscrowd"]]}
     erased = {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
     labelled = gt_target(_subset(region, lambda a: a["id"] not in erased), 1)  # crowd pieces count as labelled
@@ -272,7 +296,135 @@ def mined_quality(model_path: Path, info: dict, seed: int) -> dict:
                         "precision": tp / len(m) if len(m) else None, "recall": tp / len(hidden) if len(hidden) else None})
         return out
 
-    return {"mine_pr": rows(cand), "mine_pr_part": rows(drop_parts(cand, labelled, PART))}
+    return {"mine_pr": rows(cand), "mine_pr_part": rows(drop_parts(cand, labelled, PART)),
+            "_mined_part": drop_parts(cand, labelled, PART)}
+
+
+def band_tiles(info: dict) -> dict:
+    """The training region cut into BANDS vertical bands (one image each, boxes by the visible rule, each
+    box naming its region nucleus as ``"nucleus"``), tiled band by band: {"root", "bands": [(x0, x1)]}."""
+    from PIL import Image
+
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.tiles import cut_box, tile_coco, write_tiles
+
+    root = Path(info["root"])
+    out = root / f"bands{BANDS}"
+    width, height = SPLIT_X, info["image"][1]
+    edges = [round(width * b / BANDS) for b in range(BANDS + 1)]
+    bands = list(zip(edges[:-1], edges[1:]))
+    if (out / "tiles" / "tiles.json").exists():
+        return {"root": str(out), "bands": bands}
+    region = load_coco(root / "train_region.json").raw
+    img = Image.open(root / "train_region.png")
+    (out / "src").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for b, (x0, x1) in enumerate(bands):
+        img.crop((x0, 0, x1, height)).save(out / "src" / f"band{b}.png")
+        images.append({"id": b + 1, "file_name": f"band{b}.png", "width": x1 - x0, "height": height})
+        for a in region["annotations"]:
+            x, y, w, h = a["bbox"]
+            got = cut_box([x, y, x + w, y + h], (x0, 0, x1, height))
+            if got is None:
+                continue
+            (cx1, cy1, cx2, cy2), vis = got
+            anns.append({"id": len(anns) + 1, "image_id": b + 1, "category_id": 1,
+                         "bbox": [cx1 - x0, cy1, cx2 - cx1, cy2 - cy1], "area": (cx2 - cx1) * (cy2 - cy1),
+                         "iscrowd": int(bool(a["iscrowd"]) or vis < MIN_VISIBLE), "nucleus": a["id"]})
+    save_coco(out / "bands.json", {"images": images, "annotations": anns, "categories": region["categories"]})
+    tiled = tile_coco(load_coco(out / "bands.json"), TILE, OVERLAP, min_visible=MIN_VISIBLE)
+    write_tiles(tiled, out / "src", out / "tiles")
+    return {"root": str(out), "bands": bands}
+
+
+def _erased(info: dict, seed: int) -> set[int]:
+    from minedet.data.coco import load_coco
+    from minedet.data.splits import sparsify
+
+    region = load_coco(Path(info["root"]) / "train_region.json").raw
+    whole = {**region, "annotations": [a for a in region["annotations"] if not a["iscrowd"]]}
+    return {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
+
+
+def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
+    """Mine each band with the model trained on the other (minedet.data.folds + minedet mine --folds, at region
+    level), score the mined boxes, retrain on the tiles completed with them; the record."""
+    import torch
+
+    from minedet.data.coco import load_coco, save_coco
+    from minedet.data.datasets import load_image
+    from minedet.data.folds import assign_folds, fold_training_set
+    from minedet.engine.checkpoint import load_model
+    from minedet.engine.tiled import predict_tiled
+    from minedet.structures import Target
+
+    bt = band_tiles(info)
+    broot = Path(bt["root"])
+    tiles = load_coco(broot / "tiles" / "tiles.json").raw
+    erased = _erased(info, seed)
+    kept = {**tiles, "annotations": [a for a in tiles["annotations"] if a["nucleus"] not in erased]}
+    kept_p = out / "band_tiles_sparse.json"
+    out.mkdir(parents=True, exist_ok=True)
+    save_coco(kept_p, kept)
+    folds = assign_folds(load_coco(kept_p), BANDS, seed)
+    band_of_image = {int(im["id"]): int(im["tile"]["source"]) - 1 for im in tiles["images"]}
+    fold_band = [band_of_image[ids[0]] for ids in folds]
+    found, fold_ap, walls = [], [], []
+    fold_method = "original" if label == "folds_original" else "co_mining_part"
+    for f, ids in enumerate(folds):
+        train_p = out / f"fold{f}.train.json"
+        save_coco(train_p, fold_training_set(kept, ids))
+        cfg = make_config(info, fold_method, seed, args.steps, args.batch_size)
+        cfg.data.train, cfg.data.train_images, cfg.data.hidden = str(train_p), str(broot / "tiles"), None
+        run = out / f"fold{f}"
+        r = train_record(cfg, label={}, out_dir=run)
+        walls.append(r["wall_s"])
+        fold_ap.append(evaluate(run / "model.pt", info)["ap"])
+        det, _ = load_model(run / "model.pt")
+        b = fold_band[f]
+        x0 = bt["bands"][b][0]
+        d = predict_tiled(det, load_image(broot / "src" / f"band{b}.png"), TILE, OVERLAP, score_thresh=0.05, image_id=1)
+        found.append(Target(d.boxes + torch.tensor([x0, 0, x0, 0], dtype=d.boxes.dtype), d.labels, d.scores))
+    merged = Target(torch.cat([t.boxes for t in found]), torch.cat([t.labels for t in found]),
+                    torch.cat([t.scores for t in found]))
+    q = mined_quality(None, info, seed, detections=merged)
+    mined = q.pop("_mined_part")
+    mined = mined.select(mined.scores > RETRAIN_SCORE)
+    # retrain: the ordinary sparse tiles + the mined boxes cut into them
+    completed_p = out / "completed_tiles.json"
+    sparse_p, _, _, _ = sparse_tiles(info, seed)
+    save_coco(completed_p, completed_tiles(load_coco(sparse_p).raw, mined))
+    cfg = make_config(info, "original", seed, args.steps, args.batch_size)
+    cfg.data.train, cfg.data.hidden = str(completed_p), None
+    rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
+                                   "run": out.name}, out_dir=out / "retrain")
+    rec.pop("curve", None)
+    rec.update(evaluate(out / "retrain" / "model.pt", info))
+    rec.update(q)
+    rec.update(fold_ap=fold_ap, fold_method=fold_method, fold_wall_s=walls, retrain_score=RETRAIN_SCORE,
+               mined_added=len(mined), bands=bt["bands"])
+    return rec
+
+
+def completed_tiles(sparse: dict, mined) -> dict:
+    """The sparse tiles' COCO dict plus each mined region box cut into every tile it lies in (visible rule;
+    ``"mined": true``; less visible: left out)."""
+    from minedet.data.tiles import cut_box
+
+    anns = list(sparse["annotations"])
+    next_id = max((a["id"] for a in anns), default=0) + 1
+    for im in sparse["images"]:
+        t = im["tile"]
+        window = (t["x"], t["y"], t["x"] + im["width"], t["y"] + im["height"])
+        for box in mined.boxes.tolist():
+            got = cut_box(box, window)
+            if got is None or got[1] < MIN_VISIBLE:
+                continue
+            (x1, y1, x2, y2), _ = got
+            anns.append({"id": next_id, "image_id": im["id"], "category_id": 1, "iscrowd": 0, "mined": True,
+                         "bbox": [x1 - t["x"], y1 - t["y"], x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+            next_id += 1
+    return {**sparse, "annotations": anns}
 
 
 def _subset(data, keep):
@@ -344,18 +496,23 @@ def main() -> int:
                 print(f"[real] seed {seed} co_mining_best: the preset's method block is the paper's setting; "
                       "not run twice", file=sys.stderr, flush=True)
                 continue
-            cfg = make_config(info, label, seed, args.steps, args.batch_size)
             out = work / f"{label}_s{seed}"
             print(f"[real] seed {seed} {label:<15} ...", file=sys.stderr, flush=True)
             t0, c0 = time.perf_counter(), time.process_time()
-            rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
-                                           "run": out.name}, out_dir=out)
-            rec.pop("curve", None)
-            rec.update(evaluate(out / "model.pt", info))
+            if label.startswith("folds_"):
+                rec = held_out_folds(info, label, seed, args, out)
+            else:
+                cfg = make_config(info, label, seed, args.steps, args.batch_size)
+                rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
+                                               "run": out.name}, out_dir=out)
+                rec.pop("curve", None)
+                rec.update(evaluate(out / "model.pt", info))
+                if label != "full":
+                    rec.update(mined_quality(out / "model.pt", info, seed))
+                    rec.pop("_mined_part")
             rec["method_block"] = block
             rec["method_resolved"] = res_block
             if label != "full":
-                rec.update(mined_quality(out / "model.pt", info, seed))
                 _, _, n_kept, n_erased = sparse_tiles(info, seed)
                 rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
             rec["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -246,6 +246,7 @@ def mine_dataset(
     collect_down_to: float | None = None,
     seed: int = 0,
     source: Mapping | None = None,
+    folds: Mapping[int, int] | None = None,
 ) -> MineResult:
     """Run ``detector`` over every image of ``data`` and mine the boxes its labels miss.
 
@@ -266,6 +267,9 @@ def mine_dataset(
         seed: seeds the colour view of each image (with its image id).
         source: the COCO dict as read from the file, whose annotations are copied untouched into
             ``completed`` (default ``data.raw``, i.e. the normalised records). Not mutated.
+        folds: held-out mining (:mod:`minedet.data.folds`): image id -> fold, with ``detector`` a
+            sequence of detectors, one per fold; each image is mined by its fold's detector (the one
+            trained without that fold). None: one detector mines every image.
 
     Returns:
         :class:`MineResult` (``completed`` dict, ``mined`` per image, candidates and gates).
@@ -277,11 +281,14 @@ def mine_dataset(
     settings = _settings(score, nms, iou_gt, max_dets, agree, agree_iou, gt_match, collect_down_to, seed, part)
     batch_size = _check_pos_int("batch_size", batch_size)
     names = list(data.class_names)
-    _check_detector(detector, names, data)
+    detectors = _fold_detectors(detector, folds, data)
+    for d in detectors:
+        _check_detector(d, names, data)
     root = Path(image_root)
     if not root.is_dir():
         raise MinedetError("image folder not found", file=str(root))
-    candidates, gates = _collect(detector, data, root, settings, batch_size=batch_size, device=device, progress=progress)
+    candidates, gates = _collect(detectors, folds, data, root, settings, batch_size=batch_size, device=device,
+                                 progress=progress)
     n_original = {int(im["id"]): 0 for im in data.images}
     src = data.raw if source is None else source
     for a in src.get("annotations", []):
@@ -324,22 +331,51 @@ def _check_detector(detector, names: list[str], data: CocoData) -> None:
         )
 
 
-def _collect(detector, data: CocoData, root: Path, settings: MineSettings, *, batch_size: int,
-             device: str | torch.device, progress: bool) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
-    """Run the detector over every image in batches; (candidates, gates) per image id, down to
-    ``settings.floor`` (see :class:`MineResult`). The detector's train/eval mode is restored."""
-    decode_kw = dict(score_thresh=settings.floor, nms_thresh=settings.nms, detections_per_img=settings.max_dets)
-    dev = torch.device(device)
-    was = detector.training
-    detector.to(dev).eval()
-    candidates: dict[int, Target] = {}
-    gates: dict[int, torch.Tensor] = {}
-    images = list(data.images)
+def _fold_detectors(detector, folds: Mapping[int, int] | None, data: CocoData) -> list:
+    """The detectors by fold (one without folds); every image's fold must have a detector."""
+    if folds is None:
+        return [detector]
+    detectors = list(detector) if isinstance(detector, Sequence) else []
+    if not detectors:
+        raise MinedetError("mining with folds needs one detector per fold (a list)")
+    for rec in data.images:
+        f = folds.get(int(rec["id"]))
+        if not isinstance(f, int) or not 0 <= f < len(detectors):
+            raise MinedetError(f"image id {rec['id']} has fold {f!r}, but there are {len(detectors)} detectors",
+                               file=str(data.path))
+    return detectors
+
+
+def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, root: Path, settings: MineSettings, *,
+             batch_size: int, device: str | torch.device, progress: bool) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
+    """Run each fold's detector over its images in batches (one detector: every image); (candidates,
+    gates) per image id, down to ``settings.floor`` (see :class:`MineResult`). Train/eval modes are restored."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(images), desc="mine", unit="img", leave=False, file=sys.stderr)
+        bar = tqdm(total=len(data.images), desc="mine", unit="img", leave=False, file=sys.stderr)
+    candidates: dict[int, Target] = {}
+    gates: dict[int, torch.Tensor] = {}
+    try:
+        for f, detector in enumerate(detectors):
+            images = [r for r in data.images if folds is None or folds[int(r["id"])] == f]
+            _collect_one(detector, images, data, root, settings, candidates, gates, batch_size=batch_size,
+                         device=device, bar=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return candidates, gates
+
+
+def _collect_one(detector, images: list[dict], data: CocoData, root: Path, settings: MineSettings,
+                 candidates: dict[int, Target], gates: dict[int, torch.Tensor], *, batch_size: int,
+                 device: str | torch.device, bar) -> None:
+    """One detector over ``images``: fills ``candidates`` and ``gates`` (see :func:`_collect`)."""
+    decode_kw = dict(score_thresh=settings.floor, nms_thresh=settings.nms, detections_per_img=settings.max_dets)
+    dev = torch.device(device)
+    was = detector.training
+    detector.to(dev).eval()
     try:
         for start in range(0, len(images), batch_size):
             recs = images[start : start + batch_size]
@@ -356,10 +392,7 @@ def _collect(detector, data: CocoData, root: Path, settings: MineSettings, *, ba
             if bar is not None:
                 bar.update(len(recs))
     finally:
-        if bar is not None:
-            bar.close()
         detector.train(was)
-    return candidates, gates
 
 
 def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], settings: MineSettings, dev: torch.device,

@@ -38,6 +38,11 @@ OUT_STEM.cvat.xml (CVAT for images 1.1; mined boxes source="auto"). Image URLs i
 tasks are --review-url PREFIX + file_name. After the review, 'minedet data merge-reviewed OUT EXPORT
 --format labelstudio|cvat|coco --out COMPLETED.json' writes the reviewed dataset.
 
+Held-out mining (--folds): a model mining its own training images has learnt that their unlabelled
+objects are background. 'minedet data folds' splits the data into K folds; train one model per fold
+on OUTDIR/foldF.train.json, then mine with MODEL = 'runs/fold{fold}/model.pt' and --folds
+OUTDIR/folds.json: each image is mined by the model that did not train on it.
+
 Also writes a per-class summary (printed, and summary.json), and with --gallery DIR the review pages:
 DIR/NNN_image<ID>.png for the images that gained most (labelled boxes green, mined boxes red with
 class and score) and DIR/index.html listing them. With --hidden (OUT.hidden.json of 'minedet data
@@ -50,7 +55,7 @@ go into the gallery folder, or beside OUT as OUT_STEM.summary.json / .pr.json / 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mine", help="propose the missing boxes of a labelled dataset for review",
                        description=MINE_HELP, formatter_class=_RAW)
-    p.add_argument("model", help="exported model file (model.pt)")
+    p.add_argument("model", help="exported model file (model.pt); with --folds a pattern with {fold}, e.g. runs/fold{fold}/model.pt")
     p.add_argument("data", help="labelled COCO JSON to complete")
     p.add_argument("--images", required=True, help="image root the file_name entries are relative to")
     p.add_argument("--out", required=True, help="completed COCO JSON to write")
@@ -69,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time agreement with an augmented view (default none)")
     p.add_argument("--agree-iou", type=float, default=0.5, help="IoU needed for agreement (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the colour view (default 0)")
+    p.add_argument("--folds", metavar="FOLDS.json",
+                   help="held-out mining: the folds file of 'minedet data folds'; each image is mined by the model of its "
+                        "fold (MODEL with {fold} replaced by the fold number), trained without that fold's images")
     p.add_argument("--hidden", help="hidden-truth COCO JSON (OUT.hidden.json of 'minedet data sparsify')")
     p.add_argument("--gallery", help="folder for the review gallery (PNGs + index.html)")
     p.add_argument("--gallery-images", type=int, default=24, help="images in the gallery (default 24)")
@@ -100,14 +108,14 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     from minedet.mining import DEFAULT_THRESHOLDS, mine_dataset, pr_against_hidden, write_gallery
 
     data_path, out, gallery = _check_paths(args)
-    source, data, hidden, det, device = _load_inputs(args, data_path)
+    source, data, hidden, det, device, folds = _load_inputs(args, data_path)
     thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
     res = mine_dataset(
         det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
         agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, part=args.part, batch_size=args.batch_size,
         device=device,
         progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
-        source=source,
+        source=source, folds=folds,
     )
     pr_rows = None
     if hidden is not None:  # check before anything is written
@@ -148,7 +156,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
 
 
 def _load_inputs(args: argparse.Namespace, data_path: Path):
-    """(source dict as read, validated CocoData, hidden CocoData or None, detector, device)."""
+    """(source dict as read, validated CocoData, hidden CocoData or None, detector (a list with --folds),
+    device, image id -> fold or None)."""
     from minedet.data.coco import load_coco, read_json_file, validate_coco
     from minedet.engine.checkpoint import load_model
     from minedet.engine.dist import setup_device
@@ -156,14 +165,26 @@ def _load_inputs(args: argparse.Namespace, data_path: Path):
     source = read_json_file(data_path)
     data = validate_coco(source, file=str(data_path))
     hidden = load_coco(args.hidden) if args.hidden else None
+    folds, models = None, [args.model]
+    if args.folds:
+        from minedet.data.folds import read_folds
+
+        folds = read_folds(read_json_file(args.folds), data, file=str(args.folds))
+        if "{fold}" not in args.model:
+            raise MinedetError("with --folds the model must be a pattern with {fold} (e.g. runs/fold{fold}/model.pt)",
+                               file=str(args.model))
+        models = [args.model.replace("{fold}", str(f)) for f in range(max(folds.values()) + 1)]
     info = setup_device(args.device, quiet=True)
-    det, _ = load_model(args.model, device=info.device)
-    if list(det.spec.class_names) != data.class_names:
-        raise MinedetError(
-            f"the model was trained on classes {list(det.spec.class_names)} but the data has {data.class_names}",
-            file=str(data_path),
-        )
-    return source, data, hidden, det, info.device
+    dets = []
+    for path in models:
+        det, _ = load_model(path, device=info.device)
+        if list(det.spec.class_names) != data.class_names:
+            raise MinedetError(
+                f"the model {path} was trained on classes {list(det.spec.class_names)} but the data has {data.class_names}",
+                file=str(data_path),
+            )
+        dets.append(det)
+    return source, data, hidden, (dets if folds is not None else dets[0]), info.device, folds
 
 
 def _review_paths(out: Path) -> dict[str, Path]:
