@@ -145,3 +145,30 @@ def test_the_scripted_reviewer_accepts_hidden_matches_and_deletes_the_rest():
     merged = merge_reviewed(mined, reviewed)
     assert merged.counts["mined-accepted"] == 1 and merged.counts["rejected"] == 3 and merged.counts["labelled"] == 1
     assert merged.counts["labelled_changed"] == 0
+
+
+def test_nuclei_folds_completion_cuts_mined_region_boxes_into_every_tile_they_lie_in():
+    sys.path.insert(0, str(BENCH))
+    import torch
+    from bench_real import completed_tiles
+
+    from minedet.data.coco import validate_coco
+    from minedet.structures import Target
+
+    def tile(i, x):
+        return {"id": i, "file_name": f"{i}.png", "width": 128, "height": 128,
+                "tile": {"source": 1, "x": x, "y": 0, "source_file": "r.png", "source_width": 208, "source_height": 128}}
+
+    sparse = {"images": [tile(1, 0), tile(2, 80)], "categories": [{"id": 1, "name": "nucleus"}],
+              "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0}]}
+    mined = Target(torch.tensor([[90.0, 10.0, 110.0, 30.0],    # in both tiles (x 80..128 overlap)
+                                 [20.0, 50.0, 30.0, 60.0],     # tile 1 only
+                                 [120.0, 70.0, 140.0, 90.0]]),  # 40 % in tile 1 (left out there), whole in tile 2
+                   torch.zeros(3, dtype=torch.long), torch.tensor([0.9, 0.8, 0.7]))
+    out = completed_tiles(sparse, mined)
+    validate_coco(out, file="completed.json")
+    assert out["annotations"][0] == sparse["annotations"][0] and len(sparse["annotations"]) == 1
+    got = sorted((a["image_id"], tuple(a["bbox"])) for a in out["annotations"] if a.get("mined"))
+    assert got == [(1, (20.0, 50.0, 10.0, 10.0)), (1, (90.0, 10.0, 20.0, 20.0)),
+                   (2, (10.0, 10.0, 20.0, 20.0)), (2, (40.0, 70.0, 20.0, 20.0))]
+    assert len({a["id"] for a in out["annotations"]}) == len(out["annotations"])
