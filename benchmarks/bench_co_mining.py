@@ -47,6 +47,8 @@ METHODS = {
     # the guards with per-class thresholds from the scores the model gives labelled boxes (method.adaptive)
     "co_mining_adaptive": {"name": "co_mining", **GUARDS, "adaptive": True},
     "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
+    # co-mining with the guards on the BRL loss: confusing anchors of the second view's negatives recalibrated too
+    "co_mining_brl": {"name": "co_mining", **GUARDS},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
 
@@ -98,7 +100,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
-                         "augmented, joint, co_mining, co_mining_guarded, brl, retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, brl, co_mining_brl (the guards on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1,
@@ -175,7 +177,7 @@ def main() -> int:
                     cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
                 if label == "original_2x":
                     cfg.data.batch_size *= 2
-                if label == "brl":
+                if label in ("brl", "co_mining_brl"):
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
                 if label == "retrain":
                     cfg.data.train = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
