@@ -286,6 +286,13 @@ def _refuse_overwrite(src: Path, outs: list[Path]) -> None:
             raise MinedetError("refusing to overwrite the input file", file=str(o))
 
 
+def _check_output_folder(src: Path, out: Path, names: list[str]) -> None:
+    """``out`` must be a folder (or not exist yet), and none of the files to write there the input."""
+    if out.exists() and not out.is_dir():
+        raise MinedetError("output path exists and is not a folder", file=str(out))
+    _refuse_overwrite(src, [out / n for n in names])
+
+
 def _cmd_digits(args: argparse.Namespace) -> int:
     try:
         from minedet.data.digits import build_digits
@@ -578,9 +585,7 @@ def _cmd_tile(args: argparse.Namespace) -> int:
     from minedet.engine.tiled import default_overlap
 
     src, out = Path(args.input), Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise MinedetError("output path exists and is not a folder", file=str(out))
-    _refuse_overwrite(src, [out / "tiles.json"])
+    _check_output_folder(src, out, ["tiles.json"])
     overlap = default_overlap(args.size) if args.overlap is None else args.overlap
     check_tiling(args.size, overlap)
     data = load_coco(src, image_root=args.images, check_images=True)
@@ -629,10 +634,8 @@ def _cmd_folds(args: argparse.Namespace) -> int:
     from minedet.io import write_json_atomic
 
     src, out = Path(args.input), Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise MinedetError("output path exists and is not a folder", file=str(out))
     trains = [out / f"fold{f}.train.json" for f in range(max(args.k, 0))]
-    _refuse_overwrite(src, [*trains, out / "folds.json"])
+    _check_output_folder(src, out, [p.name for p in trains] + ["folds.json"])
     source = read_json_file(src)
     data = load_coco(src)
     folds = assign_folds(data, args.k, args.seed)  # every check before anything is written
