@@ -181,6 +181,8 @@ def main() -> int:
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
                 if label == "retrain":
                     cfg.data.train = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
+                    # the mined boxes' new ids may equal erased boxes' ids: no hidden truth for the completed file
+                    cfg.data.hidden = None
                 out = work / f"{args.table}_{split}_{label}_s{seed}"
                 print(f"[{args.table}] seed {seed} {split:<8} {label:<10} ...", file=sys.stderr, flush=True)
                 done = finished_run(out, steps) if args.reuse_finished else None
