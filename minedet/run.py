@@ -441,6 +441,12 @@ def evaluator(run: Run, reports: dict, *, quiet: bool) -> Callable[[Method, int]
     return evaluate
 
 
+def trained_on(run: Run) -> list[str]:
+    """The file names of every image the run trained on, all streams (sorted; ``minedet mine`` warns when a
+    model mines the images it trained on)."""
+    return sorted({str(im["file_name"]) for ds in run.datasets.values() for im in ds.data.images})
+
+
 def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str | None = None,
                  quiet: bool = False, info: DistInfo | None = None) -> dict:
     """Train ``cfg`` end to end: assemble, train, evaluate, export ``OUT/model.pt`` and ``OUT/eval.json``.
@@ -460,7 +466,7 @@ def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str 
     model_path = out / "model.pt"
     if info.main:
         export_model(model_path, method.export_model(), meta={"method": method.name, "role": next(iter(method.eval_models())),
-                                                              "steps": result["steps"]})
+                                                              "steps": result["steps"], "train_images": trained_on(run)})
         summary = {
             "steps": result["steps"], "wall_s": result["wall_s"], "nonfinite_steps": result["nonfinite_steps"],
             "eval": {role: rep.as_dict() for role, rep in reports.items()}, "model": str(model_path),

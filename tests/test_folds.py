@@ -159,3 +159,51 @@ def test_cli_fold_mistakes_are_one_line_exit_2(case, model_file, sparse, tmp_pat
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert {"no_pattern": "{fold}", "other_data": "is in no fold", "missing_model": "run1"}[case] in err
     assert not out.exists()
+
+
+def _export_with_train_images(model_file: Path, path: Path, names: list[str]) -> Path:
+    from minedet.engine.checkpoint import export_model, load_model
+
+    det, _ = load_model(model_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_model(path, det, {"train_images": sorted(names)})
+    return path
+
+
+def test_mine_warns_when_a_model_mines_images_it_trained_on(model_file, sparse, tmp_path, capsys) -> None:  # noqa: F811
+    data, _, _, root, sp, _ = sparse
+    names = [str(im["file_name"]) for im in data.images]
+    common = ["--images", str(root), "--device", "cpu", "--quiet"]
+    seen = _export_with_train_images(model_file, tmp_path / "seen" / "model.pt", names[:3])
+    assert main(["mine", str(seen), str(sp), "--out", str(tmp_path / "a.json"), *common]) == 0
+    err = capsys.readouterr().err
+    assert f"trained on 3 of these {len(names)} images" in err and "minedet data folds" in err
+    unseen = _export_with_train_images(model_file, tmp_path / "unseen" / "model.pt", ["elsewhere.png"])
+    assert main(["mine", str(unseen), str(sp), "--out", str(tmp_path / "b.json"), *common]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+    fdir = tmp_path / "folds"
+    assert main(["data", "folds", str(sp), "--k", "2", "--out-dir", str(fdir)]) == 0
+    held = [f["image_ids"] for f in json.loads((fdir / "folds.json").read_text())["folds"]]
+    name_of = {int(im["id"]): str(im["file_name"]) for im in data.images}
+    for swap in (False, True):  # each fold's model trained on the other fold's images (right), or on its own (wrong)
+        for f in (0, 1):
+            other = held[f if swap else 1 - f]
+            _export_with_train_images(model_file, tmp_path / f"s{swap}" / f"fold{f}" / "model.pt", [name_of[i] for i in other])
+        capsys.readouterr()
+        rc = main(["mine", str(tmp_path / f"s{swap}" / "fold{fold}" / "model.pt"), str(sp), "--folds", str(fdir / "folds.json"),
+                   "--out", str(tmp_path / f"f{swap}.json"), *common])
+        err = capsys.readouterr().err
+        assert rc == 0
+        assert ("of its fold" in err) == swap, err
+
+
+def test_a_trained_model_records_the_images_it_trained_on(tiny_digits, tmp_path) -> None:
+    from minedet.engine.checkpoint import load_model
+    from minedet.run import run_training
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_digits, tmp_path / "run", train__max_steps=1, train__ckpt_every=1)
+    res = run_training(cfg, quiet=True)
+    _, meta = load_model(res["model"])
+    assert meta["train_images"] == sorted(str(im["file_name"]) for im in load_coco(tiny_digits.train_json).images)

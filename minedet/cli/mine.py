@@ -6,6 +6,7 @@ import argparse
 import html
 import math
 import os
+import sys
 from pathlib import Path
 
 from minedet.errors import MinedetError
@@ -41,7 +42,9 @@ tasks are --review-url PREFIX + file_name. After the review, 'minedet data merge
 Held-out mining (--folds): a model mining its own training images has learnt that their unlabelled
 objects are background. 'minedet data folds' splits the data into K folds; train one model per fold
 on OUTDIR/foldF.train.json, then mine with MODEL = 'runs/fold{fold}/model.pt' and --folds
-OUTDIR/folds.json: each image is mined by the model that did not train on it.
+OUTDIR/folds.json: each image is mined by the model that did not train on it. A model trained by
+minedet records its training images' file names: mine warns (one line) when a model is about to mine
+images it trained on, and, with --folds, when a fold's model trained on its own fold.
 
 Also writes a per-class summary (printed, and summary.json), and with --gallery DIR the review pages:
 DIR/NNN_image<ID>.png for the images that gained most (labelled boxes green, mined boxes red with
@@ -176,8 +179,9 @@ def _load_inputs(args: argparse.Namespace, data_path: Path):
         models = [args.model.replace("{fold}", str(f)) for f in range(max(folds.values()) + 1)]
     info = setup_device(args.device, quiet=True)
     dets = []
-    for path in models:
-        det, _ = load_model(path, device=info.device)
+    for f, path in enumerate(models):
+        det, meta = load_model(path, device=info.device)
+        _warn_if_trained_on(meta, data, path, None if folds is None else [i for i, g in folds.items() if g == f])
         if list(det.spec.class_names) != data.class_names:
             raise MinedetError(
                 f"the model {path} was trained on classes {list(det.spec.class_names)} but the data has {data.class_names}",
@@ -185,6 +189,26 @@ def _load_inputs(args: argparse.Namespace, data_path: Path):
             )
         dets.append(det)
     return source, data, hidden, (dets if folds is not None else dets[0]), info.device, folds
+
+
+def _warn_if_trained_on(meta: dict, data, model: str, fold_ids: list[int] | None) -> None:
+    """One warning line when the model trained on images (by file name) it is about to mine: it has been taught
+    that their unlabelled objects are background and scores them low."""
+    seen = set(meta.get("train_images") or [])
+    if not seen:
+        return  # a model exported before the record existed, or by other code
+    ids = set(fold_ids) if fold_ids is not None else None
+    recs = [im for im in data.images if ids is None or int(im["id"]) in ids]
+    both = sum(1 for im in recs if str(im["file_name"]) in seen)
+    if not both:
+        return
+    if fold_ids is not None:
+        print(f"minedet: warning: {model} trained on {both} of the {len(recs)} images of its fold (by file name): "
+              "the fold's model must be trained on its foldF.train.json, without them", file=sys.stderr)
+    else:
+        print(f"minedet: warning: {model} trained on {both} of these {len(recs)} images (by file name): it learnt their "
+              "unlabelled objects as background and will miss many; held-out folds mine more ('minedet data folds')",
+              file=sys.stderr)
 
 
 def _review_paths(out: Path) -> dict[str, Path]:
