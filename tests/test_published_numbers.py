@@ -55,6 +55,25 @@ def test_every_figure_in_the_readme_prose_is_on_the_generated_page():
     assert not missing, f"README figures with no record on docs/benchmarks.md: {missing}"
 
 
+def test_every_readme_link_into_the_page_names_one_of_its_headings():
+    from report import heading_anchor
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    anchors = {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", page, flags=re.M)}
+    links = re.findall(r"docs/benchmarks\.md#([^)\s]+)", (ROOT / "README.md").read_text())
+    assert links, "the README links no section of the page"
+    broken = sorted({a for a in links if a not in anchors})
+    assert not broken, f"README links to sections docs/benchmarks.md does not have: {broken}"
+
+
+def test_heading_anchor_is_the_one_github_renders():
+    from report import heading_anchor
+
+    assert heading_anchor("Real images: nuclei (fluorescence microscopy), 50 % of the boxes erased, tiled") == \
+        "real-images-nuclei-fluorescence-microscopy-50--of-the-boxes-erased-tiled"
+    assert heading_anchor("Self-training (`method.ema_decay=0.99`)") == "self-training-methodema_decay099"
+
+
 def test_prose_extractor_sees_figures_outside_code_and_the_table():
     text = ("Co-mining gains 4.2 AP (12 %) at 2.5× the cost.\n```bash\nminedet train x tau=0.55\n```\n"
             "`0.66` <!-- results:start -->| 77.7 |<!-- results:end --> [link](a#b-9.9)")
