@@ -57,7 +57,7 @@ import zipfile
 from pathlib import Path
 
 import common
-from common import ROOT, train_record
+from common import ROOT, finished_run, train_record
 
 STARDIST = "0.9.2"  # the wheel the data is read from (the two files are the same in every wheel of it)
 PLATFORM = "manylinux_2_28_x86_64"  # pinned so everyone fetches the same file, whatever their machine
@@ -370,6 +370,8 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
     band_of_image = {int(im["id"]): int(im["tile"]["source"]) - 1 for im in tiles["images"]}
     fold_band = [band_of_image[ids[0]] for ids in folds]
     found, fold_ap, walls = [], [], []
+    score = args.retrain_score
+    suffix = "" if score == RETRAIN_SCORE else f"_r{round(100 * score)}"  # another retraining of the same fold models
     fold_method = "original" if label == "folds_original" else "co_mining_part"
     for f, ids in enumerate(folds):
         train_p = out / f"fold{f}.train.json"
@@ -377,7 +379,7 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
         cfg = make_config(info, fold_method, seed, args.steps, args.batch_size)
         cfg.data.train, cfg.data.train_images, cfg.data.hidden = str(train_p), str(broot / "tiles"), None
         run = out / f"fold{f}"
-        r = train_record(cfg, label={}, out_dir=run)
+        r = train_record(cfg, label={}, out_dir=run, resume=finished_run(run, args.steps) if args.reuse_finished else None)
         walls.append(r["wall_s"])
         fold_ap.append(evaluate(run / "model.pt", info)["ap"])
         det, _ = load_model(run / "model.pt")
@@ -389,19 +391,19 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
                     torch.cat([t.scores for t in found]))
     q = mined_quality(None, info, seed, detections=merged)
     mined = q.pop("_mined_part")
-    mined = mined.select(mined.scores > RETRAIN_SCORE)
+    mined = mined.select(mined.scores > score)
     # retrain: the ordinary sparse tiles + the mined boxes cut into them
     completed_p = out / "completed_tiles.json"
     sparse_p, _, _, _ = sparse_tiles(info, seed)
     save_coco(completed_p, completed_tiles(load_coco(sparse_p).raw, mined))
     cfg = make_config(info, "original", seed, args.steps, args.batch_size)
     cfg.data.train, cfg.data.hidden = str(completed_p), None
-    rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
-                                   "run": out.name}, out_dir=out / "retrain")
+    rec = train_record(cfg, label={"method": label + suffix, "split": "missing50", "seed": seed, "detector": "retinanet",
+                                   "run": out.name}, out_dir=out / f"retrain{suffix}")
     rec.pop("curve", None)
-    rec.update(evaluate(out / "retrain" / "model.pt", info))
+    rec.update(evaluate(out / f"retrain{suffix}" / "model.pt", info))
     rec.update(q)
-    rec.update(fold_ap=fold_ap, fold_method=fold_method, fold_wall_s=walls, retrain_score=RETRAIN_SCORE,
+    rec.update(fold_ap=fold_ap, fold_method=fold_method, fold_wall_s=walls, retrain_score=score,
                mined_added=len(mined), bands=bt["bands"])
     return rec
 
@@ -478,6 +480,12 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
     ap.add_argument("--cache-dir", default=".cache/minedet", help="where the wheel and the tiles are kept")
     ap.add_argument("--out", default=None, help="work folder for the runs (default: a temporary one)")
+    ap.add_argument("--retrain-score", type=float, default=RETRAIN_SCORE,
+                    help=f"held-out fold columns: retrain on the boxes mined above this score (default {RETRAIN_SCORE}); "
+                         "another score is recorded as its own column, METHOD_rNN")
+    ap.add_argument("--reuse-finished", action="store_true",
+                    help="held-out fold columns: a fold model in --out that trained all its steps is evaluated again from "
+                         "its final checkpoint instead of retrained (the same seed trains the same model)")
     ap.add_argument("--no-figure", action="store_true", help="do not draw docs/img/real_nuclei_mined.png")
     args = ap.parse_args()
 
