@@ -703,11 +703,14 @@ def readme_rows(results: dict) -> list[str]:
                     "([co-mining](docs/benchmarks.md#co-mining-table-1-in-miniature-digits-retinanet)) |")
     base = results.get("co_mining_baselines")
     if base:
-        cells = [(m, _pick(base, split="hard", method=m)) for m in ("original", "brl", "retrain")]
-        names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining"}
-        text = ", ".join(f"{names.get(m, m)} {_ms(rs)} ({_seeds(rs)})" for m, rs in cells if rs)
-        rows.append(f"| the papers' other rivals on digits `hard` (RetinaNet, 900 steps, the same images per step as "
-                    f"`original`) | {text} ([baselines](docs/benchmarks.md#co-mining-vs-brl-and-pseudo-label-retraining)) |")
+        names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining",
+                 "co_mining_brl": "co-mining with the guards on BRL's loss"}
+        for split in ("hard", "extreme"):
+            cells = [(m, _pick(base, split=split, method=m)) for m in ("original", "brl", "retrain", "co_mining_brl")]
+            text = ", ".join(f"{names.get(m, m)} {_ms(rs)} ({_seeds(rs)})" for m, rs in cells if rs)
+            if text:
+                rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps, the same images per step "
+                            f"as `original`) | {text} ([baselines](docs/benchmarks.md#co-mining-vs-brl-and-pseudo-label-retraining)) |")
     for name, det, anchor in (("co_mining_fcos", "FCOS", "co-mining-table-5-in-miniature-fcos"),
                               ("co_mining_frcnn", "Faster R-CNN", "co-mining-on-faster-r-cnn-the-papers-future-work")):
         res = results.get(name)
