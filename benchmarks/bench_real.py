@@ -399,9 +399,9 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
     cfg = make_config(info, "original", seed, args.steps, args.batch_size)
     cfg.data.train, cfg.data.hidden = str(completed_p), None
     rec = train_record(cfg, label={"method": label + suffix, "split": "missing50", "seed": seed, "detector": "retinanet",
-                                   "run": out.name}, out_dir=out / f"retrain{suffix}")
+                                   "run": out.name}, out_dir=(retrained := out / f"retrain{suffix}"))
     rec.pop("curve", None)
-    rec.update(evaluate(out / f"retrain{suffix}" / "model.pt", info))
+    rec.update(evaluate(retrained / "model.pt", info))
     rec.update(q)
     rec.update(fold_ap=fold_ap, fold_method=fold_method, fold_wall_s=walls, retrain_score=score,
                mined_added=len(mined), bands=bt["bands"])

@@ -415,6 +415,11 @@ def recall_at_p80(rec: dict, key: str = "mine_pr") -> float:
     return max([x["recall"] for x in rec[key] if x["precision"] is not None and x["precision"] >= 0.8], default=0.0)
 
 
+#: a held-out fold column retrained on the boxes mined above another score (bench_real --retrain-score): the same
+#: fold models as its base column, so the same mined boxes; NN is the score in hundredths
+RETRAINED = re.compile(r"(folds_\w+)_r(\d+)")
+
+
 def section_real(res: dict) -> list[str]:
     """bench_real.py: sparse labels on one real microscopy image (nuclei), trained and predicted on tiles."""
     last: dict[tuple, dict] = {}
@@ -425,15 +430,15 @@ def section_real(res: dict) -> list[str]:
     names = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
              "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
              "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
-    for m in sorted({r["method"] for r in recs if re.fullmatch(r"folds_\w+_r\d+", r["method"])}):
-        base, score = m.rsplit("_r", 1)  # the same fold models, retrained on the boxes mined above another score
+    for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
+        base, score = RETRAINED.fullmatch(m).groups()
         cols.insert(cols.index(base) + 1 if base in cols else len(cols), m)
         names[m] = f"{names[base]} on boxes mined at score > {int(score) / 100:g}"
     cols = [m for m in cols if any(r["method"] == m for r in recs)]
     seeds = sorted({r["seed"] for r in recs})
     by = {m: sorted((r for r in recs if r["method"] == m), key=lambda r: r["seed"]) for m in cols}
     d = res.get("data", {})
-    out = ["## Real images: nuclei (fluorescence microscopy), 50 % of the boxes erased, tiled", "", *header(res)]
+    out = [f"## {TITLES['real_nuclei']}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
 
@@ -606,6 +611,7 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "semi_ignore": "Self-training with uncertain teacher boxes ignored (`method.ignore_below=0.3`, beyond the papers)",
           "semi_ema": "Self-training with a faster teacher (`method.ema_decay=0.99` instead of the presets' 0.995, with the ignored band)",
           "semi_adaptive": "Self-training with per-class thresholds (`method.adaptive=true`, with the ignored band and the faster teacher)",
+          "real_nuclei": "Real images: nuclei (fluorescence microscopy), 50 % of the boxes erased, tiled",
           "semi_tau": "Self-training with a lower teacher threshold (`method.tau=0.5`, with the ignored band and the faster teacher)"}
 
 
@@ -664,6 +670,11 @@ def heading_anchor(title: str) -> str:
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
+def _link(text: str, name: str) -> str:
+    """``([text](docs/benchmarks.md#anchor))``: a README link to the page section of results file ``name``."""
+    return f"([{text}](docs/benchmarks.md#{heading_anchor(TITLES[name])}))"
+
+
 def _self_training_cells(res: dict) -> str:
     """``Mean Teacher 2 % AP (n seeds), ...`` for every method and labelled fraction a semi-supervised file holds."""
     return ", ".join(f"{name} {f:g} % {_ms(rs)} ({_seeds(rs)})" for m, name in (("mean_teacher", "Mean Teacher"), ("acrst", "ACRST"))
@@ -694,13 +705,13 @@ def readme_rows(results: dict) -> list[str]:
             if full:
                 text += f"; full labels {_ms(full)}"
             rows.append(f"| Co-mining Table 1 in miniature, digits `{split}` labels (RetinaNet, 900 steps, mean ± std over seeds) | "
-                        f"{text} ([co-mining](docs/benchmarks.md#co-mining-table-1-in-miniature-digits-retinanet)) |")
+                        f"{text} {_link('co-mining', 'co_mining')} |")
         mined = [(m, [r for r in _pick(cm, split="hard", method=m) if r.get("mine_pr")]) for m in ("original", "co_mining", "tau0.5")]
         text = ", ".join(f"{m.replace('_', '-').replace('tau0.5', 'co-mining at tau 0.5')} model "
                          f"{100 * statistics.mean((r.get('mine_recall_at_p90') or {}).get('recall', 0.0) for r in rs):.1f} %"
                          f" ({_seeds(rs)})" for m, rs in mined if rs)
         rows.append(f"| `minedet mine` on digits `hard`: erased boxes recovered at precision ≥ 0.9 | {text} "
-                    "([co-mining](docs/benchmarks.md#co-mining-table-1-in-miniature-digits-retinanet)) |")
+                    f"{_link('co-mining', 'co_mining')} |")
     base = results.get("co_mining_baselines")
     if base:
         names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining",
@@ -710,9 +721,8 @@ def readme_rows(results: dict) -> list[str]:
             text = ", ".join(f"{names.get(m, m)} {_ms(rs)} ({_seeds(rs)})" for m, rs in cells if rs)
             if text:
                 rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps, the same images per step "
-                            f"as `original`) | {text} ([baselines](docs/benchmarks.md#co-mining-vs-brl-and-pseudo-label-retraining)) |")
-    for name, det, anchor in (("co_mining_fcos", "FCOS", "co-mining-table-5-in-miniature-fcos"),
-                              ("co_mining_frcnn", "Faster R-CNN", "co-mining-on-faster-r-cnn-the-papers-future-work")):
+                            f"as `original`) | {text} {_link('baselines', 'co_mining_baselines')} |")
+    for name, det in (("co_mining_fcos", "FCOS"), ("co_mining_frcnn", "Faster R-CNN")):
         res = results.get(name)
         if res:
             o, c = _pick(res, split="hard", method="original"), _pick(res, split="hard", method="co_mining")
@@ -721,7 +731,7 @@ def readme_rows(results: dict) -> list[str]:
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
             guarded = f", co-mining with the guards {_ms(g)} ({_seeds(g)})" if g else ""
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
-                        f"({_seeds(c)}){guarded}{extra} ([{det}](docs/benchmarks.md#{anchor})) |")
+                        f"({_seeds(c)}){guarded}{extra} {_link(det, name)} |")
     semi = results.get("semi")
     if semi:
         for f in sorted({r["fraction"] for r in latest(semi["records"]) if r.get("fraction") not in (None, 100.0)}):
@@ -730,11 +740,11 @@ def readme_rows(results: dict) -> list[str]:
             full = _pick(semi, method="supervised_all")
             rows.append(f"| semi-supervised, long-tailed digits, {f:g} % labelled ({_seeds(cells[0][1])}) | {text}"
                         + (f"; all labels {_ms(full)}" if full else "")
-                        + " ([semi](docs/benchmarks.md#semi-supervised-digits-long-tailed-supervised-vs-stac-vs-mean-teacher-vs-acrst)) |")
+                        + f" {_link('semi', 'semi')} |")
     for name, what, link in SELF_TRAINING_ROWS:
         if name in results:
             rows.append(f"| {what}, long-tailed digits | {_self_training_cells(results[name])} "
-                        f"([{link}](docs/benchmarks.md#{heading_anchor(TITLES[name])})) |")
+                        f"{_link(link, name)} |")
     mixed = results.get("mixed")
     if mixed:
         cells = [(m, _pick(mixed, method=m)) for m in MIXED_COLUMNS]
@@ -762,15 +772,15 @@ def readme_rows(results: dict) -> list[str]:
         text = ", ".join(f"{m.replace('_', '-')} {_ms(rs)}" for m, rs in cells if rs)
         rows.append(f"| real microscopy: StarDist's nuclei image, 50 % of training boxes erased, RetinaNet, val AP "
                     f"({_seeds(cells[0][1])}; one image: a small sample) | {text} "
-                    "([nuclei](docs/benchmarks.md#real-images-nuclei-fluorescence-microscopy-50--of-the-boxes-erased-tiled)) |")
+                    f"{_link('nuclei', 'real_nuclei')} |")
         # a _rNN column retrains the same fold models: its mined boxes are its base column's
-        mined = [(m, [r for r in rs if r.get("mine_pr_part")]) for m, rs in cells if m != "full" and not re.search(r"_r\d+$", m)]
+        mined = [(m, [r for r in rs if r.get("mine_pr_part")]) for m, rs in cells if m != "full" and not RETRAINED.fullmatch(m)]
         text = ", ".join(f"{m.replace('_', '-')} {mean_std([recall_at_p80(r, 'mine_pr_part') for r in rs])} ({_seeds(rs)})"
                          for m, rs in mined if rs)
         if text:
             rows.append("| `minedet mine` on the nuclei training region: erased nuclei recovered at mined precision ≥ 80 % "
                         f"(part rule; best score threshold) | {text} "
-                        "([nuclei](docs/benchmarks.md#real-images-nuclei-fluorescence-microscopy-50--of-the-boxes-erased-tiled)) |")
+                        f"{_link('nuclei', 'real_nuclei')} |")
     exp = results.get("export")
     if exp:
         recs = latest(exp["records"])
