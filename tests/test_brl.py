@@ -270,3 +270,23 @@ def test_three_anchor_hand_computed(brl):
     flagged = brl.loss(_toy(brl, anchors, logits), [box.with_flags(weight=0.5)])["classification"].item()
     expect_w = 0.1 * (_mirror(3.0) + _mirror(0.2)) + 0.5 * (_focal_neg(0.5) + _focal_pos(1.5)) + _focal_neg(3.0) + _focal_neg(-2.0)
     assert flagged == pytest.approx(expect_w, rel=1e-5)
+
+
+def test_ignored_box_does_not_make_its_surroundings_ordinary_negatives(brl):
+    """A weight-0 box (an uncertain pseudo box) ignores the anchor it matches; the anchor beside it
+    (IoU 1/3) stays a confusion anchor, as if the box were absent, instead of a full-weight negative."""
+    anchors = torch.tensor([[40.0, 40.0, 56.0, 56.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 30.0]])
+    logits = torch.tensor([[3.0, 0.2], [0.5, 1.5], [3.0, -2.0]])
+    box = Target(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([1]))
+    got = brl.loss(_toy(brl, anchors, logits), [box.with_flags(weight=0.0)])["classification"].item()
+    expect = 0.1 * (_mirror(3.0) + _mirror(0.2)) + 0.1 * (_mirror(3.0) + _focal_neg(-2.0))
+    assert got == pytest.approx(expect, rel=1e-5)
+    # a labelled box also near the third anchor (IoU 1/4, its own best anchor is the fourth) makes that
+    # anchor an ordinary negative; the weight-0 box still only ignores its match; / 2 matched anchors
+    anchors = torch.cat([anchors, torch.tensor([[0.0, 20.0, 10.0, 40.0]])])
+    logits = torch.cat([logits, torch.tensor([[-3.0, 2.0]])])
+    two = Target(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 20.0, 10.0, 40.0]]), torch.tensor([1, 0]))
+    got = brl.loss(_toy(brl, anchors, logits), [two.with_flags(weight=torch.tensor([0.0, 1.0]))])["classification"]
+    expect = (0.1 * (_mirror(3.0) + _mirror(0.2)) + _focal_neg(3.0) + _focal_neg(-2.0)
+              + _focal_pos(-3.0) + _focal_neg(2.0)) / 2
+    assert got.item() == pytest.approx(expect, rel=1e-5)

@@ -6,8 +6,8 @@ Recalibration Loss", ICASSP 2020 (arXiv 2002.05274). The official code is an mmd
 ``mirror_sigmoid_focal_loss``, config ``configs/BRL/brl_retinanet_r50_fpn_coco_50p.py``). This module
 re-derives the same loss from that code; nothing is copied.
 
-Anchor roles (per image; IoU = an anchor's best IoU with *any* ground-truth box of the image, all
-boxes counted whatever their flags):
+Anchor roles (per image; IoU = an anchor's best IoU with the image's *annotated* boxes: every box
+whose ``weight`` flag is above 0, labelled or pseudo):
 
 * positive: matched by torchvision's RetinaNet matcher (IoU >= 0.5, plus low-quality best matches) —
   exactly :meth:`RetinaNetAdapter.match`; the matched-index semantics are unchanged.
@@ -15,7 +15,12 @@ boxes counted whatever their flags):
 * ordinary negative: unmatched and IoU in [``confusion_iou``, 0.4) — plain focal loss.
 * confusion anchor: unmatched and IoU < ``confusion_iou`` (0.1). An image with **no boxes** has IoU 0
   everywhere, so *every* anchor of it is a confusion anchor (the official assigner raises on empty
-  images; we keep the definition and apply it).
+  images; we keep the definition and apply it). A box with ``weight == 0`` (an ignored region, or an
+  uncertain pseudo box of the three-way semantics) ignores the anchors it matches and nothing more: it
+  is not an annotation, so it does not turn the anchors around it into ordinary (full-weight)
+  negatives. (The official RetinaNet config leaves ``gt_bboxes_ignore`` out of the assigner's IoU too,
+  ``ignore_iof_thr=-1``. Counting them, as minedet did before, taught the surroundings of every
+  uncertain detection — mostly missed objects — as background ten times harder than the rest.)
 
 Loss, with ``x`` a logit, ``p = sigmoid(x)``, ``alpha = 0.25``, focal ``gamma_f = 2`` (torchvision's
 ``sigmoid_focal_loss`` defaults, as the parent):
@@ -139,14 +144,18 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
         self.confusion_iou = float(confusion_iou)
 
     def confusion_anchors(self, anchors: Tensor, target: Target, matched: Tensor) -> Tensor:
-        """Bool[A]: unmatched anchors (index -1) whose best IoU with any box of ``target`` is below
-        ``confusion_iou``. ``anchors`` [A, 4] and ``target.boxes`` xyxy in the same (resized) frame.
-        With no boxes every unmatched anchor qualifies (IoU 0) unless ``confusion_iou`` is 0."""
+        """Bool[A]: unmatched anchors (index -1) whose best IoU with the annotated boxes of ``target``
+        (``weight`` > 0) is below ``confusion_iou``. ``anchors`` [A, 4] and ``target.boxes`` xyxy in the
+        same (resized) frame. With no such box every unmatched anchor qualifies (IoU 0) unless
+        ``confusion_iou`` is 0."""
         below = matched == det_utils.Matcher.BELOW_LOW_THRESHOLD
-        if len(target) == 0:
+        boxes = target.boxes
+        if "weight" in target.flags:
+            boxes = boxes[target.flags["weight"] > 0]
+        if len(boxes) == 0:
             max_iou = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
         else:
-            max_iou = box_ops.box_iou(target.boxes.to(anchors), anchors).max(dim=0).values
+            max_iou = box_ops.box_iou(boxes.to(anchors), anchors).max(dim=0).values
         return below & (max_iou < self.confusion_iou)
 
     def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor]) -> Tensor:
