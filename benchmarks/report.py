@@ -98,7 +98,7 @@ def reruns(res: dict, label) -> list[str]:
 
 
 def section_demo(res: dict) -> list[str]:
-    out = ["## Demo", "", *header(res), "| run date | command | steps | wall (min) | AP | AP50 | AP75 | target met |",
+    out = [f"## {TITLES['demo']}", "", *header(res), "| run date | command | steps | wall (min) | AP | AP50 | AP75 | target met |",
            "|---|---|---|---|---|---|---|---|"]
     for r, o in sorted(zip(res["records"], origins(res)), key=lambda ro: ro[1]["date"]):
         out.append(f"| {o['date'][:16].replace('T', ' ')} | `{r['demo_command']}` | {r['steps']} | {r['wall_s'] / 60:.1f} | "
@@ -111,7 +111,7 @@ def section_demo(res: dict) -> list[str]:
 
 
 def section_splits(res: dict) -> list[str]:
-    out = ["## Splits", "", *header(res), "| operation | images | boxes | wall (s) | peak RSS (MB) | within limits |",
+    out = [f"## {TITLES['splits']}", "", *header(res), "| operation | images | boxes | wall (s) | peak RSS (MB) | within limits |",
            "|---|---|---|---|---|---|"]
     for r in res["records"]:
         out.append(f"| {r['op']} | {r['images']:,} | {r['boxes']:,} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | "
@@ -201,7 +201,7 @@ def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | 
 
 
 def section_loader(res: dict) -> list[str]:
-    out = ["## Loader", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
+    out = [f"## {TITLES['loader']}", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
     for r in res["records"]:
         out.append(f"| {r['method']} | {r['what']} | {r['images_per_s']} |")
     for m in dict.fromkeys(r["method"] for r in res["records"]):
@@ -392,7 +392,7 @@ def section_semi(res: dict, title: str) -> list[str]:
 
 def section_cropbank(res: dict) -> list[str]:
     recs = res["records"]
-    out = ["## CropBank", "", *header(res)]
+    out = [f"## {TITLES['cropbank']}", "", *header(res)]
     for r in recs:
         if "records" in r:
             out += [f"A pseudo bank of {r['records']:,} records ({r['images']:,} unlabelled images): "
@@ -523,7 +523,7 @@ def section_real(res: dict) -> list[str]:
 def section_export(res: dict) -> list[str]:
     """ONNX export: parity with PyTorch eager and paired batch-1 latency (the latest record of each setting)."""
     recs = latest(res["records"])
-    out = ["## ONNX export", "", *header(res)]
+    out = [f"## {TITLES['export']}", "", *header(res)]
     par = [r for r in recs if "matched" in r]
     if par:
         out += ["| set | image size | images | detections | matched (IoU >= 0.99) / compared | min IoU | max score diff | "
@@ -556,7 +556,7 @@ def section_mixed(res: dict) -> list[str]:
     recs = latest(res["records"])
     methods = [m for m in MIXED_COLUMNS if any(r["method"] == m for r in recs)]
     all_seeds = sorted({r["seed"] for r in recs})
-    out = ["## Mixed supervision: complete, sparse and unlabelled images (digits, long-tailed)", "", *header(res)]
+    out = [f"## {TITLES['mixed']}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
     out += [f"Mean ± std over seeds {all_seeds}:", "", "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -577,7 +577,7 @@ def section_mixed(res: dict) -> list[str]:
 def section_review(res: dict) -> list[str]:
     """One review round (scripted reviewer) against co-mining alone at the same total steps."""
     recs = latest(res["records"])
-    out = ["## One review round on digits `hard` (scripted reviewer)", "", *header(res)]
+    out = [f"## {TITLES['review']}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
     out += ["| seed | steps | round 1 AP | after review + round 2 AP | mined boxes shown | accepted | deleted (reviewer clicks) |",
@@ -612,7 +612,14 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "semi_ema": "Self-training with a faster teacher (`method.ema_decay=0.99` instead of the presets' 0.995, with the ignored band)",
           "semi_adaptive": "Self-training with per-class thresholds (`method.adaptive=true`, with the ignored band and the faster teacher)",
           "real_nuclei": "Real images: nuclei (fluorescence microscopy), 50 % of the boxes erased, tiled",
-          "semi_tau": "Self-training with a lower teacher threshold (`method.tau=0.5`, with the ignored band and the faster teacher)"}
+          "semi_tau": "Self-training with a lower teacher threshold (`method.tau=0.5`, with the ignored band and the faster teacher)",
+          "demo": "Demo",
+          "splits": "Splits",
+          "loader": "Loader",
+          "cropbank": "CropBank",
+          "export": "ONNX export",
+          "mixed": "Mixed supervision: complete, sparse and unlabelled images (digits, long-tailed)",
+          "review": "One review round on digits `hard` (scripted reviewer)"}
 
 
 #: the results file a semi-supervised table is compared with, seed by seed (default: the headline, ``semi``)
@@ -690,7 +697,7 @@ def readme_rows(results: dict) -> list[str]:
         r = max(zip(demo["records"], origins(demo)), key=lambda ro: ro[1]["date"])[0]
         rows.append(f"| demo: supervised RetinaNet + EfficientNet-Lite0, digits, {r['steps']} steps, 2 CPU cores | AP {pct(r['ap'])}, "
                     f"AP50 {pct(r['ap50'])}; the {len(walls)} recorded runs of `minedet demo` took "
-                    f"{' and '.join(f'{w:.1f}' for w in walls)} min, dataset build included ([demo](docs/benchmarks.md#demo)) |")
+                    f"{' and '.join(f'{w:.1f}' for w in walls)} min, dataset build included {_link('demo', 'demo')} |")
     cm = results.get("co_mining")
     if cm:
         for split in ("hard", "extreme"):
@@ -756,7 +763,7 @@ def readme_rows(results: dict) -> list[str]:
         seeds = sorted({r["seed"] for _, rs in cells for r in rs})
         rows.append(f"| mixed supervision, long-tailed digits: 10 % complete, 30 % `hard`-sparse, 60 % unlabelled "
                     f"(seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}) | {text} "
-                    "([mixed](docs/benchmarks.md#mixed-supervision-complete-sparse-and-unlabelled-images-digits-long-tailed)) |")
+                    f"{_link('mixed', 'mixed')} |")
     review = results.get("review")
     if review:
         for r in _pick(review, method="review_round"):
@@ -765,7 +772,7 @@ def readme_rows(results: dict) -> list[str]:
             rows.append(f"| one review round on digits `hard` (scripted reviewer, seed {r['seed']}) | co-mining "
                         f"{r['round1_steps']} steps {pct(r['round1_ap'])}, then {r['round2_steps']} more on the reviewed labels "
                         f"{pct(r['ap'])}{versus}; {r['mined_shown']} mined boxes shown, {r['reviewer_deletions']} deleted "
-                        "([review](docs/benchmarks.md#one-review-round-on-digits-hard-scripted-reviewer)) |")
+                        f"{_link('review', 'review')} |")
     real = results.get("real_nuclei")
     if real:
         cells = [(m, _pick(real, method=m)) for m in dict.fromkeys(r["method"] for r in latest(real["records"]))]
@@ -792,18 +799,18 @@ def readme_rows(results: dict) -> list[str]:
                         f"{r['pytorch_ms']:.1f} ms, batch 1, {r['onnx_threads']} thread{'s' * (r['onnx_threads'] > 1)} each, "
                         "paired)" for r in lat)
         rows.append(f"| ONNX export (RetinaNet, a {parity[0]['model_steps'] if parity else '?'}-step digits model) | {text} "
-                    "([export](docs/benchmarks.md#onnx-export)) |")
+                    f"{_link('export', 'export')} |")
     bank = results.get("cropbank")
     if bank:
         r = next(r for r in latest(bank["records"]) if "records" in r)
         rows.append(f"| ACRST CropBank at COCO scale ({r['records']:,} pseudo-labels) | {r['heap_mb']} MB of memory, "
-                    f"{r['snapshot_file_mb']} MB snapshot, {r['refresh_s']} s refresh ([CropBank](docs/benchmarks.md#cropbank)) |")
+                    f"{r['snapshot_file_mb']} MB snapshot, {r['refresh_s']} s refresh {_link('CropBank', 'cropbank')} |")
     splits = results.get("splits")
     if splits:
         rs = latest(splits["records"])
         rows.append(f"| annotation splits at COCO scale ({rs[0]['images']:,} images, {rs[0]['boxes']:,} boxes) | every mode in "
                     f"≤ {max(r['wall_s'] for r in rs):.1f} s, ≤ {max(r['peak_rss_mb'] for r in rs) / 1024:.1f} GB "
-                    "([splits](docs/benchmarks.md#splits)) |")
+                    f"{_link('splits', 'splits')} |")
     loader = results.get("loader")
     if loader:
         step = {r["method"]: r["step_s"] for r in latest(loader["records"]) if r.get("step_s")}
@@ -811,7 +818,7 @@ def readme_rows(results: dict) -> list[str]:
             rows.append(f"| Co-mining training step on CPU (same process, steps alternating) | "
                         f"{step['co_mining'] / step['supervised']:.2f}× a plain RetinaNet step, "
                         f"{step['co_mining'] / step['supervised_2x_batch']:.2f}× a plain step on twice the batch "
-                        "([loader](docs/benchmarks.md#loader)) |")
+                        f"{_link('loader', 'loader')} |")
     return ["| benchmark | result |", "|---|---|", *rows]
 
 
