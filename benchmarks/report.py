@@ -124,7 +124,9 @@ def section_splits(res: dict) -> list[str]:
 def section_runs(res: dict, title: str) -> list[str]:
     """Generic multi-seed training comparison: rows (split), columns (method), mean ± std AP."""
     recs = latest(res["records"])
-    splits = list(dict.fromkeys(r["split"] for r in recs))
+    # the paper's row order (Table 1: full, easy, hard, extreme), then other splits as recorded
+    order = ["full", "easy", "hard", "extreme"]
+    splits = sorted(dict.fromkeys(r["split"] for r in recs), key=lambda s: order.index(s) if s in order else len(order))
     # the paper's column order (Table 1: original, augmented, joint, co-mining), then variants as recorded
     first = ["original", "augmented", "joint", "brl", "retrain", "co_mining"]
     methods = sorted(dict.fromkeys(r["method"] for r in recs), key=lambda m: first.index(m) if m in first else len(first))
