@@ -67,7 +67,9 @@ def kill_mid_run(cfg, tmp_path: Path, *, min_saves: int) -> int:
     cfg_path = tmp_path / "killed.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg.as_dict()))
     last = Path(cfg.train.out_dir) / "checkpoints" / "last.pt"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the same torch thread count as this process (which resumes the run): float sums depend on it
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "minedet", "train", str(cfg_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     seen: set[int] = set()
