@@ -83,6 +83,8 @@ def method_cfg(label: str, split: str) -> dict:
     if label.startswith("tau"):  # tau0.5, or tau0.5_any (with method.gt_match=any)
         t, _, any_ = label[3:].partition("_")
         return {"name": "co_mining", "tau": float(t), "paper": True, **({"gt_match": "any"} if any_ == "any" else {})}
+    if label.startswith("co_mining_guarded_tau"):  # the guards at another tau, the same on every split
+        return {"name": "co_mining", **GUARDS, "tau": float(label.rpartition("tau")[2])}
     if label.startswith("view_"):
         return {"name": "co_mining", "view": label[5:], "tau": tau, "paper": True}
     m = dict(METHODS[label])
@@ -101,7 +103,8 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
                          "augmented, joint, co_mining, co_mining_guarded, brl, co_mining_brl (the guards on BRL's loss), retrain, "
-                         "co_mining_any, tauT (co-mining at tau T), tauT_any, view_none|blur|color")
+                         "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), "
+                         "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (default 1): a same-seed re-run reproduces its record only at the same count")

@@ -172,3 +172,16 @@ def test_nuclei_folds_completion_cuts_mined_region_boxes_into_every_tile_they_li
     assert got == [(1, (20.0, 50.0, 10.0, 10.0)), (1, (90.0, 10.0, 20.0, 20.0)),
                    (2, (10.0, 10.0, 20.0, 20.0)), (2, (40.0, 70.0, 20.0, 20.0))]
     assert len({a["id"] for a in out["annotations"]}) == len(out["annotations"])
+
+
+def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
+    """A label names its settings: the guards at the preset's tau (0.1 lower on extreme, as the release),
+    the guards at an explicit tau on every split, the paper's rule at an explicit tau."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import GUARDS, method_cfg
+
+    assert method_cfg("co_mining_guarded", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6}
+    assert method_cfg("co_mining_guarded", "extreme")["tau"] == 0.5
+    for split in ("hard", "extreme"):
+        assert method_cfg("co_mining_guarded_tau0.5", split) == {"name": "co_mining", **GUARDS, "tau": 0.5}
+    assert method_cfg("tau0.5", "hard") == {"name": "co_mining", "tau": 0.5, "paper": True}
