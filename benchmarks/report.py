@@ -124,9 +124,8 @@ def section_splits(res: dict) -> list[str]:
 def section_runs(res: dict, title: str) -> list[str]:
     """Generic multi-seed training comparison: rows (split), columns (method), mean ± std AP."""
     recs = latest(res["records"])
-    # the paper's row order (Table 1: full, easy, hard, extreme), then other splits as recorded
-    order = ["full", "easy", "hard", "extreme"]
-    splits = sorted(dict.fromkeys(r["split"] for r in recs), key=lambda s: order.index(s) if s in order else len(order))
+    splits = sorted(dict.fromkeys(r["split"] for r in recs),
+                    key=lambda s: SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER))
     # the paper's column order (Table 1: original, augmented, joint, co-mining), then variants as recorded
     first = ["original", "augmented", "joint", "brl", "retrain", "co_mining"]
     methods = sorted(dict.fromkeys(r["method"] for r in recs), key=lambda m: first.index(m) if m in first else len(first))
@@ -421,6 +420,11 @@ def recall_at_p80(rec: dict, key: str = "mine_pr") -> float:
     return max([x["recall"] for x in rec[key] if x["precision"] is not None and x["precision"] >= 0.8], default=0.0)
 
 
+#: the co-mining tables' row order and the README's co-mining rows: Table 1's (full labels, then the BRL protocol's
+#: easy, hard, extreme); other splits follow as recorded
+SPLIT_ORDER = ("full", "easy", "hard", "extreme")
+
+
 #: a held-out fold column retrained on the boxes mined above another score (bench_real --retrain-score): the same
 #: fold models as its base column, so the same mined boxes; NN is the score in hundredths
 RETRAINED = re.compile(r"(folds_\w+)_r(\d+)")
@@ -706,7 +710,7 @@ def readme_rows(results: dict) -> list[str]:
                     f"{' and '.join(f'{w:.1f}' for w in walls)} min, dataset build included {_link('demo', 'demo')} |")
     cm = results.get("co_mining")
     if cm:
-        for split in ("easy", "hard", "extreme"):
+        for split in SPLIT_ORDER[1:]:
             cells = [(m, _pick(cm, split=split, method=m)) for m in ("original", "original_2x", "augmented", "joint", "co_mining",
                                                                      "tau0.5", "co_mining_guarded", "co_mining_guarded_tau0.5")]
             cells = [(m, rs) for m, rs in cells if rs]
