@@ -281,10 +281,60 @@ def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
     m.training_step(_batch(n=2, seed=2))
     m.after_step(2 * DRIFT_WINDOW)
     err = capsys.readouterr().err
-    assert err.count("feeding on itself") == 1 and "on 8 of 8 images" in err  # 2 steps x 2 images x 2 branches
+    assert err.count("hit its cap") == 1 and "on 8 of 8 images" in err  # 2 steps x 2 images x 2 branches
     uncapped = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100))
     uncapped.training_step(_batch(n=2))
     assert max(len(t) for t in uncapped.last_mined["o"]) > 4
+
+
+def _detects_labels_plus(det, extra: int) -> None:
+    """Stub the detector's decoding: each image's labelled boxes at score 0.9, plus ``extra`` small boxes
+    (2 px, off every labelled box) at score 0.9: ``extra`` new objects per image."""
+    def decode(out, **kw):
+        dets = []
+        for gt in det.stub_gts:
+            g = torch.Generator().manual_seed(len(dets))
+            xy = torch.rand(extra, 2, generator=g) * 60
+            boxes = torch.cat([gt.boxes, torch.cat([xy, xy + 2], 1)])
+            labels = torch.cat([gt.labels, torch.zeros(extra, dtype=torch.long)])
+            dets.append(Target(boxes, labels, torch.full((len(boxes),), 0.9)))
+        return dets
+    det.decode = decode
+
+
+def test_precision_proxy_warns_when_few_confident_detections_lie_on_labels(capsys):
+    """pseudo/on_labels: the share of confident detections the labelled boxes account for (no hidden truth
+    needed). A detector proposing 30 new objects per image warns once at a window's end, with the cap off
+    (the release's mode); one finding its labels and a new object beside them does not."""
+    from minedet.methods.co_mining import PROXY_FLOOR
+
+    batch = _batch(n=2)
+    gts = [v.target for v in batch["labelled"].views["o"]]
+    n_gt = sum(len(t) for t in gts)
+    for extra, warns in ((1, False), (30, True)):
+        det = tiny_detector("retinanet").train()
+        det.stub_gts = gts
+        _detects_labels_plus(det, extra)
+        m = CoMining(det, _opts(tau=0.5))
+        m.training_step(batch)
+        share = m.log_metrics()["pseudo/on_labels"]
+        assert share == pytest.approx(n_gt / (n_gt + 2 * extra))  # both branches: each image's labels + extra
+        assert (share < PROXY_FLOOR) == warns
+        m.after_step(DRIFT_WINDOW - 1)
+        assert "lie on labelled boxes" not in capsys.readouterr().err  # at a window's end only
+        m.after_step(DRIFT_WINDOW)
+        err = capsys.readouterr().err
+        assert ("lie on labelled boxes" in err) == warns
+        if warns:
+            assert f"only {2 * n_gt} of the {2 * (n_gt + 2 * extra)} confident" in err
+            m.training_step(batch)
+            m.after_step(2 * DRIFT_WINDOW)
+            assert "lie on labelled boxes" not in capsys.readouterr().err, "once per run"
+    # during the warm-up nothing is mined and the proxy is not measured (an untrained detector's scores)
+    m = CoMining(det, _opts(tau=0.5, mine_after=DRIFT_WINDOW + 1))
+    m.training_step(batch)
+    m.after_step(DRIFT_WINDOW)
+    assert "pseudo/on_labels" not in m.log_metrics() and "lie on labelled boxes" not in capsys.readouterr().err
 
 
 def test_containment_drops_a_mined_box_enclosing_labelled_objects():

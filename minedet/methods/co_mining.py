@@ -97,6 +97,13 @@ PAPER_SETTINGS = {"ignore_below": None, "contain": None, "part": None, "cap_rati
 
 #: the drift warning looks at the mined boxes of this many steps at a time
 DRIFT_WINDOW = 50
+#: the precision proxy: of the confident detections (score > tau, before the cap) of a window, the share the
+#: labelled boxes account for. A detector that finds what it was taught puts a good share of its confident
+#: detections on the labelled objects (a quarter on digits `extreme`, where one object in four is labelled);
+#: below this share, it proposes about ten new objects for every labelled one it finds
+PROXY_FLOOR = 0.1
+#: ... over at least this many confident detections in the window (fewer is noise)
+PROXY_MIN = 20
 
 
 class CoMining(Method):
@@ -123,8 +130,9 @@ class CoMining(Method):
         self.rule = PseudoRule(o.tau, regress=o.pseudo_regress, ignore_below=o.ignore_below,
                                stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
         self.steps_done = 0
-        self.drift_warned = False
+        self.warned: set[str] = set()  # the drift warnings given so far ("cap", "proxy"): each at most once
         self._drift = [0, 0]  # images through the cap, images it cut, since the last drift check
+        self._proxy = [0, 0]  # confident detections on labelled boxes, off them, since the last drift check
         self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
         self.last_labels: dict[str, PseudoLabels] = {}  # the same with the ignored band
         self.quality = {"o": QualityCounts(), "a": QualityCounts()}
@@ -164,20 +172,34 @@ class CoMining(Method):
         return pf.top_k(t, self.cap)
 
     def _check_drift(self, step: int) -> None:
-        """Warn once when the cap cut most images' mined boxes over the last :data:`DRIFT_WINDOW` steps: one
-        image over the cap is noise (a sparse image may hide many objects), most of them is a mining loop."""
+        """Warn (each once) at the end of a :data:`DRIFT_WINDOW`-step window when the cap cut most images'
+        mined boxes (one image over the cap is noise: a sparse image may hide many objects; most of them is a
+        mining loop), or when the precision proxy fell below :data:`PROXY_FLOOR` (the cap hides how many boxes
+        the detector would mine; the proxy does not, and it needs no hidden truth, so it also watches
+        ``method.paper=true`` runs)."""
         (seen, cut), self._drift = self._drift, [0, 0]
-        if seen and 2 * cut > seen and not self.drift_warned:
-            self.drift_warned = True
+        (on, off), self._proxy = self._proxy, [0, 0]
+        if seen and 2 * cut > seen and "cap" not in self.warned:
+            self.warned.add("cap")
             print(f"minedet: warning: co-mining hit its cap of {self.cap} mined boxes per image (method.cap_ratio x "
                   f"the labelled boxes per image) on {cut} of {seen} images in the {DRIFT_WINDOW} steps to step {step}: "
                   "the mining may be feeding on itself; watch pseudo/o_boxes_per_image and pseudo/capped", file=sys.stderr)
+        if on + off >= PROXY_MIN and on < PROXY_FLOOR * (on + off) and "proxy" not in self.warned:
+            self.warned.add("proxy")
+            print(f"minedet: warning: only {on} of the {on + off} confident co-mining detections (score > tau) in the "
+                  f"{DRIFT_WINDOW} steps to step {step} lie on labelled boxes: the detector proposes about "
+                  f"{off / max(on, 1):.0f} new objects for every labelled one it finds. Unless fewer than one object in "
+                  f"{round(1 / PROXY_FLOOR)} is labelled, the mining is feeding on itself; watch pseudo/on_labels "
+                  "(raise method.tau, or keep method.cap_ratio on)", file=sys.stderr)
 
     # ------------------------------------------------------------------ co-generation
     @torch.no_grad()
-    def mine(self, out, gts: list[Target], rejected: list[Target] | None = None) -> PseudoLabels:
+    def mine(self, out, gts: list[Target], rejected: list[Target] | None = None,
+             tally: list[int] | None = None) -> PseudoLabels:
         """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT (and on
-        boxes a reviewer rejected), split by the one pseudo-label rule (confident; ignored with ``ignore_below``)."""
+        boxes a reviewer rejected), split by the one pseudo-label rule (confident; ignored with ``ignore_below``).
+        ``tally``: [on, off] gains the confident detections (score > tau) the labelled (or rejected) boxes account
+        for and those they do not, before the warm-up and the cap (the precision proxy)."""
         o = self.options
         dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
@@ -189,6 +211,10 @@ class CoMining(Method):
         for d, gt, rej in zip(dets, gts, rejected or [None] * len(gts)):
             kept.append(pf.drop_known(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same", contain=o.contain,
                                       part=o.part, rejected=rej, rejected_iou=o.rejected_iou))
+            if tally is not None:
+                n, m = int(self.rule.above(d).sum()), int(self.rule.above(kept[-1]).sum())
+                tally[0] += n - m
+                tally[1] += m
         if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
         return self.rule(kept, [gt.image_id for gt in gts])
@@ -208,8 +234,13 @@ class CoMining(Method):
         if o.cogeneration:
             t0 = time.perf_counter()
             ds, ids = self.datasets.get("labelled"), batch["labelled"].image_ids
+            tally = [0, 0]
             for name in branches:
-                labels[name] = self.mine(parts[name], gts[name], known_background(ds, ids, [v.map for v in views[name]]))
+                labels[name] = self.mine(parts[name], gts[name], known_background(ds, ids, [v.map for v in views[name]]),
+                                         tally)
+            if self.steps_done >= o.mine_after and sum(tally):  # the precision proxy, once mining is on
+                self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
+                self._proxy = [a + b for a, b in zip(self._proxy, tally)]
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
         mined = {name: lab.confident for name, lab in labels.items()}
         if o.cogeneration:
@@ -268,7 +299,7 @@ class CoMining(Method):
     def after_step(self, step: int) -> None:
         o = self.options
         self.steps_done = step
-        if self.cap is not None and step % DRIFT_WINDOW == 0:
+        if o.cogeneration and step % DRIFT_WINDOW == 0:
             self._check_drift(step)
         if o.render_every and step % o.render_every == 0 and self._out_dir is not None:
             self.render(step)

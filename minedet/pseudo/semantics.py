@@ -134,11 +134,15 @@ class PseudoRule:
             return self.tau
         return self.thresholds.values().to(t.boxes.device)[t.labels]
 
+    def above(self, t: Target) -> torch.Tensor:
+        """bool[N]: which boxes score above their threshold (``tau``, or their class's); boxes without
+        scores (labels, not detections) all pass."""
+        if t.scores is None:
+            return torch.ones(len(t), dtype=torch.bool, device=t.boxes.device)
+        return t.scores > self.tau_of(t) if len(t) else torch.zeros(0, dtype=torch.bool, device=t.boxes.device)
+
     def confident(self, t: Target, image_id: int) -> Target:
-        if self.thresholds is None:
-            keep = pf.by_score(t, self.tau)
-        else:
-            keep = t.select(t.scores > self.tau_of(t)) if len(t) else t
+        keep = t.select(self.above(t)) if len(t) else t
         if self.nms is not None:
             keep = pf.nms(keep, self.nms)
         for stage in self.stages:
