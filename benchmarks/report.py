@@ -712,14 +712,15 @@ def readme_rows(results: dict) -> list[str]:
     if cm:
         for split in SPLIT_ORDER[1:]:
             cells = [(m, _pick(cm, split=split, method=m)) for m in ("original", "original_2x", "augmented", "joint", "co_mining",
-                                                                     "tau0.5", "co_mining_guarded", "co_mining_guarded_tau0.5")]
+                                                                     "tau0.5", "co_mining_guarded", "co_mining_guarded_tau0.5",
+                                                                     "co_mining_guarded_tau0.4")]
             cells = [(m, rs) for m, rs in cells if rs]
             if not cells:
                 continue
             full = _pick(cm, split="full", method="original")
             names = {"tau0.5": "co-mining at tau 0.5", "co_mining": "co-mining", "original_2x": "original at twice the batch",
                      "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
-                     "co_mining_guarded_tau0.5": "the guards at tau 0.5"}
+                     "co_mining_guarded_tau0.5": "the guards at tau 0.5", "co_mining_guarded_tau0.4": "the guards at tau 0.4"}
             text = ", ".join(f"{names.get(m, m)} {_ms(rs)}"
                              + (f" ({_seeds(rs)})" if len(rs) < 3 else "") for m, rs in cells)
             if full:
@@ -750,6 +751,8 @@ def readme_rows(results: dict) -> list[str]:
             full = _pick(res, split="full", method="original")
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
             guarded = f", co-mining with the guards {_ms(g)} ({_seeds(g)})" if g else ""
+            nr = _pick(res, split="hard", method="co_mining_guarded_noreg")
+            guarded += f", the guards with mined boxes teaching no box regression {_ms(nr)} ({_seeds(nr)})" if nr else ""
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
                         f"({_seeds(c)}){guarded}{extra} {_link(det, name)} |")
     semi = results.get("semi")

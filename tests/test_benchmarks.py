@@ -182,6 +182,7 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
 
     assert method_cfg("co_mining_guarded", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6}
     assert method_cfg("co_mining_guarded", "extreme")["tau"] == 0.5
+    assert method_cfg("co_mining_guarded_noreg", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6, "pseudo_regress": False}
     for split in ("hard", "extreme"):
         assert method_cfg("co_mining_guarded_tau0.5", split) == {"name": "co_mining", **GUARDS, "tau": 0.5}
     assert method_cfg("tau0.5", "hard") == {"name": "co_mining", "tau": 0.5, "paper": True}
