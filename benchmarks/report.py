@@ -423,6 +423,14 @@ def recall_at_p80(rec: dict, key: str = "mine_pr") -> float:
 #: the co-mining tables' row order and the README's co-mining rows: Table 1's (full labels, then the BRL protocol's
 #: easy, hard, extreme); other splits follow as recorded
 SPLIT_ORDER = ("full", "easy", "hard", "extreme")
+#: the co-mining README rows' columns, in order, with the name each is shown by (one name per bench label)
+CO_MINING_README = {
+    "original": "original", "original_2x": "original at twice the batch", "augmented": "augmented", "joint": "joint",
+    "co_mining": "co-mining", "tau0.5": "co-mining at tau 0.5",
+    "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
+    "co_mining_guarded_tau0.5": "the guards at tau 0.5", "co_mining_guarded_tau0.4": "the guards at tau 0.4",
+    "co_mining_guarded_noreg": "the guards with mined boxes teaching no box regression",
+}
 
 
 #: a held-out fold column retrained on the boxes mined above another score (bench_real --retrain-score): the same
@@ -711,18 +719,12 @@ def readme_rows(results: dict) -> list[str]:
     cm = results.get("co_mining")
     if cm:
         for split in SPLIT_ORDER[1:]:
-            cells = [(m, _pick(cm, split=split, method=m)) for m in ("original", "original_2x", "augmented", "joint", "co_mining",
-                                                                     "tau0.5", "co_mining_guarded", "co_mining_guarded_tau0.5",
-                                                                     "co_mining_guarded_tau0.4", "co_mining_guarded_noreg")]
+            cells = [(m, _pick(cm, split=split, method=m)) for m in CO_MINING_README]
             cells = [(m, rs) for m, rs in cells if rs]
             if not cells:
                 continue
             full = _pick(cm, split="full", method="original")
-            names = {"tau0.5": "co-mining at tau 0.5", "co_mining": "co-mining", "original_2x": "original at twice the batch",
-                     "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
-                     "co_mining_guarded_tau0.5": "the guards at tau 0.5", "co_mining_guarded_tau0.4": "the guards at tau 0.4",
-                     "co_mining_guarded_noreg": "the guards with mined boxes teaching no box regression"}
-            text = ", ".join(f"{names.get(m, m)} {_ms(rs)}"
+            text = ", ".join(f"{CO_MINING_README[m]} {_ms(rs)}"
                              + (f" ({_seeds(rs)})" if len(rs) < 3 else "") for m, rs in cells)
             if full:
                 text += f"; full labels {_ms(full)}"
@@ -753,7 +755,7 @@ def readme_rows(results: dict) -> list[str]:
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
             guarded = f", co-mining with the guards {_ms(g)} ({_seeds(g)})" if g else ""
             nr = _pick(res, split="hard", method="co_mining_guarded_noreg")
-            guarded += f", the guards with mined boxes teaching no box regression {_ms(nr)} ({_seeds(nr)})" if nr else ""
+            guarded += f", {CO_MINING_README['co_mining_guarded_noreg']} {_ms(nr)} ({_seeds(nr)})" if nr else ""
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
                         f"({_seeds(c)}){guarded}{extra} {_link(det, name)} |")
     semi = results.get("semi")

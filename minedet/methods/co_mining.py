@@ -193,6 +193,11 @@ class CoMining(Method):
                   "(raise method.tau, or keep method.cap_ratio on)", file=sys.stderr)
 
     # ------------------------------------------------------------------ co-generation
+    @property
+    def mining(self) -> bool:
+        """Past the warm-up (``mine_after`` steps): mined and ignored boxes reach the loss."""
+        return self.steps_done >= self.options.mine_after
+
     @torch.no_grad()
     def mine(self, out, gts: list[Target], rejected: list[Target] | None = None,
              tally: list[int] | None = None) -> PseudoLabels:
@@ -215,7 +220,7 @@ class CoMining(Method):
                 n, m = int(self.rule.above(d).sum()), int(self.rule.above(kept[-1]).sum())
                 tally[0] += n - m
                 tally[1] += m
-        if self.steps_done < o.mine_after:  # warm-up: nothing mined, nothing ignored
+        if not self.mining:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
         return self.rule(kept, [gt.image_id for gt in gts])
 
@@ -238,7 +243,7 @@ class CoMining(Method):
             for name in branches:
                 labels[name] = self.mine(parts[name], gts[name], known_background(ds, ids, [v.map for v in views[name]]),
                                          tally)
-            if self.steps_done >= o.mine_after and sum(tally):  # the precision proxy, once mining is on
+            if self.mining and sum(tally):  # the precision proxy, once mining is on
                 self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
                 self._proxy = [a + b for a, b in zip(self._proxy, tally)]
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
