@@ -49,8 +49,14 @@ METHODS = {
     "stac+acrst+two_stage+ss": {"name": "stac_acrst"},
 }
 
-#: the papers' pseudo-label rule, pinned on every semi-supervised column (Mean Teacher's default has the band)
+#: the papers' pseudo-label rule, pinned on every semi-supervised column (Mean Teacher's default has the band),
+#: and for ACRST the paper's occlusion rule alone (the default also ignores instances half hidden by a paste)
 PAPER_RULE = {"ignore_below": None}
+ACRST_PAPER_RULE = {**PAPER_RULE, "occlusion_ignore": None}
+
+
+def paper_rule(name: str) -> dict:
+    return ACRST_PAPER_RULE if name in ("acrst", "stac_acrst") else PAPER_RULE
 
 TABLES = {
     "headline": ["supervised", "stac", "mean_teacher", "acrst"],
@@ -137,9 +143,9 @@ def main() -> int:
                     elif m["name"] in ("stac", "stac_acrst"):
                         if sup_model is None:
                             raise SystemExit("stac needs the supervised run of the same seed and fraction first")
-                        m = {**PAPER_RULE, **m, "teacher": sup_model, **set_method}
+                        m = {**paper_rule(m["name"]), **m, "teacher": sup_model, **set_method}
                     else:
-                        m = {**cfg.method, **PAPER_RULE, **m, **set_method}
+                        m = {**cfg.method, **paper_rule(m["name"]), **m, **set_method}
                     cfg.method = m
                     rec = run(label, seed, fraction, detector, cfg)
                     if label == "supervised":

@@ -141,6 +141,40 @@ def test_fully_covered_box_removed_partially_covered_kept(tmp_path):
         assert t.flag("pasted").tolist() == [False, True]
 
 
+def test_half_covered_box_is_ignored_with_the_occlusion_band(tmp_path):
+    # as above: rows 10..20 always covered; the 30x30 box is 2/3 covered, the thin one hidden
+    paste = setup(tmp_path, [[0, 0, 30, 20]], n_range=(1, 1), size=(30, 30), patch=(0, 20, 0, 30), occlusion_ignore=0.5)
+    for seed in range(4):
+        _, t, _ = run(paste, dest(30, 30), T([[5, 11, 25, 19], [0, 0, 30, 30]], [0, 2]), seed)
+        assert t.labels.tolist() == [2, 1] and t.flag("pasted").tolist() == [False, True]
+        assert t.flag("weight").tolist() == [0.0, 1.0], "2/3 under the crop: taught neither as class 2 nor as background"
+        assert t.flag("regress").tolist() == [False, True]
+
+
+def test_earlier_paste_half_covered_by_a_later_one_is_ignored(tmp_path):
+    # two 20x14 crops in a 20x20 image: x = 0, y in [0, 6]; the later one covers >= 8/14 of the earlier
+    paste = setup(tmp_path, [[0, 0, 20, 14]], n_range=(2, 2), size=(20, 20), patch=(0, 14, 0, 20), occlusion_ignore=0.5)
+    kept_both = 0
+    for seed in range(8):
+        _, t, _ = run(paste, dest(20, 20), Target.empty(), seed)
+        if len(t) == 2:  # (a shift of 0 or 1 row covers >= 0.9: the earlier one is removed)
+            kept_both += 1
+            assert t.flag("weight").tolist() == [0.0, 1.0]
+    assert kept_both > 0
+
+
+def test_remove_occluded_band_ignores_between_its_bounds():
+    t = T([[0, 0, 10, 10], [20, 20, 30, 30], [40, 0, 50, 10]], [0, 1, 2]).with_flags(weight=torch.tensor([1.0, 1.0, 0.0]))
+    rects = torch.tensor([[0.0, 0.0, 10.0, 6.0], [20.0, 20.0, 30.0, 29.5], [40.0, 0.0, 50.0, 3.0]])  # 0.6, 0.95, 0.3
+    out = remove_occluded(t, rects, thresh=0.9, ignore_from=0.5)
+    assert out.labels.tolist() == [0, 2], "0.95 covered: removed"
+    assert out.flag("weight").tolist() == [0.0, 0.0], "0.6 covered: ignored; an ignored box stays ignored"
+    assert out.flag("regress").tolist() == [False, True]
+    assert remove_occluded(t, rects, thresh=0.9).flag("weight").tolist() == [1.0, 0.0], "no band: the paper's rule"
+    with pytest.raises(ValueError, match="occlusion_ignore"):
+        Paste(SnapshotReader("unused.pt"), [[], []], occlusion=0.5, occlusion_ignore=0.7)
+
+
 def test_earlier_paste_hidden_by_later_one_is_removed(tmp_path):
     paste = setup(tmp_path, [[0, 0, 20, 20]], n_range=(2, 2), size=(20, 20), patch=(0, 20, 0, 20))
     _, t, _ = run(paste, dest(20, 20), T([[2, 2, 6, 6]], [0]))

@@ -71,14 +71,28 @@ def covered_fraction(boxes: torch.Tensor, rects: torch.Tensor) -> torch.Tensor:
     return torch.tensor([_covered(x, r) for x in b], dtype=torch.float64)
 
 
-def remove_occluded(target: Target, pasted: torch.Tensor, thresh: float = 0.9) -> Target:
+def remove_occluded(target: Target, pasted: torch.Tensor, thresh: float = 0.9, ignore_from: float | None = None) -> Target:
     """``target`` without the boxes whose area is covered >= ``thresh`` by the union of ``pasted``
     (float[M, 4] xyxy rectangles pasted over the image, same frame as ``target.boxes``).
-    ACRST Eq. 7: fully occluded instances are removed from the merged labels."""
+    ACRST Eq. 7: fully occluded instances are removed from the merged labels.
+
+    ``ignore_from`` (beyond the paper; None: off): a box covered in ``[ignore_from, thresh)`` stays as an
+    ignored box (``weight=0``, ``regress=False``): its label now names pixels that are mostly the
+    pasted crop's, so it is taught neither as its class nor as background."""
     if len(target) == 0 or pasted.numel() == 0:
         return target
-    keep = covered_fraction(target.boxes, pasted) < thresh
-    return target.select(keep.to(target.boxes.device))
+    return _occlusion_rule(target, covered_fraction(target.boxes, pasted), thresh, ignore_from)
+
+
+def _occlusion_rule(target: Target, cover: torch.Tensor, thresh: float, ignore_from: float | None) -> Target:
+    """Apply the occlusion rule to ``target`` given each box's covered share ``cover`` (float[N])."""
+    cover = cover.to(target.boxes.device)
+    if ignore_from is not None and ignore_from < thresh:
+        hidden = (cover >= ignore_from) & (cover < thresh)
+        if hidden.any():
+            target = target.with_flags(weight=torch.where(hidden, torch.zeros_like(target.flag("weight")), target.flag("weight")),
+                                       regress=target.flag("regress") & ~hidden)
+    return target.select(cover < thresh)
 
 
 # ---------------------------------------------------------------------- the transform
@@ -105,7 +119,9 @@ class Paste:
     record's score (1.0 for ground truth).
 
     Occlusion rule: after all pastes, a box (original, or pasted earlier) whose area is covered
-    >= ``occlusion`` by the union of the rectangles pasted *after* it is removed.
+    >= ``occlusion`` by the union of the rectangles pasted *after* it is removed; with
+    ``occlusion_ignore`` set, one covered in ``[occlusion_ignore, occlusion)`` is kept as an ignored
+    box (:func:`remove_occluded`).
 
     Everything random comes from ``g``; the same generator state gives byte-identical output.
     Decoded source images are kept in an LRU cache of ``cache_images`` uint8 images (per process).
@@ -117,7 +133,8 @@ class Paste:
 
     def __init__(self, reader: SnapshotReader, image_paths: Sequence[Sequence[str | Path]],
                  n_range: tuple[int, int] = (0, 10), scale: tuple[float, float] = (0.5, 1.5), flip: float = 0.0,
-                 color: float = 0.2, occlusion: float = 0.9, min_size: float = 2.0, cache_images: int = 64) -> None:
+                 color: float = 0.2, occlusion: float = 0.9, min_size: float = 2.0, cache_images: int = 64,
+                 occlusion_ignore: float | None = None) -> None:
         lo, hi = (int(v) for v in n_range)
         if not 0 <= lo <= hi:
             raise ValueError(f"n_range must satisfy 0 <= n_min <= n_max, got {n_range}")
@@ -137,7 +154,10 @@ class Paste:
         self.scale = (float(scale[0]), float(scale[1]))
         self.flip = float(flip)
         self.color = float(color)
+        if occlusion_ignore is not None and not 0 <= occlusion_ignore <= occlusion:
+            raise ValueError(f"occlusion_ignore must be in [0, occlusion={occlusion}] or None, got {occlusion_ignore}")
         self.occlusion = float(occlusion)
+        self.occlusion_ignore = None if occlusion_ignore is None else float(occlusion_ignore)
         self.min_size = float(min_size)
         self.cache_images = int(cache_images)
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
@@ -257,7 +277,7 @@ class Paste:
             target.image_id,
         )
         # ACRST Eq. 7: merge, dropping boxes (nearly) hidden by what was pasted after them
-        kept = remove_occluded(target, boxes, self.occlusion)
-        later = [bool(covered_fraction(boxes[j:j + 1], boxes[j + 1:])[0] < self.occlusion) for j in range(len(rects))]
-        pasted = pasted.select(torch.tensor(later, dtype=torch.bool, device=dev))
+        kept = remove_occluded(target, boxes, self.occlusion, self.occlusion_ignore)
+        later = torch.cat([covered_fraction(boxes[j:j + 1], boxes[j + 1:]) for j in range(len(rects))])
+        pasted = _occlusion_rule(pasted, later, self.occlusion, self.occlusion_ignore)
         return out, Target.cat([kept, pasted]), identity

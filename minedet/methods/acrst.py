@@ -83,7 +83,9 @@ class AcrstParts:
     paste_on: unlabelled | both (which streams' strong views get pastes);
     refresh_every: steps between pseudo-bank / AFFR refreshes (acrst);
     crop_scale / crop_flip / crop_color: crop augmentation; occlusion: covered share that removes
-    an instance; two_stage: the multi-label veto (stage two); tau_ml: its threshold;
+    an instance; occlusion_ignore: covered share from which an instance is ignored instead (beyond the
+    paper: ``weight=0``, its label names pixels that are mostly the crop's; None or ``paper=true``: off,
+    every instance covered below ``occlusion`` keeps its label); two_stage: the multi-label veto (stage two); tau_ml: its threshold;
     mining_pos: image-level positive threshold of Table 10's "two-stage mining" (logged only);
     multilabel: SSMLL training options (``MultiLabelOptions`` fields);
     multilabel_checkpoint: a trained classifier (``multilabel.pt``) to use instead of training one;
@@ -102,6 +104,7 @@ class AcrstParts:
     crop_flip: float = 0.0
     crop_color: float = 0.2
     occlusion: float = 0.9
+    occlusion_ignore: float | None = 0.5
     two_stage: bool = True
     tau_ml: float = 0.2
     mining_pos: float = 0.7
@@ -118,6 +121,9 @@ class AcrstParts:
             raise MinedetError(f"method.n_min / n_max must satisfy 0 <= n_min <= n_max, got {self.n_min} / {self.n_max}")
         if self.beta < 0:
             raise MinedetError(f"method.beta must be >= 0, got {self.beta}")
+        if self.occlusion_ignore is not None and not 0 <= self.occlusion_ignore <= self.occlusion:
+            raise MinedetError(f"method.occlusion_ignore must be in [0, occlusion={self.occlusion}] or null, "
+                               f"got {self.occlusion_ignore}")
         if self.refresh_every < 1:
             raise MinedetError(f"method.refresh_every must be >= 1, got {self.refresh_every}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
@@ -170,7 +176,8 @@ class Rebalancer:
         self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
         o = parts
         self.paste = Paste(SnapshotReader(self.bank_path), [[], []], n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
-                           flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion) if o.fbr else None
+                           flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion,
+                           occlusion_ignore=o.occlusion_ignore) if o.fbr else None
 
     @property
     def beta(self) -> float:
@@ -311,7 +318,7 @@ class Rebalancer:
         t = strong_view.target
         pasted = t.select(t.flag("pasted"))
         if len(pasted):
-            carried = remove_occluded(carried, pasted.boxes.to(carried.boxes.device), self.o.occlusion)
+            carried = remove_occluded(carried, pasted.boxes.to(carried.boxes.device), self.o.occlusion, self.o.occlusion_ignore)
         pasted = pasted.with_flags(pseudo=True, regress=regress_pasted)
         dev = strong_view.image.device
         return Target.cat([carried.to(dev), pasted.to(dev)])

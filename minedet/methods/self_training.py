@@ -44,7 +44,7 @@ class SelfTrainingOptions:
     ignore_below: teacher detections scoring in [ignore_below, tau] are ignored, not background (None: off);
     adaptive: per-class thresholds from the scores the teacher gives the labelled boxes (their
     adaptive_quantile, EMA, clamped to [0.3, 0.9]) instead of one tau (beyond the papers; off);
-    paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds)."""
+    paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds, ACRST's Eq. 7 alone)."""
 
     tau: float = 0.7
     nms: float | None = None
@@ -61,12 +61,14 @@ class SelfTrainingOptions:
     def __post_init__(self) -> None:
         if self.paper:  # the papers' pseudo-label rule: every option beyond them off
             for k, v in PAPER_SETTINGS.items():
-                setattr(self, k, v)
+                if hasattr(self, k):
+                    setattr(self, k, v)
 
 
-#: what ``method.paper=true`` sets on a self-training method (Mean Teacher, STAC, ACRST, mixed): the
-#: papers' rule, every detection below tau taught as background
-PAPER_SETTINGS = {"ignore_below": None, "adaptive": False}
+#: what ``method.paper=true`` sets on a self-training method (Mean Teacher, STAC, ACRST, mixed) where it has
+#: the option: the papers' rule, every detection below tau taught as background, and ACRST's Eq. 7 alone
+#: (an instance under a paste keeps its label until it is hidden)
+PAPER_SETTINGS = {"ignore_below": None, "adaptive": False, "occlusion_ignore": None}
 
 
 @dataclass(frozen=True)
