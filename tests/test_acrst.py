@@ -105,15 +105,15 @@ def test_ignored_uncertain_boxes_follow_the_occlusion_rule_and_stay_out_of_the_b
     assert [p.labels.tolist() for p in m.last_step.labels.confident] == [[1], [1]], "the pseudo bank sees score > tau only"
 
 
-def test_pseudo_box_half_hidden_by_a_paste_is_ignored_unless_paper():
+def test_pseudo_box_half_hidden_by_a_paste_is_ignored_with_the_band_unless_paper():
     dets = [_det([[0, 0, 10, 20], [30, 30, 50, 50]], [0, 1], [0.9, 0.9])]
     pasted = [_pasted([[0, 0, 10, 12]], [2]), Target.empty(101)]  # covers 60 % of the first box of image 0
-    m = _acrst(tau=0.5)
+    m = _acrst(tau=0.5, occlusion_ignore=0.5)
     _fake_teacher(m, dets)
     m.training_step(_batch(pasted=pasted))
     t0 = m.last_step.unsup_targets[0]
     assert t0.labels.tolist() == [0, 1, 2] and t0.flag("weight").tolist() == [0.0, 1.0, 1.0]
-    paper = _acrst(tau=0.5, paper=True)
+    paper = _acrst(tau=0.5, occlusion_ignore=0.5, paper=True)
     assert paper.options.occlusion_ignore is None
     _fake_teacher(paper, dets)
     paper.training_step(_batch(pasted=pasted))

@@ -84,8 +84,8 @@ class AcrstParts:
     refresh_every: steps between pseudo-bank / AFFR refreshes (acrst);
     crop_scale / crop_flip / crop_color: crop augmentation; occlusion: covered share that removes
     an instance; occlusion_ignore: covered share from which an instance is ignored instead (beyond the
-    paper: ``weight=0``, its label names pixels that are mostly the crop's; None or ``paper=true``: off,
-    every instance covered below ``occlusion`` keeps its label); two_stage: the multi-label veto (stage two); tau_ml: its threshold;
+    paper, off by default until measured: ``weight=0``, its label names pixels that are mostly the crop's;
+    None or ``paper=true``: every instance covered below ``occlusion`` keeps its label); two_stage: the multi-label veto (stage two); tau_ml: its threshold;
     mining_pos: image-level positive threshold of Table 10's "two-stage mining" (logged only);
     multilabel: SSMLL training options (``MultiLabelOptions`` fields);
     multilabel_checkpoint: a trained classifier (``multilabel.pt``) to use instead of training one;
@@ -104,7 +104,7 @@ class AcrstParts:
     crop_flip: float = 0.0
     crop_color: float = 0.2
     occlusion: float = 0.9
-    occlusion_ignore: float | None = 0.5
+    occlusion_ignore: float | None = None  # beyond the paper; 0.5 is the setting under measurement
     two_stage: bool = True
     tau_ml: float = 0.2
     mining_pos: float = 0.7
