@@ -287,6 +287,35 @@ def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
     assert max(len(t) for t in uncapped.last_mined["o"]) > 4
 
 
+def test_renders_leave_the_drift_guard_alone(tmp_path, capsys):
+    """A render mines through the same rule as training, but its images are not training: a run that only
+    renders a capped model's boxes counts nothing against the cap and never warns."""
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    views = _batch(n=2)["labelled"].views
+
+    class Rendered(_Labelled):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {"views": {br: views[br][i] for br in views}}
+
+    def run(renders: bool):
+        m = CoMining(det, _opts(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100, render_images=2))
+        m.bind({"labelled": Rendered([1, 1])}, out_dir=tmp_path)  # cap 1: the model mines more on every image
+        if renders:
+            assert m.render(1).exists() and m.render(2).exists()
+            m.after_step(DRIFT_WINDOW)
+            assert "pseudo/capped" not in m.log_metrics() and "hit its cap" not in capsys.readouterr().err
+        m.training_step(_batch(n=2))
+        if renders:
+            m.render(3)
+        return m.log_metrics()["pseudo/capped"]
+
+    assert run(renders=True) == run(renders=False) > 0
+
+
 def _detects_labels_plus(det, extra: int) -> None:
     """Stub the detector's decoding: each image's labelled boxes at score 0.9, plus ``extra`` small boxes
     (2 px, off every labelled box) at score 0.9: ``extra`` new objects per image."""

@@ -327,6 +327,7 @@ class CoMining(Method):
         self.detector.train(was)
         tiles = []
         b = len(samples)
+        counts = list(self._drift), self.metrics.get("pseudo/capped")  # a render is not training: the guard's counts stay
         for j, br in enumerate(branches):
             gts = [s["views"][br].target for s in samples]
             mined = self.mine(out.take(slice(j * b, (j + 1) * b)), gts).confident
@@ -336,6 +337,11 @@ class CoMining(Method):
                     BoxGroup(gt.boxes.numpy(), None, None, color=(40, 200, 40)),
                     BoxGroup(m.boxes.cpu().numpy(), [names[int(k)] for k in m.labels], m.scores.cpu().tolist(), color=colour),
                 ]))
+        self._drift = counts[0]
+        if counts[1] is None:
+            self.metrics.pop("pseudo/capped", None)
+        else:
+            self.metrics["pseudo/capped"] = counts[1]
         path = self._out_dir / "renders" / f"mined_step{step:06d}.png"
         save_png(grid(tiles, b), path)
         return path
