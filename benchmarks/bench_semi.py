@@ -50,7 +50,7 @@ METHODS = {
 }
 
 #: the papers' pseudo-label rule, pinned on every semi-supervised column (Mean Teacher's default has the band),
-#: and for ACRST the paper's occlusion rule alone (the default also ignores instances half hidden by a paste)
+#: and for ACRST the paper's occlusion rule alone (pinned, so a later default for method.occlusion_ignore leaves them)
 PAPER_RULE = {"ignore_below": None}
 ACRST_PAPER_RULE = {**PAPER_RULE, "occlusion_ignore": None}
 

@@ -85,7 +85,8 @@ class AcrstParts:
     crop_scale / crop_flip / crop_color: crop augmentation; occlusion: covered share that removes
     an instance; occlusion_ignore: covered share from which an instance is ignored instead (beyond the
     paper, off by default until measured: ``weight=0``, its label names pixels that are mostly the crop's;
-    None or ``paper=true``: every instance covered below ``occlusion`` keeps its label); two_stage: the multi-label veto (stage two); tau_ml: its threshold;
+    None or ``paper=true``: every instance covered below ``occlusion`` keeps its label);
+    two_stage: the multi-label veto (stage two); tau_ml: its threshold;
     mining_pos: image-level positive threshold of Table 10's "two-stage mining" (logged only);
     multilabel: SSMLL training options (``MultiLabelOptions`` fields);
     multilabel_checkpoint: a trained classifier (``multilabel.pt``) to use instead of training one;
