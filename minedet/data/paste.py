@@ -90,7 +90,7 @@ def _occlusion_rule(target: Target, cover: torch.Tensor, thresh: float, ignore_f
     if ignore_from is not None and ignore_from < thresh:
         hidden = (cover >= ignore_from) & (cover < thresh)
         if hidden.any():
-            target = target.with_flags(weight=torch.where(hidden, torch.zeros_like(target.flag("weight")), target.flag("weight")),
+            target = target.with_flags(weight=target.flag("weight").masked_fill(hidden, 0.0),
                                        regress=target.flag("regress") & ~hidden)
     return target.select(cover < thresh)
 
