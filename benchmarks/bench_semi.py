@@ -50,7 +50,7 @@ METHODS = {
 }
 
 #: the papers' pseudo-label rule, pinned on every semi-supervised column (Mean Teacher's default has the band),
-#: and for ACRST the paper's occlusion rule alone (pinned, so a later default for method.occlusion_ignore leaves them)
+#: and for ACRST the paper's occlusion rule alone (Eq. 7; minedet's default also ignores half-hidden instances)
 PAPER_RULE = {"ignore_below": None}
 ACRST_PAPER_RULE = {**PAPER_RULE, "occlusion_ignore": None}
 

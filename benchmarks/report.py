@@ -688,8 +688,8 @@ SELF_TRAINING_ROWS = [
      "adaptive"),
     ("semi_tau", "self-training with the teacher's threshold at 0.5 (`method.tau=0.5`; the presets' 0.7), the ignored band and the "
                  "faster teacher", "tau"),
-    ("semi_occlusion", "ACRST with instances half hidden by a paste ignored (`method.occlusion_ignore=0.5`; the paper keeps their "
-                       "labels up to 0.9), the ignored band and the faster teacher", "occlusion_ignore"),
+    ("semi_occlusion", "ACRST's defaults: instances half hidden by a paste ignored (`method.occlusion_ignore=0.5`; the paper keeps "
+                       "their labels up to 0.9), the ignored band and the faster teacher", "occlusion_ignore"),
 ]
 
 

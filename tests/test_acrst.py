@@ -66,7 +66,8 @@ def _pasted(boxes, labels):
                                       ({"beta": -1.0}, "beta"), ({"paste_on": "labelled"}, "paste_on"),
                                       ({"refresh_every": 0}, "refresh_every"), ({"crop_scale": [1.2, 0.8]}, "crop_scale"),
                                       ({"multilabel": {"step": 3}}, "method.multilabel.step"),
-                                      ({"occlusion_ignore": 0.95}, "method.occlusion_ignore")])
+                                      ({"occlusion_ignore": 0.95}, "method.occlusion_ignore"),
+                                      ({"occlusion": 0.4}, r"occlusion_ignore \(0.5 by default\).*set it to null")])
 def test_bad_options_are_one_line_errors(bad, msg):
     with pytest.raises(MinedetError, match=msg):
         _acrst(**bad)
@@ -105,19 +106,18 @@ def test_ignored_uncertain_boxes_follow_the_occlusion_rule_and_stay_out_of_the_b
     assert [p.labels.tolist() for p in m.last_step.labels.confident] == [[1], [1]], "the pseudo bank sees score > tau only"
 
 
-def test_pseudo_box_half_hidden_by_a_paste_is_ignored_with_the_band_unless_paper():
+def test_pseudo_box_half_hidden_by_a_paste_is_ignored_by_default_unless_paper_or_null():
     dets = [_det([[0, 0, 10, 20], [30, 30, 50, 50]], [0, 1], [0.9, 0.9])]
     pasted = [_pasted([[0, 0, 10, 12]], [2]), Target.empty(101)]  # covers 60 % of the first box of image 0
-    m = _acrst(tau=0.5, occlusion_ignore=0.5)
+    m = _acrst(tau=0.5)  # the default band: covered by half or more -> ignored
     _fake_teacher(m, dets)
     m.training_step(_batch(pasted=pasted))
     t0 = m.last_step.unsup_targets[0]
     assert t0.labels.tolist() == [0, 1, 2] and t0.flag("weight").tolist() == [0.0, 1.0, 1.0]
-    paper = _acrst(tau=0.5, occlusion_ignore=0.5, paper=True)
-    assert paper.options.occlusion_ignore is None
-    _fake_teacher(paper, dets)
-    paper.training_step(_batch(pasted=pasted))
-    assert paper.last_step.unsup_targets[0].flag("weight").tolist() == [1.0, 1.0, 1.0], "Eq. 7 alone keeps it"
+    for kept in (_acrst(tau=0.5, paper=True), _acrst(tau=0.5, occlusion_ignore=None)):
+        _fake_teacher(kept, dets)
+        kept.training_step(_batch(pasted=pasted))
+        assert kept.last_step.unsup_targets[0].flag("weight").tolist() == [1.0, 1.0, 1.0], "Eq. 7 alone keeps it"
 
 
 def test_selective_supervision_keeps_regression_only_from_pastes():
