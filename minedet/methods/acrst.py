@@ -123,8 +123,9 @@ class AcrstParts:
         if self.beta < 0:
             raise MinedetError(f"method.beta must be >= 0, got {self.beta}")
         if self.occlusion_ignore is not None and not 0 <= self.occlusion_ignore <= self.occlusion:
-            raise MinedetError(f"method.occlusion_ignore (0.5 by default) must be in [0, occlusion={self.occlusion}] "
-                               f"or null, got {self.occlusion_ignore}: lower it with method.occlusion, or set it to null")
+            raise MinedetError(f"method.occlusion_ignore ({AcrstParts.occlusion_ignore} by default) must be in "
+                               f"[0, occlusion={self.occlusion}] or null, got {self.occlusion_ignore}: lower it to "
+                               f"method.occlusion or below, or set it to null")
         if self.refresh_every < 1:
             raise MinedetError(f"method.refresh_every must be >= 1, got {self.refresh_every}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
