@@ -749,7 +749,9 @@ def readme_rows(results: dict) -> list[str]:
             if text:
                 rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps, the same images per step "
                             f"as `original`) | {text} {_link('baselines', 'co_mining_baselines')} |")
-    for name, det in (("co_mining_fcos", "FCOS"), ("co_mining_frcnn", "Faster R-CNN")):
+    from minedet.models.detector import FasterRCNNAdapter, FCOSAdapter
+
+    for name, det, adapter in (("co_mining_fcos", "FCOS", FCOSAdapter), ("co_mining_frcnn", "Faster R-CNN", FasterRCNNAdapter)):
         res = results.get(name)
         if res:
             o, c = _pick(res, split="hard", method="original"), _pick(res, split="hard", method="co_mining")
@@ -758,7 +760,9 @@ def readme_rows(results: dict) -> list[str]:
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
             guarded = f", co-mining with the guards {_ms(g)} ({_seeds(g)})" if g else ""
             nr = _pick(res, split="hard", method="co_mining_guarded_noreg")
-            guarded += f", {CO_MINING_README['co_mining_guarded_noreg']} {_ms(nr)} ({_seeds(nr)})" if nr else ""
+            default = f"{det}'s default" if not adapter.mining_regress else None  # method.pseudo_regress=null
+            guarded += (f", {CO_MINING_README['co_mining_guarded_noreg']} {_ms(nr)} ({', '.join(filter(None, [_seeds(nr), default]))})"
+                        if nr else "")
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
                         f"({_seeds(c)}){guarded}{extra} {_link(det, name)} |")
     semi = results.get("semi")

@@ -186,3 +186,10 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     for split in ("hard", "extreme"):
         assert method_cfg("co_mining_guarded_tau0.5", split) == {"name": "co_mining", **GUARDS, "tau": 0.5}
     assert method_cfg("tau0.5", "hard") == {"name": "co_mining", "tau": 0.5, "paper": True}
+    # the guards are minedet's defaults on RetinaNet, where every guarded record so far ran
+    from minedet.methods.co_mining import CoMiningOptions
+    from minedet.models.detector import RetinaNetAdapter
+
+    d = CoMiningOptions()
+    assert {k: getattr(d, k) for k in GUARDS if k != "pseudo_regress"} == {k: v for k, v in GUARDS.items() if k != "pseudo_regress"}
+    assert d.pseudo_regress is None and RetinaNetAdapter.mining_regress is GUARDS["pseudo_regress"]

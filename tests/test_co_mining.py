@@ -443,6 +443,31 @@ def test_defaults_are_the_guards_and_paper_restores_the_release():
         "the default mines nothing in its first 100 steps"
 
 
+@pytest.mark.parametrize("name, default", [("retinanet", True), ("fcos", False), ("faster_rcnn", True)])
+def test_mined_boxes_regress_by_the_detectors_default_unless_told(name, default):
+    """Eq. 2 lets mined boxes supervise box regression; minedet's default follows the detector (FCOS measured
+    better with mined boxes teaching classification only); ``pseudo_regress`` and ``paper`` override it."""
+    def regress_flags(**o):
+        det = tiny_detector(name).train()
+        _confident(det)
+        with torch.no_grad():
+            if name == "fcos":
+                det.model.head.classification_head.cls_logits.bias.fill_(6.0)
+            if name == "faster_rcnn":  # softmax over background (0) and the classes: class 1 wins everywhere
+                det.model.roi_heads.box_predictor.cls_score.bias[1].add_(10.0)
+        m = CoMining(det, CoMiningOptions(tau=0.5, mine_after=0, cap_ratio=None, max_dets=5, **o))
+        m.training_step(_batch())
+        mined = [t for t in m.last_mined["o"] if len(t)]
+        assert mined, "a confident detector mines something"
+        flags = {bool(f) for t in mined for f in t.flag("regress")}
+        assert len(flags) == 1
+        return flags.pop()
+
+    assert regress_flags() is default
+    assert regress_flags(pseudo_regress=not default) is (not default)
+    assert regress_flags(paper=True) is True
+
+
 def test_a_warm_up_as_long_as_the_run_is_named_before_training():
     def warnings(steps, **o):
         return CoMining(tiny_detector("retinanet"), CoMiningOptions(**o)).schedule_warnings(steps)

@@ -44,7 +44,8 @@ class CoMiningOptions:
     iou_gt: theta2 (0.4); topk: candidates per FPN level (1000; Faster R-CNN: the best RPN proposals
     the RoI head decodes, at most its test-time count); max_dets: pseudo boxes per image (100);
     view: the second branch's augmentation; siamese / cogeneration: the Table 2 switches;
-    pseudo_regress: pseudo boxes also supervise box regression (Eq. 2: yes);
+    pseudo_regress: pseudo boxes also supervise box regression (Eq. 2: yes; None, the default: the detector's
+    ``mining_regress``, on for RetinaNet and Faster R-CNN, off for FCOS, where it measured better; ``paper``: on);
     gt_match: which ground-truth boxes a pseudo box is dropped for overlapping (IoU > theta2): ``same``
     class (the release) or ``any`` class (not in the paper: a second-class detection on a labelled
     object is then not taught as a new object; ``minedet mine``'s default);
@@ -71,7 +72,7 @@ class CoMiningOptions:
     view: str = "color"
     siamese: bool = True
     cogeneration: bool = True
-    pseudo_regress: bool = True
+    pseudo_regress: bool | None = None
     gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4
@@ -92,7 +93,7 @@ class CoMiningOptions:
 
 
 #: what ``method.paper=true`` sets: the Co-mining release's behaviour (the guards beyond the paper off)
-PAPER_SETTINGS = {"ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
+PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
 
 
 #: the drift warning looks at the mined boxes of this many steps at a time
@@ -127,7 +128,8 @@ class CoMining(Method):
         self._nms = detector.mining_nms if o.nms is None else o.nms
         self.cap: int | None = None  # mined boxes per image at most (cap_ratio, set in bind from the labels)
         thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
-        self.rule = PseudoRule(o.tau, regress=o.pseudo_regress, ignore_below=o.ignore_below,
+        regress = detector.mining_regress if o.pseudo_regress is None else o.pseudo_regress
+        self.rule = PseudoRule(o.tau, regress=regress, ignore_below=o.ignore_below,
                                stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
         self.steps_done = 0
         self.warned: set[str] = set()  # the drift warnings given so far ("cap", "proxy"): each at most once
