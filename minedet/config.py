@@ -145,7 +145,7 @@ def _coerce(value: Any, hint: Any, where: str, file: str | None) -> Any:
         if "None" in text or hint is Any:
             return None
         raise MinedetError(f"{where} must not be empty", file=file)
-    if hint is bool and not isinstance(value, bool):
+    if (hint is bool or text in ("bool | None", "typing.Optional[bool]")) and not isinstance(value, bool):
         raise MinedetError(f"{where} must be true or false, got {value!r}", file=file)
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise MinedetError(f"{where} must be an integer, got {value!r}", file=file)

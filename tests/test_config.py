@@ -51,6 +51,11 @@ def test_wrong_types_are_errors():
         build_config({"train": {"lr": "fast"}})
     with pytest.raises(MinedetError, match="must look like key.sub=value"):
         apply_overrides({}, ["train.lr"])
+    # a switch that may also be left to a default (null) still takes only true or false
+    det = tiny_detector("retinanet")
+    with pytest.raises(MinedetError, match="method.pseudo_regress must be true or false, got 'yes'"):
+        build_method({"name": "co_mining", "pseudo_regress": "yes"}, det)
+    assert build_method({"name": "co_mining", "pseudo_regress": None}, det).options.pseudo_regress is None
 
 
 def test_bad_yaml_file_is_one_line(tmp_path):
