@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,14 +65,14 @@ class CoMiningOptions:
     class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off)."""
 
     tau: float = 0.6
-    nms: float | None = None
+    nms: float | None = field(default=None, metadata={"none": "the detector's"})
     iou_gt: float = 0.4
     topk: int = 1000
     max_dets: int = 100
     view: str = "color"
     siamese: bool = True
     cogeneration: bool = True
-    pseudo_regress: bool | None = None
+    pseudo_regress: bool | None = field(default=None, metadata={"none": "the detector's"})
     gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4

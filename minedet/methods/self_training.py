@@ -20,7 +20,7 @@ Each step leaves a :class:`StepRecord` in :attr:`SelfTraining.last_step`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ class SelfTrainingOptions:
     paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds, ACRST's Eq. 7 alone)."""
 
     tau: float = 0.7
-    nms: float | None = None
+    nms: float | None = field(default=None, metadata={"none": "the detector's"})
     max_dets: int = 100
     lambda_unsup: float = 4.0
     unsup_regression: bool = False
