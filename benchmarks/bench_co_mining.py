@@ -54,6 +54,8 @@ METHODS = {
     "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
     # co-mining with the guards on the BRL loss: confusing anchors of the second view's negatives recalibrated too
     "co_mining_brl": {"name": "co_mining", **GUARDS},
+    # the two views without co-generation on BRL's loss: what the second view alone does to BRL
+    "joint_brl": {"name": "co_mining", "cogeneration": False, "paper": True},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
 
@@ -110,7 +112,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
@@ -188,7 +190,7 @@ def main() -> int:
                     cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
                 if label == "original_2x":
                     cfg.data.batch_size *= 2
-                if label in ("brl", "co_mining_brl"):
+                if label in ("brl", "co_mining_brl", "joint_brl"):
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
                 if label == "retrain":
                     cfg.data.train = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
