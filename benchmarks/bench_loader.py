@@ -1,7 +1,8 @@
 """Data-pipeline throughput vs the training step: is the data side ever the bottleneck?
 
 Usage: python benchmarks/bench_loader.py [--batches 30] [--workers 0 1] [--steps 10]
-Measures, on the digits dataset at the demo's settings (batch 16, 128 px):
+       python benchmarks/bench_loader.py --detector faster_rcnn --split hard --init MODEL.pt   # results: loader_faster_rcnn
+Measures, on the digits dataset at the demo's settings (batch 16, 128 px; RetinaNet unless --detector):
   * images/s of the data pipeline alone (decode + flip + the views each method asks for), per
     number of DataLoader workers;
   * images/s of the supervised and Co-mining training steps (forward + backward + optimiser),
@@ -28,8 +29,15 @@ def main() -> int:
     ap.add_argument("--init", default=None, metavar="MODEL.pt",
                     help="start every method from this trained digits model (so that co-generation and the guards "
                          "beyond the paper see real detections), and also time co-mining with those guards")
+    ap.add_argument("--detector", default="retinanet", choices=["retinanet", "fcos", "faster_rcnn"],
+                    help="the detector (default retinanet; another writes the results file loader_DETECTOR)")
+    ap.add_argument("--split", default="full", choices=["full", "easy", "hard", "extreme"],
+                    help="the training labels (default full; a sparse split is drawn with seed 0, so that co-mining "
+                         "mines what the benchmarks' runs mine)")
     args = ap.parse_args()
 
+    from bench_co_mining import FRCNN_COGEN_PROPOSALS
+    from minedet.cli.demo import sparse_copy
     from minedet.cli.registry import build_method
     from minedet.run import build_spec, init_from, make_dataset, resolve_data
     from minedet.config import load_config, preset_path
@@ -38,7 +46,9 @@ def main() -> int:
     from minedet.engine.trainer import build_optimizer
     from minedet.models.build import build_detector
 
-    cfg = resolve_data(load_config(preset_path("digits_retinanet")), quiet=True)
+    cfg = resolve_data(load_config(preset_path("digits_retinanet"), [f"model.name={args.detector}"]), quiet=True)
+    if args.split != "full":
+        cfg.data.train, cfg.data.hidden = sparse_copy(cfg, args.split, 0)
     bs = cfg.data.batch_size
     records = []
     runners = {}
@@ -56,6 +66,8 @@ def main() -> int:
         detector = build_detector(spec, pretrained=True)
         if args.init:
             init_from(detector, args.init)
+        if args.detector == "faster_rcnn" and method_cfg["name"] == "co_mining":
+            method_cfg = {**method_cfg, "topk": FRCNN_COGEN_PROPOSALS}  # as bench_co_mining.py's Faster R-CNN runs
         method = build_method(method_cfg, detector)
         views = method.streams()["labelled"]
         ds = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True)
@@ -117,8 +129,10 @@ def main() -> int:
             derived.append(f"co-generation (decode + filters of both branches) takes {100 * r['cogeneration_share']:.1f}% "
                            f"of a co-mining training step (median of {args.steps} steps)")
     start = f"; every method starts from the trained model {Path(args.init).name}" if args.init else ""
-    append_results("loader", records, note=f"digits, batch {bs}, 128 px; median of {args.steps} training steps; "
-                                          f"{args.batches} batches per pipeline figure{start}.", derived=derived)
+    labels = "full labels" if args.split == "full" else f"the `{args.split}` split (seed 0)"
+    name = "loader" if args.detector == "retinanet" else f"loader_{args.detector}"
+    append_results(name, records, note=f"digits, {args.detector}, {labels}, batch {bs}, 128 px; median of {args.steps} "
+                                       f"training steps; {args.batches} batches per pipeline figure{start}.", derived=derived)
     return 0
 
 

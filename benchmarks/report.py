@@ -206,7 +206,7 @@ def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | 
 
 
 def section_loader(res: dict) -> list[str]:
-    out = [f"## {TITLES['loader']}", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
+    out = [f"## {TITLES.get(res['name'], res['name'])}", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
     for r in res["records"]:
         out.append(f"| {r['method']} | {r['what']} | {r['images_per_s']} |")
     for m in dict.fromkeys(r["method"] for r in res["records"]):
@@ -613,6 +613,7 @@ RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_l
              "mixed": section_mixed, "review": section_review}
 RENDERERS["real_nuclei"] = section_real
 RENDERERS["export"] = section_export
+RENDERERS["loader_faster_rcnn"] = section_loader
 TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_aug": "Co-mining Table 4 in miniature: the second view on hard",
           "co_mining_fcos": "Co-mining Table 5 in miniature: FCOS",
@@ -635,6 +636,7 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "demo": "Demo",
           "splits": "Splits",
           "loader": "Loader",
+          "loader_faster_rcnn": "Loader and step cost: Faster R-CNN",
           "cropbank": "CropBank",
           "export": "ONNX export",
           "mixed": "Mixed supervision: complete, sparse and unlabelled images (digits, long-tailed)",
@@ -867,7 +869,7 @@ def page(results: dict) -> str:
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
              "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
              "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "semi_ema", "semi_adaptive", "semi_tau", "semi_occlusion", "mixed", "review", "real_nuclei", "export", "cropbank",
-             "loader", "splits"]
+             "loader", "loader_faster_rcnn", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
         render = RENDERERS.get(name)
