@@ -127,7 +127,7 @@ def main() -> int:
     for r in records:
         if r.get("cogeneration_share") is not None:
             derived.append(f"co-generation (decode + filters of both branches) takes {100 * r['cogeneration_share']:.1f}% "
-                           f"of a co-mining training step (median of {args.steps} steps)")
+                           f"of a {r['method']} training step (median of {args.steps} steps)")
     start = f"; every method starts from the trained model {Path(args.init).name}" if args.init else ""
     labels = "full labels" if args.split == "full" else f"the `{args.split}` split (seed 0)"
     name = "loader" if args.detector == "retinanet" else f"loader_{args.detector}"
