@@ -206,7 +206,8 @@ def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | 
 
 
 def section_loader(res: dict) -> list[str]:
-    out = [f"## {TITLES.get(res['name'], res['name'])}", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
+    title = TITLES.get(res["name"], f"Loader and step cost: {res['name'].removeprefix('loader_')}")  # loader_DETECTOR
+    out = [f"## {title}", "", *header(res), res.get("note", ""), "", "| method | what | images/s |", "|---|---|---|"]
     for r in res["records"]:
         out.append(f"| {r['method']} | {r['what']} | {r['images_per_s']} |")
     for m in dict.fromkeys(r["method"] for r in res["records"]):
@@ -613,7 +614,6 @@ RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_l
              "mixed": section_mixed, "review": section_review}
 RENDERERS["real_nuclei"] = section_real
 RENDERERS["export"] = section_export
-RENDERERS["loader_faster_rcnn"] = section_loader
 TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_aug": "Co-mining Table 4 in miniature: the second view on hard",
           "co_mining_fcos": "Co-mining Table 5 in miniature: FCOS",
@@ -872,7 +872,7 @@ def page(results: dict) -> str:
              "loader", "loader_faster_rcnn", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]
-        render = RENDERERS.get(name)
+        render = RENDERERS.get(name, section_loader if name.startswith("loader_") else None)  # bench_loader --detector
         if render:
             lines += render(res)
         elif name.startswith("semi"):

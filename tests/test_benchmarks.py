@@ -193,3 +193,21 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     d = CoMiningOptions()
     assert {k: getattr(d, k) for k in GUARDS if k != "pseudo_regress"} == {k: v for k, v in GUARDS.items() if k != "pseudo_regress"}
     assert d.pseudo_regress is None and RetinaNetAdapter.mining_regress is GUARDS["pseudo_regress"]
+
+
+def test_the_ignored_band_label_and_another_detectors_step_cost_section(monkeypatch):
+    """``co_mining_guarded_ibX`` is the guards with the band from X (at most tau); a ``bench_loader.py --detector``
+    results file (``loader_DETECTOR``) renders as its own section of the page."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+    from bench_co_mining import GUARDS, method_cfg
+
+    assert method_cfg("co_mining_guarded_ib0.1", "extreme") == {"name": "co_mining", **GUARDS, "tau": 0.5, "ignore_below": 0.1}
+    assert method_cfg("co_mining_guarded_ib0.9", "hard")["ignore_below"] == 0.6  # never above tau
+    rec = {"method": "co_mining_guarded", "what": "training step, batch 16", "workers": None, "images_per_s": 1.5, "step_s": 10.8}
+    res = {"name": "loader_fcos", "command": "python benchmarks/bench_loader.py --detector fcos", "date": "2026-12-01",
+           "git_commit": "0" * 40, "machine": {}, "note": "digits, fcos", "records": [rec],
+           "derived": ["co_mining_guarded / co_mining step: 1.028x"]}
+    text = report.page({"loader_fcos": res})
+    assert "## Loader and step cost: fcos" in text
+    assert "| co_mining_guarded | training step, batch 16 | 1.5 |" in text and "- co_mining_guarded / co_mining step: 1.028x" in text
