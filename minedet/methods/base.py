@@ -18,6 +18,11 @@ from minedet.data.transforms import Compose
 from minedet.models.detector import DetectorAdapter
 
 
+def detectors_own():
+    """An option whose ``None`` (the default) means the detector adapter's own value; ``--help`` says so."""
+    return field(default=None, metadata={"none": "the detector's"})
+
+
 def prefixed(losses: dict[str, Tensor], prefix: str, weight: float = 1.0) -> dict[str, Tensor]:
     """``{prefix + "/" + k: weight * v}`` (MMDetection's ``rename_loss_dict(reweight_loss_dict(...))``)."""
     return {f"{prefix}/{k}": v * weight for k, v in losses.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minedet.data.transforms import Compose, view_transform
 from minedet.errors import MinedetError
-from minedet.methods.base import Method, prefixed
+from minedet.methods.base import Method, detectors_own, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
@@ -65,14 +65,14 @@ class CoMiningOptions:
     class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off)."""
 
     tau: float = 0.6
-    nms: float | None = field(default=None, metadata={"none": "the detector's"})
+    nms: float | None = detectors_own()
     iou_gt: float = 0.4
     topk: int = 1000
     max_dets: int = 100
     view: str = "color"
     siamese: bool = True
     cogeneration: bool = True
-    pseudo_regress: bool | None = field(default=None, metadata={"none": "the detector's"})
+    pseudo_regress: bool | None = detectors_own()
     gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4

@@ -20,7 +20,7 @@ Each step leaves a :class:`StepRecord` in :attr:`SelfTraining.last_step`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minedet.data.transforms import BoxMap, Compose, RandomScaleCrop, view_transform
 from minedet.errors import MinedetError
-from minedet.methods.base import Method, prefixed
+from minedet.methods.base import Method, detectors_own, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo.quality import QualityCounts
 from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry
@@ -47,7 +47,7 @@ class SelfTrainingOptions:
     paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds, ACRST's Eq. 7 alone)."""
 
     tau: float = 0.7
-    nms: float | None = field(default=None, metadata={"none": "the detector's"})
+    nms: float | None = detectors_own()
     max_dets: int = 100
     lambda_unsup: float = 4.0
     unsup_regression: bool = False
