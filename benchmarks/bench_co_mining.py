@@ -56,6 +56,11 @@ METHODS = {
     "co_mining_brl": {"name": "co_mining", **GUARDS},
     # the two views without co-generation on BRL's loss: what the second view alone does to BRL
     "joint_brl": {"name": "co_mining", "cogeneration": False, "paper": True},
+    # co-mining on BRL's loss with the release's rule: what co-generation itself does to BRL
+    "co_mining_brl_paper": {"name": "co_mining", "paper": True},
+    # the guards on BRL's loss without the ignored band: BRL already treats the uncertain far negatives
+    # (its mirrored branch), which the band would take out of the loss
+    "co_mining_brl_noib": {"name": "co_mining", **GUARDS, "ignore_below": None},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
 
@@ -112,7 +117,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
@@ -190,7 +195,7 @@ def main() -> int:
                     cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
                 if label == "original_2x":
                     cfg.data.batch_size *= 2
-                if label in ("brl", "co_mining_brl", "joint_brl"):
+                if label == "brl" or "_brl" in label:  # BRL's loss (brl, joint_brl, co_mining_brl*)
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
                 if label == "retrain":
                     cfg.data.train = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
