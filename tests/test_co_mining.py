@@ -432,7 +432,7 @@ def test_boxes_a_reviewer_rejected_stay_background():
 
 def test_defaults_are_the_guards_and_paper_restores_the_release():
     d, p = CoMiningOptions(), CoMiningOptions(paper=True)
-    assert (d.ignore_below, d.contain, d.cap_ratio, d.mine_after) == (0.3, 0.8, 1.0, 100)
+    assert (d.ignore_below, d.contain, d.cap_ratio, d.mine_after) == ("auto", 0.8, 1.0, 100)
     assert (p.ignore_below, p.contain, p.cap_ratio, p.mine_after, p.adaptive) == (None, None, None, 0, False)
     det = tiny_detector("retinanet").train()
     _confident(det)
@@ -441,6 +441,26 @@ def test_defaults_are_the_guards_and_paper_restores_the_release():
     default.training_step(_batch())
     assert any(len(t) for t in paper.last_mined["o"]) and not any(len(t) for t in default.last_mined["o"]), \
         "the default mines nothing in its first 100 steps"
+
+
+def test_the_ignored_band_is_the_detectors_and_off_on_brls_loss():
+    """ignore_below=auto: the band from 0.3 on a focal-loss detector; none on BRL's loss, which has its own rule for
+    uncertain far negatives; a number sets the band on either; a word other than auto is one clear error."""
+    def ignored(extra=None, **o):
+        det = tiny_detector("retinanet", **({"extra": extra} if extra else {})).train()
+        _confident(det)  # every location scores 0.88: inside [0.3, 0.95]
+        m = CoMining(det, _opts(**{"tau": 0.95, **o}))
+        m.training_step(_batch())
+        return sum(len(t) for t in m.last_labels["o"].ignored or [])
+
+    brl = {"cls_loss": "brl"}
+    assert ignored(ignore_below="auto") > 0
+    assert ignored(brl, ignore_below="auto") == 0
+    assert ignored(brl, ignore_below=0.5) > 0
+    assert ignored(ignore_below=None) == 0
+    assert ignored(ignore_below="auto", tau=0.2) == 0  # auto never reaches above tau (no error, no band)
+    with pytest.raises(MinedetError, match="null .no band. or auto"):
+        CoMining(tiny_detector("retinanet"), _opts(ignore_below="sometimes"))
 
 
 @pytest.mark.parametrize("name, default", [("retinanet", True), ("fcos", False), ("faster_rcnn", True)])

@@ -42,7 +42,7 @@ def build_method(cfg: dict, detector: DetectorAdapter, *, file: str | None = Non
 def method_options_help() -> str:
     lines = []
     for name, (_, opts) in METHODS.items():
-        fields = ", ".join(f"{f.name}={f.default!r}" + (f" ({f.metadata['none']})" if f.default is None and "none" in f.metadata else "")
+        fields = ", ".join(f"{f.name}={f.default!r}" + (f" ({f.metadata['none']})" if "none" in f.metadata else "")
                            for f in dataclasses.fields(opts) if f.default is not dataclasses.MISSING)
         lines.append(f"  {name}: {fields}")
     lines.append("  (None turns an option off, except where the listing says what it stands for;"

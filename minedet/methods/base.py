@@ -18,9 +18,10 @@ from minedet.data.transforms import Compose
 from minedet.models.detector import DetectorAdapter
 
 
-def detectors_own():
-    """An option whose ``None`` (the default) means the detector adapter's own value; ``--help`` says so."""
-    return field(default=None, metadata={"none": "the detector's"})
+def detectors_own(default=None):
+    """An option whose default (``None``, or a word such as ``"auto"`` where ``None`` already means off) stands
+    for the detector adapter's own value; ``--help`` says so."""
+    return field(default=default, metadata={"none": "the detector's"})
 
 
 def prefixed(losses: dict[str, Tensor], prefix: str, weight: float = 1.0) -> dict[str, Tensor]:

@@ -52,8 +52,10 @@ class CoMiningOptions:
     render_every / render_images: Fig. 3-style renders of each branch's mined boxes.
 
     Beyond the paper (on by default since they measured better on digits `hard`, 3 seeds; ``paper:
-    true`` turns them off, the release's behaviour): ignore_below (0.3): detections scoring in
-    [ignore_below, tau] that miss the labels are ignored (weight 0), not taught as background;
+    true`` turns them off, the release's behaviour): ignore_below (``auto``: the detector's
+    ``mining_ignore_below``, 0.3, or no band on BRL's loss, which has its own rule for them; a number sets it,
+    null turns it off): detections scoring in [ignore_below, tau] that miss the labels are ignored (weight 0),
+    not taught as background;
     contain (0.8): drop a mined box holding at least this share of a labelled box's area (any class);
     part (off): drop a mined box with at least this share of its own area on labelled boxes (a shifted or
     partial box on a labelled object; measured on the nuclei image only, so not a default);
@@ -76,7 +78,7 @@ class CoMiningOptions:
     gt_match: str = "same"
     render_every: int = 0
     render_images: int = 4
-    ignore_below: float | None = 0.3
+    ignore_below: float | str | None = detectors_own("auto")
     contain: float | None = 0.8
     part: float | None = None
     cap_ratio: float | None = 1.0
@@ -115,8 +117,15 @@ class CoMining(Method):
         self.options = o = options or CoMiningOptions()
         if o.gt_match not in ("same", "any"):
             raise MinedetError(f"method.gt_match must be 'same' or 'any', not {o.gt_match!r}")
-        if o.ignore_below is not None and not 0.0 <= o.ignore_below <= o.tau:
-            raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below} "
+        ignore_below = o.ignore_below
+        if ignore_below == "auto":  # the detector's band, never above tau
+            ignore_below = detector.mining_ignore_below
+            ignore_below = None if ignore_below is None else min(ignore_below, o.tau)
+        if isinstance(ignore_below, str) or isinstance(ignore_below, bool):
+            raise MinedetError(f"method.ignore_below must be a number in [0, tau={o.tau}], null (no band) or auto "
+                               f"(the detector's), got {o.ignore_below!r}")
+        if ignore_below is not None and not 0.0 <= ignore_below <= o.tau:
+            raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the release's behaviour)")
         for key in ("contain", "part"):
             v = getattr(o, key)
@@ -129,7 +138,7 @@ class CoMining(Method):
         self.cap: int | None = None  # mined boxes per image at most (cap_ratio, set in bind from the labels)
         thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
         regress = detector.mining_regress if o.pseudo_regress is None else o.pseudo_regress
-        self.rule = PseudoRule(o.tau, regress=regress, ignore_below=o.ignore_below,
+        self.rule = PseudoRule(o.tau, regress=regress, ignore_below=ignore_below,
                                stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
         self.steps_done = 0
         self.warned: set[str] = set()  # the drift warnings given so far ("cap", "proxy"): each at most once

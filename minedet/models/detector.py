@@ -116,6 +116,10 @@ class DetectorAdapter(nn.Module):
     #: whether mined boxes also supervise box regression unless the method says otherwise (Co-mining's
     #: ``pseudo_regress=None``): Eq. 2 of the paper says yes; off where measured better (FCOS)
     mining_regress: bool = True
+    #: the lower end of co-mining's ignored band unless the method says otherwise (``ignore_below="auto"``):
+    #: detections scoring in [0.3, tau] that miss the labels are ignored, where this detector's loss would
+    #: teach them as background (None: no band, where the loss has its own rule for them)
+    mining_ignore_below: float | None = 0.3
 
     def __init__(self, model: nn.Module, num_classes: int) -> None:
         super().__init__()
