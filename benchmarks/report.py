@@ -744,13 +744,16 @@ def readme_rows(results: dict) -> list[str]:
     base = results.get("co_mining_baselines")
     if base:
         names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining",
-                 "co_mining_brl": "co-mining with the guards on BRL's loss"}
+                 "co_mining_brl": "co-mining with the guards on BRL's loss",
+                 "co_mining_brl_noib": "the same without the ignored band (minedet's default on BRL's loss)",
+                 "joint_brl": "`joint` on BRL's loss"}
         for split in ("hard", "extreme"):
-            cells = [(m, _pick(base, split=split, method=m)) for m in ("original", "brl", "retrain", "co_mining_brl")]
+            cells = [(m, _pick(base, split=split, method=m))
+                     for m in ("original", "brl", "retrain", "co_mining_brl", "co_mining_brl_noib", "joint_brl")]
             text = ", ".join(f"{names.get(m, m)} {_ms(rs)} ({_seeds(rs)})" for m, rs in cells if rs)
             if text:
-                rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps, the same images per step "
-                            f"as `original`) | {text} {_link('baselines', 'co_mining_baselines')} |")
+                rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps of batch 16; "
+                            f"co-mining and `joint` train on two views of each image) | {text} {_link('baselines', 'co_mining_baselines')} |")
     from minedet.models.detector import FasterRCNNAdapter, FCOSAdapter
 
     for name, det, adapter in (("co_mining_fcos", "FCOS", FCOSAdapter), ("co_mining_frcnn", "Faster R-CNN", FasterRCNNAdapter)):

@@ -190,9 +190,13 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     from minedet.methods.co_mining import CoMiningOptions
     from minedet.models.detector import RetinaNetAdapter
 
-    d = CoMiningOptions()
-    assert {k: getattr(d, k) for k in GUARDS if k != "pseudo_regress"} == {k: v for k, v in GUARDS.items() if k != "pseudo_regress"}
+    d, own = CoMiningOptions(), ("pseudo_regress", "ignore_below")  # the detector's: None / "auto"
+    assert {k: getattr(d, k) for k in GUARDS if k not in own} == {k: v for k, v in GUARDS.items() if k not in own}
     assert d.pseudo_regress is None and RetinaNetAdapter.mining_regress is GUARDS["pseudo_regress"]
+    assert d.ignore_below == "auto" and RetinaNetAdapter.mining_ignore_below == GUARDS["ignore_below"]
+    # the labels on BRL's loss: co_mining_brl pins the band it ran with; _noib is the default there (no band)
+    assert method_cfg("co_mining_brl", "hard")["ignore_below"] == 0.3
+    assert method_cfg("co_mining_brl_noib", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6, "ignore_below": None}
 
 
 def test_the_ignored_band_label_and_another_detectors_step_cost_section(monkeypatch):
