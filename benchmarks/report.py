@@ -745,7 +745,7 @@ def readme_rows(results: dict) -> list[str]:
     if base:
         names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining",
                  "co_mining_brl": "co-mining with the guards on BRL's loss",
-                 "co_mining_brl_noib": "the same without the ignored band (minedet's default on BRL's loss)",
+                 "co_mining_brl_noib": "co-mining on BRL's loss, the guards without the ignored band (the `digits_co_mining` preset)",
                  "joint_brl": "`joint` on BRL's loss"}
         for split in ("hard", "extreme"):
             cells = [(m, _pick(base, split=split, method=m))
