@@ -121,7 +121,7 @@ class CoMining(Method):
         if ignore_below == "auto":  # the detector's band, never above tau
             ignore_below = detector.mining_ignore_below
             ignore_below = None if ignore_below is None else min(ignore_below, o.tau)
-        if isinstance(ignore_below, str) or isinstance(ignore_below, bool):
+        if isinstance(ignore_below, (str, bool)):
             raise MinedetError(f"method.ignore_below must be a number in [0, tau={o.tau}], null (no band) or auto "
                                f"(the detector's), got {o.ignore_below!r}")
         if ignore_below is not None and not 0.0 <= ignore_below <= o.tau:
