@@ -71,10 +71,15 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
-METHODS = ("full", "original", "joint", "co_mining", "co_mining_best", "co_mining_part", "folds_original", "folds_co_mining")
+METHODS = ("full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
+           "folds_original", "folds_co_mining")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
           "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
+          "brl": "original on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the digits_co_mining preset)",
           "folds_original": "held-out folds: original", "folds_co_mining": "held-out folds: co-mining (+ part 0.3)"}
+#: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
+#: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
+BRL_MODEL = {"cls_loss": "brl"}
 #: the part rule (drop a box with this share of its own area on labelled nuclei): co_mining_part trains with it,
 #: and every column's mined boxes are also scored with it (``mine_pr_part``, as ``minedet mine --part 0.3``)
 PART = 0.3
@@ -211,13 +216,15 @@ def resolved(method: dict) -> dict:
 def method_block(label: str) -> dict:
     from minedet.config import load_config, preset_path
 
-    if label in ("full", "original"):
+    if label in ("full", "original", "brl"):
         return {"name": "supervised"}
     if label == "joint":
         return {**PAPER, "cogeneration": False}
     if label == "co_mining":
         return dict(PAPER)
     if label == "co_mining_best":
+        return dict(load_config(preset_path("digits_co_mining")).method)
+    if label == "co_mining_brl":
         return dict(load_config(preset_path("digits_co_mining")).method)
     if label == "co_mining_part":
         return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
@@ -240,6 +247,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
     cfg.method = method_block(label)
+    cfg.model.extra = dict(BRL_MODEL if label in ("brl", "co_mining_brl") else {})
     cfg.train.max_steps, cfg.train.seed = steps, seed
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0
@@ -514,6 +522,7 @@ def main() -> int:
                 rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
                                                "run": out.name}, out_dir=out)
                 rec.pop("curve", None)
+                rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
                 rec.update(evaluate(out / "model.pt", info))
                 if label != "full":
                     rec.update(mined_quality(out / "model.pt", info, seed))

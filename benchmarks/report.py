@@ -445,8 +445,10 @@ def section_real(res: dict) -> list[str]:
     for r in res["records"]:  # a re-run of a (method, seed) replaces it in the tables; every run stays in the file
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
-    cols = ["full", "original", "joint", "co_mining", "co_mining_best", "co_mining_part", "folds_original", "folds_co_mining"]
-    names = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
+    cols = ["full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
+            "folds_original", "folds_co_mining"]
+    names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
+             "co_mining": "co-mining (paper)", "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
              "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
              "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
     for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
