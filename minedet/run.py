@@ -185,7 +185,8 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     """The config for ``minedet train METHOD --train ... --val ...``: the ``own_data`` preset with
     ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
-    training boxes unless overridden. Data that cannot support the run is one :class:`MinedetError`."""
+    training boxes and the method's model options for the detector (``Method.own_data_model``: co-mining on
+    RetinaNet trains on BRL's loss) unless overridden. Data that cannot support the run is one :class:`MinedetError`."""
     from minedet.config import load_config, preset_path
 
     if val is None:
@@ -204,6 +205,9 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     given = {o.split("=", 1)[0] for o in overrides}
     auto = [f"{k}={v}" for k, v in proposed.items() if k not in given]
     cfg = load_config(preset_path("own_data"), [f"method.name={method}", *auto, *overrides])
+    for_method = _method_model_proposals(cfg, given)
+    if for_method:
+        cfg = load_config(preset_path("own_data"), [f"method.name={method}", *auto, *for_method, *overrides])
     d = cfg.data
     d.train, d.val = train, val
     for key, value in paths.items():
@@ -211,7 +215,22 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
             setattr(d, key, value)
     if not quiet and auto:
         print("minedet: from the training boxes: " + ", ".join(auto) + " (override with KEY=VALUE)", file=sys.stderr)
+    if not quiet and for_method:
+        print(f"minedet: {method} on {cfg.model.name} trains best with " + ", ".join(for_method) +
+              " (override with KEY=VALUE)", file=sys.stderr)
     return cfg
+
+
+def _method_model_proposals(cfg: Config, given: set[str]) -> list[str]:
+    """The method's ``own_data_model`` options for the run's detector, as ``KEY=VALUE``, less those the command
+    line sets (or a whole ``model.extra`` it sets) and none at all under ``method.paper=true``."""
+    from minedet.cli.registry import METHODS
+
+    cls = METHODS.get(cfg.method.get("name"), (None,))[0]
+    if cls is None or cfg.method.get("paper"):
+        return []
+    options = cls.own_data_model.get(cfg.model.name, {})
+    return [f"{k}={v}" for k, v in options.items() if k not in given and k.rsplit(".", 1)[0] not in given]
 
 
 def propose_sizes(data: CocoData) -> dict[str, float | int]:

@@ -49,6 +49,23 @@ def test_proposals_follow_the_boxes_and_yield_to_overrides(tiny_digits):
     assert cfg.data.image_size == 96 and cfg.model.anchor_scale == 3.0
 
 
+def test_co_mining_proposes_brls_loss_on_retinanet_and_yields_to_the_command_line(tiny_digits, capsys):
+    def loss(method, *overrides):
+        cfg = own_data_config(method, train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                              overrides=list(overrides))
+        return cfg.model.extra.get("cls_loss", "focal")
+
+    assert loss("co_mining") == "brl"
+    assert "co_mining on retinanet trains best with model.extra.cls_loss=brl" in capsys.readouterr().err
+    assert loss("co_mining", "model.extra.cls_loss=focal") == "focal"
+    assert loss("co_mining", "method.paper=true") == "focal"  # the paper's loss with the paper's rule
+    assert loss("supervised") == "focal"
+    assert "trains best with" not in capsys.readouterr().err
+    cfg = own_data_config("co_mining", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                          overrides=["model.name=fcos"], quiet=True)
+    assert "cls_loss" not in cfg.model.extra  # BRL is a RetinaNet loss
+
+
 def test_data_that_cannot_support_the_run_is_one_line(tiny_digits, tmp_path, capsys):
     assert main(["train", "co_mining", "--train", str(tiny_digits.train_json)]) == 2
     assert "needs --val" in capsys.readouterr().err
