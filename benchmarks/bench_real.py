@@ -72,10 +72,11 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
-           "folds_original", "folds_co_mining")
+           "co_mining_brl_blur", "folds_original", "folds_co_mining")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
           "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
           "brl": "original on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the digits_co_mining preset)",
+          "co_mining_brl_blur": "the same with a blurred second view",
           "folds_original": "held-out folds: original", "folds_co_mining": "held-out folds: co-mining (+ part 0.3)"}
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
@@ -226,6 +227,8 @@ def method_block(label: str) -> dict:
         return dict(load_config(preset_path("digits_co_mining")).method)
     if label == "co_mining_brl":
         return dict(load_config(preset_path("digits_co_mining")).method)
+    if label == "co_mining_brl_blur":  # a grey fluorescence image: the colour view changes only its brightness and contrast
+        return {**load_config(preset_path("digits_co_mining")).method, "view": "blur"}
     if label == "co_mining_part":
         return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
     if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
@@ -247,7 +250,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
     cfg.method = method_block(label)
-    cfg.model.extra = dict(BRL_MODEL if label in ("brl", "co_mining_brl") else {})
+    cfg.model.extra = dict(BRL_MODEL if label in ("brl", "co_mining_brl", "co_mining_brl_blur") else {})
     cfg.train.max_steps, cfg.train.seed = steps, seed
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0

@@ -446,9 +446,10 @@ def section_real(res: dict) -> list[str]:
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
     cols = ["full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
-            "folds_original", "folds_co_mining"]
+            "co_mining_brl_blur", "folds_original", "folds_co_mining"]
     names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
              "co_mining": "co-mining (paper)", "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
+             "co_mining_brl_blur": "co-mining on BRL's loss, blurred second view (`method.view=blur`)",
              "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
              "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
     for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
