@@ -509,6 +509,12 @@ def section_real(res: dict) -> list[str]:
                 "score both bands' mined boxes together; then the boxes mined at score > 0.5 (IoU and part rules) join the "
                 "labels of the ordinary tiles and a supervised model is retrained on them: the AP rows are that model's. "
                 "Three trainings per seed (two fold models on half the tiles, one retraining).", ""]
+    if any(by.get(m) for m in ("brl", "co_mining_brl", "co_mining_brl_blur")):
+        out += ["**BRL's loss** (`model.extra.cls_loss=brl`, background recalibration): an uncertain detection far from "
+                "every label is not taught as background, so the model still scores the erased nuclei of the tiles it "
+                "trained on and can mine them. *co-mining on BRL's loss* is the `digits_co_mining` preset whole (its method "
+                "block and its loss; the ignored band is off on this loss); the blurred-view column swaps its colour view, "
+                "which on this grey image changes only brightness and contrast, for a Gaussian blur (`method.view=blur`).", ""]
     if not by.get("co_mining_best"):
         out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
                 "block resolved to the paper's setting, so it would repeat the co-mining (paper) column. Once the "
