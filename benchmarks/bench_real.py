@@ -223,9 +223,7 @@ def method_block(label: str) -> dict:
         return {**PAPER, "cogeneration": False}
     if label == "co_mining":
         return dict(PAPER)
-    if label == "co_mining_best":
-        return dict(load_config(preset_path("digits_co_mining")).method)
-    if label == "co_mining_brl":
+    if label in ("co_mining_best", "co_mining_brl"):  # the same block; co_mining_brl trains on the preset's loss too
         return dict(load_config(preset_path("digits_co_mining")).method)
     if label == "co_mining_brl_blur":  # a grey fluorescence image: the colour view changes only its brightness and contrast
         return {**load_config(preset_path("digits_co_mining")).method, "view": "blur"}
