@@ -8,17 +8,19 @@ from minedet.cli import main
 from minedet.cli.demo import sparse_methods
 
 
-def test_sparse_methods_take_co_mining_options_from_its_preset():
+def test_sparse_methods_take_co_mining_options_and_loss_from_its_preset():
     m = sparse_methods("hard", [])
-    assert m["supervised"] == {"name": "supervised"}
-    assert m["co_mining"]["name"] == "co_mining" and m["co_mining"]["tau"] == 0.6 and m["co_mining"]["iou_gt"] == 0.4
+    assert m["supervised"] == ({"name": "supervised"}, {})
+    block, extra = m["co_mining"]
+    assert block["name"] == "co_mining" and block["tau"] == 0.6 and block["iou_gt"] == 0.4
+    assert extra == {"cls_loss": "brl"}
 
 
 def test_sparse_methods_extreme_uses_the_release_tau_unless_overridden():
-    assert sparse_methods("extreme", [])["co_mining"]["tau"] == 0.5
-    assert sparse_methods("extreme", ["method.tau=0.7"])["co_mining"]["tau"] == 0.7
+    assert sparse_methods("extreme", [])["co_mining"][0]["tau"] == 0.5
+    assert sparse_methods("extreme", ["method.tau=0.7"])["co_mining"][0]["tau"] == 0.7
     m = sparse_methods("hard", ["method.tau=0.3", "train.max_steps=5"])
-    assert m["co_mining"]["tau"] == 0.3 and m["supervised"] == {"name": "supervised"}
+    assert m["co_mining"][0]["tau"] == 0.3 and m["supervised"] == ({"name": "supervised"}, {})
 
 
 def test_demo_sparse_runs_both_methods_on_the_same_labels(tmp_path, capsys):
@@ -27,10 +29,11 @@ def test_demo_sparse_runs_both_methods_on_the_same_labels(tmp_path, capsys):
             "model.fpn_channels=32", "train.ckpt_every=0", "method.tau=0.05", "method.ignore_below=0.01"]
     assert main(["demo", "--sparse", "hard", "--steps", "2", "--out", str(tmp_path / "runs"), *over]) == 0
     out = capsys.readouterr().out
-    assert "'hard' labels" in out and "supervised" in out and "co_mining" in out
+    assert "'hard' labels" in out and "supervised" in out and "co_mining" in out and "brl" in out
     sup = json.loads((tmp_path / "runs" / "hard_supervised" / "config.json").read_text())
     cm = json.loads((tmp_path / "runs" / "hard_co_mining" / "config.json").read_text())
     assert sup["method"] == {"name": "supervised"}
+    assert sup["model"]["extra"] == {} and cm["model"]["extra"] == {"cls_loss": "brl"}  # co-mining as its preset trains it
     assert cm["method"]["name"] == "co_mining" and cm["method"]["tau"] == 0.05  # the override reached co-mining only
     assert sup["data"]["train"] == cm["data"]["train"] and cm["data"]["train"].endswith("train_hard_seed0.json")
     assert cm["data"]["hidden"].endswith("train_hard_seed0.hidden.json")
