@@ -97,6 +97,8 @@ def method_cfg(label: str, split: str) -> dict:
         return {"name": "co_mining", "tau": float(t), "paper": True, **({"gt_match": "any"} if any_ == "any" else {})}
     if label.startswith("co_mining_guarded_tau"):  # the guards at another tau, the same on every split
         return {"name": "co_mining", **GUARDS, "tau": float(label.rpartition("tau")[2])}
+    if label.startswith("co_mining_brl_noib_tau"):  # the digits_co_mining preset's co-mining at another tau
+        return {**METHODS["co_mining_brl_noib"], "tau": float(label.rpartition("tau")[2])}
     if label.startswith("co_mining_guarded_ib"):  # the guards with another lower end of the ignored band
         m = method_cfg("co_mining_guarded", split)
         return {**m, "ignore_below": min(float(label.rpartition("_ib")[2]), m["tau"])}
@@ -117,7 +119,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
