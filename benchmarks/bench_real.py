@@ -248,7 +248,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
     cfg.method = method_block(label)
-    cfg.model.extra = dict(BRL_MODEL if label in ("brl", "co_mining_brl", "co_mining_brl_blur") else {})
+    cfg.model.extra = dict(BRL_MODEL if "brl" in label.split("_") else {})  # brl, co_mining_brl, co_mining_brl_blur
     cfg.train.max_steps, cfg.train.seed = steps, seed
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0

@@ -187,7 +187,7 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
     training boxes and the method's model options for the detector (``Method.own_data_model``: co-mining on
     RetinaNet trains on BRL's loss) unless overridden. Data that cannot support the run is one :class:`MinedetError`."""
-    from minedet.config import load_config, preset_path
+    from minedet.config import apply_overrides, build_config, load_yaml, preset_path
 
     if val is None:
         raise MinedetError(f"training {method} on your data needs --val: a COCO JSON of validation images with "
@@ -204,10 +204,10 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     proposed = propose_sizes(data)
     given = {o.split("=", 1)[0] for o in overrides}
     auto = [f"{k}={v}" for k, v in proposed.items() if k not in given]
-    cfg = load_config(preset_path("own_data"), [f"method.name={method}", *auto, *overrides])
-    for_method = _method_model_proposals(cfg, given)
-    if for_method:
-        cfg = load_config(preset_path("own_data"), [f"method.name={method}", *auto, *for_method, *overrides])
+    preset = preset_path("own_data")
+    d = apply_overrides(load_yaml(preset), [f"method.name={method}", *auto, *overrides])
+    for_method = _method_model_proposals(d, given)
+    cfg = build_config(apply_overrides(d, for_method), file=str(preset))
     d = cfg.data
     d.train, d.val = train, val
     for key, value in paths.items():
@@ -221,15 +221,17 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     return cfg
 
 
-def _method_model_proposals(cfg: Config, given: set[str]) -> list[str]:
-    """The method's ``own_data_model`` options for the run's detector, as ``KEY=VALUE``, less those the command
-    line sets (or a whole ``model.extra`` it sets) and none at all under ``method.paper=true``."""
+def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
+    """The method's ``own_data_model`` options for the run's detector (``d``: the config as a dict, overrides
+    applied), as ``KEY=VALUE``, less those the command line sets (or a whole ``model.extra`` it sets) and none at
+    all under ``method.paper=true``."""
     from minedet.cli.registry import METHODS
 
-    cls = METHODS.get(cfg.method.get("name"), (None,))[0]
-    if cls is None or cfg.method.get("paper"):
+    method = d.get("method") or {}
+    cls = METHODS.get(method.get("name"), (None,))[0]
+    if cls is None or method.get("paper"):
         return []
-    options = cls.own_data_model.get(cfg.model.name, {})
+    options = cls.own_data_model.get((d.get("model") or {}).get("name"), {})
     return [f"{k}={v}" for k, v in options.items() if k not in given and k.rsplit(".", 1)[0] not in given]
 
 
