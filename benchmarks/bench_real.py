@@ -36,7 +36,9 @@ Columns (--methods): full (every training nucleus labelled), original (supervise
 labels), joint (Siamese, no co-generation), co_mining (the paper's / release's settings, pinned),
 co_mining_best (the digits_co_mining preset's method block as it is when run: rerun this column
 after the preset's defaults change), co_mining_part (the same with ``method.part`` 0.3: mined boxes
-lying mostly on labelled nuclei are not mined), folds_original / folds_co_mining (held-out folds, the fold
+lying mostly on labelled nuclei are not mined), brl / co_mining_brl / co_mining_brl_blur (BRL's loss: the original
+on it, the digits_co_mining preset whole, the same with a blurred second view), joint_brl / joint_brl_blur (those two
+views on BRL's loss without co-generation), folds_original / folds_co_mining (held-out folds, the fold
 models trained as ``original`` / as ``co_mining_part``). Every column's mined boxes are scored twice: with the
 IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as ``minedet mine --part 0.3``).
 """
@@ -72,11 +74,12 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
-           "co_mining_brl_blur", "folds_original", "folds_co_mining")
+           "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original", "folds_co_mining")
 LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
           "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
           "brl": "original on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the digits_co_mining preset)",
           "co_mining_brl_blur": "the same with a blurred second view",
+          "joint_brl": "joint on BRL's loss (the preset without co-generation)", "joint_brl_blur": "the same, blurred view",
           "folds_original": "held-out folds: original", "folds_co_mining": "held-out folds: co-mining (+ part 0.3)"}
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
@@ -223,10 +226,15 @@ def method_block(label: str) -> dict:
         return {**PAPER, "cogeneration": False}
     if label == "co_mining":
         return dict(PAPER)
-    if label in ("co_mining_best", "co_mining_brl"):  # the same block; co_mining_brl trains on the preset's loss too
-        return dict(load_config(preset_path("digits_co_mining")).method)
-    if label == "co_mining_brl_blur":  # a grey fluorescence image: the colour view changes only its brightness and contrast
-        return {**load_config(preset_path("digits_co_mining")).method, "view": "blur"}
+    if label in ("co_mining_best", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur"):
+        # the preset's block (the BRL columns train on its loss too); joint_*: the same two views without co-generation;
+        # *_blur: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more
+        block = dict(load_config(preset_path("digits_co_mining")).method)
+        if label.startswith("joint"):
+            block["cogeneration"] = False
+        if label.endswith("_blur"):
+            block["view"] = "blur"
+        return block
     if label == "co_mining_part":
         return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
     if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
@@ -248,7 +256,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
     cfg.method = method_block(label)
-    cfg.model.extra = dict(BRL_MODEL if "brl" in label.split("_") else {})  # brl, co_mining_brl, co_mining_brl_blur
+    cfg.model.extra = dict(BRL_MODEL if "brl" in label.split("_") else {})  # brl, co_mining_brl(_blur), joint_brl(_blur)
     cfg.train.max_steps, cfg.train.seed = steps, seed
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0

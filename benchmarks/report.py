@@ -445,11 +445,13 @@ def section_real(res: dict) -> list[str]:
     for r in res["records"]:  # a re-run of a (method, seed) replaces it in the tables; every run stays in the file
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
-    cols = ["full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
-            "co_mining_brl_blur", "folds_original", "folds_co_mining"]
+    cols = ["full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "joint_brl",
+            "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "folds_original", "folds_co_mining"]
     names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
              "co_mining": "co-mining (paper)", "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
              "co_mining_brl_blur": "co-mining on BRL's loss, blurred second view (`method.view=blur`)",
+             "joint_brl": "joint on BRL's loss (the preset, `method.cogeneration=false`)",
+             "joint_brl_blur": "joint on BRL's loss, blurred second view",
              "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
              "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
     for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
@@ -509,12 +511,15 @@ def section_real(res: dict) -> list[str]:
                 "score both bands' mined boxes together; then the boxes mined at score > 0.5 (IoU and part rules) join the "
                 "labels of the ordinary tiles and a supervised model is retrained on them: the AP rows are that model's. "
                 "Three trainings per seed (two fold models on half the tiles, one retraining).", ""]
-    if any(by.get(m) for m in ("brl", "co_mining_brl", "co_mining_brl_blur")):
+    if any(by.get(m) for m in cols if "brl" in m.split("_")):
         out += ["**BRL's loss** (`model.extra.cls_loss=brl`, background recalibration): an uncertain detection far from "
                 "every label is not taught as background, so the model still scores the erased nuclei of the tiles it "
                 "trained on and can mine them. *co-mining on BRL's loss* is the `digits_co_mining` preset whole (its method "
                 "block and its loss; the ignored band is off on this loss); the blurred-view column swaps its colour view, "
-                "which on this grey image changes only brightness and contrast, for a Gaussian blur (`method.view=blur`).", ""]
+                "which on this grey image changes only brightness and contrast, for a Gaussian blur (`method.view=blur`)."
+                + (" *joint on BRL's loss* is the same two views and loss without co-generation (`method.cogeneration="
+                   "false`): what the mined boxes add on top of the second view." if by.get("joint_brl") or
+                   by.get("joint_brl_blur") else ""), ""]
     if not by.get("co_mining_best"):
         out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
                 "block resolved to the paper's setting, so it would repeat the co-mining (paper) column. Once the "
