@@ -116,7 +116,7 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=900, help="training steps per run (default: 900, so the headline fits 60 CPU minutes)")
     ap.add_argument("--train-images", type=int, default=4000)
-    ap.add_argument("--splits", nargs="+", default=None, help="only these splits of the table")
+    ap.add_argument("--splits", nargs="+", default=None, help="these splits (default: the table's; may name one it lacks, e.g. --table baselines --splits full --methods brl)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute), "
                          "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
@@ -146,7 +146,7 @@ def main() -> int:
     from minedet.config import load_config, preset_path
 
     splits, methods = TABLES[args.table]
-    splits = [s for s in splits if args.splits is None or s in args.splits]
+    splits = splits if args.splits is None else args.splits  # --splits may add one the table lacks (brl on full)
     methods = methods if args.methods is None else args.methods  # any label method_cfg knows (tau0.5, view_blur, ...)
     detector = {"fcos": "fcos", "frcnn": "faster_rcnn"}.get(args.table, "retinanet")
     steps = args.steps
@@ -184,7 +184,7 @@ def main() -> int:
     for seed in args.seeds:
         for split in splits:
             for label in methods:
-                if split == "full" and label not in FULL_METHODS.get(args.table, ("original", "co_mining")):
+                if split == "full" and args.methods is None and label not in FULL_METHODS.get(args.table, ("original", "co_mining")):
                     continue
                 over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
                         f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
