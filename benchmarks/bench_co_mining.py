@@ -332,9 +332,9 @@ def derived(records: list[dict]) -> list[str]:
     full = ap("original", "full")
     full_seeds = {r["seed"] for r in records if (r["method"], r["split"]) == ("original", "full")}
     for split in ("easy", "hard", "extreme"):
+        # on the seeds the full-label run covers (a file with full labels on fewer seeds pairs them, and says so)
+        seeds = full_seeds if full_seeds < {r["seed"] for r in records if r["split"] == split} else None
         for m in dict.fromkeys(r["method"] for r in records if r["split"] == split and r["method"] != "original"):
-            # on the seeds the full-label run covers (a file with full labels on fewer seeds pairs them, and says so)
-            seeds = full_seeds if full_seeds < {r["seed"] for r in records if r["split"] == split} else None
             o, c = ap("original", split, seeds), ap(m, split, seeds)
             if None not in (full, o, c) and full > o:
                 lines.append(f"{split}: {m} recovers {100 * (c - o) / (full - o):.0f}% of the AP lost to missing labels "

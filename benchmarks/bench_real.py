@@ -75,12 +75,6 @@ PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_ma
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
            "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original", "folds_co_mining")
-LABELS = {"full": "full labels", "original": "original", "joint": "joint", "co_mining": "co-mining (paper)",
-          "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
-          "brl": "original on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the digits_co_mining preset)",
-          "co_mining_brl_blur": "the same with a blurred second view",
-          "joint_brl": "joint on BRL's loss (the preset without co-generation)", "joint_brl_blur": "the same, blurred view",
-          "folds_original": "held-out folds: original", "folds_co_mining": "held-out folds: co-mining (+ part 0.3)"}
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
 BRL_MODEL = {"cls_loss": "brl"}
@@ -226,17 +220,18 @@ def method_block(label: str) -> dict:
         return {**PAPER, "cogeneration": False}
     if label == "co_mining":
         return dict(PAPER)
-    if label in ("co_mining_best", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur"):
+    if label in ("co_mining_best", "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur"):
         # the preset's block (the BRL columns train on its loss too); joint_*: the same two views without co-generation;
-        # *_blur: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more
+        # *_blur: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more;
+        # *_part: mined boxes lying mostly on labelled nuclei are not mined
         block = dict(load_config(preset_path("digits_co_mining")).method)
         if label.startswith("joint"):
             block["cogeneration"] = False
         if label.endswith("_blur"):
             block["view"] = "blur"
+        if label.endswith("_part"):
+            block["part"] = PART
         return block
-    if label == "co_mining_part":
-        return {**load_config(preset_path("digits_co_mining")).method, "part": PART}
     if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
         return method_block("original" if label == "folds_original" else "co_mining_part")
     raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
