@@ -17,6 +17,9 @@ Columns (what each method can make of the same data):
   mixed_late_sparse    mixed with burn-in on the complete images only (sparse_burn_in=false, the default): the sparse
                        images' missing boxes are never taught as background before the teacher labels them
   full                 supervised on every image with its full labels (the ceiling)
+  supervised_sparse_brl, mixed_late_sparse_brl
+                       those two on BRL's loss (model.extra.cls_loss=brl): an anchor far from every label that the
+                       model scores high is not taught as background (the co-mining preset's loss on RetinaNet)
 
 The split is `minedet data split-semi --percent 10 --sparse 30 --mode hard --seed SEED` (re-drawn per
 seed). Schedule: the digits_mean_teacher preset (long-tailed digits, imbalance 10) with --steps steps,
@@ -34,7 +37,7 @@ from pathlib import Path
 from common import add_run_args, append_results, latest, train_record
 
 COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
-           "mixed_adaptive", "mixed_late_sparse", "full"]
+           "mixed_adaptive", "mixed_late_sparse", "full", "supervised_sparse_brl", "mixed_late_sparse_brl"]
 
 
 def parts(mixed_json: Path, hidden_json: Path, out: Path) -> dict[str, Path]:
@@ -72,6 +75,10 @@ def main() -> int:
     co_mining = load_config(preset_path("digits_co_mining")).method
 
     def config(seed: int, label: str):
+        if label.endswith("_brl"):  # the column without the suffix, on BRL's loss (which normalises per image)
+            cfg = config(seed, label[:-len("_brl")])
+            cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", "loss_norm": "image"}
+            return cfg
         digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "image_size": 128, "imbalance": 10.0}
         over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
                 f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}"]

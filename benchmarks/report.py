@@ -15,6 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from bench_mixed import COLUMNS as MIXED_COLUMNS
 from common import RESULTS, ROOT, latest, record_key
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
@@ -580,8 +581,6 @@ def section_export(res: dict) -> list[str]:
     return out
 
 
-MIXED_COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
-                 "mixed_adaptive", "mixed_late_sparse", "full"]
 
 
 def section_mixed(res: dict) -> list[str]:
@@ -803,7 +802,9 @@ def readme_rows(results: dict) -> list[str]:
         names = {"supervised_complete": "supervised on the complete images", "supervised_sparse": "supervised on complete + sparse",
                  "co_mining": "co-mining (paper)", "mean_teacher": "Mean Teacher", "mean_teacher_ignore": "Mean Teacher + ignored band",
                  "mixed": "mixed", "mixed_adaptive": "mixed + adaptive thresholds",
-                 "mixed_late_sparse": "mixed, burn-in on complete images only", "full": "full labels"}
+                 "mixed_late_sparse": "mixed, burn-in on complete images only", "full": "full labels",
+                 "supervised_sparse_brl": "supervised on complete + sparse, BRL's loss",
+                 "mixed_late_sparse_brl": "mixed, burn-in on complete images only, BRL's loss"}
         text = ", ".join(f"{names[m]} {_ms(rs)}" for m, rs in cells if rs)
         seeds = sorted({r["seed"] for _, rs in cells for r in rs})
         rows.append(f"| mixed supervision, long-tailed digits: 10 % complete, 30 % `hard`-sparse, 60 % unlabelled "
