@@ -291,9 +291,10 @@ def note(args, steps: int) -> str:
     return (f"Digits train split of {args.train_images} images (128 px), val {args.val_images} images with full labels; "
             f"{steps} steps of batch 16 per run (each image seen about {steps * 16 / max(1, args.train_images):.1f} times); "
             f"each sparse split re-drawn with the run's seed. A run with the same seed and the same number of torch threads "
-            f"reproduces bit for bit (tests/test_reproducible.py); another thread count changes the float sums and so the "
-            f"result; records made before the thread count was pinned (--threads, default 1) differ from re-runs for that reason "
-            f"or for code changed since (see the settings run more than once).")
+            f"reproduces bit for bit on one machine (tests/test_reproducible.py); another thread count, or a machine whose "
+            f"CPU runs other float kernels (records name the kernels since 2026-12-02), changes the float sums and so the "
+            f"result; re-runs differ from older records for these reasons or for code changed since (see the settings run "
+            f"more than once).")
 
 
 def beats_rivals(records: list[dict], rivals=("original", "original_2x", "augmented", "joint")) -> list[str]:

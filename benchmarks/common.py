@@ -31,11 +31,27 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), or None: runs on another CPU model may pick other float kernels."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict:
+    """Machine facts for a record's origin. ``cpu_capability`` is the vector instruction level torch's CPU kernels
+    use (e.g. AVX512, AVX2): a same-seed, same-thread re-run reproduces its record only at the same level."""
     import torch
 
     return {
         "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -67,7 +67,8 @@ def header(res: dict) -> list[str]:
             note += f" (copied by `benchmarks/results_tool.py` from {o['copied_from']}.json)"
         out.append(f"- {len(idx)} record{'s' * (len(idx) != 1)} from commit `{commit}`{note}, {o['date'][:10]}, "
                    f"{m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch thread(s), torch {m.get('torch', '?')}, "
-                   f"{m.get('device', 'cpu')}: " + ", ".join(f"`{c}`" for c in cmds))
+                   f"{m.get('device', 'cpu')}" + (f" ({m['cpu_capability']} kernels)" if m.get("cpu_capability") else "")
+                   + ": " + ", ".join(f"`{c}`" for c in cmds))
     return out + [""]
 
 
