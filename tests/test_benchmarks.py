@@ -66,7 +66,14 @@ def test_bench_co_mining_baselines_run(tmp_path):
     assert [r["method"] for r in recs] == ["original", "retrain", "co_mining"]
     assert all(r["split"] == "hard" and r["steps"] == 3 for r in recs)
     assert "mine_recall_at_p90" in recs[0] and recs[2].get("predict_s") and recs[2].get("predict_base_s")
-    assert (tmp_path / "work" / "baselines_hard_original_s0" / "completed.json").exists()  # pseudo-label retraining's data
+    completed = json.loads((tmp_path / "work" / "baselines_hard_original_s0" / "completed.json").read_text())
+    sparse = json.loads(Path(json.loads((tmp_path / "work" / "baselines_hard_original_s0" / "config.json").read_text())
+                             ["data"]["train"]).read_text())
+    # pseudo-label retraining's data: the labels plus what the original mined, counted in its record and on the page
+    assert recs[1]["retrain_mined"] == len(completed["annotations"]) - len(sparse["annotations"]) >= 0
+    derived = json.loads((tmp_path / "results" / "co_mining_baselines.json").read_text())["derived"]
+    assert f"hard: retrain trains on the labels plus the boxes the original model mines at score 0.6: seed 0 " \
+           f"{recs[1]['retrain_mined']} boxes" in derived
     # --rederive recomputes the derived lines from the records, without training
     path = tmp_path / "results" / "co_mining_baselines.json"
     before = json.loads(path.read_text())
