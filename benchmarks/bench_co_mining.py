@@ -349,7 +349,7 @@ def derived(records: list[dict]) -> list[str]:
         added = {r["seed"]: r["retrain_mined"] for r in records if r["split"] == split and "retrain_mined" in r}
         if added:
             lines.append(f"{split}: retrain trains on the labels plus the boxes the original model mines at score 0.6: "
-                         + ", ".join(f"seed {k} {v} boxes" for k, v in sorted(added.items())))
+                         + ", ".join(f"seed {k}: {v} box{'es' * (v != 1)}" for k, v in sorted(added.items())))
     for split in ("easy", "hard", "extreme"):
         for m in dict.fromkeys(r["method"] for r in records):
             rs = [r for r in records if r["method"] == m and r["split"] == split and r.get("mine_pr")]

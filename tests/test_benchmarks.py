@@ -72,8 +72,9 @@ def test_bench_co_mining_baselines_run(tmp_path):
     # pseudo-label retraining's data: the labels plus what the original mined, counted in its record and on the page
     assert recs[1]["retrain_mined"] == len(completed["annotations"]) - len(sparse["annotations"]) >= 0
     derived = json.loads((tmp_path / "results" / "co_mining_baselines.json").read_text())["derived"]
-    assert f"hard: retrain trains on the labels plus the boxes the original model mines at score 0.6: seed 0 " \
-           f"{recs[1]['retrain_mined']} boxes" in derived
+    n = recs[1]["retrain_mined"]
+    assert f"hard: retrain trains on the labels plus the boxes the original model mines at score 0.6: seed 0: " \
+           f"{n} box{'es' * (n != 1)}" in derived
     # --rederive recomputes the derived lines from the records, without training
     path = tmp_path / "results" / "co_mining_baselines.json"
     before = json.loads(path.read_text())
