@@ -135,7 +135,7 @@ def test_without_selective_supervision_no_regression_from_unlabelled_images():
     m = _acrst(tau=0.5, selective_supervision=False)
     _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])
     losses = m.training_step(_batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)]))
-    assert float(losses["unsup/bbox_regression"]) == 0.0 and "unsup/classification" in losses
+    assert losses["unsup/bbox_regression"].item() == 0.0 and "unsup/classification" in losses
     assert not m.last_step.unsup_targets[0].flag("regress").any()
     # a pasted *pseudo* crop in a labelled image does not regress either; a pasted GT crop does
     gt = Target(torch.tensor([[1.0, 1, 9, 9], [20, 20, 40, 40], [40, 40, 60, 60]]), torch.tensor([0, 1, 2]),
@@ -363,7 +363,7 @@ def test_acrst_on_fcos_and_faster_rcnn_selective_supervision(name, reg_keys):
         _fake_teacher(m, [_det([[30, 30, 50, 50]], [1], [0.9])])
         losses = m.training_step(_batch(pasted=[_pasted([[4, 4, 24, 24]], [2]), Target.empty(101)]))
         assert reg_keys <= set(losses)
-        regressed = [float(losses[k]) > 0 for k in reg_keys]
+        regressed = [losses[k].item() > 0 for k in reg_keys]
         assert (any(regressed) if ss else not any(regressed)), (ss, {k: float(losses[k]) for k in reg_keys})
         total = sum(losses.values())
         assert torch.isfinite(total)

@@ -139,7 +139,7 @@ def test_fcos_class_prob_threshold_gates_before_centerness():
     assert sum(len(t) for t in det.decode(out)) == 0
     gated = det.decode(out, score_rule="class_prob")
     assert all(len(t) > 0 for t in gated)
-    assert all(float(t.scores.min()) > 0.5 for t in gated), "a per-call rule reports the score it thresholded"
+    assert all(t.scores.min().item() > 0.5 for t in gated), "a per-call rule reports the score it thresholded"
     built = tiny_detector("fcos", score_thresh=0.5, extra={"threshold_on": "class_prob"}).eval()
     built.load_state_dict(det.state_dict())
     own = built.decode(built.forward_heads(_images(2)))
