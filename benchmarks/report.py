@@ -582,8 +582,6 @@ def section_export(res: dict) -> list[str]:
     return out
 
 
-
-
 def section_mixed(res: dict) -> list[str]:
     """Mixed supervision: one row per metric, one column per method (bench_mixed.py's order)."""
     recs = latest(res["records"])
