@@ -222,17 +222,19 @@ def main() -> int:
 def completed_by_mining(original_run: Path, cfg) -> tuple[str, int]:
     """Pseudo-label retraining: label the training set with the 'original' model (co-generation
     filters, score 0.6), keep every annotation and add the mined boxes; return the new JSON and how
-    many boxes were added."""
+    many boxes were added (the file's ``"mined": true`` annotations)."""
     from minedet.data.coco import load_coco, save_coco
     from minedet.engine.checkpoint import load_model
     from minedet.mining import mine_dataset
 
     out = original_run / "completed.json"
-    labelled = load_coco(cfg.data.train)
-    if not out.exists():
+    if out.exists():
+        completed = json.loads(out.read_text())
+    else:
         det, _ = load_model(original_run / "model.pt")
-        save_coco(out, mine_dataset(det, labelled, cfg.data.train_images, score=0.6).completed)
-    return str(out), len(load_coco(out).annotations) - len(labelled.annotations)
+        completed = mine_dataset(det, load_coco(cfg.data.train), cfg.data.train_images, score=0.6).completed
+        save_coco(out, completed)
+    return str(out), sum(1 for a in completed["annotations"] if a.get("mined"))
 
 
 def mining_quality(run: Path, cfg) -> dict:
