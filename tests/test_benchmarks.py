@@ -110,6 +110,23 @@ def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
     ]
 
 
+def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
+    """A co-mining column on BRL's loss is checked against BRL alone, BRL on twice the batch and the two
+    views on BRL's loss (joint_brl is a rival there, not a candidate), never against the focal-loss rows."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import beats_rivals, on_brl
+
+    assert [on_brl(m) for m in ("brl", "brl_2x", "joint_brl", "co_mining_brl_noib_tau0.5", "original_2x", "co_mining")] \
+        == [True, True, True, True, False, False]
+    records = [{"method": m, "split": "hard", "seed": i, "ap": ap}
+               for m, aps in {"co_mining_brl_noib": [0.74, 0.75], "brl_2x": [0.70, 0.72], "joint_brl": [0.75, 0.76],
+                              "original": [0.6, 0.6]}.items() for i, ap in enumerate(aps)]
+    assert beats_rivals(records) == [
+        "hard: co_mining_brl_noib - brl_2x = +3.5 AP on seeds [0, 1]: more than one std (1.4)",
+        "hard: co_mining_brl_noib - joint_brl = -1.0 AP on seeds [0, 1]: not more than one std (0.7)",
+    ]
+
+
 def test_bench_mixed_and_review_run_and_render(tmp_path):
     _run(tmp_path, "bench_mixed.py", "--seeds", "0", "--steps", "4", "--train-images", "40", "--val-images", "6",
          "--methods", "supervised_sparse", "mean_teacher", "mixed", "--out", str(tmp_path / "mixed"))
