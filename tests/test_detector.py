@@ -144,7 +144,7 @@ def test_fcos_class_prob_threshold_gates_before_centerness():
     built.load_state_dict(det.state_dict())
     own = built.decode(built.forward_heads(_images(2)))
     assert all(len(t) > 0 for t in own)
-    assert all(float(t.scores.max()) < 0.5 for t in own), "the detector's own rule ranks and reports the rescored score"
+    assert all(t.scores.max().item() < 0.5 for t in own), "the detector's own rule ranks and reports the rescored score"
 
 
 def test_retinanet_batch_loss_normalisation_divides_by_the_batch_foreground():
