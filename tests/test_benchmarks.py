@@ -242,3 +242,20 @@ def test_the_ignored_band_label_and_another_detectors_step_cost_section(monkeypa
     text = report.page({"loader_fcos": res})
     assert "## Loader and step cost: fcos" in text
     assert "| co_mining_guarded | training step, batch 16 | 1.5 |" in text and "- co_mining_guarded / co_mining step: 1.028x" in text
+
+
+def test_recovery_of_a_twice_the_batch_column_names_its_ceiling(monkeypatch):
+    """The recovered share divides by the full-label run at the table's batch; a 2x column trains on twice
+    that batch and may pass the ceiling, so its line says so (a plain column's does not)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import derived
+
+    records = [{"method": m, "split": sp, "seed": 0, "ap": ap}
+               for m, sp, ap in [("original", "full", 0.8), ("original", "hard", 0.6), ("brl_2x", "hard", 0.8),
+                                 ("brl", "hard", 0.7)]]
+    lines = [x for x in derived(records) if "recovers" in x]
+    assert lines == [
+        "hard: brl_2x recovers 100% of the AP lost to missing labels ((AP_brl_2x 80.0 - AP_orig 60.0) / "
+        "(AP_full 80.0 - AP_orig 60.0)); the full-label run trains on half its batch",
+        "hard: brl recovers 50% of the AP lost to missing labels ((AP_brl 70.0 - AP_orig 60.0) / (AP_full 80.0 - AP_orig 60.0))",
+    ]
