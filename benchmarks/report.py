@@ -755,23 +755,33 @@ def readme_rows(results: dict) -> list[str]:
                     f"{_link('co-mining', 'co_mining')} |")
     base = results.get("co_mining_baselines")
     if base:
-        names = {"brl": "BRL (background recalibration loss)", "retrain": "pseudo-label retraining",
-                 "co_mining_brl": "co-mining with the guards on BRL's loss",
+        names = {"brl": "BRL (background recalibration loss)", "brl_2x": "BRL on twice the batch (a two-view step's compute)",
+                 "retrain": "pseudo-label retraining", "co_mining_brl": "co-mining with the guards on BRL's loss",
                  "co_mining_brl_noib": "co-mining on BRL's loss, the guards without the ignored band (the `digits_co_mining` preset)",
                  "joint_brl": "`joint` on BRL's loss"}
+        full = _pick(base, split="full", method="original")
         for split in ("hard", "extreme"):
             cells = [(m, _pick(base, split=split, method=m))
-                     for m in ("original", "brl", "retrain", "co_mining_brl", "co_mining_brl_noib", "joint_brl")]
+                     for m in ("original", "brl", "brl_2x", "retrain", "co_mining_brl", "co_mining_brl_noib", "joint_brl")]
             text = ", ".join(f"{names.get(m, m)} {_ms(rs)} ({_seeds(rs)})" for m, rs in cells if rs)
             if text:
                 rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps of batch 16; "
-                            f"co-mining and `joint` train on two views of each image) | {text} {_link('baselines', 'co_mining_baselines')} |")
+                            f"co-mining and `joint` train on two views of each image) | {text}"
+                            + (f"; full labels {_ms(full)} ({_seeds(full)})" if full else "")
+                            + f" {_link('baselines', 'co_mining_baselines')} |")
+        mined = [(m, [r for r in _pick(base, split="hard", method=m) if r.get("mine_pr")]) for m in ("original", *names)]
+        text = ", ".join(f"{names.get(m, m)} model {100 * statistics.mean((r.get('mine_recall_at_p90') or {}).get('recall', 0.0) for r in rs):.1f} %"
+                         f" ({_seeds(rs)})" for m, rs in mined if rs)
+        if text:
+            rows.append(f"| `minedet mine` on digits `hard` with the rivals' models: erased boxes recovered at precision ≥ 0.9 | {text} "
+                        f"{_link('baselines', 'co_mining_baselines')} |")
     from minedet.models.detector import FasterRCNNAdapter, FCOSAdapter
 
     for name, det, adapter in (("co_mining_fcos", "FCOS", FCOSAdapter), ("co_mining_frcnn", "Faster R-CNN", FasterRCNNAdapter)):
         res = results.get(name)
         if res:
             o, c = _pick(res, split="hard", method="original"), _pick(res, split="hard", method="co_mining")
+            o2 = _pick(res, split="hard", method="original_2x")
             g = _pick(res, split="hard", method="co_mining_guarded")
             full = _pick(res, split="full", method="original")
             extra = f"; full labels {_ms(full)}" if full else "; no full-label run"
@@ -780,7 +790,8 @@ def readme_rows(results: dict) -> list[str]:
             default = f"{det}'s default" if not adapter.mining_regress else None  # method.pseudo_regress=null
             guarded += (f", {CO_MINING_README['co_mining_guarded_noreg']} {_ms(nr)} ({', '.join(filter(None, [_seeds(nr), default]))})"
                         if nr else "")
-            rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}), co-mining (paper) {_ms(c)} "
+            twice = f", {CO_MINING_README['original_2x']} {_ms(o2)} ({_seeds(o2)})" if o2 else ""
+            rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}){twice}, co-mining (paper) {_ms(c)} "
                         f"({_seeds(c)}){guarded}{extra} {_link(det, name)} |")
     semi = results.get("semi")
     if semi:
