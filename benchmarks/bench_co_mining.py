@@ -340,7 +340,8 @@ def beats_rivals(records: list[dict]) -> list[str]:
                     verdict = "one seed, no std"
                 else:
                     sd = max(statistics.stdev(cm), statistics.stdev(xs))
-                    verdict = f"{'more' if gap > sd else 'not more'} than one std ({100 * sd:.1f})"
+                    verdict = ("above by more than one std" if gap > sd else "below by more than one std" if gap < -sd
+                               else "within one std") + f" ({100 * sd:.1f})"
                 lines.append(f"{split}: {c} - {m} = {100 * gap:+.1f} AP on seeds {seeds}: {verdict}")
     return lines
 

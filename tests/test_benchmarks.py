@@ -103,11 +103,11 @@ def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
                + recs("brl", "hard", [0.5, 0.5]) + recs("tau0.5", "hard", [0.64, 0.66]))
     lines = beats_rivals(records)
     assert lines == [
-        "hard: co_mining - original = +9.0 AP on seeds [0, 1, 2]: more than one std (2.0)",
-        "hard: co_mining - joint = +1.0 AP on seeds [0, 1, 2]: not more than one std (2.0)",
+        "hard: co_mining - original = +9.0 AP on seeds [0, 1, 2]: above by more than one std (2.0)",
+        "hard: co_mining - joint = +1.0 AP on seeds [0, 1, 2]: within one std (2.0)",
         # on the seeds both ran: tau0.5 has seeds 0 and 1 only
-        "hard: tau0.5 - original = +4.0 AP on seeds [0, 1]: more than one std (1.4)",
-        "hard: tau0.5 - joint = -4.0 AP on seeds [0, 1]: not more than one std (1.4)",
+        "hard: tau0.5 - original = +4.0 AP on seeds [0, 1]: above by more than one std (1.4)",
+        "hard: tau0.5 - joint = -4.0 AP on seeds [0, 1]: below by more than one std (1.4)",
         "extreme: co_mining - original = +10.0 AP on seeds [0]: one seed, no std",
     ]
 
@@ -124,8 +124,8 @@ def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
                for m, aps in {"co_mining_brl_noib": [0.74, 0.75], "brl_2x": [0.70, 0.72], "joint_brl": [0.75, 0.76],
                               "original": [0.6, 0.6]}.items() for i, ap in enumerate(aps)]
     assert beats_rivals(records) == [
-        "hard: co_mining_brl_noib - brl_2x = +3.5 AP on seeds [0, 1]: more than one std (1.4)",
-        "hard: co_mining_brl_noib - joint_brl = -1.0 AP on seeds [0, 1]: not more than one std (0.7)",
+        "hard: co_mining_brl_noib - brl_2x = +3.5 AP on seeds [0, 1]: above by more than one std (1.4)",
+        "hard: co_mining_brl_noib - joint_brl = -1.0 AP on seeds [0, 1]: below by more than one std (0.7)",
     ]
 
 
