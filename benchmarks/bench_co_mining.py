@@ -175,7 +175,11 @@ def main() -> int:
             cfg = build_config(json.loads((run / "config.json").read_text()))
             # latency pairs co-mining with the original; mining is scored on a sparse split with hidden truth
             # (retrain's completed file has none)
-            if not (rec["method"] in ("original", "co_mining") if args.latency_only else rec["split"] != "full" and cfg.data.hidden):
+            if args.latency_only:
+                wanted = rec["method"] in ("original", "co_mining")
+            else:
+                wanted = rec["split"] != "full" and bool(cfg.data.hidden)
+            if not wanted:
                 continue
             print(f"[remine] {run.name}", file=sys.stderr, flush=True)
             made_at = (rec.get("origin") or old).get("git_commit") or "?"
@@ -323,12 +327,12 @@ def beats_rivals(records: list[dict]) -> list[str]:
     deviation over seeds (the larger of the two methods' stds), on the seeds both methods ran. A
     column on BRL's loss meets the rivals on that loss (BRL alone, on twice the batch, two views)."""
     lines = []
+    every_rival = RIVALS[False] + RIVALS[True]
     for split in ("full", "easy", "hard", "extreme"):
         aps: dict[str, dict[int, float]] = defaultdict(dict)
         for r in records:
             if r["split"] == split:
                 aps[r["method"]][r["seed"]] = r["ap"]
-        every_rival = RIVALS[False] + RIVALS[True]
         for c in [m for m in aps if m not in every_rival and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
             for m in RIVALS[on_brl(c)]:
                 seeds = sorted(set(aps[c]) & set(aps.get(m, {})))

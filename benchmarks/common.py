@@ -109,10 +109,11 @@ def write_json(name: str, res: dict) -> Path:
     """Rewrite a results file's top-level fields (``derived``); its records must be those it had."""
     from minedet.io import write_json_atomic
 
-    old = load_results(name)
-    if old is not None and old["records"] != res["records"]:
-        raise ValueError(f"{name}.json: records are append-only (use append_results)")
-    write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
+    with _locked(name):  # a benchmark appending meanwhile makes the check below fail instead of losing its record
+        old = load_results(name)
+        if old is not None and old["records"] != res["records"]:
+            raise ValueError(f"{name}.json: records are append-only (use append_results)")
+        write_json_atomic(RESULTS / f"{name}.json", res, indent=1)
     return RESULTS / f"{name}.json"
 
 
