@@ -205,7 +205,7 @@ def main() -> int:
                 cfg.method = method_cfg(label, split)
                 if detector == "faster_rcnn" and cfg.method["name"] == "co_mining":
                     cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
-                if label.endswith("_2x"):  # original_2x, brl_2x
+                if twice_the_batch(label):
                     cfg.data.batch_size *= 2
                 if on_brl(label):
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
@@ -317,6 +317,11 @@ def on_brl(label: str) -> bool:
     return "brl" in label.split("_")
 
 
+def twice_the_batch(label: str) -> bool:
+    """Whether a column trains on twice the table's batch (original_2x, brl_2x): a two-view step's compute."""
+    return label.endswith("_2x")
+
+
 #: the rivals a co-mining column must beat, on its own loss
 RIVALS = {False: ("original", "original_2x", "augmented", "joint"), True: ("brl", "brl_2x", "joint_brl")}
 
@@ -369,7 +374,7 @@ def derived(records: list[dict]) -> list[str]:
                              f"((AP_{m} {100 * c:.1f} - AP_orig {100 * o:.1f}) / (AP_full {100 * full:.1f} - AP_orig {100 * o:.1f})"
                              + (f", seeds {sorted(seeds)} only)" if seeds else ")")
                              # the ceiling trained on the table's batch: twice the batch may pass it
-                             + ("; the full-label run trains on half its batch" if m.endswith("_2x") else ""))
+                             + ("; the full-label run trains on half its batch" if twice_the_batch(m) else ""))
     lines += beats_rivals(records)
     for split in ("easy", "hard", "extreme"):
         added = {r["seed"]: r["retrain_mined"] for r in records if r["split"] == split and "retrain_mined" in r}
