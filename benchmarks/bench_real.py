@@ -39,7 +39,8 @@ after the preset's defaults change), co_mining_part (the same with ``method.part
 lying mostly on labelled nuclei are not mined), brl / co_mining_brl / co_mining_brl_blur (BRL's loss: the original
 on it, the digits_co_mining preset whole, the same with a blurred second view), joint_brl / joint_brl_blur (those two
 views on BRL's loss without co-generation), folds_original / folds_co_mining (held-out folds, the fold
-models trained as ``original`` / as ``co_mining_part``). Every column's mined boxes are scored twice: with the
+models trained as ``original`` / as ``co_mining_part``), full_2x / original_2x / brl_2x (those columns on twice the
+tiles per step: the compute of a two-view step, so the equal-compute rivals of joint and co-mining). Every column's mined boxes are scored twice: with the
 IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as ``minedet mine --part 0.3``).
 """
 
@@ -73,8 +74,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
-METHODS = ("full", "original", "brl", "joint", "co_mining", "co_mining_best", "co_mining_part", "co_mining_brl",
-           "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original", "folds_co_mining")
+METHODS = ("full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
+           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original", "folds_co_mining")
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
 BRL_MODEL = {"cls_loss": "brl"}
@@ -214,7 +215,7 @@ def resolved(method: dict) -> dict:
 def method_block(label: str) -> dict:
     from minedet.config import load_config, preset_path
 
-    if label in ("full", "original", "brl"):
+    if label.removesuffix("_2x") in ("full", "original", "brl"):
         return {"name": "supervised"}
     if label == "joint":
         return {**PAPER, "cogeneration": False}
@@ -244,9 +245,10 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     root = Path(info["root"])
     cfg.data.digits = None
     cfg.data.val = cfg.data.val_images = None
-    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch, 0.5
+    # *_2x: twice the tiles per step, the compute of a two-view step (the equal-compute rival of co-mining and joint)
+    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * (2 if label.endswith("_2x") else 1), 0.5
     cfg.data.train_images = str(root / "tiles")
-    if label == "full":
+    if label.removesuffix("_2x") == "full":
         cfg.data.train = str(root / "tiles" / "tiles.json")
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
@@ -527,13 +529,14 @@ def main() -> int:
                                                "run": out.name}, out_dir=out)
                 rec.pop("curve", None)
                 rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
+                rec["batch_size"] = cfg.data.batch_size  # tiles per step (twice --batch-size for the *_2x columns)
                 rec.update(evaluate(out / "model.pt", info))
-                if label != "full":
+                if not label.startswith("full"):
                     rec.update(mined_quality(out / "model.pt", info, seed))
                     rec.pop("_mined_part")
             rec["method_block"] = block
             rec["method_resolved"] = res_block
-            if label != "full":
+            if not label.startswith("full"):
                 _, _, n_kept, n_erased = sparse_tiles(info, seed)
                 rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
             rec["wall_s"] = round(time.perf_counter() - t0, 1)

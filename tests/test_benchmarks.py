@@ -201,6 +201,22 @@ def test_nuclei_folds_completion_cuts_mined_region_boxes_into_every_tile_they_li
     assert len({a["id"] for a in out["annotations"]}) == len(out["annotations"])
 
 
+def test_nuclei_twice_the_batch_columns_train_their_base_column_on_twice_the_tiles(monkeypatch, tmp_path):
+    """full_2x / original_2x / brl_2x: the base column's method and loss, twice --batch-size (a two-view step's compute)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_real
+
+    monkeypatch.setattr(bench_real, "sparse_tiles", lambda info, seed: ("sparse.json", "hidden.json", 5, 5))
+    info = {"root": str(tmp_path)}
+    for label, loss in (("full", {}), ("original", {}), ("brl", {"cls_loss": "brl"})):
+        one, two = bench_real.make_config(info, label, 0, 10, 8), bench_real.make_config(info, f"{label}_2x", 0, 10, 8)
+        assert (one.data.batch_size, two.data.batch_size) == (8, 16)
+        assert one.method == two.method == {"name": "supervised"}
+        assert one.model.extra == two.model.extra == loss
+        assert one.data.train == two.data.train
+    assert bench_real.make_config(info, "full_2x", 0, 10, 8).data.train.endswith("tiles.json")
+
+
 def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     """A label names its settings: the guards at the preset's tau (0.1 lower on extreme, as the release),
     the guards at an explicit tau on every split, the paper's rule at an explicit tau."""
