@@ -275,3 +275,19 @@ def test_recovery_of_a_twice_the_batch_column_names_its_ceiling(monkeypatch):
         "(AP_full 80.0 - AP_orig 60.0)); the full-label run trains on half its batch",
         "hard: brl recovers 50% of the AP lost to missing labels ((AP_brl 70.0 - AP_orig 60.0) / (AP_full 80.0 - AP_orig 60.0))",
     ]
+
+
+def test_recovery_of_a_twice_the_batch_column_uses_the_full_label_run_at_twice_the_batch(monkeypatch):
+    """Where the file has the full-label run at twice the batch, a 2x column's recovered share divides by it."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import derived
+
+    records = [{"method": m, "split": sp, "seed": 0, "ap": ap}
+               for m, sp, ap in [("original", "full", 0.8), ("original_2x", "full", 0.9), ("original", "hard", 0.6),
+                                 ("brl_2x", "hard", 0.8), ("brl", "hard", 0.7)]]
+    lines = [x for x in derived(records) if "recovers" in x and "hard" in x]
+    assert lines == [
+        "hard: brl_2x recovers 67% of the AP lost to missing labels ((AP_brl_2x 80.0 - AP_orig 60.0) / "
+        "(AP_full_2x 90.0 - AP_orig 60.0))",
+        "hard: brl recovers 50% of the AP lost to missing labels ((AP_brl 70.0 - AP_orig 60.0) / (AP_full 80.0 - AP_orig 60.0))",
+    ]
