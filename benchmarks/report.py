@@ -639,6 +639,8 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_gt_match": "Co-mining: drop mined boxes on labelled objects of any class (`method.gt_match=any`, beyond the paper)",
           "co_mining_4000img_1200steps": "Co-mining, first look at 4000 images (1200 steps, 1 seed)",
           "co_mining_1000img": "Co-mining on 1000 images (the earlier setting: each image seen 19 times)",
+          "co_mining_baselines_1000img": "Co-mining vs BRL on 1000 images (each image seen about 14 times at batch 16, "
+                                         "29 times on twice the batch): does a bigger batch still win on a smaller set?",
           "semi": "Semi-supervised (digits, long-tailed): supervised vs STAC vs Mean Teacher vs ACRST",
           "semi_ablation": "ACRST ablation (Table 4 in miniature)", "semi_bank": "ACRST CropBank type and crops per image (Table 5)",
           "semi_beta": "ACRST AFFR beta (Table 6)", "semi_detectors": "ACRST on FCOS and Faster R-CNN",
@@ -907,7 +909,7 @@ def page(results: dict) -> str:
              "measured within one run on one machine. Results files are append-only: a re-run is a new record, tables "
              "use the latest run of each setting and list the earlier ones.", ""]
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
-             "co_mining_baselines", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
+             "co_mining_baselines", "co_mining_baselines_1000img", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
              "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "semi_ema", "semi_adaptive", "semi_tau", "semi_occlusion", "mixed", "review", "real_nuclei", "export", "cropbank",
              "loader", "loader_faster_rcnn", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
