@@ -38,7 +38,8 @@ def _prose_figures(readme: str) -> list[str]:
     body = body[:start] + body[end:]
     body = re.sub(r"`[^`]*`", "", body)
     body = re.sub(r"\]\([^)]*\)", "]", body)
-    return re.findall(r"(?<![\w.])(\d+(?:\.\d+)?×|\d+\s?%|\d+\.\d+)", body)
+    # a mean and its spread are one figure: "74.1 ± 0.1" must stand on the page as written, not each half somewhere
+    return re.findall(r"(?<![\w.])(\d+(?:\.\d+)? ± \d+(?:\.\d+)?|\d+(?:\.\d+)?×|\d+\s?%|\d+\.\d+)", body)
 
 
 def test_page_and_readme_table_are_generated_from_the_records():
@@ -75,9 +76,9 @@ def test_heading_anchor_is_the_one_github_renders():
 
 
 def test_prose_extractor_sees_figures_outside_code_and_the_table():
-    text = ("Co-mining gains 4.2 AP (12 %) at 2.5× the cost.\n```bash\nminedet train x tau=0.55\n```\n"
+    text = ("Co-mining gains 4.2 AP (12 %) at 2.5× the cost, 70.0 ± 10.6 % recovered.\n```bash\nminedet train x tau=0.55\n```\n"
             "`0.66` <!-- results:start -->| 77.7 |<!-- results:end --> [link](a#b-9.9)")
-    assert _prose_figures(text) == ["4.2", "12 %", "2.5×"]
+    assert _prose_figures(text) == ["4.2", "12 %", "2.5×", "70.0 ± 10.6"]
 
 
 def _sandbox(tmp_path: Path) -> dict:
