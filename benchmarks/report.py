@@ -524,6 +524,14 @@ def section_real(res: dict) -> list[str]:
                 + (" *joint on BRL's loss* is the same two views and loss without co-generation (`method.cogeneration="
                    "false`): what the mined boxes add on top of the second view." if by.get("joint_brl") or
                    by.get("joint_brl_blur") else ""), ""]
+    twice = [r for m in cols if m.endswith("_2x") for r in by[m]]
+    if twice and d.get("tiles"):
+        views = twice[0]["steps"] * twice[0].get("batch_size", 16)
+        out += [f"**Twice the batch** (the *_2x columns: {twice[0].get('batch_size', 16)} tiles per step, what a two-view "
+                "step of joint or co-mining costs): each of the "
+                f"{d['tiles']} training tiles is seen about {views / d['tiles']:.0f} times in a run, about "
+                f"{views / 2 / d['tiles']:.0f} at the normal batch: what more tiles per step buy on a small set trained "
+                "long.", ""]
     if not by.get("co_mining_best"):
         out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
                 "block resolved to the paper's setting, so it would repeat the co-mining (paper) column. Once the "
