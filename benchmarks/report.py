@@ -783,7 +783,7 @@ def readme_rows(results: dict) -> list[str]:
                  "retrain": "pseudo-label retraining", "co_mining_brl": "co-mining with the guards on BRL's loss",
                  "co_mining_brl_noib": "co-mining on BRL's loss, the guards without the ignored band (the `digits_co_mining` preset)",
                  "joint_brl": "`joint` on BRL's loss"}
-        full = _pick(base, split="full", method="original")
+        full, full_2x = _pick(base, split="full", method="original"), _pick(base, split="full", method="original_2x")
         for split in ("hard", "extreme"):
             cells = [(m, _pick(base, split=split, method=m))
                      for m in ("original", "brl", "brl_2x", "retrain", "co_mining_brl", "co_mining_brl_noib", "joint_brl")]
@@ -792,6 +792,7 @@ def readme_rows(results: dict) -> list[str]:
                 rows.append(f"| the papers' other rivals on digits `{split}` (RetinaNet, 900 steps of batch 16; "
                             f"co-mining and `joint` train on two views of each image) | {text}"
                             + (f"; full labels {_ms(full)} ({_seeds(full)})" if full else "")
+                            + (f", on twice the batch {_ms(full_2x)} ({_seeds(full_2x)})" if full_2x else "")
                             + f" {_link('baselines', 'co_mining_baselines')} |")
         text = _mined_cells(base, {"original": "original", **names})
         if text:
