@@ -40,8 +40,9 @@ lying mostly on labelled nuclei are not mined), brl / co_mining_brl / co_mining_
 on it, the digits_co_mining preset whole, the same with a blurred second view), joint_brl / joint_brl_blur (those two
 views on BRL's loss without co-generation), folds_original / folds_co_mining (held-out folds, the fold
 models trained as ``original`` / as ``co_mining_part``), full_2x / original_2x / brl_2x (those columns on twice the
-tiles per step: the compute of a two-view step, so the equal-compute rivals of joint and co-mining). Every column's mined boxes are scored twice: with the
-IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as ``minedet mine --part 0.3``).
+tiles per step: the compute of a two-view step, so the equal-compute rivals of joint and co-mining). Every column's
+mined boxes are scored twice: with the IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as
+``minedet mine --part 0.3``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original", "folds_co_mining")
+           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original",
+           "folds_co_mining")
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
 BRL_MODEL = {"cls_loss": "brl"}

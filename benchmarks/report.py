@@ -448,7 +448,8 @@ def section_real(res: dict) -> list[str]:
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
     cols = ["full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-            "co_mining_part", "joint_brl", "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "folds_original", "folds_co_mining"]
+            "co_mining_part", "joint_brl", "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "folds_original",
+            "folds_co_mining"]
     names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
              "full_2x": "full labels, twice the batch", "original_2x": "original, twice the batch (equal compute)",
              "brl_2x": "original on BRL's loss, twice the batch (equal compute)",
@@ -526,8 +527,8 @@ def section_real(res: dict) -> list[str]:
                    by.get("joint_brl_blur") else ""), ""]
     twice = [r for m in cols if m.endswith("_2x") for r in by[m]]
     if twice and d.get("tiles"):
-        views = twice[0]["steps"] * twice[0].get("batch_size", 16)
-        out += [f"**Twice the batch** (the *_2x columns: {twice[0].get('batch_size', 16)} tiles per step, what a two-view "
+        views = twice[0]["steps"] * twice[0]["batch_size"]  # tile views in one run
+        out += [f"**Twice the batch** (the *_2x columns: {twice[0]['batch_size']} tiles per step, what a two-view "
                 "step of joint or co-mining costs): each of the "
                 f"{d['tiles']} training tiles is seen about {views / d['tiles']:.0f} times in a run, about "
                 f"{views / 2 / d['tiles']:.0f} at the normal batch: what more tiles per step buy on a small set trained "
@@ -548,8 +549,8 @@ def section_real(res: dict) -> list[str]:
         for m in cols:
             if m not in ("full", "original", "full_2x") and by.get(m):
                 got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
-                ceiling = (f"; full labels at twice the batch {100 * (statistics.mean(r['ap'] for r in by['full_2x']) - statistics.mean(orig)):+.1f}"
-                           if m.endswith("_2x") and by.get("full_2x") else "")
+                gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
+                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if m.endswith("_2x") and gap_2x else ""
                 out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
                            f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
         out.append("")
@@ -918,7 +919,8 @@ def page(results: dict) -> str:
              "measured within one run on one machine. Results files are append-only: a re-run is a new record, tables "
              "use the latest run of each setting and list the earlier ones.", ""]
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
-             "co_mining_baselines", "co_mining_baselines_1000img", "co_mining_4000img_1200steps", "co_mining_1000img", "semi", "semi_ablation", "semi_bank",
+             "co_mining_baselines", "co_mining_baselines_1000img", "co_mining_4000img_1200steps", "co_mining_1000img",
+             "semi", "semi_ablation", "semi_bank",
              "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "semi_ema", "semi_adaptive", "semi_tau", "semi_occlusion", "mixed", "review", "real_nuclei", "export", "cropbank",
              "loader", "loader_faster_rcnn", "splits"]
     for name in sorted(results, key=lambda n: (order.index(n) if n in order else 99, n)):
