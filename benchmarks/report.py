@@ -550,7 +550,7 @@ def section_real(res: dict) -> list[str]:
             if m not in ("full", "original", "full_2x") and by.get(m):
                 got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
                 gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
-                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if m.endswith("_2x") and gap_2x else ""
+                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if m.endswith("_2x") and gap_2x is not None else ""
                 out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
                            f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
         out.append("")
