@@ -38,7 +38,8 @@ co_mining_best (the digits_co_mining preset's method block as it is when run: re
 after the preset's defaults change), co_mining_part (the same with ``method.part`` 0.3: mined boxes
 lying mostly on labelled nuclei are not mined), brl / co_mining_brl / co_mining_brl_blur (BRL's loss: the original
 on it, the digits_co_mining preset whole, the same with a blurred second view), joint_brl / joint_brl_blur (those two
-views on BRL's loss without co-generation), folds_original / folds_co_mining (held-out folds, the fold
+views on BRL's loss without co-generation), co_mining_brl_blur_noreg (the blurred-view column with mined boxes teaching
+classification only, ``method.pseudo_regress=false``), folds_original / folds_co_mining (held-out folds, the fold
 models trained as ``original`` / as ``co_mining_part``), full_2x / original_2x / brl_2x (those columns on twice the
 tiles per step: the compute of a two-view step, so the equal-compute rivals of joint and co-mining). Every column's
 mined boxes are scored twice: with the IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as
@@ -76,8 +77,8 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
 METHODS = ("full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur", "folds_original",
-           "folds_co_mining")
+           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "co_mining_brl_blur_noreg", "joint_brl", "joint_brl_blur",
+           "folds_original", "folds_co_mining")
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
 BRL_MODEL = {"cls_loss": "brl"}
@@ -223,17 +224,22 @@ def method_block(label: str) -> dict:
         return {**PAPER, "cogeneration": False}
     if label == "co_mining":
         return dict(PAPER)
-    if label in ("co_mining_best", "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "joint_brl", "joint_brl_blur"):
+    if label.removesuffix("_noreg") in ("co_mining_best", "co_mining_part", "co_mining_brl", "co_mining_brl_blur",
+                                        "joint_brl", "joint_brl_blur"):
         # the preset's block (the BRL columns train on its loss too); joint_*: the same two views without co-generation;
         # *_blur: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more;
-        # *_part: mined boxes lying mostly on labelled nuclei are not mined
+        # *_part: mined boxes lying mostly on labelled nuclei are not mined; *_noreg: mined boxes teach classification
+        # only, not box regression (as FCOS's default)
         block = dict(load_config(preset_path("digits_co_mining")).method)
-        if label.startswith("joint"):
+        base = label.removesuffix("_noreg")
+        if base.startswith("joint"):
             block["cogeneration"] = False
-        if label.endswith("_blur"):
+        if base.endswith("_blur"):
             block["view"] = "blur"
-        if label.endswith("_part"):
+        if base.endswith("_part"):
             block["part"] = PART
+        if label.endswith("_noreg"):
+            block["pseudo_regress"] = False
         return block
     if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
         return method_block("original" if label == "folds_original" else "co_mining_part")

@@ -448,13 +448,14 @@ def section_real(res: dict) -> list[str]:
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
     cols = ["full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-            "co_mining_part", "joint_brl", "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "folds_original",
-            "folds_co_mining"]
+            "co_mining_part", "joint_brl", "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "co_mining_brl_blur_noreg",
+            "folds_original", "folds_co_mining"]
     names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
              "full_2x": "full labels, twice the batch", "original_2x": "original, twice the batch (equal compute)",
              "brl_2x": "original on BRL's loss, twice the batch (equal compute)",
              "co_mining": "co-mining (paper)", "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
              "co_mining_brl_blur": "co-mining on BRL's loss, blurred second view (`method.view=blur`)",
+             "co_mining_brl_blur_noreg": "the same, mined boxes teaching no box regression (`method.pseudo_regress=false`)",
              "joint_brl": "joint on BRL's loss (the preset, `method.cogeneration=false`)",
              "joint_brl_blur": "joint on BRL's loss, blurred second view",
              "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",

@@ -217,6 +217,15 @@ def test_nuclei_twice_the_batch_columns_train_their_base_column_on_twice_the_til
     assert bench_real.make_config(info, "full_2x", 0, 10, 8).data.train.endswith("tiles.json")
 
 
+def test_nuclei_noreg_column_is_its_base_column_with_mined_boxes_teaching_no_regression(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_real import method_block
+
+    base, noreg = method_block("co_mining_brl_blur"), method_block("co_mining_brl_blur_noreg")
+    assert base["view"] == "blur" and base.get("pseudo_regress") is not False
+    assert noreg == {**base, "pseudo_regress": False}
+
+
 def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     """A label names its settings: the guards at the preset's tau (0.1 lower on extreme, as the release),
     the guards at an explicit tau on every split, the paper's rule at an explicit tau."""
