@@ -28,7 +28,7 @@ from pathlib import Path
 
 import json
 
-from common import append_results, finished_run, latest, load_results, train_record, write_json
+from common import append_results, finished_run, latest, load_results, train_record, twice_the_batch, write_json
 
 #: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran;
 #: with mined boxes regressing, as every guarded record so far ran (the default on RetinaNet and Faster R-CNN;
@@ -315,11 +315,6 @@ def note(args, steps: int) -> str:
 def on_brl(label: str) -> bool:
     """Whether a column trains on BRL's loss (brl, brl_2x, joint_brl, co_mining_brl*)."""
     return "brl" in label.split("_")
-
-
-def twice_the_batch(label: str) -> bool:
-    """Whether a column trains on twice the table's batch (original_2x, brl_2x): a two-view step's compute."""
-    return label.endswith("_2x")
 
 
 #: the rivals a co-mining column must beat, on its own loss

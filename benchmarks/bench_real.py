@@ -62,7 +62,7 @@ import zipfile
 from pathlib import Path
 
 import common
-from common import ROOT, finished_run, train_record
+from common import ROOT, finished_run, train_record, twice_the_batch
 
 STARDIST = "0.9.2"  # the wheel the data is read from (the two files are the same in every wheel of it)
 PLATFORM = "manylinux_2_28_x86_64"  # pinned so everyone fetches the same file, whatever their machine
@@ -254,7 +254,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     cfg.data.digits = None
     cfg.data.val = cfg.data.val_images = None
     # *_2x: twice the tiles per step, the compute of a two-view step (the equal-compute rival of co-mining and joint)
-    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * (2 if label.endswith("_2x") else 1), 0.5
+    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * (2 if twice_the_batch(label) else 1), 0.5
     cfg.data.train_images = str(root / "tiles")
     if label.removesuffix("_2x") == "full":
         cfg.data.train = str(root / "tiles" / "tiles.json")

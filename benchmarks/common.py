@@ -220,3 +220,9 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None)
         rec.setdefault("roles", []).append(role)
     rec["curve"] = [{"step": m["step"], **{k: m[k] for k in m if k.startswith("quality/")}} for m in train if any(k.startswith("quality/") for k in m)]
     return rec
+
+
+def twice_the_batch(label: str) -> bool:
+    """Whether a benchmark column trains on twice its table's batch (original_2x, brl_2x, full_2x): the compute of a
+    two-view step, so the equal-compute rival of co-mining and joint."""
+    return label.endswith("_2x")

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench_mixed import COLUMNS as MIXED_COLUMNS
-from common import RESULTS, ROOT, latest, record_key
+from common import RESULTS, ROOT, latest, record_key, twice_the_batch
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
 _DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
@@ -526,7 +526,7 @@ def section_real(res: dict) -> list[str]:
                 + (" *joint on BRL's loss* is the same two views and loss without co-generation (`method.cogeneration="
                    "false`): what the mined boxes add on top of the second view." if by.get("joint_brl") or
                    by.get("joint_brl_blur") else ""), ""]
-    twice = [r for m in cols if m.endswith("_2x") for r in by[m]]
+    twice = [r for m in cols if twice_the_batch(m) for r in by[m]]
     if twice and d.get("tiles"):
         views = twice[0]["steps"] * twice[0]["batch_size"]  # tile views in one run
         out += [f"**Twice the batch** (the *_2x columns: {twice[0]['batch_size']} tiles per step, what a two-view "
@@ -547,11 +547,11 @@ def section_real(res: dict) -> list[str]:
     full, orig = [r["ap"] for r in by["full"]], [r["ap"] for r in by["original"]]
     if full and orig and statistics.mean(full) > statistics.mean(orig):
         gap = statistics.mean(full) - statistics.mean(orig)
+        gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
         for m in cols:
             if m not in ("full", "original", "full_2x") and by.get(m):
                 got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
-                gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
-                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if m.endswith("_2x") and gap_2x is not None else ""
+                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if twice_the_batch(m) and gap_2x is not None else ""
                 out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
                            f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
         out.append("")
