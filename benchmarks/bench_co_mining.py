@@ -365,13 +365,14 @@ def derived(records: list[dict]) -> list[str]:
         for m in dict.fromkeys(r["method"] for r in records if r["split"] == split and r["method"] != "original"):
             o, c = ap("original", split, seeds), ap(m, split, seeds)
             # a twice-the-batch column against the full-label run at twice the batch where the file has it
-            ceiling, name = (full_2x, "AP_full_2x") if twice_the_batch(m) and full_2x is not None else (full, "AP_full")
+            paired_2x = twice_the_batch(m) and full_2x is not None
+            ceiling, name = (full_2x, "AP_full_2x") if paired_2x else (full, "AP_full")
             if None not in (ceiling, o, c) and ceiling > o:
                 lines.append(f"{split}: {m} recovers {100 * (c - o) / (ceiling - o):.0f}% of the AP lost to missing labels "
                              f"((AP_{m} {100 * c:.1f} - AP_orig {100 * o:.1f}) / ({name} {100 * ceiling:.1f} - AP_orig {100 * o:.1f})"
                              + (f", seeds {sorted(seeds)} only)" if seeds else ")")
                              # the ceiling trained on the table's batch: twice the batch may pass it
-                             + ("; the full-label run trains on half its batch" if twice_the_batch(m) and name == "AP_full" else ""))
+                             + ("; the full-label run trains on half its batch" if twice_the_batch(m) and not paired_2x else ""))
     lines += beats_rivals(records)
     for split in ("easy", "hard", "extreme"):
         added = {r["seed"]: r["retrain_mined"] for r in records if r["split"] == split and "retrain_mined" in r}

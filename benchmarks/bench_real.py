@@ -527,6 +527,7 @@ def main() -> int:
                       "not run twice", file=sys.stderr, flush=True)
                 continue
             out = work / f"{label}_s{seed}"
+            full_labels = label.removesuffix("_2x") == "full"  # full, full_2x: nothing erased, nothing to mine
             print(f"[real] seed {seed} {label:<15} ...", file=sys.stderr, flush=True)
             t0, c0 = time.perf_counter(), time.process_time()
             if label.startswith("folds_"):
@@ -539,12 +540,12 @@ def main() -> int:
                 rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
                 rec["batch_size"] = cfg.data.batch_size  # tiles per step (twice --batch-size for the *_2x columns)
                 rec.update(evaluate(out / "model.pt", info))
-                if not label.startswith("full"):
+                if not full_labels:
                     rec.update(mined_quality(out / "model.pt", info, seed))
                     rec.pop("_mined_part")
             rec["method_block"] = block
             rec["method_resolved"] = res_block
-            if not label.startswith("full"):
+            if not full_labels:
                 _, _, n_kept, n_erased = sparse_tiles(info, seed)
                 rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
             rec["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -447,19 +447,19 @@ def section_real(res: dict) -> list[str]:
     for r in res["records"]:  # a re-run of a (method, seed) replaces it in the tables; every run stays in the file
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
-    cols = ["full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-            "co_mining_part", "joint_brl", "co_mining_brl", "joint_brl_blur", "co_mining_brl_blur", "co_mining_brl_blur_noreg",
-            "folds_original", "folds_co_mining"]
-    names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss", "joint": "joint",
+    # the columns in page order, each with the name it is shown by
+    names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss",
              "full_2x": "full labels, twice the batch", "original_2x": "original, twice the batch (equal compute)",
-             "brl_2x": "original on BRL's loss, twice the batch (equal compute)",
-             "co_mining": "co-mining (paper)", "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
+             "brl_2x": "original on BRL's loss, twice the batch (equal compute)", "joint": "joint",
+             "co_mining": "co-mining (paper)", "co_mining_best": "co-mining (best defaults)",
+             "co_mining_part": "co-mining (best defaults + part 0.3)",
+             "joint_brl": "joint on BRL's loss (the preset, `method.cogeneration=false`)",
+             "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
+             "joint_brl_blur": "joint on BRL's loss, blurred second view",
              "co_mining_brl_blur": "co-mining on BRL's loss, blurred second view (`method.view=blur`)",
              "co_mining_brl_blur_noreg": "the same, mined boxes teaching no box regression (`method.pseudo_regress=false`)",
-             "joint_brl": "joint on BRL's loss (the preset, `method.cogeneration=false`)",
-             "joint_brl_blur": "joint on BRL's loss, blurred second view",
-             "co_mining_best": "co-mining (best defaults)", "co_mining_part": "co-mining (best defaults + part 0.3)",
              "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
+    cols = list(names)
     for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
         base, score = RETRAINED.fullmatch(m).groups()
         cols.insert(cols.index(base) + 1 if base in cols else len(cols), m)
