@@ -497,11 +497,11 @@ def section_real(res: dict) -> list[str]:
             row("AP", lambda rs: mean_std([r["ap"] for r in rs])),
             row("AP50", lambda rs: mean_std([r["ap50"] for r in rs])),
             row("mined boxes, score > 0.5: precision / recall of the erased nuclei (%)", mined),
-            row("the same with the part rule (`minedet mine --part 0.3`; runs that recorded it)",
+            row("the same with the part rule (`minedet mine --part 0.3`; runs that recorded it; %)",
                 lambda rs: mined(rs, key="mine_pr_part")),
             row("highest recall of the erased nuclei at mined precision ≥ 80 % (any score threshold 0.3-0.9; %)",
                 lambda rs: recall_at_80(rs, "mine_pr")),
-            row("the same with the part rule", lambda rs: recall_at_80(rs, "mine_pr_part")),
+            row("the same with the part rule (%)", lambda rs: recall_at_80(rs, "mine_pr_part")),
             row("co-mining's own mined boxes over training: precision / recall (%)", train_quality),
             *([row("held-out folds: AP of the fold models (each trained on one band; the column's AP is the model "
                    "retrained on the completed labels)", lambda rs: mean_std([a for r in rs for a in r.get("fold_ap", [])])
@@ -648,9 +648,9 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_tau": "Co-mining Table 3 in miniature: the score threshold tau on hard",
           "co_mining_gt_match": "Co-mining: drop mined boxes on labelled objects of any class (`method.gt_match=any`, beyond the paper)",
           "co_mining_4000img_1200steps": "Co-mining, first look at 4000 images (1200 steps, 1 seed)",
-          "co_mining_1000img": "Co-mining on 1000 images (the earlier setting: each image seen 19 times)",
-          "co_mining_baselines_1000img": "Co-mining vs BRL on 1000 images (each image seen about 14 times at batch 16, "
-                                         "29 times on twice the batch): does a bigger batch still win on a smaller set?",
+          "co_mining_1000img": "Co-mining on 1000 images (the earlier setting, 1200 steps)",
+          "co_mining_baselines_1000img": ("Co-mining vs BRL on 1000 images: does twice the batch still win "
+                                         "when each image is seen more often?"),
           "semi": "Semi-supervised (digits, long-tailed): supervised vs STAC vs Mean Teacher vs ACRST",
           "semi_ablation": "ACRST ablation (Table 4 in miniature)", "semi_bank": "ACRST CropBank type and crops per image (Table 5)",
           "semi_beta": "ACRST AFFR beta (Table 6)", "semi_detectors": "ACRST on FCOS and Faster R-CNN",
