@@ -32,10 +32,11 @@ def _check(env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def _prose_figures(readme: str) -> list[str]:
-    """Decimal figures, percentages and ratios in the README outside code, links and the generated table."""
+    """Decimal figures, percentages and ratios in a README-like text outside code, links and the generated table."""
     body = re.sub(r"```.*?```", "", readme, flags=re.S)
-    start, end = body.index("<!-- results:start"), body.index("<!-- results:end -->")
-    body = body[:start] + body[end:]
+    if "<!-- results:start" in body:
+        start, end = body.index("<!-- results:start"), body.index("<!-- results:end -->")
+        body = body[:start] + body[end:]
     body = re.sub(r"`[^`]*`", "", body)
     body = re.sub(r"\]\([^)]*\)", "]", body)
     # a mean and its spread are one figure: "74.1 ± 0.1" must stand on the page as written, not each half somewhere
@@ -76,24 +77,31 @@ def test_page_and_readme_table_are_generated_from_the_records():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_every_figure_in_the_readme_prose_is_on_the_generated_page():
-    readme = (ROOT / "README.md").read_text()
+#: the texts whose prose quotes benchmark results: the README and the findings page it links to
+PROSE = ["README.md", "docs/findings.md"]
+
+
+@pytest.mark.parametrize("doc", PROSE)
+def test_every_figure_in_the_prose_is_on_the_generated_page(doc):
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    figures = _prose_figures(readme)
+    figures = _prose_figures((ROOT / doc).read_text())
     assert figures, "the extractor found no figure at all"
     missing = _unpublished(figures, page)
-    assert not missing, f"README figures with no record on docs/benchmarks.md: {missing}"
+    assert not missing, f"{doc} figures with no record on docs/benchmarks.md: {missing}"
 
 
-def test_every_readme_link_into_the_page_names_one_of_its_headings():
+@pytest.mark.parametrize("doc", PROSE)
+def test_every_link_into_a_docs_page_names_one_of_its_headings(doc):
     from report import heading_anchor
 
-    page = (ROOT / "docs" / "benchmarks.md").read_text()
-    anchors = {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", page, flags=re.M)}
-    links = re.findall(r"docs/benchmarks\.md#([^)\s]+)", (ROOT / "README.md").read_text())
-    assert links, "the README links no section of the page"
-    broken = sorted({a for a in links if a not in anchors})
-    assert not broken, f"README links to sections docs/benchmarks.md does not have: {broken}"
+    links = re.findall(r"(?:docs/)?(benchmarks|findings)\.md#([^)\s]+)", (ROOT / doc).read_text())
+    assert links, f"{doc} links no section of the pages"
+    broken = []
+    for target, anchor in links:
+        page = (ROOT / "docs" / f"{target}.md").read_text()
+        if anchor not in {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", page, flags=re.M)}:
+            broken.append(f"{target}.md#{anchor}")
+    assert not broken, f"{doc} links to sections the pages do not have: {sorted(set(broken))}"
 
 
 def test_heading_anchor_is_the_one_github_renders():
