@@ -470,7 +470,8 @@ def trained_on(run: Run) -> list[str]:
 
 def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str | None = None,
                  quiet: bool = False, info: DistInfo | None = None) -> dict:
-    """Train ``cfg`` end to end: assemble, train, evaluate, export ``OUT/model.pt`` and ``OUT/eval.json``.
+    """Train ``cfg`` end to end: assemble, train, evaluate, export ``OUT/model.pt``, ``OUT/eval.json`` and (with a
+    val split) ``OUT/pr_curve.png``.
     Returns ``{"steps", "wall_s", "nonfinite_steps", "out_dir", "model", "reports"}``."""
     run = build_run(cfg, out_dir=out_dir, quiet=quiet, info=info)
     cfg, info, out, method = run.cfg, run.info, run.out, run.method
@@ -494,6 +495,11 @@ def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str 
             "roles": list(reports), "method": method.name,
         }
         write_json_main(info, out / "eval.json", summary)
+        if reports:  # the saved model's precision-recall curves on the val split
+            from minedet.viz import plot_pr
+
+            role, rep = next(iter(reports.items()))
+            plot_pr(rep.pr50, out / "pr_curve.png", title=f"{method.name} ({role}) on the val split: precision-recall, IoU 0.5")
     result.update({"out_dir": str(out), "model": str(model_path), "reports": reports})
     return result
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from minedet.io import write_bytes_atomic
 
-__all__ = ["BoxGroup", "draw_boxes", "grid", "plot_bars", "plot_curves", "save_png", "to_pil"]
+__all__ = ["BoxGroup", "draw_boxes", "grid", "plot_bars", "plot_curves", "plot_pr", "save_png", "to_pil"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,36 @@ def plot_curves(
     ax.grid(True, alpha=0.3)
     if series:
         ax.legend(loc="best", fontsize="small")
+    _save_figure(fig, path)
+
+
+#: up to this many classes get a coloured line and a legend entry each; more are drawn thin and grey
+PR_LEGEND_MAX = 12
+
+
+def plot_pr(curves: dict[str, Sequence[float]], path: str | os.PathLike, *, title: str) -> None:
+    """Precision-recall curves (precision at evenly spaced recall points from 0 to 1, as pycocotools samples them)
+    to a PNG: one line per class with its AP (the curve's mean) in the legend, and their mean curve in black."""
+    fig = _figure((6.0, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    if curves:
+        ys = np.asarray([list(c) for c in curves.values()], dtype=float)
+        xs = np.linspace(0.0, 1.0, ys.shape[1])
+        few = len(curves) <= PR_LEGEND_MAX
+        for name, y in zip(curves, ys):
+            if few:
+                ax.plot(xs, y, linewidth=1.2, label=f"{name} {y.mean():.3f}")
+            else:
+                ax.plot(xs, y, linewidth=0.6, color="#999999")
+        mean = ys.mean(axis=0)
+        ax.plot(xs, mean, linewidth=2.5, color="black", label=f"all classes {mean.mean():.3f}")
+        ax.legend(loc="lower left", fontsize="small", title="AP50", title_fontsize="small")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     _save_figure(fig, path)
 
 

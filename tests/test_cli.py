@@ -51,10 +51,14 @@ def test_train_eval_predict_round_trip(tiny_digits, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pycocotools AP" in out and "model:" in out
     model = tmp_path / "run" / "model.pt"
+    assert (tmp_path / "run" / "pr_curve.png").stat().st_size > 1000
     assert main(["eval", str(model), str(tiny_digits.val_json), "--images", str(tiny_digits.image_root),
-                 "--out", str(tmp_path / "ev.json")]) == 0
+                 "--out", str(tmp_path / "ev.json"), "--plot", str(tmp_path / "plots" / "pr.png")]) == 0
     rep = json.loads((tmp_path / "ev.json").read_text())
     assert 0.0 <= rep["ap"] <= 1.0 and set(rep["per_class"]) == {str(i) for i in range(10)}
+    assert set(rep["pr50"]) <= set(rep["per_class"]) and (tmp_path / "plots" / "pr.png").stat().st_size > 1000
+    assert main(["eval", str(model), str(tiny_digits.val_json), "--plot", str(tmp_path / "pr.pdf")]) == 2
+    assert "pr.pdf" in capsys.readouterr().err and not (tmp_path / "pr.pdf").exists()
     pred = tmp_path / "pred"
     assert main(["predict", str(model), str(tiny_digits.image_root / "val"), "--out", str(pred), "--score", "0.0"]) == 0
     det = json.loads((pred / "detections.json").read_text())

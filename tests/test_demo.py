@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from minedet.cli import main
 from minedet.cli.demo import sparse_methods
@@ -37,3 +38,17 @@ def test_demo_sparse_runs_both_methods_on_the_same_labels(tmp_path, capsys):
     assert cm["method"]["name"] == "co_mining" and cm["method"]["tau"] == 0.05  # the override reached co-mining only
     assert sup["data"]["train"] == cm["data"]["train"] and cm["data"]["train"].endswith("train_hard_seed0.json")
     assert cm["data"]["hidden"].endswith("train_hard_seed0.hidden.json")
+
+
+def test_demo_prints_where_everything_it_wrote_is(tmp_path, capsys):
+    over = [f"data.cache_dir={tmp_path / 'cache'}", "data.digits.n_train=6", "data.digits.n_val=3",
+            "data.digits.image_size=64", "data.image_size=64", "data.batch_size=2", "model.pretrained=false",
+            "model.fpn_channels=32", "train.ckpt_every=0"]
+    assert main(["demo", "--steps", "2", "--out", str(tmp_path / "demo"), *over]) == 0
+    out = capsys.readouterr().out
+    assert "pycocotools AP" in out
+    said = {line.split(":", 1)[0]: line.split(":", 1)[1].split()[0] for line in out.splitlines()
+            if line.startswith(("model:", "renders:", "curves:"))}
+    assert set(said) == {"model", "renders", "curves"}
+    for path in map(Path, said.values()):
+        assert path.is_relative_to(tmp_path / "demo") and path.stat().st_size > 1000

@@ -66,6 +66,23 @@ def test_per_class_keys_follow_category_id_order_and_class_names() -> None:
         evaluate_detections(gt, perfect_results(gt), class_names=["only-one"])
 
 
+def test_pr50_is_the_precision_curve_whose_mean_is_ap50() -> None:
+    gt = make_gt()
+    res = perfect_results(gt, score=0.5)
+    res.append({"image_id": 3, "category_id": 5, "bbox": [0, 0, 40, 40], "score": 0.99})  # a confident false cat
+    res = [r for r in res if not (r["category_id"] == 9 and r["image_id"] == 2)]  # one dog missed
+    rep = evaluate_detections(gt, res)
+    assert list(rep.pr50) == ["cat", "dog"] and all(len(c) == 101 for c in rep.pr50.values())
+    for name, curve in rep.pr50.items():
+        assert sum(curve) / len(curve) == pytest.approx(rep.per_class_ap50[name], abs=1e-3)
+    dog, cat = rep.pr50["dog"], rep.pr50["cat"]
+    assert dog[:51] == [1.0] * 51 and dog[51:] == [0.0] * 50  # half the dogs found, each ranked right
+    assert cat[0] == pytest.approx(2 / 3, abs=1e-4) and cat[-1] == pytest.approx(2 / 3, abs=1e-4)  # the false cat first
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] == 5]  # no dog on any image
+    assert list(evaluate_detections(gt, perfect_results(gt)).pr50) == ["cat"]
+    assert json.loads(json.dumps(rep.as_dict()))["pr50"]["dog"] == dog
+
+
 def test_shifted_boxes_lower_ap() -> None:
     gt = make_gt()
     res = perfect_results(gt)

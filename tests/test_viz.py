@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minedet.viz import BoxGroup, draw_boxes, grid, plot_bars, plot_curves, save_png, to_pil
+from minedet.viz import BoxGroup, draw_boxes, grid, plot_bars, plot_curves, plot_pr, save_png, to_pil
 
 GREEN = (0, 255, 0)
 RED = (255, 0, 0)
@@ -112,3 +112,19 @@ def test_plots_write_png(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         plot_curves({"bad": ([0, 1], [1])}, tmp_path / "bad.png", xlabel="x", ylabel="y", title="t")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_plot_pr_draws_few_classes_in_colour_and_many_in_grey(tmp_path: Path) -> None:
+    few, many = tmp_path / "few.png", tmp_path / "many.png"
+    plot_pr({"cat": [1.0] * 51 + [0.0] * 50, "dog": [0.5] * 101}, few, title="PR")
+    plot_pr({f"c{k}": [1.0 - k / 40] * 101 for k in range(30)}, many, title="PR")
+    plot_pr({}, tmp_path / "none.png", title="no ground truth")  # an empty val split still gets its figure
+
+    def colours(path: Path) -> int:
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+            rgb = im.convert("RGB")
+        return sum(1 for _, (r, g, b) in rgb.getcolors(1 << 20) if max(r, g, b) - min(r, g, b) > 60)
+
+    assert colours(few) > 0 and colours(many) == 0  # thirty classes: grey lines and a black mean, no legend colours
+

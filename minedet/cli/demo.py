@@ -113,6 +113,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\ntrained in {result['wall_s'] / 60:.1f} min ({result['steps']} steps)")
     print(f"model:    {result['model']}")
     print(f"renders:  {render}  (green: ground truth, red: detections)")
+    print(f"curves:   {out}/pr_curve.png  (precision-recall of each class on val, IoU 0.5)")
     print(f"logs:     {out}/metrics.jsonl   TensorBoard: tensorboard --logdir {out}/tb")
     print(f"resume:   minedet train digits_retinanet --out {out} --resume {out}/checkpoints/last.pt")
     return 0

@@ -41,6 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print_reports(result)
         print(f"\nmodel: {result['model']}\nlogs: {result['out_dir']}/metrics.jsonl, TensorBoard: {result['out_dir']}/tb")
+        if result["reports"]:
+            print(f"precision-recall curves: {result['out_dir']}/pr_curve.png")
     return 0
 
 
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(the method name as the config; image size and anchor scale proposed from the boxes; co_mining\n"
             "on RetinaNet trains on BRL's loss, model.extra.cls_loss=focal for the paper's).\n"
             "Writes OUT/checkpoints/last.pt (resumable), OUT/model.pt (the plain detector),\n"
-            "OUT/metrics.jsonl, OUT/tb (TensorBoard) and OUT/eval.json.\n"
+            "OUT/metrics.jsonl, OUT/tb (TensorBoard), OUT/eval.json and OUT/pr_curve.png (precision-recall on val).\n"
             "Multi-GPU: torchrun --nproc_per_node N -m minedet train CONFIG ...\n\n"
             "Methods and their options (set with method.KEY=VALUE):\n" + method_options_help()
         ),

@@ -102,6 +102,8 @@ class EvalReport:
         aps, apm, apl: AP for small / medium / large ground truth.
         per_class: class name -> AP (IoU 0.50:0.95, area all, maxDets 100).
         per_class_ap50: class name -> AP at IoU 0.50.
+        pr50: class name -> precision at pycocotools' 101 recall points (0, 0.01, ..., 1) at IoU 0.50
+            (area all, maxDets 100), whose mean is the class's AP50; a class with no ground truth is left out.
         n_images: number of images evaluated.
         n_detections: number of result records on those images.
     """
@@ -114,6 +116,7 @@ class EvalReport:
     apl: float
     per_class: dict[str, float] = field(default_factory=dict)
     per_class_ap50: dict[str, float] = field(default_factory=dict)
+    pr50: dict[str, list[float]] = field(default_factory=dict)
     n_images: int = 0
     n_detections: int = 0
 
@@ -229,13 +232,17 @@ def evaluate_detections(
     precision = ev.eval["precision"]  # [T, R, K, A, M]
     per_class: dict[str, float] = {}
     per_class_ap50: dict[str, float] = {}
+    pr50: dict[str, list[float]] = {}
     for k, name in enumerate(names):
         per_class[name] = _mean_valid(precision[:, :, k, 0, -1])
         per_class_ap50[name] = _mean_valid(precision[0, :, k, 0, -1])
+        if (precision[0, :, k, 0, -1] > -1).all():  # -1: the class has no ground truth on these images
+            pr50[name] = [round(float(x), 4) for x in precision[0, :, k, 0, -1]]
     return EvalReport(
         *stats,
         per_class=per_class,
         per_class_ap50=per_class_ap50,
+        pr50=pr50,
         n_images=len(img_ids),
         n_detections=len(res),
     )
