@@ -227,9 +227,10 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 
 
 def preset_path(name: str) -> Path:
-    """A config shipped with the package (``minedet/configs/NAME.yaml``) or a file path."""
+    """A config shipped with the package (``minedet/configs/NAME.yaml``) or a file path (YAML, or the JSON a run
+    writes as ``OUT/config.json``: JSON is YAML)."""
     p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml", ".json") and p.exists():
         return p
     q = PRESETS_DIR / f"{name}.yaml"
     if q.exists():

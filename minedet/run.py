@@ -515,6 +515,19 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {name: stream.map_views(move) for name, stream in batch.items()}
 
 
+def print_outputs(result: dict, resume: str, extra: dict[str, str] | None = None, file=None) -> None:
+    """Where a finished run put what it wrote, one aligned line each: ``extra`` (name -> line) after the model;
+    ``resume`` is the command that continues the run, before ``--resume``."""
+    out = result["out_dir"]
+    lines = {"model": result["model"], **(extra or {})}
+    if result.get("reports"):
+        lines["curves"] = f"{out}/pr_curve.png  (precision-recall of each class on val, IoU 0.5)"
+    lines["logs"] = f"{out}/metrics.jsonl   TensorBoard: tensorboard --logdir {out}/tb"
+    lines["resume"] = f"{resume} --resume {out}/checkpoints/last.pt"
+    for name, line in lines.items():
+        print(f"{name + ':':<9} {line}", file=file or sys.stdout)
+
+
 def print_reports(result: dict, file=None) -> None:
     file = file or sys.stdout
     reports = result.get("reports", {})

@@ -50,6 +50,14 @@ def test_train_eval_predict_round_trip(tiny_digits, tmp_path, capsys):
     assert main(["train", str(path), "train.log_every=1"]) == 0
     out = capsys.readouterr().out
     assert "pycocotools AP" in out and "model:" in out
+    # the printed resume command continues the run (here two steps more)
+    resume = next(line.split(None, 1)[1] for line in out.splitlines() if line.startswith("resume:"))
+    assert resume.startswith("minedet train ") and "config.json --resume" in resume
+    assert main([*resume.split()[1:], "train.max_steps=4"]) == 0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps[-1] == 4 and steps.count(1) == 1  # not started again from step 1
+    capsys.readouterr()
     model = tmp_path / "run" / "model.pt"
     assert (tmp_path / "run" / "pr_curve.png").stat().st_size > 1000
     assert main(["eval", str(model), str(tiny_digits.val_json), "--images", str(tiny_digits.image_root),

@@ -95,7 +95,7 @@ def _cmd_sparse(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from minedet.run import print_reports, run_training
+    from minedet.run import print_outputs, print_reports, run_training
 
     overrides = list(args.overrides)
     if args.steps:
@@ -109,13 +109,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_training(cfg)
     print_reports(result)
     render = _renders(result, cfg)
-    out = result["out_dir"]
     print(f"\ntrained in {result['wall_s'] / 60:.1f} min ({result['steps']} steps)")
-    print(f"model:    {result['model']}")
-    print(f"renders:  {render}  (green: ground truth, red: detections)")
-    print(f"curves:   {out}/pr_curve.png  (precision-recall of each class on val, IoU 0.5)")
-    print(f"logs:     {out}/metrics.jsonl   TensorBoard: tensorboard --logdir {out}/tb")
-    print(f"resume:   minedet train digits_retinanet --out {out} --resume {out}/checkpoints/last.pt")
+    print_outputs(result, f"minedet train {result['out_dir']}/config.json", {"renders": f"{render}  (green: ground truth, red: detections)"})
     return 0
 
 

@@ -8,7 +8,7 @@ import os
 from minedet.cli.registry import METHODS, method_options_help
 from minedet.config import load_config, preset_path
 from minedet.errors import MinedetError
-from minedet.run import own_data_config, print_reports, run_training
+from minedet.run import own_data_config, print_outputs, print_reports, run_training
 
 _DATA_FLAGS = {"images": "train_images", "val_images": "val_images", "unlabelled": "unlabelled",
                "unlabelled_images": "unlabelled_images", "hidden": "hidden"}
@@ -40,9 +40,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = run_training(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print_reports(result)
-        print(f"\nmodel: {result['model']}\nlogs: {result['out_dir']}/metrics.jsonl, TensorBoard: {result['out_dir']}/tb")
-        if result["reports"]:
-            print(f"precision-recall curves: {result['out_dir']}/pr_curve.png")
+        print()
+        print_outputs(result, f"minedet train {result['out_dir']}/config.json")
     return 0
 
 
