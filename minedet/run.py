@@ -471,7 +471,7 @@ def trained_on(run: Run) -> list[str]:
 def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str | None = None,
                  quiet: bool = False, info: DistInfo | None = None) -> dict:
     """Train ``cfg`` end to end: assemble, train, evaluate, export ``OUT/model.pt``, ``OUT/eval.json`` and (with a
-    val split) ``OUT/pr_curve.png``.
+    val split) ``OUT/pr_curve.png`` and ``OUT/confusion.png``.
     Returns ``{"steps", "wall_s", "nonfinite_steps", "out_dir", "model", "reports"}``."""
     run = build_run(cfg, out_dir=out_dir, quiet=quiet, info=info)
     cfg, info, out, method = run.cfg, run.info, run.out, run.method
@@ -495,11 +495,9 @@ def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str 
             "roles": list(reports), "method": method.name,
         }
         write_json_main(info, out / "eval.json", summary)
-        if reports:  # the saved model's precision-recall curves on the val split
-            from minedet.viz import plot_pr
-
+        if reports:  # the saved model's precision-recall curves and confusion matrix on the val split
             role, rep = next(iter(reports.items()))
-            plot_pr(rep.pr50, out / "pr_curve.png", title=f"{method.name} ({role}) on the val split: precision-recall, IoU 0.5")
+            rep.plot(out, f"{method.name} ({role}) on val")
     result.update({"out_dir": str(out), "model": str(model_path), "reports": reports})
     return result
 
@@ -521,7 +519,7 @@ def print_outputs(result: dict, resume: str, extra: dict[str, str] | None = None
     out = result["out_dir"]
     lines = {"model": result["model"], **(extra or {})}
     if result.get("reports"):
-        lines["curves"] = f"{out}/pr_curve.png  (precision-recall of each class on val, IoU 0.5)"
+        lines["curves"] = f"{out}/pr_curve.png  (precision-recall of each class on val)  {out}/confusion.png"
     lines["logs"] = f"{out}/metrics.jsonl   TensorBoard: tensorboard --logdir {out}/tb"
     lines["resume"] = f"{resume} --resume {out}/checkpoints/last.pt"
     for name, line in lines.items():

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from minedet.io import write_bytes_atomic
 
-__all__ = ["BoxGroup", "draw_boxes", "grid", "plot_bars", "plot_curves", "plot_pr", "save_png", "to_pil"]
+__all__ = ["BoxGroup", "draw_boxes", "grid", "plot_bars", "plot_curves", "plot_confusion", "plot_pr", "save_png", "to_pil"]
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,38 @@ def plot_pr(curves: dict[str, Sequence[float]], path: str | os.PathLike, *, titl
     ax.set_ylabel("precision")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    _save_figure(fig, path)
+
+
+#: up to this many classes get their counts written in the confusion matrix's cells
+CONFUSION_NUMBERS_MAX = 20
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: str | os.PathLike, *, title: str) -> None:
+    """A class confusion matrix (rows: true class, columns: detected class, each with a last "background"
+    entry) to a PNG: cells shaded by their share of the row (of the detections, for the background row), counts
+    written in when there are few classes."""
+    m = np.asarray(matrix, dtype=float).reshape(len(names) + 1, len(names) + 1)
+    labels = [*names, "background"]
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    side = max(4.0, 0.45 * len(labels) + 2.0)
+    fig = _figure((side + 1.0, side))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
+    if len(labels) <= CONFUSION_NUMBERS_MAX + 1:
+        for (i, j), n in np.ndenumerate(m):
+            if n:
+                ax.text(j, i, f"{int(n)}", ha="center", va="center", fontsize="small",
+                        color="white" if share[i, j] > 0.5 else "black")
+    ticks = range(len(labels))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=90 if len(labels) > 6 else 0)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels)
+    ax.set_xlabel("detected")
+    ax.set_ylabel("true")
+    ax.set_title(title)
     _save_figure(fig, path)
 
 

@@ -59,14 +59,18 @@ def test_train_eval_predict_round_trip(tiny_digits, tmp_path, capsys):
     assert steps[-1] == 4 and steps.count(1) == 1  # not started again from step 1
     capsys.readouterr()
     model = tmp_path / "run" / "model.pt"
-    assert (tmp_path / "run" / "pr_curve.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "pr_curve.png").stat().st_size > 1000 and (tmp_path / "run" / "confusion.png").exists()
     assert main(["eval", str(model), str(tiny_digits.val_json), "--images", str(tiny_digits.image_root),
-                 "--out", str(tmp_path / "ev.json"), "--plot", str(tmp_path / "plots" / "pr.png")]) == 0
+                 "--out", str(tmp_path / "ev.json"), "--plot", str(tmp_path / "plots")]) == 0
     rep = json.loads((tmp_path / "ev.json").read_text())
     assert 0.0 <= rep["ap"] <= 1.0 and set(rep["per_class"]) == {str(i) for i in range(10)}
-    assert set(rep["pr50"]) <= set(rep["per_class"]) and (tmp_path / "plots" / "pr.png").stat().st_size > 1000
-    assert main(["eval", str(model), str(tiny_digits.val_json), "--plot", str(tmp_path / "pr.pdf")]) == 2
-    assert "pr.pdf" in capsys.readouterr().err and not (tmp_path / "pr.pdf").exists()
+    assert set(rep["pr50"]) <= set(rep["per_class"]) and len(rep["confusion"]) == 11
+    n_boxes = len(json.loads(tiny_digits.val_json.read_text())["annotations"])
+    assert sum(sum(row) for row in rep["confusion"][:10]) == n_boxes  # every val box paired or missed, once
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion.png", "pr_curve.png"]
+    (tmp_path / "a_file").write_text("x")
+    assert main(["eval", str(model), str(tiny_digits.val_json), "--plot", str(tmp_path / "a_file")]) == 2
+    assert "a_file" in capsys.readouterr().err
     pred = tmp_path / "pred"
     assert main(["predict", str(model), str(tiny_digits.image_root / "val"), "--out", str(pred), "--score", "0.0"]) == 0
     det = json.loads((pred / "detections.json").read_text())

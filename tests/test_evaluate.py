@@ -83,6 +83,27 @@ def test_pr50_is_the_precision_curve_whose_mean_is_ap50() -> None:
     assert json.loads(json.dumps(rep.as_dict()))["pr50"]["dog"] == dog
 
 
+def test_confusion_counts_pairs_misses_and_false_detections() -> None:
+    gt = make_gt()  # categories sorted by id: cat (5), dog (9); image 3 has no box
+    res = [
+        {"image_id": 1, "category_id": 5, "bbox": [10, 10, 50, 40], "score": 0.9},  # cat as cat
+        {"image_id": 1, "category_id": 5, "bbox": [100, 100, 60, 80], "score": 0.8},  # the dog called cat
+        {"image_id": 1, "category_id": 9, "bbox": [101, 101, 60, 80], "score": 0.7},  # a second try on it: false
+        {"image_id": 2, "category_id": 5, "bbox": [20, 30, 70, 70], "score": 0.1},  # below the score: cat missed
+        {"image_id": 3, "category_id": 9, "bbox": [0, 0, 40, 40], "score": 0.9},  # a dog on the empty image
+    ]  # image 2's dog: nothing on it, missed
+    m = evaluate_detections(gt, res).confusion
+    assert m == [[1, 0, 1],   # true cat: 1 as cat, 1 missed
+                 [1, 0, 1],   # true dog: 1 as cat, 1 missed
+                 [0, 2, 0]]   # background: 2 false dogs
+    assert evaluate_detections(gt, perfect_results(gt)).confusion == [[2, 0, 0], [0, 2, 0], [0, 0, 0]]
+    assert evaluate_detections(gt, []).confusion == [[0, 0, 2], [0, 0, 2], [0, 0, 0]]
+    crowd = copy.deepcopy(gt)
+    crowd["annotations"][3]["iscrowd"] = 1  # image 2's dog: a crowd box is never missed, and its detection is not false
+    assert evaluate_detections(crowd, perfect_results(gt)).confusion == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert evaluate_detections(crowd, []).confusion == [[0, 0, 2], [0, 0, 1], [0, 0, 0]]
+
+
 def test_shifted_boxes_lower_ap() -> None:
     gt = make_gt()
     res = perfect_results(gt)

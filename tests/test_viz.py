@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minedet.viz import BoxGroup, draw_boxes, grid, plot_bars, plot_curves, plot_pr, save_png, to_pil
+from minedet.viz import BoxGroup, draw_boxes, grid, plot_bars, plot_confusion, plot_curves, plot_pr, save_png, to_pil
 
 GREEN = (0, 255, 0)
 RED = (255, 0, 0)
@@ -127,4 +127,16 @@ def test_plot_pr_draws_few_classes_in_colour_and_many_in_grey(tmp_path: Path) ->
         return sum(1 for _, (r, g, b) in rgb.getcolors(1 << 20) if max(r, g, b) - min(r, g, b) > 60)
 
     assert colours(few) > 0 and colours(many) == 0  # thirty classes: grey lines and a black mean, no legend colours
+
+
+def test_plot_confusion_writes_png_for_few_and_many_classes(tmp_path: Path) -> None:
+    plot_confusion([[3, 1, 0], [0, 0, 2], [1, 0, 0]], ["cat", "dog"], tmp_path / "few.png", title="c")
+    many = np.eye(41, dtype=int).tolist()
+    plot_confusion(many, [f"c{k}" for k in range(40)], tmp_path / "many.png", title="c")
+    for name in ("few.png", "many.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and im.width > 300
+    with pytest.raises(ValueError):
+        plot_confusion([[1, 0], [0, 1]], ["cat", "dog"], tmp_path / "bad.png", title="c")  # 2 x 2 for 2 classes
+    assert not (tmp_path / "bad.png").exists()
 

@@ -31,8 +31,8 @@ def _load(model: str, device):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise MinedetError("--plot writes a PNG: give a file name ending in .png", file=args.plot)
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise MinedetError("--plot names a folder to draw into, and this is a file", file=args.plot)
     info = setup_device(args.device, quiet=True)
     det, meta = _load(args.model, info.device)
     data = load_coco(args.data)
@@ -49,10 +49,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         write_json_atomic(args.out, {"model": args.model, "data": args.data, **rep.as_dict()}, indent=2)
     if args.plot:
-        from minedet.viz import plot_pr
-
-        plot_pr(rep.pr50, args.plot, title=f"{Path(args.model).name} on {Path(args.data).name}: precision-recall, IoU 0.5")
-        print(f"precision-recall curves: {args.plot}")
+        for name, path in rep.plot(args.plot, f"{Path(args.model).name} on {Path(args.data).name}").items():
+            print(f"{name}: {path}")
     return 0
 
 
@@ -117,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="image root the file_name entries are relative to (default: the JSON's folder)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--out", help="also write the report as JSON here")
-    p.add_argument("--plot", metavar="PR.png", help="also draw each class's precision-recall curve at IoU 0.5 into a PNG")
+    p.add_argument("--plot", metavar="DIR", help="also draw the precision-recall curve of each class (pr_curve.png) and "
+                   "the class confusion matrix (confusion.png) into this folder")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.set_defaults(func=_cmd_eval)
 

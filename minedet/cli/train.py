@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(the method name as the config; image size and anchor scale proposed from the boxes; co_mining\n"
             "on RetinaNet trains on BRL's loss, model.extra.cls_loss=focal for the paper's).\n"
             "Writes OUT/checkpoints/last.pt (resumable), OUT/model.pt (the plain detector),\n"
-            "OUT/metrics.jsonl, OUT/tb (TensorBoard), OUT/eval.json and OUT/pr_curve.png (precision-recall on val).\n"
+            "OUT/metrics.jsonl, OUT/tb (TensorBoard), OUT/eval.json, OUT/pr_curve.png and OUT/confusion.png (on val).\n"
             "Multi-GPU: torchrun --nproc_per_node N -m minedet train CONFIG ...\n\n"
             "Methods and their options (set with method.KEY=VALUE):\n" + method_options_help()
         ),

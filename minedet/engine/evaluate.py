@@ -15,6 +15,7 @@ import contextlib
 import io
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from minedet.errors import MinedetError
 from minedet.structures import Target
 
-__all__ = ["EvalReport", "coco_results", "evaluate_detections", "merge_results"]
+__all__ = ["EvalReport", "coco_results", "confusion_matrix", "evaluate_detections", "merge_results"]
 
 _SUMMARY_KEYS = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 _SUMMARY_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -104,6 +105,10 @@ class EvalReport:
         per_class_ap50: class name -> AP at IoU 0.50.
         pr50: class name -> precision at pycocotools' 101 recall points (0, 0.01, ..., 1) at IoU 0.50
             (area all, maxDets 100), whose mean is the class's AP50; a class with no ground truth is left out.
+        confusion: [K + 1, K + 1] counts, rows the true class, columns the detected class, the last row and
+            column "background": detections scoring at least ``CONFUSION_SCORE`` matched one to one to the
+            ground truth by IoU >= 0.5 whatever their classes (the best overlaps first); a missed box counts in
+            its class's last column, a detection on no box in the last row (see :func:`confusion_matrix`).
         n_images: number of images evaluated.
         n_detections: number of result records on those images.
     """
@@ -117,6 +122,7 @@ class EvalReport:
     per_class: dict[str, float] = field(default_factory=dict)
     per_class_ap50: dict[str, float] = field(default_factory=dict)
     pr50: dict[str, list[float]] = field(default_factory=dict)
+    confusion: list[list[int]] = field(default_factory=list)
     n_images: int = 0
     n_detections: int = 0
 
@@ -131,6 +137,18 @@ class EvalReport:
             return v
 
         return {k: clean(v) for k, v in asdict(self).items()}
+
+    def plot(self, folder: str | Path, what: str) -> dict[str, Path]:
+        """Draw the precision-recall curves (``pr_curve.png``) and the confusion matrix (``confusion.png``) into
+        ``folder``; ``what`` names the model and data in the titles. Returns the two paths by name."""
+        from minedet.viz import plot_confusion, plot_pr
+
+        folder = Path(folder)
+        paths = {"curves": folder / "pr_curve.png", "confusion": folder / "confusion.png"}
+        plot_pr(self.pr50, paths["curves"], title=f"{what}: precision-recall, IoU {CONFUSION_IOU}")
+        plot_confusion(self.confusion, list(self.per_class), paths["confusion"],
+                       title=f"{what}: detections scoring >= {CONFUSION_SCORE}, IoU >= {CONFUSION_IOU}")
+        return paths
 
     def table(self) -> str:
         """A fixed-width text table (values in percent): the summary line, then one row per class (AP, AP50)."""
@@ -243,9 +261,66 @@ def evaluate_detections(
         per_class=per_class,
         per_class_ap50=per_class_ap50,
         pr50=pr50,
+        confusion=confusion_matrix(dataset, res, img_ids, [c["id"] for c in cats]),
         n_images=len(img_ids),
         n_detections=len(res),
     )
+
+
+#: the score a detection needs to count in the confusion matrix (``minedet predict``'s render threshold)
+CONFUSION_SCORE = 0.3
+#: the overlap that pairs a detection with a ground-truth box in the confusion matrix
+CONFUSION_IOU = 0.5
+
+
+def confusion_matrix(dataset: dict, res: list[dict], img_ids: Sequence[int], cat_ids: Sequence[int], *,
+                     score: float = CONFUSION_SCORE, iou: float = CONFUSION_IOU) -> list[list[int]]:
+    """Class confusion of the detections ``res`` (COCO result records) scoring at least ``score`` against the
+    ground truth of ``dataset`` on ``img_ids``: ``[K + 1, K + 1]`` counts, rows the true class (``cat_ids``
+    order), columns the detected class, index K "background". Per image, detections and boxes are paired one to
+    one by IoU >= ``iou`` whatever their classes, the best overlaps first; an unpaired box counts as missed
+    (column K), an unpaired detection as a false one (row K). Crowd boxes pair with detections (which then
+    count nowhere) but are never missed."""
+    from torchvision.ops import box_iou
+
+    k = len(cat_ids)
+    index = {c: i for i, c in enumerate(cat_ids)}
+    m = np.zeros((k + 1, k + 1), dtype=np.int64)
+    gts: dict[int, list[dict]] = {}
+    for a in dataset["annotations"]:
+        if a["category_id"] in index:
+            gts.setdefault(int(a["image_id"]), []).append(a)
+    dets: dict[int, list[dict]] = {}
+    for r in res:
+        if r["score"] >= score and r["category_id"] in index:
+            dets.setdefault(int(r["image_id"]), []).append(r)
+
+    def xyxy(records: list[dict]) -> torch.Tensor:
+        b = torch.tensor([r["bbox"] for r in records], dtype=torch.float64).reshape(-1, 4)
+        return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+
+    for image_id in img_ids:
+        g, d = gts.get(image_id, []), dets.get(image_id, [])
+        paired_g, paired_d = set(), set()
+        if g and d:
+            ious = box_iou(xyxy(g), xyxy(d))
+            for flat in torch.argsort(ious.flatten(), descending=True, stable=True).tolist():
+                gi, di = divmod(flat, len(d))
+                if ious[gi, di] < iou:
+                    break
+                if gi in paired_g or di in paired_d:
+                    continue
+                paired_g.add(gi)
+                paired_d.add(di)
+                if not g[gi].get("iscrowd"):
+                    m[index[g[gi]["category_id"]], index[d[di]["category_id"]]] += 1
+        for gi, a in enumerate(g):
+            if gi not in paired_g and not a.get("iscrowd"):
+                m[index[a["category_id"]], k] += 1
+        for di, r in enumerate(d):
+            if di not in paired_d:
+                m[k, index[r["category_id"]]] += 1
+    return m.tolist()
 
 
 def _selected_image_ids(known_images: set[int], image_ids: Sequence[int] | None) -> list[int]:
