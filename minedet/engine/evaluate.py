@@ -145,7 +145,7 @@ class EvalReport:
 
         folder = Path(folder)
         paths = {"curves": folder / "pr_curve.png", "confusion": folder / "confusion.png"}
-        plot_pr(self.pr50, paths["curves"], title=f"{what}: precision-recall, IoU {CONFUSION_IOU}")
+        plot_pr(self.pr50, paths["curves"], title=f"{what}: precision-recall, IoU 0.5")  # as ``pr50``
         plot_confusion(self.confusion, list(self.per_class), paths["confusion"],
                        title=f"{what}: detections scoring >= {CONFUSION_SCORE}, IoU >= {CONFUSION_IOU}")
         return paths
