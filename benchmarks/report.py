@@ -441,6 +441,12 @@ CO_MINING_README = {
 RETRAINED = re.compile(r"(folds_\w+)_r(\d+)")
 
 
+#: the nuclei columns the README's results table shows, in order, with the short name each is shown by there
+REAL_README = {"full": "full labels", "original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
+               "joint_brl": "joint on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the preset)",
+               "co_mining_brl_blur": "co-mining on BRL's loss, blurred view"}
+
+
 def section_real(res: dict) -> list[str]:
     """bench_real.py: sparse labels on one real microscopy image (nuclei), trained and predicted on tiles."""
     last: dict[tuple, dict] = {}
@@ -856,14 +862,14 @@ def readme_rows(results: dict) -> list[str]:
                         f"{_link('review', 'review')} |")
     real = results.get("real_nuclei")
     if real:
-        cells = [(m, _pick(real, method=m)) for m in dict.fromkeys(r["method"] for r in latest(real["records"]))]
-        text = ", ".join(f"{m.replace('_', '-')} {_ms(rs)}" for m, rs in cells if rs)
+        cells = [(m, _pick(real, method=m)) for m in REAL_README]
+        cells = [(m, rs) for m, rs in cells if rs]
+        text = ", ".join(f"{REAL_README[m]} {_ms(rs)}" for m, rs in cells)
         rows.append(f"| real microscopy: StarDist's nuclei image, 50 % of training boxes erased, RetinaNet, val AP "
-                    f"({_seeds(cells[0][1])}; one image: a small sample) | {text} "
+                    f"({_seeds(cells[0][1])}; one image: a small sample; every column on the page) | {text} "
                     f"{_link('nuclei', 'real_nuclei')} |")
-        # a _rNN column retrains the same fold models: its mined boxes are its base column's
-        mined = [(m, [r for r in rs if r.get("mine_pr_part")]) for m, rs in cells if m != "full" and not RETRAINED.fullmatch(m)]
-        text = ", ".join(f"{m.replace('_', '-')} {mean_std([recall_at_p80(r, 'mine_pr_part') for r in rs])} ({_seeds(rs)})"
+        mined = [(m, [r for r in rs if r.get("mine_pr_part")]) for m, rs in cells if m != "full"]
+        text = ", ".join(f"{REAL_README[m]} {mean_std([recall_at_p80(r, 'mine_pr_part') for r in rs])} ({_seeds(rs)})"
                          for m, rs in mined if rs)
         if text:
             rows.append("| `minedet mine` on the nuclei training region: erased nuclei recovered at mined precision ≥ 80 % "

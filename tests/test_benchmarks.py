@@ -300,3 +300,21 @@ def test_recovery_of_a_twice_the_batch_column_uses_the_full_label_run_at_twice_t
         "(AP_full_2x 90.0 - AP_orig 60.0))",
         "hard: brl recovers 50% of the AP lost to missing labels ((AP_brl 70.0 - AP_orig 60.0) / (AP_full 80.0 - AP_orig 60.0))",
     ]
+
+
+def test_readme_nuclei_rows_show_the_chosen_columns_by_their_short_names(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    def rec(method, seed, ap, recall):
+        pr = [{"threshold": 0.5, "n_mined": 10, "tp": 9, "n_hidden": 10, "precision": 0.9, "recall": recall}]
+        return {"method": method, "seed": seed, "ap": ap, "mine_pr_part": pr,
+                "origin": {"command": "x", "date": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "machine": {}}}
+
+    recs = [rec(m, s, ap, r) for s in (0, 1) for m, ap, r in
+            [("full", 0.6, 0.0), ("brl", 0.48, 0.5), ("folds_original", 0.42, 0.4), ("co_mining_brl", 0.45 + s / 100, 0.7)]]
+    rows = [r for r in report.readme_rows({"real_nuclei": {"name": "real_nuclei", "records": recs}}) if "nuclei" in r]
+    assert len(rows) == 2
+    assert "full labels 60.0 ± 0.0, BRL's loss 48.0 ± 0.0, co-mining on BRL's loss (the preset) 45.5 ± 0.7" in rows[0]
+    assert "BRL's loss 50.0 ± 0.0 (2 seeds), co-mining on BRL's loss (the preset) 70.0 ± 0.0 (2 seeds)" in rows[1]
+    assert not any("folds" in r for r in rows) and "full labels" not in rows[1]  # left out; nothing to mine
