@@ -186,7 +186,7 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
     training boxes and the method's model options for the detector (``Method.own_data_model``: co-mining on
-    RetinaNet trains on BRL's loss) unless overridden. Data that cannot support the run is one :class:`MinedetError`."""
+    RetinaNet trains on BRL's loss) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise. Data that cannot support the run is one :class:`MinedetError`."""
     from minedet.config import apply_overrides, build_config, load_yaml, preset_path
 
     if val is None:
@@ -208,6 +208,8 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     d = apply_overrides(load_yaml(preset), [f"method.name={method}", *auto, *overrides])
     for_method = _method_model_proposals(d, given)
     cfg = build_config(apply_overrides(d, for_method), file=str(preset))
+    if "train.out_dir" not in given:  # one folder per method, so a second method does not overwrite the first
+        cfg.train.out_dir = f"runs/{method}"
     d = cfg.data
     d.train, d.val = train, val
     for key, value in paths.items():

@@ -49,6 +49,15 @@ def test_proposals_follow_the_boxes_and_yield_to_overrides(tiny_digits):
     assert cfg.data.image_size == 96 and cfg.model.anchor_scale == 3.0
 
 
+def test_each_method_writes_into_its_own_folder_unless_told(tiny_digits):
+    def out(method, *overrides):
+        return own_data_config(method, train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                               overrides=list(overrides), quiet=True).train.out_dir
+
+    assert out("co_mining") == "runs/co_mining" and out("supervised") == "runs/supervised"
+    assert out("co_mining", "train.out_dir=elsewhere") == "elsewhere"
+
+
 def test_co_mining_proposes_brls_loss_on_retinanet_and_yields_to_the_command_line(tiny_digits, capsys):
     def loss(method, *overrides):
         cfg = own_data_config(method, train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
