@@ -88,3 +88,11 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert "not a readable minedet checkpoint" in capsys.readouterr().err
     assert main(["train", "digits_retinanet", "train.max_step=3"]) == 2
     assert "did you mean 'max_steps'" in capsys.readouterr().err
+    # an output path that cannot be written: one line naming it, no traceback
+    coco = tmp_path / "t.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 9, "height": 9}],
+                                "annotations": [], "categories": [{"id": 1, "name": "x"}]}))
+    (tmp_path / "a_file").write_text("")
+    assert main(["data", "stats", str(coco), "--plot", str(tmp_path / "a_file" / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "a_file" in err and "Traceback" not in err

@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     except MinedetError as e:
         print(f"minedet: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be read or written (a folder under a file, no space, no permission)
+        if e.filename is None:
+            raise
+        print(f"minedet: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("minedet: interrupted", file=sys.stderr)
         return 130
