@@ -250,6 +250,24 @@ def test_predict_tile_finds_every_object_once_and_matches_whole_image(big_scene,
     assert set(tiled) == truth == set(whole)
 
 
+def test_eval_tile_scores_the_merged_big_image_detections(big_scene, tmp_path, monkeypatch, capsys):
+    path, img, objs = big_scene
+    blank = np.zeros((700, 900, 3), np.uint8)  # an image with no object: nothing found, nothing missed
+    Image.fromarray(blank).save(path.parent / "blank.png")
+    gt = coco_of([(path.name, img, objs), ("blank.png", blank, [])])
+    save_coco(tmp_path / "big.json", gt)
+    oracle = OracleDetector()
+    monkeypatch.setattr("minedet.cli.infer.load_model", lambda *a, **k: (oracle, {}))
+    assert main(["eval", "model.pt", str(tmp_path / "big.json"), "--images", str(path.parent), "--tile", "512",
+                 "--overlap", "128", "--out", str(tmp_path / "ev.json")]) == 0
+    assert set(oracle.inputs) == {(512, 512)}
+    assert len(oracle.inputs) == len(tile_grid(3000, 3000, 512, 128)) + len(tile_grid(900, 700, 512, 128))
+    rep = json.loads((tmp_path / "ev.json").read_text())
+    assert rep["ap"] == pytest.approx(1.0) and rep["n_detections"] == len(objs)  # every object once, at its place
+    assert main(["eval", "model.pt", str(tmp_path / "big.json"), "--overlap", "8"]) == 2
+    assert "--overlap needs --tile" in capsys.readouterr().err
+
+
 def test_predict_tiled_equals_whole_image_prediction_of_a_real_detector_when_the_image_fits():
     from tests.helpers import tiny_detector
 

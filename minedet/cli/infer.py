@@ -13,7 +13,7 @@ from minedet.data.tiles import check_tiling
 from minedet.engine.checkpoint import load_model
 from minedet.engine.evaluate import coco_results
 from minedet.engine.inference import evaluate_detector
-from minedet.engine.tiled import default_overlap, predict_tiled
+from minedet.engine.tiled import default_overlap, evaluate_tiled, predict_tiled
 from minedet.engine.dist import setup_device
 from minedet.errors import MinedetError
 from minedet.io import write_json_atomic
@@ -33,6 +33,7 @@ def _load(model: str, device):
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
         raise MinedetError("--plot names a folder to draw into, and this is a file", file=args.plot)
+    _check_tile_args(args)
     info = setup_device(args.device, quiet=True)
     det, meta = _load(args.model, info.device)
     data = load_coco(args.data)
@@ -42,7 +43,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     images = args.images or str(Path(args.data).parent)
     ds = DetectionDataset(data, images)
-    rep = evaluate_detector(det, ds, batch_size=args.batch_size, info=info, progress=True)
+    if args.tile is not None:  # big images: each predicted tile by tile, in its own pixels
+        rep = evaluate_tiled(det, ds, args.tile, args.overlap, batch_size=args.batch_size, progress=True)
+    else:
+        rep = evaluate_detector(det, ds, batch_size=args.batch_size, info=info, progress=True)
     role = meta.get("role", "model")
     print(f"== {args.model} ({meta.get('method', '?')}, {role}) on {args.data} ==")
     print(rep.table())
@@ -68,13 +72,18 @@ def _list_images(paths: list[str]) -> list[Path]:
     return out
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from minedet.viz import BoxGroup, draw_boxes, save_png
-
+def _check_tile_args(args: argparse.Namespace) -> None:
+    """--tile SIZE [--overlap PX]: a valid grid, before any work."""
     if args.tile is None and args.overlap is not None:
         raise MinedetError("--overlap needs --tile SIZE")
     if args.tile is not None:
         check_tiling(args.tile, default_overlap(args.tile) if args.overlap is None else args.overlap)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from minedet.viz import BoxGroup, draw_boxes, save_png
+
+    _check_tile_args(args)
     info = setup_device(args.device, quiet=True)
     det, _ = _load(args.model, info.device)
     names = list(det.spec.class_names)
@@ -113,10 +122,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="exported model file (model.pt, or model.onnx from minedet export)")
     p.add_argument("data", help="COCO JSON with the ground truth")
     p.add_argument("--images", help="image root the file_name entries are relative to (default: the JSON's folder)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="images (with --tile: tiles) per forward pass (default 8)")
     p.add_argument("--out", help="also write the report as JSON here")
     p.add_argument("--plot", metavar="DIR", help="also draw the precision-recall curve of each class (pr_curve.png) and "
                    "the class confusion matrix (confusion.png) into this folder")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE",
+                   help="big images: predict each on SIZE x SIZE tiles merged into its pixels, as 'minedet predict "
+                        "--tile' does, and score that (default: each image whole, resized to the model's size)")
+    p.add_argument("--overlap", type=int, default=None, metavar="PX",
+                   help="with --tile: minimum overlap of neighbouring tiles (default SIZE/4); larger than the objects")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.set_defaults(func=_cmd_eval)
 

@@ -95,3 +95,29 @@ def predict_tiled(
         if hasattr(detector, "train"):
             detector.train(was)
     return merge_tile_detections(parts, nms=nms, edge=edge, cover=cover, image_id=image_id)
+
+
+def evaluate_tiled(detector, dataset, size: int, overlap: int | None = None, *, batch_size: int = 8,
+                   progress: bool = False):
+    """pycocotools AP of ``detector`` on the big images of ``dataset`` (a
+    :class:`~minedet.data.datasets.DetectionDataset`, its COCO JSON the ground truth), each predicted tile by tile
+    with :func:`predict_tiled` (score > 0.05, as the untiled evaluation) in its own pixels."""
+    from minedet.engine.evaluate import coco_results, evaluate_detections
+
+    data = dataset.data
+    dets = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(dataset), desc="images", unit="image", file=sys.stderr)
+    with torch.no_grad():
+        for index, image_id in enumerate(dataset.ids):
+            dets.append((image_id, predict_tiled(detector, dataset.load(index), size, overlap, batch_size=batch_size,
+                                                 image_id=image_id, score_thresh=0.05)))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return evaluate_detections(data.raw, coco_results(dets, data.cat_ids), image_ids=dataset.ids,
+                               class_names=data.class_names)
