@@ -7,6 +7,7 @@ The library entry point: ``minedet train``, ``minedet demo``, the benchmarks and
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,6 +459,9 @@ def evaluator(run: Run, reports: dict, *, quiet: bool) -> Callable[[Method, int]
             for k, v in rep.as_dict().items():
                 if isinstance(v, (int, float)) and v is not None:
                     res[prefix + k] = v
+            for name, v in rep.per_class.items():  # per-class AP over training (TensorBoard: eval/ap_class/NAME)
+                if not math.isnan(v):
+                    res[f"{prefix}ap_class/{name}"] = v
             reports[role] = rep
         return res
 

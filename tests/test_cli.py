@@ -57,6 +57,11 @@ def test_train_eval_predict_round_trip(tiny_digits, tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps[-1] == 4 and steps.count(1) == 1  # not started again from step 1
+    evals = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "ap" in m]
+    summary = json.loads((tmp_path / "run" / "eval.json").read_text())
+    final = summary["eval"][summary["roles"][0]]["per_class"]
+    measured = {f"ap_class/{name}": ap for name, ap in final.items() if ap is not None}  # a class absent from val: none
+    assert measured and {k: evals[-1][k] for k in evals[-1] if k.startswith("ap_class/")} == measured
     capsys.readouterr()
     model = tmp_path / "run" / "model.pt"
     assert (tmp_path / "run" / "pr_curve.png").stat().st_size > 1000 and (tmp_path / "run" / "confusion.png").exists()
