@@ -187,7 +187,8 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
     training boxes and the method's model options for the detector (``Method.own_data_model``: co-mining on
-    RetinaNet trains on BRL's loss) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise. Data that cannot support the run is one :class:`MinedetError`."""
+    RetinaNet trains on BRL's loss) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise.
+    Data that cannot support the run is one :class:`MinedetError`."""
     from minedet.config import apply_overrides, build_config, load_yaml, preset_path
 
     if val is None:
