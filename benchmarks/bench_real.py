@@ -246,6 +246,11 @@ def method_block(label: str) -> dict:
     raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
 
 
+def full_labels(label: str) -> bool:
+    """The columns trained on every box (full, full_2x): nothing erased, nothing to mine."""
+    return label.removesuffix("_2x") == "full"
+
+
 def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     from minedet.config import load_config, preset_path
 
@@ -256,7 +261,7 @@ def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
     # *_2x: twice the tiles per step, the compute of a two-view step (the equal-compute rival of co-mining and joint)
     cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * (2 if twice_the_batch(label) else 1), 0.5
     cfg.data.train_images = str(root / "tiles")
-    if label.removesuffix("_2x") == "full":
+    if full_labels(label):
         cfg.data.train = str(root / "tiles" / "tiles.json")
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
@@ -527,7 +532,7 @@ def main() -> int:
                       "not run twice", file=sys.stderr, flush=True)
                 continue
             out = work / f"{label}_s{seed}"
-            full_labels = label.removesuffix("_2x") == "full"  # full, full_2x: nothing erased, nothing to mine
+            complete = full_labels(label)
             print(f"[real] seed {seed} {label:<15} ...", file=sys.stderr, flush=True)
             t0, c0 = time.perf_counter(), time.process_time()
             if label.startswith("folds_"):
@@ -540,12 +545,12 @@ def main() -> int:
                 rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
                 rec["batch_size"] = cfg.data.batch_size  # tiles per step (twice --batch-size for the *_2x columns)
                 rec.update(evaluate(out / "model.pt", info))
-                if not full_labels:
+                if not complete:
                     rec.update(mined_quality(out / "model.pt", info, seed))
                     rec.pop("_mined_part")
             rec["method_block"] = block
             rec["method_resolved"] = res_block
-            if not full_labels:
+            if not complete:
                 _, _, n_kept, n_erased = sparse_tiles(info, seed)
                 rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
             rec["wall_s"] = round(time.perf_counter() - t0, 1)

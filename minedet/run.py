@@ -520,15 +520,15 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {name: stream.map_views(move) for name, stream in batch.items()}
 
 
-def print_outputs(result: dict, resume: str, extra: dict[str, str] | None = None, file=None) -> None:
-    """Where a finished run put what it wrote, one aligned line each: ``extra`` (name -> line) after the model;
-    ``resume`` is the command that continues the run, before ``--resume``."""
+def print_outputs(result: dict, extra: dict[str, str] | None = None, file=None) -> None:
+    """Where a finished run put what it wrote, one aligned line each (``extra``: name -> line, after the model),
+    and the command that continues it from its own ``config.json``."""
     out = result["out_dir"]
     lines = {"model": result["model"], **(extra or {})}
     if result.get("reports"):
         lines["curves"] = f"{out}/pr_curve.png  (precision-recall of each class on val)  {out}/confusion.png"
     lines["logs"] = f"{out}/metrics.jsonl   TensorBoard: tensorboard --logdir {out}/tb"
-    lines["resume"] = f"{resume} --resume {out}/checkpoints/last.pt"
+    lines["resume"] = f"minedet train {out}/config.json --resume {out}/checkpoints/last.pt"
     for name, line in lines.items():
         print(f"{name + ':':<9} {line}", file=file or sys.stdout)
 

@@ -110,7 +110,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print_reports(result)
     render = _renders(result, cfg)
     print(f"\ntrained in {result['wall_s'] / 60:.1f} min ({result['steps']} steps)")
-    print_outputs(result, f"minedet train {result['out_dir']}/config.json", {"renders": f"{render}  (green: ground truth, red: detections)"})
+    print_outputs(result, {"renders": f"{render}  (green: ground truth, red: detections)"})
     return 0
 
 

@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print_reports(result)
         print()
-        print_outputs(result, f"minedet train {result['out_dir']}/config.json")
+        print_outputs(result)
     return 0
 
 
