@@ -63,8 +63,15 @@ METHODS = {
     # the guards on BRL's loss without the ignored band: BRL already treats the uncertain far negatives
     # (its mirrored branch), which the band would take out of the loss
     "co_mining_brl_noib": {"name": "co_mining", **GUARDS, "ignore_below": None},
+    # the same with a mined box's positives out of BRL's per-image normaliser (model.extra.brl_pseudo=no_norm), and
+    # with a mined box adding only its positives, the anchors near it left to BRL's recalibration (=positive)
+    "co_mining_brl_nonorm": {"name": "co_mining", **GUARDS, "ignore_below": None},
+    "co_mining_brl_pos": {"name": "co_mining", **GUARDS, "ignore_below": None},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
+
+#: model.extra beyond cls_loss=brl, per column
+MODEL_EXTRA = {"co_mining_brl_nonorm": {"brl_pseudo": "no_norm"}, "co_mining_brl_pos": {"brl_pseudo": "positive"}}
 
 TABLES = {
     "headline": (["full", "hard"], ["original", "co_mining"]),
@@ -121,7 +128,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="these splits (default: the table's; may name one it lacks, e.g. --table baselines --splits full --methods brl)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute; brl_2x on BRL's loss), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_nonorm, co_mining_brl_pos (a mined box out of BRL's normaliser; adding only its positives), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)
@@ -208,7 +215,7 @@ def main() -> int:
                 if twice_the_batch(label):
                     cfg.data.batch_size *= 2
                 if on_brl(label):
-                    cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
+                    cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", **MODEL_EXTRA.get(label, {})}
                 if label == "retrain":
                     cfg.data.train, mined = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
                     # the mined boxes' new ids may equal erased boxes' ids: no hidden truth for the completed file

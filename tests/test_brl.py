@@ -26,7 +26,8 @@ def brl():
 
 def _with(det: BRLRetinaNetAdapter, **kw) -> BRLRetinaNetAdapter:
     """Another BRL adapter over the same torchvision model with some options changed."""
-    opts = dict(t=det.t, beta=det.beta, gamma=det.gamma, weight=det.weight, confusion_iou=det.confusion_iou)
+    opts = dict(t=det.t, beta=det.beta, gamma=det.gamma, weight=det.weight, confusion_iou=det.confusion_iou,
+                pseudo=det.pseudo)
     opts.update(kw)
     return BRLRetinaNetAdapter(det.model, det.num_classes, **opts)
 
@@ -76,6 +77,8 @@ def test_build_picks_brl_adapter_with_options():
     {"cls_loss": "brl", "brl_iou": 0.5},
     {"cls_loss": "brl", "brl_beta": "1"},
     {"cls_loss": "brl", "brl_wieght": 0.1},
+    {"cls_loss": "brl", "brl_pseudo": "label"},
+    {"brl_pseudo": "positive"},
 ])
 def test_build_rejects_bad_options(extra):
     with pytest.raises(MinedetError):
@@ -290,3 +293,25 @@ def test_ignored_box_does_not_make_its_surroundings_ordinary_negatives(brl):
     expect = (0.1 * (_mirror(3.0) + _mirror(0.2)) + _focal_neg(3.0) + _focal_neg(-2.0)
               + _focal_pos(-3.0) + _focal_neg(2.0)) / 2
     assert got.item() == pytest.approx(expect, rel=1e-5)
+
+
+@pytest.mark.parametrize("pseudo", ["annotation", "no_norm", "positive"])
+def test_what_a_mined_box_is_to_brl(brl, pseudo):
+    """model.extra.brl_pseudo: a mined box (pseudo flag) beside a labelled one. Anchors: far (confusion), on the
+    mined box (its positive), IoU 1/3 with the mined box only, on the labelled box (its positive).
+    ``annotation``: the third anchor is an ordinary negative and both positives normalise; ``no_norm``: the same
+    over the labelled positive only; ``positive``: the third anchor stays a confusion anchor as well."""
+    anchors = torch.tensor([[40.0, 40.0, 56.0, 56.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 30.0],
+                            [0.0, 40.0, 10.0, 60.0]])
+    logits = torch.tensor([[3.0, 0.2], [0.5, 1.5], [3.0, -2.0], [-3.0, 2.0]])
+    boxes = Target(torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 40.0, 10.0, 60.0]]), torch.tensor([1, 0]))
+    boxes = boxes.with_flags(pseudo=torch.tensor([True, False]))
+    got = _with(brl, pseudo=pseudo).loss(_toy(brl, anchors, logits), [boxes])["classification"].item()
+    near = 0.1 * (_mirror(3.0) + _focal_neg(-2.0)) if pseudo == "positive" else _focal_neg(3.0) + _focal_neg(-2.0)
+    total = 0.1 * (_mirror(3.0) + _mirror(0.2)) + _focal_neg(0.5) + _focal_pos(1.5) + near + _focal_pos(-3.0) + _focal_neg(2.0)
+    assert got == pytest.approx(total / (2 if pseudo == "annotation" else 1), rel=1e-5)
+    # without mined boxes (and on an image with no boxes) every choice is the same loss
+    plain = boxes.select(torch.tensor([1]))
+    for t in (plain, Target.empty()):
+        ref = brl.loss(_toy(brl, anchors, logits), [t])["classification"].item()
+        assert _with(brl, pseudo=pseudo).loss(_toy(brl, anchors, logits), [t])["classification"].item() == pytest.approx(ref)

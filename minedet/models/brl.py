@@ -141,8 +141,10 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
         gamma: float = 2.0,
         weight: float = 0.1,
         confusion_iou: float = 0.1,
+        pseudo: str = "annotation",
     ) -> None:
         super().__init__(model, num_classes)
+        self.pseudo = pseudo
         self.t = float(t)
         self.beta = float(beta)
         self.gamma = float(gamma)
@@ -155,9 +157,10 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
         same (resized) frame. With no such box every unmatched anchor qualifies (IoU 0) unless
         ``confusion_iou`` is 0."""
         below = matched == det_utils.Matcher.BELOW_LOW_THRESHOLD
-        boxes = target.boxes
-        if "weight" in target.flags:
-            boxes = boxes[target.flags["weight"] > 0]
+        annotated = target.flag("weight") > 0
+        if self.pseudo == "positive":  # a mined box is no annotation: the anchors near it stay confusion anchors
+            annotated = annotated & ~target.flag("pseudo")
+        boxes = target.boxes[annotated]
         if len(boxes) == 0:
             max_iou = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
         else:
@@ -177,5 +180,8 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
             if bool(confusion.any()):
                 mirror = mirror_focal_loss(logits[confusion], t=self.t, beta=self.beta, gamma=self.gamma)
                 total = total + self.weight * mirror.sum()
-            losses.append(total / max(1, int((m >= 0).sum())))
+            fg = m >= 0
+            if self.pseudo != "annotation" and len(t):  # the positives of mined boxes leave the normaliser alone
+                fg = fg & ~t.flag("pseudo")[m.clamp(min=0)]
+            losses.append(total / max(1, int(fg.sum())))
         return sum(losses) / max(1, len(targets))

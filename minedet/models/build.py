@@ -103,6 +103,10 @@ class RetinaNetOptions:
         brl_t, brl_beta, brl_gamma, brl_weight, brl_iou: BRL's options, ``cls_loss="brl"`` only
             (defaults and sources in :mod:`minedet.models.brl`): t in [0, 1], iou in [0, 0.4],
             beta, gamma, weight >= 0.
+        brl_pseudo: what a mined box (``pseudo`` flag) is to BRL, ``cls_loss="brl"`` only:
+            ``"annotation"`` (as a label: its positives count in the image's normaliser and anchors near it
+            are ordinary negatives), ``"no_norm"`` (as a label, but its positives leave the normaliser alone) or
+            ``"positive"`` (it only adds the positives it matches; see :mod:`minedet.models.brl`).
     """
 
     loss_norm: str = "image"
@@ -112,14 +116,17 @@ class RetinaNetOptions:
     brl_gamma: float = 2.0
     brl_weight: float = 0.1
     brl_iou: float = 0.1
+    brl_pseudo: str = "annotation"
 
     def __post_init__(self) -> None:
         _one_of("loss_norm", self.loss_norm, ("image", "batch"))
         _one_of("cls_loss", self.cls_loss, ("focal", "brl"))
+        _one_of("brl_pseudo", self.brl_pseudo, ("annotation", "no_norm", "positive"))
         limits = {"brl_t": (0.0, 1.0), "brl_iou": (0.0, 0.4)}
         defaults = RetinaNetOptions.__dataclass_fields__
-        for key in ("brl_t", "brl_beta", "brl_gamma", "brl_weight", "brl_iou"):
-            _in_range(key, getattr(self, key), *limits.get(key, (0.0, math.inf)))
+        for key in ("brl_t", "brl_beta", "brl_gamma", "brl_weight", "brl_iou", "brl_pseudo"):
+            if key != "brl_pseudo":
+                _in_range(key, getattr(self, key), *limits.get(key, (0.0, math.inf)))
             if self.cls_loss != "brl" and getattr(self, key) != defaults[key].default:
                 raise MinedetError(f"model.extra.{key} applies only with model.extra.cls_loss=brl")
         if self.cls_loss == "brl" and self.loss_norm != "image":
@@ -276,7 +283,7 @@ def build_retinanet(spec: DetectorSpec, backbone: nn.Module, options: RetinaNetO
         from minedet.models.brl import BRLRetinaNetAdapter
 
         return BRLRetinaNetAdapter(model, spec.num_classes, t=o.brl_t, beta=o.brl_beta, gamma=o.brl_gamma,
-                                   weight=o.brl_weight, confusion_iou=o.brl_iou)
+                                   weight=o.brl_weight, confusion_iou=o.brl_iou, pseudo=o.brl_pseudo)
     return RetinaNetAdapter(model, spec.num_classes, loss_norm=o.loss_norm)
 
 
