@@ -67,6 +67,8 @@ METHODS = {
     # with a mined box adding only its positives, the anchors near it left to BRL's recalibration (=positive)
     "co_mining_brl_nonorm": {"name": "co_mining", **GUARDS, "ignore_below": None},
     "co_mining_brl_pos": {"name": "co_mining", **GUARDS, "ignore_below": None},
+    # the preset's co-mining with per-class thresholds from the scores the model gives labelled boxes
+    "co_mining_brl_adaptive": {"name": "co_mining", **GUARDS, "ignore_below": None, "adaptive": True},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
 
@@ -128,7 +130,7 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=None, help="these splits (default: the table's; may name one it lacks, e.g. --table baselines --splits full --methods brl)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: original, original_2x (twice the batch: equal compute; brl_2x on BRL's loss), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_nonorm, co_mining_brl_pos (a mined box out of BRL's normaliser; adding only its positives), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
+                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_nonorm, co_mining_brl_pos (a mined box out of BRL's normaliser; adding only its positives), co_mining_brl_adaptive (per-class thresholds), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
     ap.add_argument("--val-images", type=int, default=300)

@@ -51,7 +51,15 @@ option (model.extra)   default  source (checked by ``minedet.models.build.Retina
                                 easy branch uses ``gamma_1=2.0`` = torchvision's focal gamma)
 ``brl_weight``         0.1      official config ``loss_cls_confusion.loss_weight=0.1``
 ``brl_iou``            0.1      official assigner ``confuse_iou_thr=0.1``, ``neg_iou_thr=(0.1, 0.4)``
+``brl_pseudo``         see      beyond the paper (BRL has no mined boxes): what a mined box (``pseudo``
+                       below    flag) is to the loss
 =====================  =======  ===================================================================
+
+``brl_pseudo``: ``"annotation"`` (a mined box is a label: it is among the annotated boxes of the confusion
+IoU, so the anchors near it are ordinary negatives, and its positives count in the image's normaliser);
+``"no_norm"`` (the same, but its positives leave the normaliser alone: an image's labelled positives keep
+their weight however many boxes are mined on it); ``"positive"`` (``no_norm``, and it is no annotation for
+the confusion IoU: it adds the positives it matches and changes nothing else BRL does).
 
 Deliberate reading of the official code (differs from a naive "add a term" reading):
 
