@@ -135,7 +135,7 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
 
     #: co-mining's ignored band is off by default on this loss: BRL has its own rule for an uncertain detection
     #: far from every annotation (weight 0.1, and the mirrored branch above 1 - t), and the band would take those
-    #: anchors out of it. Digits `hard`, RetinaNet: the guards without the band 74.4 ± 0.5 (3 seeds), with it 65.7
+    #: anchors out of it. Digits `hard`, RetinaNet: the guards without the band 74.2 ± 0.9 (3 seeds), with it 65.7
     #: (seed 0; 74.0 without it on that seed).
     mining_ignore_below = None
 
