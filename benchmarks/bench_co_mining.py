@@ -133,6 +133,10 @@ def main() -> int:
                          "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_nonorm, co_mining_brl_pos (a mined box out of BRL's normaliser; adding only its positives), co_mining_brl_adaptive (per-class thresholds), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
                          "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
                          "view_none|blur|color")
+    ap.add_argument("--model-extra", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="model.extra settings for every column (a cheaper detector, stated in the page's note), e.g. "
+                         "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "
+                         "--name co_mining_frcnn_light; each record carries them")
     ap.add_argument("--val-images", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (default 1): a same-seed re-run reproduces its record only at the same count")
@@ -150,6 +154,7 @@ def main() -> int:
     ap.add_argument("--rederive", action="store_true",
                     help="do not train: recompute the derived lines (recovery, ratios, wall time) of the results file")
     args = ap.parse_args()
+    args.model_extra = model_extras(ap, args.model_extra)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from minedet.cli.demo import sparse_copy
@@ -216,6 +221,7 @@ def main() -> int:
                     cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
                 if twice_the_batch(label):
                     cfg.data.batch_size *= 2
+                cfg.model.extra = {**cfg.model.extra, **args.model_extra}
                 if on_brl(label):
                     cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", **MODEL_EXTRA.get(label, {})}
                 if label == "retrain":
@@ -226,7 +232,8 @@ def main() -> int:
                 print(f"[{args.table}] seed {seed} {split:<8} {label:<10} ...", file=sys.stderr, flush=True)
                 done = finished_run(out, steps) if args.reuse_finished else None
                 rec = train_record(cfg, label={"method": label, "split": split, "seed": seed, "detector": detector,
-                                               "run": out.name}, out_dir=out, resume=done)
+                                               "run": out.name, **({"model_extra": args.model_extra} if args.model_extra else {})},
+                                   out_dir=out, resume=done)
                 if split != "full" and cfg.data.hidden:  # every sparse run but retrain (its file has no hidden truth)
                     rec.update(mining_quality(out, cfg))
                 if label == "retrain":
@@ -311,14 +318,29 @@ def add_latency(records: list[dict], work: Path, table: str) -> None:
         rec["predict_s"], rec["predict_base_s"] = predict_latency([run / "model.pt", base], cfg)
 
 
+def model_extras(ap, pairs: list[str]) -> dict:
+    """--model-extra KEY=VALUE pairs as a dict, each value read as YAML (128 -> int, 0.5 -> float)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            ap.error(f"--model-extra {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def note(args, steps: int) -> str:
+    extra = (" Every column's detector runs with model.extra " + ", ".join(f"{k}={v}" for k, v in args.model_extra.items())
+             + " (beyond the preset)." if getattr(args, "model_extra", None) else "")
     return (f"Digits train split of {args.train_images} images (128 px), val {args.val_images} images with full labels; "
             f"{steps} steps of batch 16 per run (each image seen about {steps * 16 / max(1, args.train_images):.1f} times); "
             f"each sparse split re-drawn with the run's seed. A run with the same seed and the same number of torch threads "
             f"reproduces bit for bit on one machine (tests/test_reproducible.py); another thread count, or a machine whose "
             f"CPU runs other float kernels (records name the kernels since 2026-12-02), changes the float sums and so the "
             f"result; re-runs differ from older records for these reasons or for code changed since (see the settings run "
-            f"more than once).")
+            f"more than once).{extra}")
 
 
 def on_brl(label: str) -> bool:
