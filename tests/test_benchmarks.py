@@ -87,6 +87,29 @@ def test_bench_co_mining_baselines_run(tmp_path):
     assert any("step time co-mining / original" in line for line in after["derived"])
 
 
+@pytest.mark.slow
+def test_bench_co_mining_model_extra_reaches_every_column(tmp_path):
+    """--model-extra: one detector setting for every column (a cheaper Faster R-CNN under its own name), in each
+    run's config, each record and the page's note; a pair without '=' is refused before anything trains."""
+    _run(tmp_path, "bench_co_mining.py", "--table", "frcnn", "--splits", "hard", "--methods", "original", "co_mining_guarded",
+         "--seeds", "0", "--steps", "2", "--train-images", "16", "--val-images", "8", "--model-extra",
+         "box_batch_size_per_image=32", "rpn_post_nms_top_n_train=100", "--name", "co_mining_frcnn_light",
+         "--out", str(tmp_path / "work"))
+    want = {"box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100}
+    recs = _records(tmp_path, "co_mining_frcnn_light")
+    assert [r["method"] for r in recs] == ["original", "co_mining_guarded"]
+    assert all(r["model_extra"] == want for r in recs)
+    for run in ("frcnn_hard_original_s0", "frcnn_hard_co_mining_guarded_s0"):
+        cfg = json.loads((tmp_path / "work" / run / "config.json").read_text())
+        assert cfg["model"]["name"] == "faster_rcnn" and cfg["model"]["extra"] == want
+    note = json.loads((tmp_path / "results" / "co_mining_frcnn_light.json").read_text())["note"]
+    assert "model.extra box_batch_size_per_image=32, rpn_post_nms_top_n_train=100" in note
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_co_mining.py"), "--model-extra", "oops"], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "MINEDET_BENCH_RESULTS": str(tmp_path / "r2")})
+    assert proc.returncode == 2 and "--model-extra 'oops': expected KEY=VALUE" in proc.stderr
+    assert not (tmp_path / "r2").exists()
+
+
 def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
     """The derived line that checks the issue's target: co-mining must beat each rival's mean AP by
     more than the larger of the two stds, on the seeds both ran; with one seed there is no std. Co-mining
