@@ -20,6 +20,7 @@ The schedule is the demo preset's with fewer steps (--steps) so the headline fit
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -71,6 +72,48 @@ METHODS = {
     "co_mining_brl_adaptive": {"name": "co_mining", **GUARDS, "ignore_below": None, "adaptive": True},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
+
+#: what each column is, for --help and the page's legend (the parametrised labels: PATTERN_MEANING)
+MEANING = {
+    "original": "the detector on the split's labels alone",
+    "original_2x": "original on twice the batch (as many images per step as the two-view methods: equal compute)",
+    "augmented": "original trained on the colour-jittered view",
+    "joint": "the Siamese detector on two views, no co-generation (Table 1's joint)",
+    "co_mining": "the paper's co-mining (the release's rule, method.paper=true)",
+    "co_mining_any": "co-mining dropping mined boxes on labelled objects of any class",
+    "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
+    "co_mining_guarded_noreg": "the guards, mined boxes teaching no box regression",
+    "co_mining_adaptive": "the guards with per-class thresholds (method.adaptive)",
+    "brl": "original on BRL's loss (model.extra.cls_loss=brl)",
+    "brl_2x": "BRL's loss on twice the batch (equal compute)",
+    "co_mining_brl": "the guards on BRL's loss",
+    "co_mining_brl_noib": "the guards on BRL's loss without the ignored band (the digits_co_mining preset)",
+    "co_mining_brl_nonorm": "the preset, mined boxes out of BRL's normaliser (model.extra.brl_pseudo=no_norm)",
+    "co_mining_brl_pos": "the preset, mined boxes adding positives only (model.extra.brl_pseudo=positive)",
+    "co_mining_brl_adaptive": "the preset with per-class thresholds (method.adaptive)",
+    "co_mining_brl_paper": "the release's co-mining on BRL's loss",
+    "joint_brl": "joint on BRL's loss",
+    "retrain": "pseudo-label retraining: original's boxes mined at score 0.6 added to the labels, trained again",
+}
+PATTERN_MEANING = [
+    (r"tau([\d.]+)", "the paper's co-mining at tau {0}"),
+    (r"tau([\d.]+)_any", "co-mining at tau {0}, dropping mined boxes on labelled objects of any class"),
+    (r"co_mining_guarded_tau([\d.]+)", "the guards at tau {0}"),
+    (r"co_mining_brl_noib_tau([\d.]+)", "the preset at tau {0}"),
+    (r"co_mining_guarded_ib([\d.]+)", "the guards ignoring detections from score {0} up to tau"),
+    (r"view_(\w+)", "the paper's co-mining with the second view {0}"),
+]
+
+
+def meaning(label: str) -> str | None:
+    """What column ``label`` trains, in a few words (None for a label this script does not know)."""
+    if label in MEANING:
+        return MEANING[label]
+    for pattern, text in PATTERN_MEANING:
+        if m := re.fullmatch(pattern, label):
+            return text.format(*m.groups())
+    return None
+
 
 #: model.extra beyond cls_loss=brl, per column
 MODEL_EXTRA = {"co_mining_brl_nonorm": {"brl_pseudo": "no_norm"}, "co_mining_brl_pos": {"brl_pseudo": "positive"}}
@@ -129,10 +172,9 @@ def main() -> int:
     ap.add_argument("--train-images", type=int, default=4000)
     ap.add_argument("--splits", nargs="+", default=None, help="these splits (default: the table's; may name one it lacks, e.g. --table baselines --splits full --methods brl)")
     ap.add_argument("--methods", nargs="+", default=None,
-                    help="these methods instead of the table's: original, original_2x (twice the batch: equal compute; brl_2x on BRL's loss), "
-                         "augmented, joint, co_mining, co_mining_guarded, co_mining_guarded_noreg (mined boxes teach no box regression), brl, co_mining_brl (the guards on BRL's loss), co_mining_brl_noib (those without the ignored band; co_mining_brl_noib_tau0.5 at another tau), co_mining_brl_nonorm, co_mining_brl_pos (a mined box out of BRL's normaliser; adding only its positives), co_mining_brl_adaptive (per-class thresholds), co_mining_brl_paper (the release's rule on BRL's loss), joint_brl (the two views on BRL's loss), retrain, "
-                         "co_mining_any, tauT (co-mining at tau T), tauT_any, co_mining_guarded_tauT (the guards at tau T), co_mining_guarded_ibX (the guards ignoring detections from score X up), "
-                         "view_none|blur|color")
+                    help="these methods instead of the table's: " + "; ".join(f"{k}: {v}" for k, v in MEANING.items())
+                         + "; tauT, tauT_any, co_mining_guarded_tauT, co_mining_brl_noib_tauT: at tau T; "
+                           "co_mining_guarded_ibX: the ignored band from score X; view_none|blur|color: the second view")
     ap.add_argument("--model-extra", nargs="+", default=[], metavar="KEY=VALUE",
                     help="model.extra settings for every column (a cheaper detector, stated in the page's note), e.g. "
                          "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "

@@ -15,6 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from bench_co_mining import meaning as column_meaning
 from bench_mixed import COLUMNS as MIXED_COLUMNS
 from common import RESULTS, ROOT, latest, record_key, twice_the_batch
 
@@ -138,6 +139,9 @@ def section_runs(res: dict, title: str) -> list[str]:
     out = [f"## {title}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
+    legend = [f"`{m}`: {column_meaning(m)}" for m in methods if column_meaning(m)]
+    if legend and res.get("name", "").startswith("co_mining"):
+        out += ["Columns: " + "; ".join(legend) + ".", ""]
     if "easy" in splits and "hard" in splits:
         out += ["The splits follow the BRL protocol: `easy` erases one box of every image, `hard` floor(n/2) of an image's n. "
                 "With the digits' few boxes per image, `easy` erases fewer boxes than `hard` but leaves no image complete, "

@@ -110,6 +110,21 @@ def test_bench_co_mining_model_extra_reaches_every_column(tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_every_co_mining_column_on_the_page_is_explained():
+    """The page's legend names what each column trains: every label a co-mining results file holds (and every label
+    the script accepts) has a meaning, the parametrised ones with their parameter."""
+    sys.path.insert(0, str(BENCH))
+    from bench_co_mining import METHODS, meaning
+
+    labels = {r["method"] for f in (ROOT / "benchmarks" / "results").glob("co_mining*.json")
+              for r in json.loads(f.read_text())["records"]}
+    assert "original" in labels and not [m for m in labels | set(METHODS) if not meaning(m)]
+    assert meaning("co_mining_guarded_tau0.45") == "the guards at tau 0.45"
+    assert meaning("tau0.5_any").startswith("co-mining at tau 0.5,") and meaning("co_mining_typo") is None
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert f"`co_mining_brl_pos`: {meaning('co_mining_brl_pos')}" in page
+
+
 def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
     """The derived line that checks the issue's target: co-mining must beat each rival's mean AP by
     more than the larger of the two stds, on the seeds both ran; with one seed there is no std. Co-mining
