@@ -196,9 +196,9 @@ def main() -> int:
     ap.add_argument("--rederive", action="store_true",
                     help="do not train: recompute the derived lines (recovery, ratios, wall time) of the results file")
     args = ap.parse_args()
-    args.model_extra = model_extras(ap, args.model_extra)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    args.model_extra = model_extras(ap, args.model_extra)
     from minedet.cli.demo import sparse_copy
     from minedet.run import resolve_data
     from minedet.config import load_config, preset_path
@@ -361,15 +361,15 @@ def add_latency(records: list[dict], work: Path, table: str) -> None:
 
 
 def model_extras(ap, pairs: list[str]) -> dict:
-    """--model-extra KEY=VALUE pairs as a dict, each value read as YAML (128 -> int, 0.5 -> float)."""
-    import yaml
+    """--model-extra KEY=VALUE pairs as a dict, each value read as a config override's (128 -> int, 0.5 -> float)."""
+    from minedet.config import parse_override
 
     out = {}
     for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
+        if not pair.partition("=")[0].strip() or "=" not in pair:
             ap.error(f"--model-extra {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
+        key, value = parse_override(pair)
+        out[".".join(key)] = value
     return out
 
 

@@ -139,7 +139,7 @@ def section_runs(res: dict, title: str) -> list[str]:
     out = [f"## {title}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
-    legend = [f"`{m}`: {column_meaning(m)}" for m in methods if column_meaning(m)]
+    legend = [f"`{m}`: {text}" for m in methods if (text := column_meaning(m))]
     if legend and res.get("name", "").startswith("co_mining"):
         out += ["Columns: " + "; ".join(legend) + ".", ""]
     if "easy" in splits and "hard" in splits:
@@ -434,7 +434,7 @@ SPLIT_ORDER = ("full", "easy", "hard", "extreme")
 CO_MINING_README = {
     "original": "original", "original_2x": "original at twice the batch", "augmented": "augmented", "joint": "joint",
     "co_mining": "co-mining", "tau0.5": "co-mining at tau 0.5",
-    "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
+    "co_mining_guarded": column_meaning("co_mining_guarded"),
     "co_mining_guarded_tau0.5": "the guards at tau 0.5", "co_mining_guarded_tau0.4": "the guards at tau 0.4",
     "co_mining_guarded_noreg": "the guards with mined boxes teaching no box regression",
 }
