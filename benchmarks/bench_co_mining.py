@@ -101,6 +101,7 @@ PATTERN_MEANING = [
     (r"co_mining_guarded_tau([\d.]+)", "the guards at tau {0}"),
     (r"co_mining_brl_noib_tau([\d.]+)", "the preset at tau {0}"),
     (r"co_mining_guarded_ib([\d.]+)", "the guards ignoring detections from score {0} up to tau"),
+    (r"co_mining_guarded_part([\d.]+)", "the guards, dropping mined boxes with a share >= {0} of their area on labelled boxes"),
     (r"view_(\w+)", "the paper's co-mining with the second view {0}"),
 ]
 
@@ -153,6 +154,8 @@ def method_cfg(label: str, split: str) -> dict:
         return {"name": "co_mining", **GUARDS, "tau": float(label.rpartition("tau")[2])}
     if label.startswith("co_mining_brl_noib_tau"):  # the digits_co_mining preset's co-mining at another tau
         return {**METHODS["co_mining_brl_noib"], "tau": float(label.rpartition("tau")[2])}
+    if label.startswith("co_mining_guarded_part"):  # the guards with method.part: no mined piece of a labelled box
+        return {**method_cfg("co_mining_guarded", split), "part": float(label.rpartition("_part")[2])}
     if label.startswith("co_mining_guarded_ib"):  # the guards with another lower end of the ignored band
         m = method_cfg("co_mining_guarded", split)
         return {**m, "ignore_below": min(float(label.rpartition("_ib")[2]), m["tau"])}
@@ -174,7 +177,7 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: " + "; ".join(f"{k}: {v}" for k, v in MEANING.items())
                          + "; tauT, tauT_any, co_mining_guarded_tauT, co_mining_brl_noib_tauT: at tau T; "
-                           "co_mining_guarded_ibX: the ignored band from score X; view_none|blur|color: the second view")
+                           "co_mining_guarded_ibX: the ignored band from score X; co_mining_guarded_partS: method.part=S; view_none|blur|color: the second view")
     ap.add_argument("--model-extra", nargs="+", default=[], metavar="KEY=VALUE",
                     help="model.extra settings for every column (a cheaper detector, stated in the page's note), e.g. "
                          "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "
