@@ -33,8 +33,10 @@ from common import append_results, finished_run, latest, load_results, train_rec
 
 #: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran;
 #: with mined boxes regressing, as every guarded record so far ran (the default on RetinaNet and Faster R-CNN;
-#: FCOS's default, mined boxes teaching classification only, is ``co_mining_guarded_noreg``)
-GUARDS = {"ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100, "pseudo_regress": True}
+#: FCOS's default, mined boxes teaching classification only, is ``co_mining_guarded_noreg``) and without the part
+#: rule (Faster R-CNN's default, method.part=0.5, is ``co_mining_guarded_part0.5``)
+GUARDS = {"ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100, "pseudo_regress": True,
+          "part": None}
 
 # the paper's rows pin the release's behaviour (method.paper=true); the guards beyond it are minedet's defaults
 METHODS = {

@@ -829,6 +829,11 @@ def readme_rows(results: dict) -> list[str]:
             default = f"{link}'s default" if not adapter.mining_regress else None  # method.pseudo_regress=null
             guarded += (f", {CO_MINING_README['co_mining_guarded_noreg']} {_ms(nr)} ({', '.join(filter(None, [_seeds(nr), default]))})"
                         if nr else "")
+            if adapter.mining_part is not None:  # the part rule at the detector's own share (method.part=auto)
+                pl = f"co_mining_guarded_part{adapter.mining_part}"
+                pr = _pick(res, split="hard", method=pl)
+                guarded += (f", the guards with the part rule (`method.part={adapter.mining_part}`) {_ms(pr)} "
+                            f"({_seeds(pr)}, {link}'s default)" if pr else "")
             twice = f", {CO_MINING_README['original_2x']} {_ms(o2)} ({_seeds(o2)})" if o2 else ""
             paper = f", co-mining (paper) {_ms(c)} ({_seeds(c)})" if c else ""
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}){twice}{paper}"

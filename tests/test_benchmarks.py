@@ -280,10 +280,11 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     from minedet.methods.co_mining import CoMiningOptions
     from minedet.models.detector import RetinaNetAdapter
 
-    d, own = CoMiningOptions(), ("pseudo_regress", "ignore_below")  # the detector's: None / "auto"
+    d, own = CoMiningOptions(), ("pseudo_regress", "ignore_below", "part")  # the detector's: None / "auto"
     assert {k: getattr(d, k) for k in GUARDS if k not in own} == {k: v for k, v in GUARDS.items() if k not in own}
     assert d.pseudo_regress is None and RetinaNetAdapter.mining_regress is GUARDS["pseudo_regress"]
     assert d.ignore_below == "auto" and RetinaNetAdapter.mining_ignore_below == GUARDS["ignore_below"]
+    assert d.part == "auto" and RetinaNetAdapter.mining_part is GUARDS["part"]
     # the labels on BRL's loss: co_mining_brl pins the band it ran with; _noib is the default there (no band)
     assert method_cfg("co_mining_brl", "hard")["ignore_below"] == 0.3
     assert method_cfg("co_mining_brl_noib", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6, "ignore_below": None}

@@ -36,7 +36,7 @@ def test_every_command_has_help_for_every_option(capsys):
     assert "torchrun" in out
     # an option whose None stands for a value says which; one whose None is "off" says nothing more
     assert "pseudo_regress=None (the detector's)" in out and "nms=None (the detector's)" in out
-    assert "part=None," in out
+    assert "ignore_below=None," in out and "part='auto' (the detector's)" in out
 
 
 def test_train_eval_predict_round_trip(tiny_digits, tmp_path, capsys):

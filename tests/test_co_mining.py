@@ -392,7 +392,23 @@ def test_part_rule_drops_a_shifted_box_on_a_labelled_object():
     assert kept.boxes.tolist() == [[50.0, 50.0, 70.0, 70.0], [28.0, 10.0, 48.0, 30.0]]
     with pytest.raises(MinedetError, match="method.part"):
         CoMining(tiny_detector("retinanet"), CoMiningOptions(part=0.0))
+    with pytest.raises(MinedetError, match="auto .the detector's. or null, got 'some'"):
+        CoMining(tiny_detector("retinanet"), CoMiningOptions(part="some"))
     assert CoMiningOptions(part=0.3, paper=True).part is None
+
+
+@pytest.mark.parametrize("name, part, dropped", [("faster_rcnn", "auto", True), ("faster_rcnn", None, False),
+                                                  ("retinanet", "auto", False), ("retinanet", 0.5, True)])
+def test_the_part_rule_is_the_detectors(monkeypatch, name, part, dropped):
+    """part=auto: a mined box with half its area on a labelled box is dropped on Faster R-CNN (where self-training
+    learnt pieces of digits), kept on RetinaNet; a number or null decides on either detector."""
+    det = tiny_detector(name)
+    gt = Target(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0]), image_id=0)
+    half_on = Target(torch.tensor([[20.0, 10, 40, 30], [40, 40, 60, 60]]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]))
+    monkeypatch.setattr(det, "decode", lambda out, **kw: [half_on])
+    mined = CoMining(det, _opts(tau=0.5, part=part, mine_after=0, cap_ratio=None)).mine(None, [gt]).confident[0]
+    assert [40.0, 40, 60, 60] in mined.boxes.tolist()
+    assert ([20.0, 10, 40, 30] not in mined.boxes.tolist()) is dropped
 
 
 def test_no_mining_during_the_warm_up():

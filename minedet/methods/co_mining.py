@@ -57,8 +57,9 @@ class CoMiningOptions:
     null turns it off): detections scoring in [ignore_below, tau] that miss the labels are ignored (weight 0),
     not taught as background;
     contain (0.8): drop a mined box holding at least this share of a labelled box's area (any class);
-    part (off): drop a mined box with at least this share of its own area on labelled boxes (a shifted or
-    partial box on a labelled object; measured on the nuclei image only, so not a default);
+    part (``auto``: the detector's ``mining_part``, 0.5 on Faster R-CNN, off on RetinaNet and FCOS; a number sets it,
+    null turns it off): drop a mined box with at least this share of its own area on labelled boxes (a shifted or
+    partial box on a labelled object);
     cap_ratio (1.0): at most ceil(cap_ratio x the labelled boxes per image of the training set) mined
     boxes per image, the best first (a guard against a mining loop feeding on itself); mine_after (100):
     no mining before this many steps; adaptive (off): per-class thresholds from the scores the model gives the labelled
@@ -80,7 +81,7 @@ class CoMiningOptions:
     render_images: int = 4
     ignore_below: float | str | None = detectors_own("auto")
     contain: float | None = 0.8
-    part: float | None = None
+    part: float | str | None = detectors_own("auto")
     cap_ratio: float | None = 1.0
     mine_after: int = 100
     adaptive: bool = False
@@ -129,10 +130,10 @@ class CoMining(Method):
         if ignore_below is not None and not 0.0 <= ignore_below <= o.tau:
             raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the release's behaviour)")
-        for key in ("contain", "part"):
-            v = getattr(o, key)
-            if v is not None and not 0.0 < v <= 1.0:
-                raise MinedetError(f"method.{key} must be in (0, 1] or null, got {v}")
+        self._part = detector.mining_part if o.part == "auto" else o.part
+        for key, v, words in (("contain", o.contain, ""), ("part", self._part, ", auto (the detector's)")):
+            if v is not None and (isinstance(v, (str, bool)) or not 0.0 < v <= 1.0):
+                raise MinedetError(f"method.{key} must be in (0, 1]{words} or null, got {getattr(o, key)!r}")
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self._view = view_transform(o.view)
@@ -228,7 +229,7 @@ class CoMining(Method):
         kept = []
         for d, gt, rej in zip(dets, gts, rejected or [None] * len(gts)):
             kept.append(pf.drop_known(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same", contain=o.contain,
-                                      part=o.part, rejected=rej, rejected_iou=o.rejected_iou))
+                                      part=self._part, rejected=rej, rejected_iou=o.rejected_iou))
             if tally is not None:
                 n, m = int(self.rule.above(d).sum()), int(self.rule.above(kept[-1]).sum())
                 tally[0] += n - m
