@@ -169,7 +169,8 @@ def section_runs(res: dict, title: str) -> list[str]:
         for s, m in dict.fromkeys((s, m) for s, m, *_ in totals):
             xs = [t[2:] for t in totals if t[:2] == (s, m)]
             out.append(f"- {s}/{m}: precision {statistics.mean(x[0] for x in xs):.2f}, recall {statistics.mean(x[1] for x in xs):.3f}, "
-                       f"{statistics.mean(x[2] for x in xs):.3f} mined per erased box")
+                       f"{statistics.mean(x[2] for x in xs):.3f} mined per erased box"
+                       + false_kinds_text([r for r in recs if (r["split"], r["method"]) == (s, m)]))
         out.append("")
     for key, label in (("quality_o_precision", "pseudo precision (branch o)"), ("quality_o_recall", "pseudo recall (branch o)"),
                        ("quality_precision", "pseudo precision"), ("quality_recall", "pseudo recall")):
@@ -203,6 +204,21 @@ def running_quality(rec: dict, branch: str = "o") -> list[tuple[int, float, floa
         if n_hidden:
             out.append((row["step"], tp / n_pseudo if n_pseudo else float("nan"), tp / n_hidden, n_pseudo / n_hidden))
     return out
+
+
+def false_kinds_text(recs: list[dict], branch: str = "o") -> str:
+    """What the false mined boxes lay on over the run (the last logged running totals, mean over the records that
+    logged them; minedet.pseudo.quality), as shares of all mined boxes; empty for records from before it was logged."""
+    from minedet.pseudo.quality import FALSE_KINDS
+
+    lasts = [next((row for row in reversed(r.get("curve", [])) if row.get(f"quality/{branch}_total_false_background")
+                   is not None), None) for r in recs]
+    lasts = [row for row in lasts if row is not None]
+    if not lasts:
+        return ""
+    shares = {k: statistics.mean(row.get(f"quality/{branch}_total_false_{k}") or 0.0 for row in lasts) for k in FALSE_KINDS}
+    return ("; false, as shares of the mined boxes: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+            + (f" ({len(lasts)} of {len(recs)} runs logged them)" if len(lasts) < len(recs) else ""))
 
 
 def pseudo_totals(rec: dict, branch: str = "o") -> tuple[float, float, float] | None:

@@ -357,3 +357,27 @@ def test_readme_nuclei_rows_show_the_chosen_columns_by_their_short_names(monkeyp
     assert "full labels 60.0 ± 0.0, BRL's loss 48.0 ± 0.0, co-mining on BRL's loss (the preset) 45.5 ± 0.7" in rows[0]
     assert "BRL's loss 50.0 ± 0.0 (2 seeds), co-mining on BRL's loss (the preset) 70.0 ± 0.0 (2 seeds)" in rows[1]
     assert not any("folds" in r for r in rows) and "full labels" not in rows[1]  # left out; nothing to mine
+
+
+def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch):
+    """A co-mining record whose curve logged the false kinds gets them beside its precision (mean over the runs that
+    logged them, and how many did); a record from before they were logged gets nothing added."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    def rec(seed, kinds):
+        row = {"step": 10, "quality/o_n_hidden": 10.0, "quality/o_n_pseudo": 10.0, "quality/o_recall": 0.5,
+               **{f"quality/o_total_false_{k}": v for k, v in kinds.items()}}
+        return {"method": "co_mining_guarded", "split": "hard", "seed": seed, "ap": 0.5, "ap50": 0.7, "curve": [row]}
+
+    kinds = {"duplicate": 0.0, "class": 0.1, "misplaced": 0.2, "labelled": 0.1, "background": 0.1}
+    res = {"name": "co_mining_frcnn_light", "command": "python benchmarks/bench_co_mining.py", "date": "2026-12-03",
+           "git_commit": "0" * 40, "machine": {}, "note": "digits", "derived": [],
+           "records": [rec(0, kinds), rec(1, {**kinds, "background": 0.3}), rec(2, {})]}
+    text = report.page({"co_mining_frcnn_light": res})
+    line = next(x for x in text.splitlines() if x.startswith("- hard/co_mining_guarded: precision"))
+    assert line.endswith("; false, as shares of the mined boxes: duplicate 0.00, class 0.10, misplaced 0.20, "
+                         "labelled 0.10, background 0.20 (2 of 3 runs logged them)")
+    res["records"] = [rec(2, {})]
+    line = next(x for x in report.page({"co_mining_frcnn_light": res}).splitlines() if x.startswith("- hard/co_mining"))
+    assert line.endswith("mined per erased box")

@@ -11,6 +11,7 @@ from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
 from minedet.methods.co_mining import DRIFT_WINDOW, PAPER_SETTINGS, CoMining, CoMiningOptions
 from minedet.errors import MinedetError
+from minedet.pseudo.quality import FALSE_KINDS
 from minedet.structures import Target
 from tests.helpers import random_targets, tiny_detector
 
@@ -181,6 +182,8 @@ def test_end_to_end_on_sparse_digits_logs_quality_and_renders(tiny_digits, tmp_p
     # running totals: the last row's total equals the sum of every step's counts
     assert train_rows[-1]["quality/o_total_n_hidden"] == sum(r["quality/o_n_hidden"] for r in train_rows)
     assert train_rows[-1]["quality/a_total_n_pseudo"] == sum(r["quality/a_n_pseudo"] for r in train_rows)
+    # what the false mined boxes lie on, logged with the precision (their sum is tested in test_filters)
+    assert all(f"quality/{b}_total_false_{k}" in train_rows[-1] for b in "oa" for k in FALSE_KINDS)
     # per-class counts of mined boxes (class names as keys) add up to the step's boxes
     for r in train_rows:
         per_class = sum(v for k, v in r.items() if k.startswith("pseudo/o_class/"))

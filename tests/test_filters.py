@@ -81,6 +81,44 @@ def test_quality_counts_precision_recall_miou():
     assert q.per_class_pseudo == {0: 2, 1: 1}
 
 
+def test_false_pseudo_boxes_are_told_apart_by_what_they_lie_on():
+    """duplicate, wrong class, misplaced on a missing object, on a labelled object, background; with the precision the
+    shares sum to 1, and an image with no hidden box counts its boxes too."""
+    hidden = T([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 1])
+    labelled = T([[0, 40, 20, 60]], [0])
+    pseudo = T([[0, 0, 10, 10],     # true
+                [0, 0, 10, 9],      # a second box on the same missing object: duplicate
+                [20, 0, 30, 10],    # the other missing object, named class 0: class
+                [5, 0, 15, 10],     # half on the first missing object (IoU 1/3): misplaced
+                [10, 40, 30, 60],   # half on the labelled box: labelled
+                [70, 70, 80, 80]],  # background
+               [0, 0, 0, 0, 0, 2], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    q = QualityCounts()
+    q.add(pseudo, hidden, labelled=labelled)
+    assert q.false == {"duplicate": 1, "class": 1, "misplaced": 1, "labelled": 1, "background": 1}
+    q.add(T([[10, 40, 30, 60]], [0], [0.9]), Target.empty())  # no hidden box; without the labels: background
+    assert q.false["background"] == 2 and q.n_pseudo == 7
+    d = q.as_dict()
+    assert abs(d["precision"] + sum(v for k, v in d.items() if k.startswith("false_")) - 1) < 1e-9
+    assert d["false_background"] == 2 / 7
+    assert all(v != v for k, v in QualityCounts().as_dict().items() if k.startswith("false_"))  # nothing mined: nan
+
+
+def test_against_hidden_reads_the_labelled_boxes_in_the_views_frame():
+    """The hidden truth is mapped into the view's frame (a horizontal flip of a 100-px image); the labelled boxes
+    come in that frame already."""
+    from minedet.data.transforms import BoxMap
+    from minedet.pseudo.semantics import against_hidden
+
+    flip = BoxMap(sx=-1.0, tx=100.0, size=(100, 100))
+    hidden = T([[0, 0, 10, 10]], [0])  # file frame: at x 90-100 in the view
+    labelled = T([[0, 40, 20, 60]], [0])  # view frame
+    pseudo = T([[90, 0, 100, 10], [10, 40, 30, 60], [95, 0, 105, 10]], [0, 0, 0], [0.9, 0.8, 0.7])
+    q = against_hidden([pseudo], [hidden], [flip], [labelled])
+    assert q.tp == 1 and q.false == {"labelled": 1, "misplaced": 1}
+    assert against_hidden([pseudo], [hidden], [flip]).false == {"background": 1, "misplaced": 1}
+
+
 def test_match_is_one_to_one():
     hidden = T([[0, 0, 10, 10]], [0])
     pseudo = T([[0, 0, 10, 10], [0, 0, 10, 9]], [0, 0], [0.9, 0.95])

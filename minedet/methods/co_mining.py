@@ -294,7 +294,7 @@ class CoMining(Method):
             return
         hidden = [ds.hidden_target(i) for i in batch["labelled"].image_ids]
         for name, targets in mined.items():
-            q = against_hidden(targets, hidden, [v.map for v in views[name]])
+            q = against_hidden(targets, hidden, [v.map for v in views[name]], [v.target for v in views[name]])
             self.quality[name].merge(q)
             self.metrics.update(q.as_dict(prefix=f"quality/{name}_"))
             # running totals over the run (the per-step numbers are noisy); kept across a resume

@@ -3,6 +3,12 @@
 A pseudo box is a true positive when it matches an unmatched hidden box of the same class with
 IoU >= ``iou`` (greedy, by descending score, like COCO matching). Precision = TP / pseudo boxes,
 recall = matched hidden boxes / hidden boxes, mIoU = mean IoU of the matches.
+
+Each false pseudo box is also told apart by what it lies on (the first that applies): ``duplicate`` (IoU >= ``iou``
+with a hidden box of its class that a better-scored pseudo box already matched), ``class`` (with a hidden box of
+another class), ``misplaced`` (IoU in [0.1, ``iou``) with a hidden box: a piece of a missing object, or a box across
+several), ``labelled`` (IoU >= 0.1 with a labelled box, when the labelled boxes are given: a piece of a labelled object)
+or ``background``. ``false_KIND`` is each one's share of all pseudo boxes: with the precision they sum to 1.
 """
 
 from __future__ import annotations
@@ -24,15 +30,20 @@ class QualityCounts:
     tp: int = 0
     iou_sum: float = 0.0
     per_class_pseudo: dict[int, int] = field(default_factory=dict)
+    false: dict[str, int] = field(default_factory=dict)  # false pseudo boxes by FALSE_KINDS
 
-    def add(self, pseudo: Target, hidden: Target, iou: float = 0.5) -> None:
-        tp, ious = match(pseudo, hidden, iou)
+    def add(self, pseudo: Target, hidden: Target, iou: float = 0.5, labelled: Target | None = None) -> None:
+        """Count one image's ``pseudo`` boxes against its ``hidden`` ones (same frame); ``labelled``: its labelled
+        boxes, which tell a piece of a labelled object from the background."""
+        matched, ious = _greedy(pseudo, hidden, iou)
         self.n_pseudo += len(pseudo)
         self.n_hidden += len(hidden)
-        self.tp += tp
+        self.tp += len(ious)
         self.iou_sum += float(sum(ious))
         for k in pseudo.labels.tolist():
             self.per_class_pseudo[k] = self.per_class_pseudo.get(k, 0) + 1
+        for kind in false_kinds(pseudo, hidden, matched, iou, labelled):
+            self.false[kind] = self.false.get(kind, 0) + 1
 
     def merge(self, other: "QualityCounts") -> None:
         """Add another set of counts to these (a step's counts into the run's totals)."""
@@ -42,6 +53,8 @@ class QualityCounts:
         self.iou_sum += other.iou_sum
         for k, v in other.per_class_pseudo.items():
             self.per_class_pseudo[k] = self.per_class_pseudo.get(k, 0) + v
+        for k, v in other.false.items():
+            self.false[k] = self.false.get(k, 0) + v
 
     @property
     def precision(self) -> float:
@@ -62,13 +75,29 @@ class QualityCounts:
             f"{prefix}miou": self.miou,
             f"{prefix}n_pseudo": float(self.n_pseudo),
             f"{prefix}n_hidden": float(self.n_hidden),
+            **{f"{prefix}false_{k}": self.false.get(k, 0) / self.n_pseudo if self.n_pseudo else float("nan")
+               for k in FALSE_KINDS},
         }
+
+
+#: what a false pseudo box lies on (module docstring), in the order they are tested
+FALSE_KINDS = ("duplicate", "class", "misplaced", "labelled", "background")
+#: the least IoU with a box for a false pseudo box to count as lying on it
+TOUCH = 0.1
 
 
 def match(pseudo: Target, hidden: Target, iou: float = 0.5) -> tuple[int, list[float]]:
     """(number of true positives, their IoUs) of ``pseudo`` against ``hidden`` (same class, greedy)."""
+    _, ious = _greedy(pseudo, hidden, iou)
+    return len(ious), ious
+
+
+def _greedy(pseudo: Target, hidden: Target, iou: float) -> tuple[torch.Tensor, list[float]]:
+    """(which pseudo boxes matched, the matches' IoUs): by descending score, each to the best unmatched hidden box of
+    its class with IoU >= ``iou``."""
+    matched = torch.zeros(len(pseudo), dtype=torch.bool)
     if len(pseudo) == 0 or len(hidden) == 0:
-        return 0, []
+        return matched, []
     order = torch.argsort(pseudo.scores, descending=True) if pseudo.scores is not None else torch.arange(len(pseudo))
     m = box_iou(pseudo.boxes.float().cpu(), hidden.boxes.float().cpu())
     m = m * (pseudo.labels.cpu()[:, None] == hidden.labels.cpu()[None, :])
@@ -79,6 +108,33 @@ def match(pseudo: Target, hidden: Target, iou: float = 0.5) -> tuple[int, list[f
         row[used] = -1
         j = int(row.argmax())
         if row[j] >= iou:
-            used[j] = True
+            used[j] = matched[i] = True
             ious.append(float(row[j]))
-    return len(ious), ious
+    return matched, ious
+
+
+def false_kinds(pseudo: Target, hidden: Target, matched: torch.Tensor, iou: float,
+                labelled: Target | None = None) -> list[str]:
+    """The kind (:data:`FALSE_KINDS`) of each pseudo box ``matched`` marks false."""
+    false = (~matched).nonzero().flatten()
+    if len(false) == 0:
+        return []
+    boxes, labels = pseudo.boxes.float().cpu()[false], pseudo.labels.cpu()[false]
+    on_h = box_iou(boxes, hidden.boxes.float().cpu()) if len(hidden) else torch.zeros(len(false), 0)
+    same = labels[:, None] == hidden.labels.cpu()[None, :] if len(hidden) else on_h.bool()
+    on_l = (box_iou(boxes, labelled.boxes.float().cpu()).amax(1) if labelled is not None and len(labelled)
+            else torch.zeros(len(false)))
+    kinds = []
+    for k in range(len(false)):
+        row = on_h[k]
+        if bool(((row >= iou) & same[k]).any()):
+            kinds.append("duplicate")
+        elif bool((row >= iou).any()):
+            kinds.append("class")
+        elif bool((row >= TOUCH).any()):
+            kinds.append("misplaced")
+        elif float(on_l[k]) >= TOUCH:
+            kinds.append("labelled")
+        else:
+            kinds.append("background")
+    return kinds

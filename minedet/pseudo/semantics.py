@@ -182,10 +182,12 @@ def known_background(dataset, image_ids: Sequence[int], maps: Sequence[BoxMap]) 
     return out
 
 
-def against_hidden(targets: Sequence[Target], hidden: Sequence[Target], maps: Sequence[BoxMap]) -> QualityCounts:
+def against_hidden(targets: Sequence[Target], hidden: Sequence[Target], maps: Sequence[BoxMap],
+                   labelled: Sequence[Target] | None = None) -> QualityCounts:
     """Quality counts of ``targets`` (one per image, in the frame of the view with map ``maps[i]``)
-    against the hidden truth of the same images (file-image frame)."""
+    against the hidden truth of the same images (file-image frame); ``labelled``: each image's labelled boxes in
+    the view's frame (they tell a false box on a labelled object from one on the background)."""
     q = QualityCounts()
-    for t, h, m in zip(targets, hidden, maps):
-        q.add(t.to("cpu"), h.with_boxes(m.apply(h.boxes)))
+    for i, (t, h, m) in enumerate(zip(targets, hidden, maps)):
+        q.add(t.to("cpu"), h.with_boxes(m.apply(h.boxes)), labelled=None if labelled is None else labelled[i].to("cpu"))
     return q
