@@ -849,7 +849,7 @@ def readme_rows(results: dict) -> list[str]:
                 pl = f"co_mining_guarded_part{adapter.mining_part}"
                 pr = _pick(res, split="hard", method=pl)
                 guarded += (f", the guards with the part rule (`method.part={adapter.mining_part}`) {_ms(pr)} "
-                            f"({_seeds(pr)}, {link}'s default)" if pr else "")
+                            f"({_seeds(pr)}, the detector's default)" if pr else "")
             twice = f", {CO_MINING_README['original_2x']} {_ms(o2)} ({_seeds(o2)})" if o2 else ""
             paper = f", co-mining (paper) {_ms(c)} ({_seeds(c)})" if c else ""
             rows.append(f"| Co-mining on {det}, digits `hard` | original {_ms(o)} ({_seeds(o)}){twice}{paper}"
