@@ -381,3 +381,18 @@ def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch):
     res["records"] = [rec(2, {})]
     line = next(x for x in report.page({"co_mining_frcnn_light": res}).splitlines() if x.startswith("- hard/co_mining"))
     assert line.endswith("mined per erased box")
+
+
+def test_the_readme_row_of_a_faster_rcnn_table_names_its_part_rule_column(monkeypatch):
+    """The part rule at Faster R-CNN's own share is that detector's default, and its README row says so."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+    from minedet.models.detector import FasterRCNNAdapter
+
+    label = f"co_mining_guarded_part{FasterRCNNAdapter.mining_part}"
+    recs = [{"method": m, "split": "hard", "seed": s, "ap": ap} for m, s, ap in
+            [("original", 0, 0.80), ("original", 1, 0.81), (label, 0, 0.82), (label, 1, 0.84)]]
+    [row] = [r for r in report.readme_rows({"co_mining_frcnn_light": {"name": "co_mining_frcnn_light", "records": recs}})
+             if "lighter Faster R-CNN" in r]
+    assert (f"original 80.5 ± 0.7 (2 seeds), the guards with the part rule (`method.part={FasterRCNNAdapter.mining_part}`)"
+            " 83.0 ± 1.4 (2 seeds, the detector's default)") in row
