@@ -276,6 +276,9 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
     for split in ("hard", "extreme"):
         assert method_cfg("co_mining_guarded_tau0.5", split) == {"name": "co_mining", **GUARDS, "tau": 0.5}
     assert method_cfg("tau0.5", "hard") == {"name": "co_mining", "tau": 0.5, "paper": True}
+    # the part rule as Faster R-CNN's default runs it; co_mining_guarded itself pins it off, as its records ran
+    assert method_cfg("co_mining_guarded_part0.5", "hard") == {"name": "co_mining", **GUARDS, "tau": 0.6, "part": 0.5}
+    assert GUARDS["part"] is None
     # the guards are minedet's defaults on RetinaNet, where every guarded record so far ran
     from minedet.methods.co_mining import CoMiningOptions
     from minedet.models.detector import RetinaNetAdapter
