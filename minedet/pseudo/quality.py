@@ -35,14 +35,15 @@ class QualityCounts:
     def add(self, pseudo: Target, hidden: Target, iou: float = 0.5, labelled: Target | None = None) -> None:
         """Count one image's ``pseudo`` boxes against its ``hidden`` ones (same frame); ``labelled``: its labelled
         boxes, which tell a piece of a labelled object from the background."""
-        matched, ious = _greedy(pseudo, hidden, iou)
+        on, same = _overlaps(pseudo, hidden)
+        matched, ious = _greedy(pseudo, on, same, iou)
         self.n_pseudo += len(pseudo)
         self.n_hidden += len(hidden)
         self.tp += len(ious)
         self.iou_sum += float(sum(ious))
         for k in pseudo.labels.tolist():
             self.per_class_pseudo[k] = self.per_class_pseudo.get(k, 0) + 1
-        for kind in false_kinds(pseudo, hidden, matched, iou, labelled):
+        for kind in false_kinds(pseudo, on, same, matched, iou, labelled):
             self.false[kind] = self.false.get(kind, 0) + 1
 
     def merge(self, other: "QualityCounts") -> None:
@@ -88,20 +89,27 @@ TOUCH = 0.1
 
 def match(pseudo: Target, hidden: Target, iou: float = 0.5) -> tuple[int, list[float]]:
     """(number of true positives, their IoUs) of ``pseudo`` against ``hidden`` (same class, greedy)."""
-    _, ious = _greedy(pseudo, hidden, iou)
+    _, ious = _greedy(pseudo, *_overlaps(pseudo, hidden), iou)
     return len(ious), ious
 
 
-def _greedy(pseudo: Target, hidden: Target, iou: float) -> tuple[torch.Tensor, list[float]]:
-    """(which pseudo boxes matched, the matches' IoUs): by descending score, each to the best unmatched hidden box of
-    its class with IoU >= ``iou``."""
-    matched = torch.zeros(len(pseudo), dtype=torch.bool)
+def _overlaps(pseudo: Target, hidden: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    """(IoU float[P, H], same class bool[P, H]) of each pseudo box with each hidden box."""
     if len(pseudo) == 0 or len(hidden) == 0:
+        return torch.zeros(len(pseudo), len(hidden)), torch.zeros(len(pseudo), len(hidden), dtype=torch.bool)
+    on = box_iou(pseudo.boxes.float().cpu(), hidden.boxes.float().cpu())
+    return on, pseudo.labels.cpu()[:, None] == hidden.labels.cpu()[None, :]
+
+
+def _greedy(pseudo: Target, on: torch.Tensor, same: torch.Tensor, iou: float) -> tuple[torch.Tensor, list[float]]:
+    """(which pseudo boxes matched, the matches' IoUs): by descending score, each to the best unmatched hidden box of
+    its class with IoU >= ``iou`` (``on``, ``same``: :func:`_overlaps`)."""
+    matched = torch.zeros(len(pseudo), dtype=torch.bool)
+    if on.numel() == 0:
         return matched, []
     order = torch.argsort(pseudo.scores, descending=True) if pseudo.scores is not None else torch.arange(len(pseudo))
-    m = box_iou(pseudo.boxes.float().cpu(), hidden.boxes.float().cpu())
-    m = m * (pseudo.labels.cpu()[:, None] == hidden.labels.cpu()[None, :])
-    used = torch.zeros(len(hidden), dtype=torch.bool)
+    m = on * same
+    used = torch.zeros(on.shape[1], dtype=torch.bool)
     ious = []
     for i in order.tolist():
         row = m[i].clone()
@@ -113,28 +121,15 @@ def _greedy(pseudo: Target, hidden: Target, iou: float) -> tuple[torch.Tensor, l
     return matched, ious
 
 
-def false_kinds(pseudo: Target, hidden: Target, matched: torch.Tensor, iou: float,
+def false_kinds(pseudo: Target, on: torch.Tensor, same: torch.Tensor, matched: torch.Tensor, iou: float,
                 labelled: Target | None = None) -> list[str]:
-    """The kind (:data:`FALSE_KINDS`) of each pseudo box ``matched`` marks false."""
-    false = (~matched).nonzero().flatten()
-    if len(false) == 0:
+    """The kind (:data:`FALSE_KINDS`) of each pseudo box ``matched`` marks false (``on``, ``same``: :func:`_overlaps`
+    with the hidden boxes)."""
+    false = ~matched
+    if not bool(false.any()):
         return []
-    boxes, labels = pseudo.boxes.float().cpu()[false], pseudo.labels.cpu()[false]
-    on_h = box_iou(boxes, hidden.boxes.float().cpu()) if len(hidden) else torch.zeros(len(false), 0)
-    same = labels[:, None] == hidden.labels.cpu()[None, :] if len(hidden) else on_h.bool()
-    on_l = (box_iou(boxes, labelled.boxes.float().cpu()).amax(1) if labelled is not None and len(labelled)
-            else torch.zeros(len(false)))
-    kinds = []
-    for k in range(len(false)):
-        row = on_h[k]
-        if bool(((row >= iou) & same[k]).any()):
-            kinds.append("duplicate")
-        elif bool((row >= iou).any()):
-            kinds.append("class")
-        elif bool((row >= TOUCH).any()):
-            kinds.append("misplaced")
-        elif float(on_l[k]) >= TOUCH:
-            kinds.append("labelled")
-        else:
-            kinds.append("background")
-    return kinds
+    on, same = on[false], same[false]
+    on_l = (box_iou(pseudo.boxes.float().cpu()[false], labelled.boxes.float().cpu()).amax(1)
+            if labelled is not None and len(labelled) else torch.zeros(len(on)))
+    tests = [((on >= iou) & same).any(1), (on >= iou).any(1), (on >= TOUCH).any(1), on_l >= TOUCH]
+    return [next((kind for kind, t in zip(FALSE_KINDS, tests) if bool(t[k])), "background") for k in range(len(on))]
