@@ -77,8 +77,8 @@ def test_page_and_readme_table_are_generated_from_the_records():
     assert proc.returncode == 0, proc.stderr
 
 
-#: the texts whose prose quotes benchmark results: the README and the findings page it links to
-PROSE = ["README.md", "docs/findings.md"]
+#: the texts whose prose quotes benchmark results: the README, the user guide and the findings page
+PROSE = ["README.md", "docs/guide.md", "docs/findings.md"]
 
 
 @pytest.mark.parametrize("doc", PROSE)
