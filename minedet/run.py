@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from minedet.config import Config, TrainConfig
+from minedet.config import Config, DataConfig, TrainConfig
 from minedet.data.coco import CocoData, load_coco
 from minedet.data.datasets import DetectionDataset, infinite_loader
 from minedet.data.splits import check_hidden_matches
@@ -300,6 +300,9 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
             print(f"minedet: warning: {line}", file=sys.stderr)
     torch.manual_seed(t.seed + info.rank)
     datasets = stream_datasets(cfg, method)
+    if info.main and not quiet:
+        for line in method.budget_notes(passes(cfg, datasets)):
+            print(f"minedet: note: {line}", file=sys.stderr)
     method.bind(datasets, out if info.main else None)  # only rank 0 writes renders
     run_prestages(method, t, out, info)
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
@@ -418,12 +421,24 @@ def stream_datasets(cfg: Config, method: Method) -> dict[str, DetectionDataset]:
     }
 
 
+def passes(cfg: Config, datasets: dict[str, DetectionDataset]) -> dict[str, float]:
+    """How many times a run of ``cfg`` goes over each stream's images: steps x global batch x accumulation /
+    images (the batch sizes as :func:`batch_stream` reads them)."""
+    keys, t = batch_keys(cfg.data), cfg.train
+    return {s: t.max_steps * t.accumulate * getattr(cfg.data, keys[s]) / len(ds) for s, ds in datasets.items() if len(ds)}
+
+
+def batch_keys(d: DataConfig) -> dict[str, str]:
+    """The ``data.*`` key that holds each stream's global batch size (``batch_size`` where a stream's own is unset)."""
+    keys = {"labelled": "batch_size", "unlabelled": "unlabelled_batch_size", "sparse": "sparse_batch_size"}
+    return {s: k if getattr(d, k) is not None else "batch_size" for s, k in keys.items()}
+
+
 def batch_stream(run: Run) -> Callable[[int], Iterator[dict]]:
     """``batches(start_step)``: one batch per step, ``{stream: collated batch}``, on the run's device."""
     cfg, info, t = run.cfg, run.info, run.cfg.train
     d = cfg.data
-    keys = {"labelled": "batch_size", "unlabelled": "unlabelled_batch_size", "sparse": "sparse_batch_size"}
-    keys = {s: k if getattr(d, k) is not None else "batch_size" for s, k in keys.items()}
+    keys = batch_keys(d)
     bs = {s: getattr(d, k) for s, k in keys.items()}
     for k in run.datasets:  # the batch sizes are global: each rank loads bs / world
         if bs[k] % info.world:

@@ -507,6 +507,33 @@ def test_mined_boxes_regress_by_the_detectors_default_unless_told(name, default)
     assert regress_flags(paper=True) is True
 
 
+def test_a_two_view_run_over_few_passes_is_told_what_twice_the_batch_did():
+    def notes(n, **o):
+        return CoMining(tiny_detector("retinanet"), CoMiningOptions(**o)).budget_notes({"labelled": n})
+
+    [line] = notes(3.6)
+    assert "3.6 times" in line and "twice the batch" in line and "data.batch_size" in line
+    assert notes(3.6, cogeneration=False) != [], "joint trains on the same two views: the same trade-off"
+    assert notes(14.0) == [] and notes(3.6, siamese=False, cogeneration=False) == [] and \
+        CoMining(tiny_detector("retinanet"), CoMiningOptions()).budget_notes({}) == []
+
+
+def test_the_run_counts_its_passes_and_prints_the_note(tiny_digits, tmp_path, capsys):
+    from minedet.run import build_run, passes
+    from tests.conftest import tiny_config
+
+    few = tiny_config(tiny_digits, tmp_path / "few", method__name="co_mining", train__max_steps=4, train__accumulate=2)
+    run = build_run(few)
+    n = len(run.datasets["labelled"])
+    assert passes(few, run.datasets) == {"labelled": pytest.approx(4 * 2 * 2 / n)}
+    assert "minedet: note: this run goes over each training image about" in capsys.readouterr().err
+    many = tiny_config(tiny_digits, tmp_path / "many", method__name="co_mining", train__max_steps=4 * n)
+    build_run(many)
+    assert "minedet: note" not in capsys.readouterr().err
+    build_run(few, quiet=True)
+    assert "minedet: note" not in capsys.readouterr().err
+
+
 def test_a_warm_up_as_long_as_the_run_is_named_before_training():
     def warnings(steps, **o):
         return CoMining(tiny_detector("retinanet"), CoMiningOptions(**o)).schedule_warnings(steps)

@@ -102,6 +102,12 @@ class Method(nn.Module):
         prints them and goes on). Default: nothing."""
         return []
 
+    def budget_notes(self, passes: dict[str, float]) -> list[str]:
+        """What the measurements say about spending this run's compute otherwise (one line each; the run prints
+        them and goes on). ``passes[stream]``: how many times the run goes over that stream's images (steps x
+        global batch x accumulation / images). Default: nothing."""
+        return []
+
     # ---------------------------------------------------------------- the step
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         raise NotImplementedError  # abstract
