@@ -185,9 +185,9 @@ class CoMining(Method):
             return []
         return [f"this run goes over each training image about {n:.1f} times. At 2.4 to 3.6 passes on the benchmarks' "
                 "digits, a plain run on twice the batch (the supervised method, data.batch_size doubled: about a "
-                "two-view step's compute) trained a better detector than co-mining and joint on RetinaNet, FCOS and "
-                "Faster R-CNN, and mined about as many missing boxes; the second view paid from about 14 passes. "
-                "Measure both on your data (docs/findings.md, Sparse labels)"]
+                "two-view step's compute) trained a better detector than co-mining on RetinaNet, FCOS and Faster "
+                "R-CNN (and than joint on RetinaNet); the second view paid from about 14 passes. Measure both on your "
+                "data (docs/findings.md, Sparse labels)"]
 
     def _capped(self, t: Target, image_id: int) -> Target:
         if self.cap is None:
