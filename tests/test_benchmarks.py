@@ -362,11 +362,13 @@ def test_readme_nuclei_rows_show_the_chosen_columns_by_their_short_names(monkeyp
     assert not any("folds" in r for r in rows) and "full labels" not in rows[1]  # left out; nothing to mine
 
 
-def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch):
+def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch, tmp_path):
     """A co-mining record whose curve logged the false kinds gets them beside its precision (mean over the runs that
     logged them, and how many did); a record from before they were logged gets nothing added."""
     monkeypatch.syspath_prepend(str(BENCH))
     import report
+
+    monkeypatch.setattr(report, "IMG", tmp_path)  # the page's plots: not into the project's docs/img
 
     def rec(seed, kinds):
         row = {"step": 10, "quality/o_n_hidden": 10.0, "quality/o_n_pseudo": 10.0, "quality/o_recall": 0.5,
