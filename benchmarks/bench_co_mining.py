@@ -72,6 +72,8 @@ METHODS = {
     "co_mining_brl_pos": {"name": "co_mining", **GUARDS, "ignore_below": None},
     # the preset's co-mining with per-class thresholds from the scores the model gives labelled boxes
     "co_mining_brl_adaptive": {"name": "co_mining", **GUARDS, "ignore_below": None, "adaptive": True},
+    # the preset with a mined box another class contests (in either view, at >= half its score) ignored, not taught
+    "co_mining_brl_dispute": {"name": "co_mining", **GUARDS, "ignore_below": None, "dispute": 0.5},
     "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
 }
 
@@ -93,6 +95,7 @@ MEANING = {
     "co_mining_brl_nonorm": "the preset, mined boxes out of BRL's normaliser (model.extra.brl_pseudo=no_norm)",
     "co_mining_brl_pos": "the preset, mined boxes adding positives only (model.extra.brl_pseudo=positive)",
     "co_mining_brl_adaptive": "the preset with per-class thresholds (method.adaptive)",
+    "co_mining_brl_dispute": "the preset, a mined box another class contests ignored (method.dispute=0.5)",
     "co_mining_brl_paper": "the release's co-mining on BRL's loss",
     "joint_brl": "joint on BRL's loss",
     "retrain": "pseudo-label retraining: original's boxes mined at score 0.6 added to the labels, trained again",

@@ -541,3 +541,58 @@ def test_a_warm_up_as_long_as_the_run_is_named_before_training():
     assert warnings(900) == [] and warnings(50, cogeneration=False) == []
     [line] = warnings(100)  # the default warm-up of 100 steps on a 100-step run
     assert "nothing is ever mined" in line and "method.mine_after" in line
+
+
+def test_a_detection_of_another_class_contests_a_mined_box():
+    from minedet.pseudo import filters as pf
+
+    mined = Target(torch.tensor([[10.0, 10, 30, 30], [50, 50, 70, 70], [80, 10, 100, 30]]), torch.tensor([3, 3, 3]),
+                   torch.tensor([0.8, 0.8, 0.8]))
+    others = Target(torch.tensor([[11.0, 10, 31, 30], [50, 50, 70, 70], [80, 10, 100, 30], [200, 200, 220, 220]]),
+                    torch.tensor([8, 8, 3, 8]), torch.tensor([0.5, 0.3, 0.9, 0.9]))
+    # first: another class at 0.5 >= 0.5 x 0.8 on it; second: another class too weak; third: only its own class
+    assert pf.disputed(mined, others, 0.5).tolist() == [True, False, False]
+    assert pf.disputed(mined, others, 0.3).tolist() == [True, True, False]
+    assert pf.disputed(mined, Target.empty(), 0.5).tolist() == [False, False, False]
+    assert pf.disputed(Target.empty(), others, 0.5).tolist() == []
+
+
+def test_demoted_mined_boxes_are_ignored_not_taught():
+    from minedet.pseudo.semantics import PseudoLabels
+
+    mined = Target(torch.tensor([[10.0, 10, 30, 30], [50, 50, 70, 70]]), torch.tensor([3, 5]), torch.tensor([0.8, 0.9]))
+    labels = PseudoLabels([mined], [mined], None).demote([torch.tensor([True, False])])
+    assert labels.confident[0].labels.tolist() == [5]
+    (ignored,) = labels.ignored
+    assert ignored.labels.tolist() == [3] and ignored.flag("weight").tolist() == [0.0]
+    assert not ignored.flag("regress").any()
+    assert len(labels.targets()[0]) == 2  # the contested box is still in the targets: its anchors are not background
+
+
+@pytest.mark.parametrize("dispute, taught", [(None, [0, 2]), (0.5, [2])])
+def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatch, dispute, taught):
+    """method.dispute: the class-0 box the original view mines is contested by the class 1 the other view sees on the
+    same object, so the other branch is not taught a 0 there (weight 0: not background either); the uncontested
+    class-2 box is taught either way. On an image with no labels."""
+    det = tiny_detector("retinanet").train()
+    first, second = [10.0, 10, 30, 30], [40, 34, 60, 54]
+    seen = {"o": Target(torch.tensor([first, second]), torch.tensor([0, 2]), torch.tensor([0.8, 0.9])),
+            "a": Target(torch.tensor([first, second]), torch.tensor([1, 2]), torch.tensor([0.5, 0.9]))}
+    calls = []
+
+    def decode(out, score_thresh, **kw):
+        calls.append(score_thresh)
+        t = seen["o" if len(calls) % 2 else "a"]
+        return [t.select(t.scores >= score_thresh)]
+
+    monkeypatch.setattr(det, "decode", decode)
+    m = CoMining(det, _opts(tau=0.6, mine_after=0, dispute=dispute))
+    m.training_step(_batch(n=1, empty=(0,)))
+    assert calls[0] == pytest.approx(0.6 * (dispute or 1.0)), "a contesting class below tau is decoded"
+    assert sorted(m.last_mined["o"][0].labels.tolist()) == taught
+    ignored = m.last_labels["o"].ignored
+    assert (ignored is not None and ignored[0].labels.tolist() == [0]) is (dispute is not None)
+    assert (m.metrics.get("pseudo/disputed_per_image", 0.0) > 0) is (dispute is not None)
+    with pytest.raises(MinedetError, match="method.dispute"):
+        CoMining(det, CoMiningOptions(dispute=1.5))
+    assert CoMiningOptions(dispute=0.5, paper=True).dispute is None

@@ -63,7 +63,10 @@ class CoMiningOptions:
     cap_ratio (1.0): at most ceil(cap_ratio x the labelled boxes per image of the training set) mined
     boxes per image, the best first (a guard against a mining loop feeding on itself); mine_after (100):
     no mining before this many steps; adaptive (off): per-class thresholds from the scores the model gives the labelled
-    boxes of the same forward (their ``adaptive_quantile``, EMA, clamped to [0.3, 0.9]) instead of one tau.
+    boxes of the same forward (their ``adaptive_quantile``, EMA, clamped to [0.3, 0.9]) instead of one tau;
+    dispute (off): a mined box is ignored (weight 0) rather than taught when a detection of another class, in either
+    view, overlaps it (IoU >= 0.5) and scores at least ``dispute`` x its score (the detector found an object and is
+    not sure which it is: on digits `extreme` most false mined boxes were a found digit named wrongly).
     rejected_iou: a detection overlapping a box a reviewer rejected (the data's ``"rejected"`` list, any
     class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off)."""
 
@@ -87,6 +90,7 @@ class CoMiningOptions:
     adaptive: bool = False
     adaptive_quantile: float = 0.5
     rejected_iou: float | None = 0.5
+    dispute: float | None = None
     paper: bool = False
 
     def __post_init__(self) -> None:
@@ -96,7 +100,8 @@ class CoMiningOptions:
 
 
 #: what ``method.paper=true`` sets: the Co-mining release's behaviour (the guards beyond the paper off)
-PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False}
+PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False,
+                  "dispute": None}
 
 
 #: the drift warning looks at the mined boxes of this many steps at a time
@@ -138,6 +143,8 @@ class CoMining(Method):
         for key, v, words in (("contain", o.contain, ""), ("part", self._part, ", auto (the detector's)")):
             if v is not None and (isinstance(v, (str, bool)) or not 0.0 < v <= 1.0):
                 raise MinedetError(f"method.{key} must be in (0, 1]{words} or null, got {getattr(o, key)!r}")
+        if o.dispute is not None and (isinstance(o.dispute, (str, bool)) or not 0.0 < o.dispute <= 1.0):
+            raise MinedetError(f"method.dispute must be in (0, 1] or null, got {o.dispute!r}")
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self._view = view_transform(o.view)
@@ -234,7 +241,8 @@ class CoMining(Method):
         ``tally``: [on, off] gains the confident detections (score > tau) the labelled (or rejected) boxes account
         for and those they do not, before the warm-up and the cap (the precision proxy)."""
         o = self.options
-        dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
+        floor = self.rule.floor * (1.0 if o.dispute is None else o.dispute)  # a contesting class may score lower
+        dets = self.detector.decode(out, score_thresh=floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
         if self.rule.thresholds is not None:  # what the model makes of the labelled boxes now
             self.rule.thresholds.observe(dets, gts)
@@ -274,6 +282,8 @@ class CoMining(Method):
             if self.mining and sum(tally):  # the precision proxy, once mining is on
                 self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
                 self._proxy = [a + b for a, b in zip(self._proxy, tally)]
+            if o.dispute is not None and self.mining:
+                labels = self._settle(labels, views, branches)
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
         mined = {name: lab.confident for name, lab in labels.items()}
         if o.cogeneration:
@@ -294,6 +304,21 @@ class CoMining(Method):
         return losses
 
     # ------------------------------------------------------------------ measurement
+    def _settle(self, labels: dict[str, PseudoLabels], views: dict, branches: list[str]) -> dict[str, PseudoLabels]:
+        """Each branch's mined boxes that a detection of another class contests, in that branch or the other (in
+        this branch's frame), moved to the ignored boxes (``method.dispute``)."""
+        settled, moved = {}, 0
+        for name in branches:
+            masks = []
+            for i, mined in enumerate(labels[name].confident):
+                others = Target.cat([carry(labels[src].detections[i], views[src][i].map, views[name][i].map)
+                                     for src in branches])
+                masks.append(pf.disputed(mined, others, self.options.dispute))
+                moved += int(masks[-1].sum())
+            settled[name] = labels[name].demote(masks)
+        self.metrics["pseudo/disputed_per_image"] = moved / max(1, len(branches) * len(labels[branches[0]].confident))
+        return settled
+
     def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
         ds = self.datasets.get("labelled")
         names = list(ds.data.class_names) if ds is not None else None

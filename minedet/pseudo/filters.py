@@ -98,6 +98,19 @@ def drop_known(t: Target, gt: Target, iou: float, *, same_class: bool = True, co
     return t
 
 
+def disputed(t: Target, others: Target, ratio: float, iou: float = 0.5) -> torch.Tensor:
+    """bool[N]: which boxes of ``t`` a detection of *another* class in ``others`` contests: it overlaps the box by
+    IoU >= ``iou`` and scores at least ``ratio`` x the box's score (the detector is not sure which class the object
+    is; ``others`` may hold the same view's detections and another view's, in ``t``'s frame)."""
+    if len(t) == 0 or len(others) == 0 or t.scores is None or others.scores is None:
+        return torch.zeros(len(t), dtype=torch.bool, device=t.boxes.device)
+    o = others.to(t.boxes.device)
+    m = box_iou(t.boxes.float(), o.boxes.float()) >= iou
+    m &= t.labels[:, None] != o.labels[None, :]
+    m &= o.scores[None, :] >= ratio * t.scores[:, None]
+    return m.any(1)
+
+
 def min_size(t: Target, size: float) -> Target:
     """Drop boxes whose width or height is below ``size`` pixels."""
     if len(t) == 0:
@@ -140,3 +153,8 @@ def cogeneration(tau: float, nms_iou: float, max_dets: int) -> Filter:
 def as_pseudo(t: Target, *, regress: bool = True) -> Target:
     """Mark boxes as pseudo-labels (``pseudo=True``; ``regress`` as given)."""
     return t.with_flags(pseudo=True, regress=regress)
+
+
+def as_ignored(t: Target) -> Target:
+    """Mark boxes as ignored pseudo boxes (``weight=0``, no regression): neither object nor background."""
+    return as_pseudo(t, regress=False).with_flags(weight=0.0)

@@ -48,6 +48,14 @@ class PseudoLabels:
             return list(self.confident)
         return [Target.cat([c, u]) for c, u in zip(self.confident, self.ignored)]
 
+    def demote(self, masks: Sequence[torch.Tensor]) -> "PseudoLabels":
+        """The same labels with the confident boxes ``masks[i]`` marks (bool per box, one per image) moved to the
+        ignored ones: neither taught as objects nor as background."""
+        confident = [c.select(~m) for c, m in zip(self.confident, masks)]
+        moved = [pf.as_ignored(c.select(m)) for c, m in zip(self.confident, masks)]
+        ignored = moved if self.ignored is None else [Target.cat([u, v]) for u, v in zip(self.ignored, moved)]
+        return PseudoLabels(self.detections, confident, ignored)
+
 
 Stage = Callable[[Target, int], Target]  # (confident boxes of one image, its image id) -> kept boxes
 
@@ -151,7 +159,7 @@ class PseudoRule:
 
     def uncertain(self, t: Target) -> Target:
         band = t.select((t.scores >= self.ignore_below) & (t.scores <= self.tau_of(t))) if len(t) else t
-        return pf.as_pseudo(band, regress=False).with_flags(weight=0.0)
+        return pf.as_ignored(band)
 
     def __call__(self, detections: Sequence[Target], image_ids: Sequence[int]) -> PseudoLabels:
         dets = [d.detach() for d in detections]
