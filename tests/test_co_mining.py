@@ -570,7 +570,7 @@ def test_demoted_mined_boxes_are_ignored_not_taught():
 
 
 @pytest.mark.parametrize("dispute, taught", [(None, [0, 2]), (0.5, [2])])
-def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatch, dispute, taught):
+def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatch, tmp_path, dispute, taught):
     """method.dispute: the class-0 box the original view mines is contested by the class 1 the other view sees on the
     same object, so the other branch is not taught a 0 there (weight 0: not background either); the uncontested
     class-2 box is taught either way. On an image with no labels."""
@@ -587,12 +587,31 @@ def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatc
 
     monkeypatch.setattr(det, "decode", decode)
     m = CoMining(det, _opts(tau=0.6, mine_after=0, dispute=dispute))
-    m.training_step(_batch(n=1, empty=(0,)))
+    batch = _batch(n=1, empty=(0,))
+    m.training_step(batch)
     assert calls[0] == pytest.approx(0.6 * (dispute or 1.0)), "a contesting class below tau is decoded"
     assert sorted(m.last_mined["o"][0].labels.tolist()) == taught
     ignored = m.last_labels["o"].ignored
     assert (ignored is not None and ignored[0].labels.tolist() == [0]) is (dispute is not None)
     assert (m.metrics.get("pseudo/disputed_per_image", 0.0) > 0) is (dispute is not None)
+    # a render draws what training is taught: the contested box is not among the mined boxes drawn
+    views = batch["labelled"].views
+
+    class Rendered(_Labelled):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"views": {br: views[br][i] for br in views}}
+
+    drawn = []
+    import minedet.viz
+
+    real = minedet.viz.draw_boxes
+    monkeypatch.setattr("minedet.viz.draw_boxes", lambda image, groups: drawn.append(groups[1].labels) or real(image, groups))
+    m.bind({"labelled": Rendered([0])}, out_dir=tmp_path)
+    assert m.render(1).exists()
+    assert [sorted(labels) for labels in drawn] == [[str(k) for k in taught], ["2"]]  # branch o, then a
     with pytest.raises(MinedetError, match="method.dispute"):
         CoMining(det, CoMiningOptions(dispute=1.5))
     assert CoMiningOptions(dispute=0.5, paper=True).dispute is None

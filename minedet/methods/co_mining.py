@@ -283,7 +283,8 @@ class CoMining(Method):
                 self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
                 self._proxy = [a + b for a, b in zip(self._proxy, tally)]
             if o.dispute is not None and self.mining:
-                labels = self._settle(labels, views, branches)
+                labels, moved = self._settle(labels, views, branches)
+                self.metrics["pseudo/disputed_per_image"] = moved / (len(branches) * b)
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
         mined = {name: lab.confident for name, lab in labels.items()}
         if o.cogeneration:
@@ -304,9 +305,10 @@ class CoMining(Method):
         return losses
 
     # ------------------------------------------------------------------ measurement
-    def _settle(self, labels: dict[str, PseudoLabels], views: dict, branches: list[str]) -> dict[str, PseudoLabels]:
+    def _settle(self, labels: dict[str, PseudoLabels], views: dict,
+                branches: list[str]) -> tuple[dict[str, PseudoLabels], int]:
         """Each branch's mined boxes that a detection of another class contests, in that branch or the other (in
-        this branch's frame), moved to the ignored boxes (``method.dispute``)."""
+        this branch's frame), moved to the ignored boxes (``method.dispute``); and how many moved."""
         settled, moved = {}, 0
         for name in branches:
             masks = []
@@ -316,8 +318,7 @@ class CoMining(Method):
                 masks.append(pf.disputed(mined, others, self.options.dispute))
                 moved += int(masks[-1].sum())
             settled[name] = labels[name].demote(masks)
-        self.metrics["pseudo/disputed_per_image"] = moved / max(1, len(branches) * len(labels[branches[0]].confident))
-        return settled
+        return settled, moved
 
     def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
         ds = self.datasets.get("labelled")
@@ -381,10 +382,13 @@ class CoMining(Method):
         tiles = []
         b = len(samples)
         counts = list(self._drift), self.metrics.get("pseudo/capped")  # a render is not training: the guard's counts stay
-        for j, br in enumerate(branches):
-            gts = [s["views"][br].target for s in samples]
-            mined = self.mine(out.take(slice(j * b, (j + 1) * b)), gts).confident
-            for s, gt, m in zip(samples, gts, mined):
+        views = {br: [s["views"][br] for s in samples] for br in branches}
+        labels = {br: self.mine(out.take(slice(j * b, (j + 1) * b)), [v.target for v in views[br]])
+                  for j, br in enumerate(branches)}
+        if self.options.dispute is not None and self.mining:  # what training is taught: contested boxes ignored
+            labels = self._settle(labels, views, branches)[0]
+        for br in branches:
+            for s, gt, m in zip(samples, [v.target for v in views[br]], labels[br].confident):
                 colour = (255, 40, 40) if br == "o" else (40, 90, 255)
                 tiles.append(draw_boxes(s["views"][br].image, [
                     BoxGroup(gt.boxes.numpy(), None, None, color=(40, 200, 40)),
