@@ -286,6 +286,28 @@ def test_ignore_below_turns_uncertain_teacher_boxes_into_ignored_ones():
         build_method({"name": "mean_teacher", "tau": 0.7, "ignore_below": 0.8}, tiny_detector("retinanet"))
 
 
+def test_a_teacher_box_another_class_contests_is_ignored_not_taught():
+    """method.dispute: the teacher's 0.9 box of class 0 has a class-2 detection on it at 0.6: the student is taught
+    neither (weight 0 there); the uncontested class-1 box is taught; the run logs how many were contested."""
+    box = lambda x: [x, 8.0, x + 20.0, 40.0]  # noqa: E731
+    dets = Target(torch.tensor([box(2.0), box(2.0), box(32.0)]), torch.tensor([0, 2, 1]), torch.tensor([0.9, 0.6, 0.8]))
+    for dispute in (None, 0.5):
+        options = MeanTeacherOptions(burn_in=0, tau=0.7, ignore_below=None, dispute=dispute)
+        m = MeanTeacher(tiny_detector("retinanet", seed=0).train(), options)
+        calls = _fake_teacher(m, [dets])
+        m.training_step(_batch())
+        assert calls[0]["score_thresh"] == pytest.approx(0.7 if dispute is None else 0.35)
+        t = m.last_step.unsup_targets[0]
+        if dispute is None:
+            assert sorted(t.labels.tolist()) == [0, 1] and "pseudo/disputed_per_image" not in m.log_metrics()
+        else:
+            assert t.labels.tolist() == [1, 0] and t.flag("weight").tolist() == [1.0, 0.0]
+            assert m.log_metrics()["pseudo/disputed_per_image"] > 0
+    with pytest.raises(MinedetError, match="method.dispute"):
+        build_method({"name": "mean_teacher", "dispute": 0}, tiny_detector("retinanet"))
+    assert MeanTeacherOptions(dispute=0.5, paper=True).dispute is None
+
+
 def test_teacher_and_student_roles_and_option_checks():
     det = tiny_detector("faster_rcnn")
     m = build_method({"name": "mean_teacher", "burn_in": 0}, det)

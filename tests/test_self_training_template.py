@@ -80,6 +80,25 @@ def test_the_rule_splits_detections_three_ways_and_never_mutates_them():
     assert vetoed.confident[0].labels.tolist() == [0], "an extra stage (ACRST's veto) sees the image id and the boxes"
 
 
+def test_a_confident_box_another_class_contests_is_ignored_by_the_rule():
+    """dispute: the 0.9 box of class 0 is contested by a class-1 box on it at 0.5 (>= 0.5 x 0.9): ignored, not
+    taught, and not background; a contest from another view's detections counts the same; the floor goes down so
+    that the contesting class is decoded."""
+    det = Target(torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]]), torch.tensor([0, 1, 1]),
+                 torch.tensor([0.9, 0.5, 0.8]), image_id=7)
+    rule = PseudoRule(tau=0.7, dispute=0.5)
+    assert rule.floor == pytest.approx(0.35) and PseudoRule(tau=0.7, ignore_below=0.3, dispute=0.5).floor == 0.15
+    labels = rule([det], [7])
+    assert labels.confident[0].labels.tolist() == [1] and labels.confident[0].scores.tolist() == [pytest.approx(0.8)]
+    assert labels.ignored[0].labels.tolist() == [0] and labels.ignored[0].flag("weight").tolist() == [0.0]
+    assert [t.labels.tolist() for t in labels.disputed] == [[0]]
+    assert [len(t) for t in PseudoRule(tau=0.7)([det], [7]).confident] == [2] and PseudoRule(tau=0.7)([det], [7]).disputed is None
+    alone = det.select(torch.tensor([True, False, True]))
+    other_view = Target(torch.tensor([[21.0, 20, 31, 30]]), torch.tensor([2]), torch.tensor([0.6]), image_id=7)
+    contested = rule([alone], [7], contest=[other_view])
+    assert contested.confident[0].labels.tolist() == [0], "the class-2 box of the other view contests the 0.8 one"
+
+
 def test_class_thresholds_follow_the_scores_of_labelled_boxes():
     from minedet.pseudo.semantics import ClassThresholds
 

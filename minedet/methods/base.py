@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from torch import Tensor, nn
 
 from minedet.data.transforms import Compose
+from minedet.errors import MinedetError
 from minedet.models.detector import DetectorAdapter
 
 
@@ -22,6 +23,13 @@ def detectors_own(default=None):
     """An option whose default (``None``, or a word such as ``"auto"`` where ``None`` already means off) stands
     for the detector adapter's own value; ``--help`` says so."""
     return field(default=default, metadata={"none": "the detector's"})
+
+
+def check_share(key: str, value, shown=None, words: str = "") -> None:
+    """A ``method.<key>`` that is a share: a number in (0, 1] or None; else one clear error (``shown``: the value as
+    the user wrote it, when ``value`` was resolved from it; ``words``: other values it may take)."""
+    if value is not None and (isinstance(value, (str, bool)) or not 0.0 < value <= 1.0):
+        raise MinedetError(f"method.{key} must be in (0, 1]{words} or null, got {value if shown is None else shown!r}")
 
 
 def prefixed(losses: dict[str, Tensor], prefix: str, weight: float = 1.0) -> dict[str, Tensor]:

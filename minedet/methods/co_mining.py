@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minedet.data.transforms import Compose, view_transform
 from minedet.errors import MinedetError
-from minedet.methods.base import Method, detectors_own, prefixed
+from minedet.methods.base import Method, check_share, detectors_own, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
@@ -140,11 +140,9 @@ class CoMining(Method):
             raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the release's behaviour)")
         self._part = detector.mining_part if o.part == "auto" else o.part
-        for key, v, words in (("contain", o.contain, ""), ("part", self._part, ", auto (the detector's)")):
-            if v is not None and (isinstance(v, (str, bool)) or not 0.0 < v <= 1.0):
-                raise MinedetError(f"method.{key} must be in (0, 1]{words} or null, got {getattr(o, key)!r}")
-        if o.dispute is not None and (isinstance(o.dispute, (str, bool)) or not 0.0 < o.dispute <= 1.0):
-            raise MinedetError(f"method.dispute must be in (0, 1] or null, got {o.dispute!r}")
+        check_share("contain", o.contain)
+        check_share("part", self._part, o.part, ", auto (the detector's)")
+        check_share("dispute", o.dispute)
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self._view = view_transform(o.view)
@@ -153,7 +151,8 @@ class CoMining(Method):
         thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
         regress = detector.mining_regress if o.pseudo_regress is None else o.pseudo_regress
         self.rule = PseudoRule(o.tau, regress=regress, ignore_below=ignore_below,
-                               stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds)
+                               stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds,
+                               dispute=o.dispute)
         self.steps_done = 0
         self.warned: set[str] = set()  # the drift warnings given so far ("cap", "proxy"): each at most once
         self._drift = [0, 0]  # images through the cap, images it cut, since the last drift check
@@ -236,13 +235,34 @@ class CoMining(Method):
     @torch.no_grad()
     def mine(self, out, gts: list[Target], rejected: list[Target] | None = None,
              tally: list[int] | None = None) -> PseudoLabels:
-        """Pseudo-labels P^g from decoded head outputs (same forward), minus boxes on the GT (and on
-        boxes a reviewer rejected), split by the one pseudo-label rule (confident; ignored with ``ignore_below``).
+        """One branch's pseudo-labels P^g, no other view contesting them (:meth:`co_generate` mines the two)."""
+        return self.rule(self.candidates(out, gts, rejected, tally), [gt.image_id for gt in gts])
+
+    @torch.no_grad()
+    def co_generate(self, parts: dict, views: dict, rejected: dict[str, list[Target]] | None = None,
+                    tally: list[int] | None = None) -> dict[str, PseudoLabels]:
+        """Each branch's pseudo-labels from its decoded head outputs (``parts``) on its views; with
+        ``method.dispute``, the other branch's candidates (carried into this branch's frame) may contest them."""
+        kept = {name: self.candidates(out, [v.target for v in views[name]], None if rejected is None else rejected[name],
+                                      tally) for name, out in parts.items()}
+        labels = {}
+        for name, own in kept.items():
+            others = [src for src in kept if src != name]
+            contest = None if self.rule.dispute is None or not others else [
+                Target.cat([carry(kept[src][i], views[src][i].map, views[name][i].map) for src in others])
+                for i in range(len(own))]
+            labels[name] = self.rule(own, [v.target.image_id for v in views[name]], contest)
+        return labels
+
+    @torch.no_grad()
+    def candidates(self, out, gts: list[Target], rejected: list[Target] | None = None,
+                   tally: list[int] | None = None) -> list[Target]:
+        """One branch's detections from decoded head outputs (same forward; down to the rule's floor), minus boxes
+        on the GT (and on boxes a reviewer rejected): what the pseudo-label rule splits (none in the warm-up).
         ``tally``: [on, off] gains the confident detections (score > tau) the labelled (or rejected) boxes account
         for and those they do not, before the warm-up and the cap (the precision proxy)."""
         o = self.options
-        floor = self.rule.floor * (1.0 if o.dispute is None else o.dispute)  # a contesting class may score lower
-        dets = self.detector.decode(out, score_thresh=floor, nms_thresh=self._nms, topk_candidates=o.topk,
+        dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
                                     detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
         if self.rule.thresholds is not None:  # what the model makes of the labelled boxes now
             self.rule.thresholds.observe(dets, gts)
@@ -258,7 +278,7 @@ class CoMining(Method):
                 tally[1] += m
         if not self.mining:  # warm-up: nothing mined, nothing ignored
             kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
-        return self.rule(kept, [gt.image_id for gt in gts])
+        return kept
 
     def training_step(self, batch: dict) -> dict[str, Tensor]:
         o = self.options
@@ -276,14 +296,13 @@ class CoMining(Method):
             t0 = time.perf_counter()
             ds, ids = self.datasets.get("labelled"), batch["labelled"].image_ids
             tally = [0, 0]
-            for name in branches:
-                labels[name] = self.mine(parts[name], gts[name], known_background(ds, ids, [v.map for v in views[name]]),
-                                         tally)
+            rejected = {name: known_background(ds, ids, [v.map for v in views[name]]) for name in branches}
+            labels = self.co_generate(parts, views, rejected, tally)
             if self.mining and sum(tally):  # the precision proxy, once mining is on
                 self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
                 self._proxy = [a + b for a, b in zip(self._proxy, tally)]
             if o.dispute is not None and self.mining:
-                labels, moved = self._settle(labels, views, branches)
+                moved = sum(len(t) for lab in labels.values() for t in lab.disputed)
                 self.metrics["pseudo/disputed_per_image"] = moved / (len(branches) * b)
             self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
         mined = {name: lab.confident for name, lab in labels.items()}
@@ -305,21 +324,6 @@ class CoMining(Method):
         return losses
 
     # ------------------------------------------------------------------ measurement
-    def _settle(self, labels: dict[str, PseudoLabels], views: dict,
-                branches: list[str]) -> tuple[dict[str, PseudoLabels], int]:
-        """Each branch's mined boxes that a detection of another class contests, in that branch or the other (in
-        this branch's frame), moved to the ignored boxes (``method.dispute``); and how many moved."""
-        settled, moved = {}, 0
-        for name in branches:
-            masks = []
-            for i, mined in enumerate(labels[name].confident):
-                others = Target.cat([carry(labels[src].detections[i], views[src][i].map, views[name][i].map)
-                                     for src in branches])
-                masks.append(pf.disputed(mined, others, self.options.dispute))
-                moved += int(masks[-1].sum())
-            settled[name] = labels[name].demote(masks)
-        return settled, moved
-
     def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
         ds = self.datasets.get("labelled")
         names = list(ds.data.class_names) if ds is not None else None
@@ -383,10 +387,7 @@ class CoMining(Method):
         b = len(samples)
         counts = list(self._drift), self.metrics.get("pseudo/capped")  # a render is not training: the guard's counts stay
         views = {br: [s["views"][br] for s in samples] for br in branches}
-        labels = {br: self.mine(out.take(slice(j * b, (j + 1) * b)), [v.target for v in views[br]])
-                  for j, br in enumerate(branches)}
-        if self.options.dispute is not None and self.mining:  # what training is taught: contested boxes ignored
-            labels = self._settle(labels, views, branches)[0]
+        labels = self.co_generate({br: out.take(slice(j * b, (j + 1) * b)) for j, br in enumerate(branches)}, views)
         for br in branches:
             for s, gt, m in zip(samples, [v.target for v in views[br]], labels[br].confident):
                 colour = (255, 40, 40) if br == "o" else (40, 90, 255)

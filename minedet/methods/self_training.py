@@ -28,7 +28,7 @@ from torch import Tensor
 
 from minedet.data.transforms import BoxMap, Compose, RandomScaleCrop, view_transform
 from minedet.errors import MinedetError
-from minedet.methods.base import Method, detectors_own, prefixed
+from minedet.methods.base import Method, check_share, detectors_own, prefixed
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo.quality import QualityCounts
 from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry
@@ -44,6 +44,8 @@ class SelfTrainingOptions:
     ignore_below: teacher detections scoring in [ignore_below, tau] are ignored, not background (None: off);
     adaptive: per-class thresholds from the scores the teacher gives the labelled boxes (their
     adaptive_quantile, EMA, clamped to [0.3, 0.9]) instead of one tau (beyond the papers; off);
+    dispute: a pseudo box that a teacher detection of another class contests (IoU >= 0.5, scoring at least dispute x
+    its score) is ignored, not taught (beyond the papers; off);
     paper: the papers' rule (:data:`PAPER_SETTINGS`: no ignored band, no adaptive thresholds, ACRST's Eq. 7 alone)."""
 
     tau: float = 0.7
@@ -56,6 +58,7 @@ class SelfTrainingOptions:
     ignore_below: float | None = None
     adaptive: bool = False
     adaptive_quantile: float = 0.5
+    dispute: float | None = None
     paper: bool = False
 
     def __post_init__(self) -> None:
@@ -68,7 +71,7 @@ class SelfTrainingOptions:
 #: what ``method.paper=true`` sets on a self-training method (Mean Teacher, STAC, ACRST, mixed) where it has
 #: the option: the papers' rule, every detection below tau taught as background, and ACRST's Eq. 7 alone
 #: (an instance under a paste keeps its label until it is hidden)
-PAPER_SETTINGS = {"ignore_below": None, "adaptive": False, "occlusion_ignore": None}
+PAPER_SETTINGS = {"ignore_below": None, "adaptive": False, "occlusion_ignore": None, "dispute": None}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class SelfTraining(Method):
         if o.ignore_below is not None and not 0.0 <= o.ignore_below <= o.tau:
             raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {o.ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the papers' rule)")
+        check_share("dispute", o.dispute)
         try:
             strong = view_transform(o.strong_view)
         except ValueError as e:
@@ -112,7 +116,7 @@ class SelfTraining(Method):
         stages = (self.rb.stage_two,) if self.rb is not None else ()
         thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
         self.rule = PseudoRule(o.tau, o.nms, regress=o.unsup_regression and not ss, ignore_below=o.ignore_below,
-                               stages=stages, thresholds=thresholds)
+                               stages=stages, thresholds=thresholds, dispute=o.dispute)
         self.quality = QualityCounts()
         self.last_step: StepRecord | None = None
         self.datasets: dict = {}
@@ -219,6 +223,8 @@ class SelfTraining(Method):
         q = self.measure(ids, labels.confident, maps, streams)
         if q is not None:
             self.metrics.update(q.as_dict(prefix="quality/"))
+        if labels.disputed is not None:
+            self.metrics["pseudo/disputed_per_image"] = sum(len(t) for t in labels.disputed) / max(1, len(ids))
         if self.rb is not None:
             self.rb.observe(ids, labels, maps, self.datasets.get("unlabelled"), self.metrics, self.rule)
 

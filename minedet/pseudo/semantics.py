@@ -10,6 +10,10 @@ A teacher's (or a Co-mining branch's) detections on an image are split three way
   background);
 * everything else: background (not in the targets).
 
+With ``dispute``, a confident box that a detection of *another* class contests (overlapping it, scoring at least
+``dispute`` x its score: in the same detections, or in a second view's passed as ``contest``) is ignored instead:
+the detector found an object there and is not sure which.
+
 Boxes are ``[x1, y1, x2, y2]`` in the pixels of the view the detections were made on; :func:`carry`
 moves them into another view of the same file image. Every function is pure.
 """
@@ -36,11 +40,14 @@ class PseudoLabels:
         detections: everything the teacher reported (score >= :attr:`PseudoRule.floor`).
         confident: the pseudo-labels proper (``pseudo=True``); quality and banks see only these.
         ignored: the uncertain boxes (``weight=0``, ``regress=False``); None when the band is off.
+        disputed: of the ignored boxes, those that were confident until another class contested them (None: no
+            dispute rule).
     """
 
     detections: list[Target]
     confident: list[Target]
     ignored: list[Target] | None
+    disputed: list[Target] | None = None
 
     def targets(self) -> list[Target]:
         """What the student is taught per image: confident ∪ ignored."""
@@ -54,7 +61,7 @@ class PseudoLabels:
         confident = [c.select(~m) for c, m in zip(self.confident, masks)]
         moved = [pf.as_ignored(c.select(m)) for c, m in zip(self.confident, masks)]
         ignored = moved if self.ignored is None else [Target.cat([u, v]) for u, v in zip(self.ignored, moved)]
-        return PseudoLabels(self.detections, confident, ignored)
+        return PseudoLabels(self.detections, confident, ignored, moved)
 
 
 Stage = Callable[[Target, int], Target]  # (confident boxes of one image, its image id) -> kept boxes
@@ -121,6 +128,9 @@ class PseudoRule:
         nms: class-wise NMS IoU applied to the confident boxes (None: the detections' own NMS).
         regress: whether pseudo-labels supervise box regression.
         ignore_below: lower end of the ignored band ``[ignore_below, tau]`` (None: no band).
+        stages: extra steps on each image's confident boxes (e.g. ACRST's multi-label veto, a cap).
+        thresholds: per-class thresholds instead of ``tau``.
+        dispute: a confident box another class contests at >= ``dispute`` x its score is ignored (None: off).
     """
 
     tau: float
@@ -129,12 +139,14 @@ class PseudoRule:
     ignore_below: float | None = None
     stages: tuple[Stage, ...] = field(default=())
     thresholds: ClassThresholds | None = None
+    dispute: float | None = None
 
     @property
     def floor(self) -> float:
-        """The score down to which detections are needed."""
+        """The score down to which detections are needed (a contesting class may score below the threshold)."""
         floor = self.tau if self.thresholds is None else min(self.tau, self.thresholds.lo)
-        return floor if self.ignore_below is None else min(floor, self.ignore_below)
+        floor = floor if self.ignore_below is None else min(floor, self.ignore_below)
+        return floor if self.dispute is None else floor * self.dispute
 
     def tau_of(self, t: Target) -> torch.Tensor | float:
         """The threshold of each box (float[N] with per-class thresholds, else ``tau``)."""
@@ -161,11 +173,18 @@ class PseudoRule:
         band = t.select((t.scores >= self.ignore_below) & (t.scores <= self.tau_of(t))) if len(t) else t
         return pf.as_ignored(band)
 
-    def __call__(self, detections: Sequence[Target], image_ids: Sequence[int]) -> PseudoLabels:
+    def __call__(self, detections: Sequence[Target], image_ids: Sequence[int],
+                 contest: Sequence[Target] | None = None) -> PseudoLabels:
+        """The split of each image's detections; ``contest``: more detections per image (another view's, in
+        this one's frame) that may contest a confident box (with ``dispute``)."""
         dets = [d.detach() for d in detections]
         confident = [self.confident(d, int(i)) for d, i in zip(dets, image_ids)]
         ignored = None if self.ignore_below is None else [self.uncertain(d) for d in dets]
-        return PseudoLabels(dets, confident, ignored)
+        labels = PseudoLabels(dets, confident, ignored)
+        if self.dispute is None:
+            return labels
+        rivals = dets if contest is None else [Target.cat([d, c.detach()]) for d, c in zip(dets, contest)]
+        return labels.demote([pf.disputed(c, r, self.dispute) for c, r in zip(confident, rivals)])
 
 
 def carry(t: Target, src: BoxMap, dst: BoxMap, min_size: float = 1.0) -> Target:
