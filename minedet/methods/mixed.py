@@ -19,7 +19,7 @@ Defaults: Mean Teacher's, with the uncertain band on (``ignore_below=0.3``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -119,7 +119,7 @@ class Mixed(MeanTeacher):
             self.datasets.get(s), batch[s].image_ids, [v.map for v in batch[s].views["weak"]])]
         confident = [self.unknown(t, k, r) for t, k, r in zip(labels.confident, known, rejected)]
         ignored = None if labels.ignored is None else [self.unknown(t, k, r) for t, k, r in zip(labels.ignored, known, rejected)]
-        return PseudoLabels(labels.detections, confident, ignored), maps
+        return replace(labels, confident=confident, ignored=ignored), maps
 
     def unknown(self, t: Target, known: Target, rejected: Target) -> Target:
         """The boxes of ``t`` no labelled box of ``known`` accounts for and no rejected box forbids."""
