@@ -409,7 +409,8 @@ def test_the_part_rule_is_the_detectors(monkeypatch, name, part, dropped):
     gt = Target(torch.tensor([[10.0, 10, 30, 30]]), torch.tensor([0]), image_id=0)
     half_on = Target(torch.tensor([[20.0, 10, 40, 30], [40, 40, 60, 60]]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]))
     monkeypatch.setattr(det, "decode", lambda out, **kw: [half_on])
-    mined = CoMining(det, _opts(tau=0.5, part=part, mine_after=0, cap_ratio=None)).mine(None, [gt]).confident[0]
+    m = CoMining(det, _opts(tau=0.5, part=part, mine_after=0, cap_ratio=None))
+    mined = m.co_generate({"o": None}, {"o": [View(torch.zeros(3, 64, 64), gt, BoxMap(size=(64, 64)))]})["o"].confident[0]
     assert [40.0, 40, 60, 60] in mined.boxes.tolist()
     assert ([20.0, 10, 40, 30] not in mined.boxes.tolist()) is dropped
 

@@ -100,8 +100,8 @@ class CoMiningOptions:
 
 
 #: what ``method.paper=true`` sets: the Co-mining release's behaviour (the guards beyond the paper off)
-PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None, "mine_after": 0, "adaptive": False,
-                  "dispute": None}
+PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None,
+                  "mine_after": 0, "adaptive": False, "dispute": None}
 
 
 #: the drift warning looks at the mined boxes of this many steps at a time
@@ -233,15 +233,10 @@ class CoMining(Method):
         return self.steps_done >= self.options.mine_after
 
     @torch.no_grad()
-    def mine(self, out, gts: list[Target], rejected: list[Target] | None = None,
-             tally: list[int] | None = None) -> PseudoLabels:
-        """One branch's pseudo-labels P^g, no other view contesting them (:meth:`co_generate` mines the two)."""
-        return self.rule(self.candidates(out, gts, rejected, tally), [gt.image_id for gt in gts])
-
-    @torch.no_grad()
     def co_generate(self, parts: dict, views: dict, rejected: dict[str, list[Target]] | None = None,
                     tally: list[int] | None = None) -> dict[str, PseudoLabels]:
-        """Each branch's pseudo-labels from its decoded head outputs (``parts``) on its views; with
+        """Co-generation: each branch's pseudo-labels P^g from its decoded head outputs (``parts``, same forward) on
+        its views, split by the one pseudo-label rule (confident; ignored with ``ignore_below``); with
         ``method.dispute``, the other branch's candidates (carried into this branch's frame) may contest them."""
         kept = {name: self.candidates(out, [v.target for v in views[name]], None if rejected is None else rejected[name],
                                       tally) for name, out in parts.items()}
