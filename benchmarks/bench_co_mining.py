@@ -111,10 +111,19 @@ PATTERN_MEANING = [
 ]
 
 
+def split_view(label: str) -> tuple[str, str] | None:
+    """``joint_brl_view_strong`` -> (``joint_brl``, ``strong``): a column of METHODS on another second view."""
+    base, sep, view = label.rpartition("_view_")
+    return (base, view) if sep and base in METHODS else None
+
+
 def meaning(label: str) -> str | None:
     """What column ``label`` trains, in a few words (None for a label this script does not know)."""
     if label in MEANING:
         return MEANING[label]
+    if (split := split_view(label)) and split[0] in MEANING:
+        return f"{MEANING[split[0]]}, the second view {split[1]}" + (
+            " (colour jitter, blur and cutout: Unbiased Teacher's strong view)" if split[1] == "strong" else "")
     for pattern, text in PATTERN_MEANING:
         if m := re.fullmatch(pattern, label):
             return text.format(*m.groups())
@@ -166,6 +175,9 @@ def method_cfg(label: str, split: str) -> dict:
         return {**m, "ignore_below": min(float(label.rpartition("_ib")[2]), m["tau"])}
     if label.startswith("view_"):
         return {"name": "co_mining", "view": label[5:], "tau": tau, "paper": True}
+    if split_view(label):  # a column on another second view: joint_brl_view_strong
+        base, view = split_view(label)
+        return {**method_cfg(base, split), "view": view}
     m = dict(METHODS[label])
     if m["name"] == "co_mining" and m.get("cogeneration", True):
         m["tau"] = round(tau - 0.1, 2) if split == "extreme" else tau
@@ -414,8 +426,11 @@ def beats_rivals(records: list[dict]) -> list[str]:
         for r in records:
             if r["split"] == split:
                 aps[r["method"]][r["seed"]] = r["ap"]
-        for c in [m for m in aps if m not in every_rival and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
-            for m in RIVALS[on_brl(c)]:
+        for c in [m for m in aps if (split_view(m) or (m,))[0] not in every_rival
+                  and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
+            # a column on another second view also meets joint on that view
+            view = [f"joint{'_brl' * on_brl(c)}_view_{split_view(c)[1]}"] if split_view(c) else []
+            for m in RIVALS[on_brl(c)] + tuple(view):
                 seeds = sorted(set(aps[c]) & set(aps.get(m, {})))
                 if not seeds:
                     continue
