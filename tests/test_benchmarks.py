@@ -167,6 +167,26 @@ def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
     ]
 
 
+def test_a_column_on_another_second_view_runs_its_base_and_meets_joint_on_that_view(monkeypatch):
+    """``LABEL_view_V`` trains column LABEL with the second view V; a co-mining column on a view also meets
+    ``joint`` on the same view (so a gain from the view alone is not credited to co-generation)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_co_mining import beats_rivals, meaning, method_cfg
+
+    assert method_cfg("co_mining_brl_noib_view_strong", "extreme") == {**method_cfg("co_mining_brl_noib", "extreme"),
+                                                                         "view": "strong"}
+    assert method_cfg("joint_brl_view_strong", "hard") == {**method_cfg("joint_brl", "hard"), "view": "strong"}
+    assert meaning("joint_brl_view_strong").startswith("joint on BRL's loss, the second view strong")
+    assert meaning("co_mining_typo_view_strong") is None
+    records = [{"method": m, "split": "hard", "seed": i, "ap": ap}
+               for m, aps in {"co_mining_brl_noib_view_strong": [0.78, 0.79], "joint_brl": [0.75, 0.76],
+                              "joint_brl_view_strong": [0.78, 0.80]}.items() for i, ap in enumerate(aps)]
+    assert beats_rivals(records) == [
+        "hard: co_mining_brl_noib_view_strong - joint_brl = +3.0 AP on seeds [0, 1]: above by more than one std (0.7)",
+        "hard: co_mining_brl_noib_view_strong - joint_brl_view_strong = -0.5 AP on seeds [0, 1]: within one std (1.4)",
+    ]
+
+
 def test_bench_mixed_and_review_run_and_render(tmp_path):
     _run(tmp_path, "bench_mixed.py", "--seeds", "0", "--steps", "4", "--train-images", "40", "--val-images", "6",
          "--methods", "supervised_sparse", "mean_teacher", "mixed", "--out", str(tmp_path / "mixed"))
