@@ -194,7 +194,8 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=None,
                     help="these methods instead of the table's: " + "; ".join(f"{k}: {v}" for k, v in MEANING.items())
                          + "; tauT, tauT_any, co_mining_guarded_tauT, co_mining_brl_noib_tauT: at tau T; "
-                           "co_mining_guarded_ibX: the ignored band from score X; co_mining_guarded_partS: method.part=S; view_none|blur|color: the second view")
+                           "co_mining_guarded_ibX: the ignored band from score X; co_mining_guarded_partS: method.part=S; view_none|blur|color: the second view; "
+                           "LABEL_view_V: column LABEL on the second view V (joint_brl_view_strong)")
     ap.add_argument("--model-extra", nargs="+", default=[], metavar="KEY=VALUE",
                     help="model.extra settings for every column (a cheaper detector, stated in the page's note), e.g. "
                          "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "
