@@ -175,9 +175,8 @@ def method_cfg(label: str, split: str) -> dict:
         return {**m, "ignore_below": min(float(label.rpartition("_ib")[2]), m["tau"])}
     if label.startswith("view_"):
         return {"name": "co_mining", "view": label[5:], "tau": tau, "paper": True}
-    if split_view(label):  # a column on another second view: joint_brl_view_strong
-        base, view = split_view(label)
-        return {**method_cfg(base, split), "view": view}
+    if on_view := split_view(label):  # a column on another second view: joint_brl_view_strong
+        return {**method_cfg(on_view[0], split), "view": on_view[1]}
     m = dict(METHODS[label])
     if m["name"] == "co_mining" and m.get("cogeneration", True):
         m["tau"] = round(tau - 0.1, 2) if split == "extreme" else tau
@@ -430,7 +429,7 @@ def beats_rivals(records: list[dict]) -> list[str]:
         for c in [m for m in aps if (split_view(m) or (m,))[0] not in every_rival
                   and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
             # a column on another second view also meets joint on that view
-            view = [f"joint{'_brl' * on_brl(c)}_view_{split_view(c)[1]}"] if split_view(c) else []
+            view = [f"joint{'_brl' * on_brl(c)}_view_{v[1]}"] if (v := split_view(c)) else []
             for m in RIVALS[on_brl(c)] + tuple(view):
                 seeds = sorted(set(aps[c]) & set(aps.get(m, {})))
                 if not seeds:
