@@ -77,10 +77,26 @@ def add_run_args(ap, *, train_images: int, out_help: str = "work folder (default
     ap.add_argument("--out", default=None, help=out_help)
 
 
+def other_benchmarks() -> int:
+    """How many other benchmark processes (``python benchmarks/bench_*.py``) run on this machine now: a record says
+    what ran beside it, as its wall times depend on it (Linux ``/proc``; 0 where it cannot be read)."""
+    me, n = os.getpid(), 0
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(pid) != me and os.getppid() != int(pid) and any(Path(a.decode(errors="replace")).name.startswith("bench_")
+                                                                 and a.endswith(b".py") for a in args[1:3]):
+            n += 1
+    return n
+
+
 def run_origin() -> dict:
-    """Where a record comes from: the command line, date, git commit and machine of this run."""
+    """Where a record comes from: the command line, date, git commit and machine of this run, and how many other
+    benchmark processes ran beside it when it was written."""
     return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": machine()}
+            "git_commit": git_commit(), "machine": machine(), "other_benchmarks": other_benchmarks()}
 
 
 #: the fields that name one setting of a benchmark run; records agreeing on them are re-runs of each other
