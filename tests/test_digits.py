@@ -23,6 +23,7 @@ from minedet.data.digits import (
     render_scene,
     sample_classes,
     split_pools,
+    first_test_image_id,
     val_first_image_id,
 )
 from minedet.errors import MinedetError
@@ -160,6 +161,44 @@ def test_train_val_samples_are_disjoint(small: DigitsPaths) -> None:
     _, labels = load_glyphs()
     for a in _load(small.train_json)["annotations"]:
         assert labels[a["source_index"]] + 1 == a["category_id"]
+
+
+@pytest.fixture(scope="module")
+def with_test(tmp_path_factory: pytest.TempPathFactory) -> DigitsPaths:
+    return build_digits(tmp_path_factory.mktemp("digits_test"), seed=3, n_test=6, **SMALL)
+
+
+def test_test_split_has_its_size_and_its_own_ids(with_test: DigitsPaths) -> None:
+    test = _load(with_test.test_json)
+    assert with_test.test_json == with_test.root / "annotations" / "test.json"
+    assert len(test["images"]) == 6 and len(COCO(str(with_test.test_json)).getImgIds()) == 6
+    first = first_test_image_id(SMALL["n_train"], SMALL["n_val"])
+    assert [im["id"] for im in test["images"]] == list(range(first, first + 6))
+    other = {im["id"] for path in (with_test.train_json, with_test.val_json) for im in _load(path)["images"]}
+    assert not other & {im["id"] for im in test["images"]}
+    assert all(im["file_name"].startswith("test/") for im in test["images"]) and test["annotations"]
+    assert first_test_image_id(4000, 300) == 1000001 and first_test_image_id(2_000_000, 300) == 100000001
+
+
+def test_test_split_shares_no_glyph_with_train_and_no_image_with_val(with_test: DigitsPaths) -> None:
+    """Test glyphs come from the val pool only (never train's); its scenes come from a stream of their own."""
+    tr_pool, va_pool = split_pools(load_glyphs()[1], seed=3)
+    test = {a["source_index"] for a in _load(with_test.test_json)["annotations"]}
+    assert test and not test & set(tr_pool.tolist()) and test <= set(va_pool.tolist())
+    pixels = {split: {(with_test.image_root / im["file_name"]).read_bytes() for im in _load(path)["images"]}
+              for split, path in (("val", with_test.val_json), ("test", with_test.test_json))}
+    assert not pixels["val"] & pixels["test"]
+    val = [(a["image_id"] % 100, a["bbox"]) for a in _load(with_test.val_json)["annotations"]]
+    assert val != [(a["image_id"] % 100, a["bbox"]) for a in _load(with_test.test_json)["annotations"]]
+
+
+def test_test_split_is_deterministic_and_leaves_train_and_val_unchanged(tmp_path: Path, small: DigitsPaths,
+                                                                      with_test: DigitsPaths) -> None:
+    again = build_digits(tmp_path / "again", seed=3, n_test=6, **SMALL)
+    assert _all_files(again.root) == _all_files(with_test.root)
+    without = {k: v for k, v in _all_files(with_test.root).items() if "test" not in k}
+    assert without == _all_files(small.root) and small.test_json is None
+    assert _load(with_test.test_json)["info"]["generator"]["n_test"] == 6
 
 
 def test_split_pools_stratified_disjoint_seeded() -> None:

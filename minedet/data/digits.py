@@ -3,7 +3,9 @@
 Source: ``sklearn.datasets.load_digits()`` (bundled with scikit-learn, nothing is downloaded): 1797
 greyscale 8x8 glyphs with values 0..16 and 10 classes. The 1797 samples are split once, seeded and
 stratified by class, into disjoint train (75 %) and val (25 %) pools, so no handwriting sample appears
-in both splits. Each scene is an RGB image with a smooth random background (colour gradient plus
+in both splits. An optional test split (``n_test``) draws its scenes from a stream no other split uses and its
+glyphs from the val pool only: no test image is a train or val image and no test glyph is a train glyph, but the
+1797 glyphs are all in the train or val pool, so test shares handwriting with val (never with train). Each scene is an RGB image with a smooth random background (colour gradient plus
 low-frequency noise) on which 0..k digits are alpha-composited: the glyph is upsampled smoothly to a
 side drawn from ``digit_size`` (aspect slightly jittered), its intensity becomes the alpha mask, and
 its colour is drawn to contrast with the local background. Mild pixel noise is added last.
@@ -12,10 +14,11 @@ Output layout (COCO JSON + PNG)::
 
     out_dir/annotations/train.json      out_dir/images/train/000000001.png ...
     out_dir/annotations/val.json        out_dir/images/val/000100001.png ...
+    out_dir/annotations/test.json       out_dir/images/test/001000001.png ...   (only when n_test > 0)
 
 ``file_name`` is relative to ``out_dir/images`` (``"train/000000001.png"``). Image ids are unique across
 splits: train ``1..n_train``, val ``100001..`` (the val base grows by powers of ten if ``n_train`` is
-larger). Category id = digit + 1 (ids 1..10, names ``"0"``..``"9"``). Each annotation's ``bbox`` is
+larger), test after val (:func:`first_test_image_id`). Category id = digit + 1 (ids 1..10, names ``"0"``..``"9"``). Each annotation's ``bbox`` is
 ``[x, y, w, h]`` in image pixels (floats, COCO convention): the tight box of the pixels whose digit alpha
 is at least :data:`ALPHA_THRESHOLD`. ``"source_index"`` (not a COCO key) is the index of the glyph in
 ``load_digits()``.
@@ -25,8 +28,9 @@ frequent, class "9" the rarest, and ``p_0 / p_9 == R`` (R = 1 is uniform). Class
 then a glyph of that class uniformly from the split's pool.
 
 Deterministic: the same arguments give byte-identical JSON and PNG files. The pool split, the train
-scenes and the val scenes each use their own ``numpy.random.default_rng`` stream derived from
-``SeedSequence([seed, stream])``.
+scenes, the val scenes and the test scenes each use their own ``numpy.random.default_rng`` stream derived from
+``SeedSequence([seed, stream])``; the test stream is one no benchmark drew from before the split existed, and
+``n_test`` leaves the train and val files byte-identical.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ __all__ = [
     "render_scene",
     "sample_classes",
     "split_pools",
+    "first_test_image_id",
     "val_first_image_id",
 ]
 
@@ -76,7 +81,7 @@ ASPECT_MAX = 1.25
 #: Minimum luminance difference (0..255) between a digit's colour and its local background.
 MIN_CONTRAST = 90.0
 #: Streams derived from the seed.
-_STREAM_POOLS, _STREAM_TRAIN, _STREAM_VAL = 0, 1, 2
+_STREAM_POOLS, _STREAM_TRAIN, _STREAM_VAL, _STREAM_TEST = 0, 1, 2, 3
 _PNG_COMPRESS_LEVEL = 6
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -90,12 +95,14 @@ class DigitsPaths:
         train_json: ``out_dir/annotations/train.json`` (COCO).
         val_json: ``out_dir/annotations/val.json`` (COCO).
         image_root: ``out_dir/images``; every ``file_name`` is relative to it.
+        test_json: ``out_dir/annotations/test.json`` (COCO) when the build has a test split, else None.
     """
 
     root: Path
     train_json: Path
     val_json: Path
     image_root: Path
+    test_json: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -408,12 +415,18 @@ def val_first_image_id(n_train: int) -> int:
     return first
 
 
+def first_test_image_id(n_train: int, n_val: int) -> int:
+    """First test image id: the next ``10**k + 1`` above the last val id (1000001 for the usual sizes)."""
+    return val_first_image_id(val_first_image_id(n_train) + n_val - 1)
+
+
 def build_digits(
     out_dir: str | Path,
     *,
     seed: int = 0,
     n_train: int = 1000,
     n_val: int = 200,
+    n_test: int = 0,
     image_size: int = 128,
     digits_per_image: tuple[int, int] = (1, 6),
     digit_size: tuple[int, int] = (16, 40),
@@ -427,6 +440,7 @@ def build_digits(
             other files are left alone.
         seed: non-negative int; the same arguments give byte-identical files.
         n_train, n_val: number of images per split (>= 0).
+        n_test: images of the test split (>= 0; none by default): its own scene stream, glyphs of the val pool.
         image_size: side of the square RGB images, in pixels.
         digits_per_image: inclusive range of digits drawn per image; ``(0, k)`` allows empty images.
             Digits that cannot be placed without overlap (IoU > 0.05) are dropped.
@@ -444,6 +458,7 @@ def build_digits(
     seed = _check_int("seed", seed, 0)
     n_train = _check_int("n_train", n_train, 0)
     n_val = _check_int("n_val", n_val, 0)
+    n_test = _check_int("n_test", n_test, 0)
     image_size = _check_int("image_size", image_size, 8)
     digits_per_image = _check_range("digits_per_image", digits_per_image, 0)
     digit_size = _check_range("digit_size", digit_size, 4)
@@ -463,6 +478,7 @@ def build_digits(
         train_json=root / "annotations" / "train.json",
         val_json=root / "annotations" / "val.json",
         image_root=image_root,
+        test_json=root / "annotations" / "test.json" if n_test else None,
     )
     scene_kwargs = {
         "image_size": image_size,
@@ -471,13 +487,15 @@ def build_digits(
         "imbalance": imbalance,
     }
     info = _digits_info(seed, n_train, n_val, scene_kwargs)
-    with tqdm(total=n_train + n_val, desc="digits", unit="img", disable=not progress) as bar:
-        for split, stream, pool, first_id, count, json_path in (
-            ("train", _STREAM_TRAIN, train_pool, 1, n_train, paths.train_json),
-            ("val", _STREAM_VAL, val_pool, val_first_image_id(n_train), n_val, paths.val_json),
-        ):
+    splits = [("train", _STREAM_TRAIN, train_pool, 1, n_train, paths.train_json, info),
+              ("val", _STREAM_VAL, val_pool, val_first_image_id(n_train), n_val, paths.val_json, info)]
+    if n_test:  # the train and val files stay byte-identical: only test.json's info names n_test
+        test_info = {**info, "generator": {**info["generator"], "n_test": n_test, "test_glyphs": "the val pool"}}
+        splits.append(("test", _STREAM_TEST, val_pool, first_test_image_id(n_train, n_val), n_test, paths.test_json, test_info))
+    with tqdm(total=n_train + n_val + n_test, desc="digits", unit="img", disable=not progress) as bar:
+        for split, stream, pool, first_id, count, json_path, split_info in splits:
             rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
-            coco = _coco_split(split, rng, pool, first_id, count, image_root, info, scene_kwargs, bar)
+            coco = _coco_split(split, rng, pool, first_id, count, image_root, split_info, scene_kwargs, bar)
             write_text_atomic(json_path, json.dumps(coco, ensure_ascii=False, separators=(",", ":")) + "\n")
     return paths
 
