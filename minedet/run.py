@@ -209,7 +209,8 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     preset = preset_path("own_data")
     d = apply_overrides(load_yaml(preset), [f"method.name={method}", *auto, *overrides])
     for_method = _method_model_proposals(d, given)
-    cfg = build_config(apply_overrides(d, for_method), file=str(preset))
+    steps, steps_why = _step_proposals(d, len(data.images), given)
+    cfg = build_config(apply_overrides(d, for_method + steps), file=str(preset))
     if "train.out_dir" not in given:  # one folder per method, so a second method does not overwrite the first
         cfg.train.out_dir = f"runs/{method}"
     d = cfg.data
@@ -222,7 +223,31 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     if not quiet and for_method:
         print(f"minedet: {method} on {cfg.model.name} trains best with " + ", ".join(for_method) +
               " (override with KEY=VALUE)", file=sys.stderr)
+    if not quiet and steps:
+        print(f"minedet: {steps_why}: " + ", ".join(steps) + " (override with KEY=VALUE)", file=sys.stderr)
     return cfg
+
+
+OWN_DATA_PASSES = 100  # passes over the training images (Ultralytics' default epochs=100)
+OWN_DATA_STEPS = (300, 10000)  # the proposal's bounds: a useful minimum, and hours rather than days on one GPU
+
+
+def _step_proposals(d: dict, n_images: int, given: set[str]) -> tuple[list[str], str]:
+    """``train.max_steps``: :data:`OWN_DATA_PASSES` over ``n_images`` at the run's global batch x accumulation,
+    kept in :data:`OWN_DATA_STEPS`; ``train.warmup_steps``: the preset's, scaled with the steps (never more). As
+    ``KEY=VALUE`` less those the command line sets (``d``: the preset as a dict, overrides applied), and why.
+    An explicit ``train.max_steps`` wins: nothing is proposed."""
+    t = d.get("train") or {}
+    if "train.max_steps" in given:
+        return [], ""
+    per_step = int((d.get("data") or {}).get("batch_size") or 1) * int(t.get("accumulate") or 1)
+    steps = math.ceil(OWN_DATA_PASSES * max(1, n_images) / max(1, per_step))
+    steps = min(OWN_DATA_STEPS[1], max(OWN_DATA_STEPS[0], steps))
+    preset_warmup = int(t.get("warmup_steps") or 0)
+    warmup = min(preset_warmup, round(preset_warmup * steps / max(1, int(t.get("max_steps") or 1))))
+    out = [f"{k}={v}" for k, v in (("train.max_steps", steps), ("train.warmup_steps", warmup)) if k not in given]
+    why = f"{steps * per_step / max(1, n_images):.0f} passes over the {n_images} training images at batch {per_step}"
+    return out, why
 
 
 def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
@@ -240,13 +265,14 @@ def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
 
 
 def propose_sizes(data: CocoData) -> dict[str, float | int]:
-    """``data.image_size``: the median short side of the images, rounded to 32 and kept in [128, 1024];
+    """``data.image_size``: the median short side of the images, rounded up to a multiple of 32 (no detail is
+    shrunk away: 400 px -> 416) and kept in [128, 1024];
     ``model.anchor_scale``: the smallest anchors (stride 8) match the 5th percentile of box sides after
     that resize, in [1, 8] by halves."""
     import statistics
 
     shorts = [min(int(im["width"]), int(im["height"])) for im in data.images]
-    size = int(min(1024, max(128, round(statistics.median(shorts) / 32) * 32))) if shorts else 512
+    size = int(min(1024, max(128, math.ceil(statistics.median(shorts) / 32) * 32))) if shorts else 512
     scale = {im["id"]: size / max(1, min(int(im["width"]), int(im["height"]))) for im in data.images}
     sides = sorted(min(a["bbox"][2], a["bbox"][3]) * scale[i] for i, anns in data.anns_by_image.items() for a in anns)
     anchor = 4.0
@@ -282,12 +308,13 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
 
     cfg = resolve_data(cfg, quiet=quiet)
     t = cfg.train
+    out = Path(out_dir or t.out_dir)
+    _refuse_replacing_init(cfg.model.init, out)
     info = info or setup_device(t.device, quiet=quiet)
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(out_dir or t.out_dir)
     torch.manual_seed(t.seed + info.rank)
     spec = build_spec(cfg, load_coco(cfg.data.train, strict=cfg.data.strict))
     torch.manual_seed(t.seed)  # the same initial weights on every rank
@@ -295,8 +322,9 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     if cfg.model.init:
         init_from(detector, cfg.model.init)
     method = build_method(cfg.method, detector)
+    schedule_lines = clamp_warmup(t) + method.schedule_warnings(t.max_steps)
     if info.main:
-        for line in method.schedule_warnings(t.max_steps):
+        for line in schedule_lines:
             print(f"minedet: warning: {line}", file=sys.stderr)
     torch.manual_seed(t.seed + info.rank)
     datasets = stream_datasets(cfg, method)
@@ -307,6 +335,38 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     run_prestages(method, t, out, info)
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
     return Run(cfg, spec, method, datasets, val, info, out)
+
+
+def clamp_warmup(t: TrainConfig) -> list[str]:
+    """A warm-up as long as the run never reaches ``train.lr``: ``t.warmup_steps >= t.max_steps`` is cut to a tenth
+    of the run (``t`` is changed). Returns the warning line, or nothing when the warm-up fits."""
+    if t.warmup_steps < t.max_steps or t.warmup_steps == 0:
+        return []
+    given, t.warmup_steps = t.warmup_steps, t.max_steps // 10
+    return [f"train.warmup_steps={given} >= train.max_steps={t.max_steps}: the learning rate would never reach "
+            f"train.lr; warm-up cut to {t.warmup_steps} steps (a tenth of the run)"]
+
+
+def _refuse_replacing_init(init: str | None, out: Path) -> None:
+    """A run must not replace the model it starts from: ``model.init`` may not be ``OUT/model.pt``."""
+    if init is None:
+        return
+    mine, theirs = (out / "model.pt").resolve(), Path(init).resolve()
+    if mine == theirs or (mine.exists() and theirs.exists() and mine.samefile(theirs)):
+        raise MinedetError(f"model.init is this run's own output {out / 'model.pt'}, which the run would replace: "
+                           "write the run to another folder (--out DIR)", file=init)
+
+
+def unused_out_dir(out: str | Path) -> Path:
+    """``out``, or when it holds the ``model.pt`` of an earlier run the first ``OUT-2``, ``OUT-3``, ... that does not
+    exist (Ultralytics' ``exp2``): what ``minedet train`` writes to, so a second round never replaces the first."""
+    out = Path(out)
+    if not (out / "model.pt").exists():
+        return out
+    n = 2
+    while out.with_name(f"{out.name}-{n}").exists():
+        n += 1
+    return out.with_name(f"{out.name}-{n}")
 
 
 def run_prestages(method: Method, train: TrainConfig, out: Path, info: DistInfo) -> None:

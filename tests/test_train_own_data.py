@@ -94,3 +94,58 @@ def test_semi_supervised_methods_ask_for_unlabelled_images(method, tiny_digits, 
     rc = main(["train", method, "--train", str(tiny_digits.train_json), "--val", str(tiny_digits.val_json),
                "--out", str(tmp_path / "x"), *TINY])
     assert rc == 2 and "data.unlabelled" in capsys.readouterr().err
+
+
+def _own(tiny_digits, *overrides, quiet=True):
+    return own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                           overrides=list(overrides), quiet=quiet)
+
+
+def test_steps_are_proposed_from_the_number_of_images_and_an_explicit_count_wins(tiny_digits, capsys):
+    cfg = _own(tiny_digits, quiet=False)  # 40 images, batch 8: 100 passes = 500 steps, above the minimum of 300
+    assert (cfg.train.max_steps, cfg.train.warmup_steps) == (500, 33)  # the preset's warm-up, scaled with the steps
+    assert "100 passes over the 40 training images at batch 8: train.max_steps=500, train.warmup_steps=33" \
+        in capsys.readouterr().err
+    assert _own(tiny_digits, "data.batch_size=2").train.max_steps == 2000
+    assert _own(tiny_digits, "data.batch_size=64").train.max_steps == 300  # the minimum
+    explicit = _own(tiny_digits, "train.max_steps=70", quiet=False)
+    assert (explicit.train.max_steps, explicit.train.warmup_steps) == (70, 200)  # the preset's; the run clamps it
+    assert "passes over" not in capsys.readouterr().err
+
+
+def test_image_size_is_rounded_up_to_a_multiple_of_32():
+    from minedet.data.coco import validate_coco
+
+    raw = {"images": [{"id": i, "file_name": f"{i}.png", "width": 600, "height": 400} for i in (1, 2, 3)],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600,
+                            "iscrowd": 0}],
+           "categories": [{"id": 1, "name": "tree"}]}
+    assert propose_sizes(validate_coco(raw, file="x.json"))["data.image_size"] == 416  # 400 px: not shrunk to 384
+
+
+def _train(tiny_digits, *extra):
+    return main(["train", "supervised", "--train", str(tiny_digits.train_json), "--images", str(tiny_digits.image_root),
+                 "--val", str(tiny_digits.val_json), "--val-images", str(tiny_digits.image_root), *TINY, *extra])
+
+
+def test_a_second_round_never_replaces_the_first(tiny_digits, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert _train(tiny_digits) == 0
+    first = tmp_path / "runs" / "supervised" / "model.pt"
+    err = capsys.readouterr().err
+    assert "train.warmup_steps=200 >= train.max_steps=2" in err and "warm-up cut to 0 steps" in err
+    before = first.read_bytes()
+    assert _train(tiny_digits, "model.init=runs/supervised/model.pt") == 0  # the round two, no --out
+    out = capsys.readouterr()
+    assert "runs/supervised holds the model.pt of an earlier run; this run writes to runs/supervised-2" in out.err
+    assert "runs/supervised-2/model.pt" in out.out
+    assert first.read_bytes() == before and (tmp_path / "runs" / "supervised-2" / "model.pt").is_file()
+    assert _train(tiny_digits, "--out", "runs/supervised") == 0  # an explicit --out is kept too
+    assert (tmp_path / "runs" / "supervised-3" / "model.pt").is_file() and first.read_bytes() == before
+    capsys.readouterr()
+    last = "runs/supervised/checkpoints/last.pt"  # --resume continues in place, but never over its own init
+    assert _train(tiny_digits, "--out", "runs/supervised", "--resume", last, "model.init=runs/supervised/model.pt") == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "model.init is this run's own output" in errors[0] and "Traceback" not in err
+    assert first.read_bytes() == before

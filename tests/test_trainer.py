@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -117,3 +118,13 @@ def test_lr_schedule_warmup_then_decay():
     assert lr_factor(100, cfg) == pytest.approx(0.0, abs=1e-9)
     step = TrainConfig(max_steps=100, warmup_steps=0, schedule="step", milestones=[50, 80], gamma=0.1)
     assert [lr_factor(s, step) for s in (0, 50, 80)] == pytest.approx([1.0, 0.1, 0.01])
+
+
+def test_progress_prints_the_runs_estimated_wall_time_after_its_first_steps(tmp_path, capsys):
+    cfg = TrainConfig(max_steps=40, lr=0.1, warmup_steps=0, ckpt_every=0, progress=True, schedule="constant")
+    Trainer(_Flaky(bad_steps=set()), cfg, _batches, out_dir=tmp_path).fit()
+    err = capsys.readouterr().err
+    assert re.search(r"train: about \d+ s for 40 steps \([0-9.e-]+ s a step\)", err), err
+    short = TrainConfig(max_steps=5, lr=0.1, warmup_steps=0, ckpt_every=0, progress=True, schedule="constant")
+    Trainer(_Flaky(bad_steps=set()), short, _batches, out_dir=tmp_path / "short").fit()
+    assert "about" not in capsys.readouterr().err  # a run over before the estimate needs none

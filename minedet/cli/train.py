@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 from minedet.cli.registry import METHODS, method_options_help
 from minedet.config import load_config, preset_path
 from minedet.errors import MinedetError
-from minedet.run import own_data_config, print_outputs, print_reports, run_training
+from minedet.run import own_data_config, print_outputs, print_reports, run_training, unused_out_dir
 
 _DATA_FLAGS = {"images": "train_images", "val_images": "val_images", "unlabelled": "unlabelled",
                "unlabelled_images": "unlabelled_images", "hidden": "hidden"}
@@ -33,12 +35,19 @@ def _config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    main = int(os.environ.get("RANK", "0")) == 0
     if args.out:
         cfg.train.out_dir = args.out
     if args.device:
         cfg.train.device = args.device
+    if not args.resume:  # a second round never replaces the first: a finished run's folder gets a numbered sibling
+        fresh = unused_out_dir(cfg.train.out_dir)
+        if main and fresh != Path(cfg.train.out_dir):
+            print(f"minedet: {cfg.train.out_dir} holds the model.pt of an earlier run; this run writes to {fresh} "
+                  "(--out DIR names the folder; --resume CKPT continues a run in place)", file=sys.stderr)
+        cfg.train.out_dir = str(fresh)
     result = run_training(cfg, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main:
         print_reports(result)
         print()
         print_outputs(result)
@@ -54,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Train a detector from a YAML config (sections data/model/method/train) or a preset name\n"
             "shipped with minedet (e.g. digits_retinanet, digits_co_mining, digits_acrst), or on your own\n"
             "COCO data with no YAML: minedet train co_mining --train train.json --images DIR --val val.json\n"
-            "(the method name as the config; image size and anchor scale proposed from the boxes; co_mining\n"
+            "(the method name as the config; image size and anchor scale proposed from the boxes, steps from\n"
+            "the number of images (100 passes, 300..10000 steps); co_mining\n"
             "on RetinaNet trains on BRL's loss, model.extra.cls_loss=focal for the paper's).\n"
             "Writes OUT/checkpoints/last.pt (resumable), OUT/model.pt (the plain detector),\n"
             "OUT/metrics.jsonl, OUT/tb (TensorBoard), OUT/eval.json, OUT/pr_curve.png and OUT/confusion.png (on val).\n"
@@ -71,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabelled", metavar="JSON", help="COCO JSON of unlabelled images (mean_teacher, stac, acrst)")
     p.add_argument("--unlabelled-images", metavar="DIR", help="data.unlabelled_images")
     p.add_argument("--hidden", metavar="JSON", help="erased boxes, to measure mined-box quality only (data.hidden)")
-    p.add_argument("--out", help="output directory (default: train.out_dir)")
-    p.add_argument("--resume", metavar="CKPT", help="resume from a training checkpoint (OUT/checkpoints/last.pt)")
+    p.add_argument("--out", help="output directory (default: train.out_dir); one holding a model.pt is kept: the run "
+                                 "writes to OUT-2, OUT-3, ... instead")
+    p.add_argument("--resume", metavar="CKPT", help="resume from a training checkpoint (OUT/checkpoints/last.pt), "
+                                                    "writing in place")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
     p.set_defaults(func=_cmd_train)
