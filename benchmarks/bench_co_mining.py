@@ -29,7 +29,7 @@ from pathlib import Path
 
 import json
 
-from common import append_results, finished_run, latest, load_results, train_record, twice_the_batch, write_json
+from common import add_test_arg, append_results, finished_run, latest, load_results, train_record, twice_the_batch, write_json
 
 #: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran;
 #: with mined boxes regressing, as every guarded record so far ran (the default on RetinaNet and Faster R-CNN;
@@ -200,6 +200,7 @@ def main() -> int:
                          "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "
                          "--name co_mining_frcnn_light; each record carries them")
     ap.add_argument("--val-images", type=int, default=300)
+    add_test_arg(ap)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (default 1): a same-seed re-run reproduces its record only at the same count")
     ap.add_argument("--append", action="store_true",
@@ -274,7 +275,7 @@ def main() -> int:
                     continue
                 over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
                         f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
-                        f"data.cache_dir={work / 'cache'}"]
+                        f"data.digits.n_test={args.test_images}", f"data.cache_dir={work / 'cache'}"]
                 cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
                 if split != "full":
                     cfg.data.train, cfg.data.hidden = sparse_copy(cfg, split, seed)

@@ -79,7 +79,8 @@ def main() -> int:
             cfg = config(seed, label[:-len("_brl")])
             cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", "loss_norm": "image"}
             return cfg
-        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "image_size": 128, "imbalance": 10.0}
+        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "n_test": args.test_images,
+                  "image_size": 128, "imbalance": 10.0}
         over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
                 f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}"]
         cfg = load_config(preset_path("digits_mean_teacher"), over)

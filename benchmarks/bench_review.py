@@ -96,7 +96,8 @@ def main() -> int:
 
     def config(seed: int, steps: int):
         over = [f"train.max_steps={steps}", f"train.seed={seed}", f"train.threads={args.threads}",
-                f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}", f"data.cache_dir={work / 'cache'}"]
+                f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
+                f"data.digits.n_test={args.test_images}", f"data.cache_dir={work / 'cache'}"]
         cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
         cfg.data.train, cfg.data.hidden = sparse_copy(cfg, args.split, seed)
         cfg.method = method_cfg("co_mining", args.split)

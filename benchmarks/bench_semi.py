@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import append_results, train_record
+from common import add_test_arg, append_results, train_record
 
 ACRST_OFF = {"fbr": False, "affr": False, "two_stage": False, "selective_supervision": False}
 METHODS = {
@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=800, help="training steps per run (half of them burn-in)")
     ap.add_argument("--train-images", type=int, default=2000)
     ap.add_argument("--val-images", type=int, default=300)
+    add_test_arg(ap)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (default 1): a same-seed re-run reproduces its record only at the same count")
     ap.add_argument("--imbalance", type=float, default=10.0)
@@ -109,7 +110,8 @@ def main() -> int:
     name = args.name or ("semi" if args.table == "headline" else f"semi_{args.table}")
 
     def config(seed: int, detector: str, semi: dict | None):
-        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "image_size": 128, "imbalance": args.imbalance}
+        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "n_test": args.test_images,
+                  "image_size": 128, "imbalance": args.imbalance}
         over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
                 f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}", *args.set]
         cfg = load_config(preset_path("digits_mean_teacher"), over)

@@ -73,8 +73,36 @@ def add_run_args(ap, *, train_images: int, out_help: str = "work folder (default
     """The options every training benchmark shares: data size, torch threads, work folder."""
     ap.add_argument("--train-images", type=int, default=train_images)
     ap.add_argument("--val-images", type=int, default=300)
+    add_test_arg(ap)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     ap.add_argument("--out", default=None, help=out_help)
+
+
+def add_test_arg(ap) -> None:
+    """``--test-images``: the digits test split every run of a digits benchmark is scored on at its end."""
+    ap.add_argument("--test-images", type=int, default=300,
+                    help="digits test images (default 300, val's size; 0: none): every run is scored on val and on "
+                         "test at its end; choices are made on val, the README quotes test")
+
+
+def test_scores(cfg, out_dir: Path) -> dict:
+    """``test_ap``, ``test_ap50``, ``test_ap75``, ``test_per_class`` of the run's saved model (``out_dir/model.pt``) on
+    the digits test split (``data.digits.n_test``), evaluation only; {} for a run without one. ``test_role`` names the
+    model scored (the role of the record's unprefixed val figures)."""
+    if not (cfg.data.digits or {}).get("n_test"):
+        return {}
+    from minedet.data.coco import load_coco
+    from minedet.data.datasets import DetectionDataset
+    from minedet.engine.checkpoint import load_model
+    from minedet.engine.inference import evaluate_detector
+
+    data = json.loads((out_dir / "config.json").read_text())["data"]  # the digits build the run used
+    test = Path(data["val"]).with_name("test.json")
+    det, meta = load_model(out_dir / "model.pt")
+    rep = evaluate_detector(det.eval(), DetectionDataset(load_coco(test), data["val_images"]),
+                            batch_size=max(8, cfg.data.batch_size)).as_dict()
+    return {**{f"test_{k}": rep[k] for k in ("ap", "ap50", "ap75", "per_class")}, "test_role": (meta or {}).get("role"),
+            "test_images": cfg.data.digits["n_test"]}
 
 
 def other_benchmarks() -> int:
@@ -182,7 +210,8 @@ def finished_run(out_dir: Path, steps: int) -> Path | None:
 
 
 def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None) -> dict:
-    """Run one training job and return a flat record (AP, per-class AP, steps, times, quality).
+    """Run one training job and return a flat record (AP, per-class AP, steps, times, quality, torch threads).
+    Unprefixed figures (``ap``, ``ap50``, ...) are the val split's; ``test_*`` the digits test split's (:func:`test_scores`).
 
     ``resume``: the final checkpoint of a run that finished but whose record was never written (the
     benchmark was stopped while measuring): no step is trained, the same weights are evaluated again,
@@ -194,8 +223,10 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None)
     t0 = time.perf_counter()
     res = run_training(cfg, out_dir=out_dir, quiet=True, resume=str(resume) if resume else None)
     wall = time.perf_counter() - t0
+    import torch
+
     rec = {**label, "steps": res["steps"], "wall_s": round(wall, 1), "train_s": round(res["wall_s"], 1),
-           "nonfinite_steps": res["nonfinite_steps"]}
+           "nonfinite_steps": res["nonfinite_steps"], "threads": cfg.train.threads or torch.get_num_threads()}
     if first is not None:
         rec.update(wall_s=round(first["wall_s"], 1), train_s=round(first["wall_s"], 1), rebuilt_from_checkpoint=True)
     metrics = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -235,6 +266,7 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None)
         rec[prefix + "per_class"] = d["per_class"]
         rec.setdefault("roles", []).append(role)
     rec["curve"] = [{"step": m["step"], **{k: m[k] for k in m if k.startswith("quality/")}} for m in train if any(k.startswith("quality/") for k in m)]
+    rec.update(test_scores(cfg, out_dir))
     return rec
 
 

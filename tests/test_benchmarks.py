@@ -35,13 +35,14 @@ def _records(tmp_path: Path, name: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_bench_semi_tables_run_and_render(tmp_path):
-    tiny = ["--seeds", "0", "--steps", "4", "--train-images", "24", "--val-images", "6", "--fractions", "25",
+    tiny = ["--seeds", "0", "--steps", "4", "--train-images", "24", "--val-images", "6", "--test-images", "4", "--fractions", "25",
             "--out", str(tmp_path / "work")]
     # Table 7 (STAC needs the supervised run of its seed first) ...
     _run(tmp_path, "bench_semi.py", "--table", "stac", "--methods", "supervised", "stac", "stac+acrst", *tiny)
     recs = _records(tmp_path, "semi_stac")
     assert [r["method"] for r in recs] == ["supervised", "stac", "stac+acrst"]
     assert all(r["steps"] == 4 and r["fraction"] == 25.0 and 0.0 <= r["ap"] <= 1.0 for r in recs)
+    assert all(0.0 <= r["test_ap"] <= 1.0 and r["test_images"] == 4 and r["threads"] == 1 for r in recs)
     # ... and the headline's ceiling plus Mean Teacher, appended to one file
     _run(tmp_path, "bench_semi.py", "--methods", "mean_teacher", "--name", "semi", *tiny)
     _run(tmp_path, "bench_semi.py", "--table", "ablation", "--methods", "fbr+affr", "--append", "--name", "semi", *tiny)
@@ -61,10 +62,12 @@ def test_bench_semi_tables_run_and_render(tmp_path):
 def test_bench_co_mining_baselines_run(tmp_path):
     _run(tmp_path, "bench_co_mining.py", "--table", "baselines", "--splits", "hard", "--methods", "original", "retrain",
          "co_mining", "brl", "--seeds", "0", "--steps", "3", "--train-images", "16", "--val-images", "8",
-         "--out", str(tmp_path / "work"))
+         "--test-images", "5", "--out", str(tmp_path / "work"))
     recs = _records(tmp_path, "co_mining_baselines")
     assert [r["method"] for r in recs] == ["original", "retrain", "co_mining", "brl"]
     assert all(r["split"] == "hard" and r["steps"] == 3 for r in recs)
+    # every run is scored on val (ap) and, evaluation only, on the digits test split (test_ap), at its thread count
+    assert all(0.0 <= r["test_ap"] <= 1.0 and r["test_role"] and r["threads"] == 1 for r in recs)
     assert recs[2].get("predict_s") and recs[2].get("predict_base_s")
     # every sparse run's model mines for review against the hidden truth, but retrain's (its file has none)
     assert ["mine_recall_at_p90" in r for r in recs] == [True, False, True, True]
@@ -92,7 +95,7 @@ def test_bench_co_mining_model_extra_reaches_every_column(tmp_path):
     """--model-extra: one detector setting for every column (a cheaper Faster R-CNN under its own name), in each
     run's config, each record and the page's note; a pair without '=' is refused before anything trains."""
     _run(tmp_path, "bench_co_mining.py", "--table", "frcnn", "--splits", "hard", "--methods", "original", "co_mining_guarded",
-         "--seeds", "0", "--steps", "2", "--train-images", "16", "--val-images", "8", "--model-extra",
+         "--seeds", "0", "--steps", "2", "--train-images", "16", "--val-images", "8", "--test-images", "4", "--model-extra",
          "box_batch_size_per_image=32", "rpn_post_nms_top_n_train=100", "--name", "co_mining_frcnn_light",
          "--out", str(tmp_path / "work"))
     want = {"box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100}
@@ -189,12 +192,14 @@ def test_a_column_on_another_second_view_runs_its_base_and_meets_joint_on_that_v
 
 def test_bench_mixed_and_review_run_and_render(tmp_path):
     _run(tmp_path, "bench_mixed.py", "--seeds", "0", "--steps", "4", "--train-images", "40", "--val-images", "6",
-         "--methods", "supervised_sparse", "mean_teacher", "mixed", "--out", str(tmp_path / "mixed"))
+         "--test-images", "5", "--methods", "supervised_sparse", "mean_teacher", "mixed", "--out", str(tmp_path / "mixed"))
     recs = _records(tmp_path, "mixed")
     assert [r["method"] for r in recs] == ["supervised_sparse", "mean_teacher", "mixed"] and all(r["steps"] == 4 for r in recs)
+    assert all(0.0 <= r["test_ap"] <= 1.0 and r["test_images"] == 5 and r["threads"] == 1 for r in recs)
     _run(tmp_path, "bench_review.py", "--seeds", "0", "--round1", "3", "--round2", "2", "--train-images", "24",
-         "--val-images", "6", "--out", str(tmp_path / "review"))
+         "--val-images", "6", "--test-images", "0", "--out", str(tmp_path / "review"))
     rev = _records(tmp_path, "review")
+    assert "test_ap" not in rev[0] and rev[0]["threads"] == 1  # --test-images 0: val only
     assert rev[0]["method"] == "review_round" and rev[0]["total_steps"] == 5 and rev[0]["steps"] == 2
     assert (tmp_path / "review" / "round1_hard_3_s0" / "completed.json").exists()
     (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
