@@ -267,9 +267,7 @@ def _hand_made(fmt: str, root: Path) -> list[str]:
         (root / "ann" / "q.xml").write_text(voc("q.png", 40, 20, []))
         return ["--from", "voc", str(root / "ann"), "--classes", "cat,dog"]
     if fmt == "labelme":
-        for n, shapes in (("p", [{"label": "dog", "points": [[30, 15], [10, 5]], "shape_type": "rectangle"},
-                                 {"label": "dog", "points": [[1, 1], [2, 3], [4, 1]], "shape_type": "polygon"}]),
-                          ("q", [])):
+        for n, shapes in (("p", [{"label": "dog", "points": [[30, 15], [10, 5]], "shape_type": "rectangle"}]), ("q", [])):
             (root / "images" / f"{n}.json").write_text(json.dumps(
                 {"version": "5.4.1", "imagePath": f"{n}.png", "imageWidth": 40, "imageHeight": 20, "imageData": None, "shapes": shapes}))
         return ["--from", "labelme", str(root / "images"), "--classes", "cat,dog"]
@@ -294,6 +292,14 @@ def test_hand_made_files_convention_and_image_without_boxes(fmt: str, tmp_path: 
     p = d.anns_by_image[by_name["p.png"]]
     assert [(a["bbox"], a["category_id"]) for a in p] == [([10.0, 5.0, 20.0, 10.0], 2)]
     assert d.anns_by_image[by_name["q.png"]] == []
+
+
+def _rect(p: list[float], q: list[float], label: str = "cat") -> dict:
+    return {"label": label, "points": [p, q], "shape_type": "rectangle"}
+
+
+def _labelme(shapes: list[dict], w: int = 8, h: int = 8) -> str:
+    return json.dumps({"version": "5.4.1", "imagePath": "a.png", "imageWidth": w, "imageHeight": h, "imageData": None, "shapes": shapes})
 
 
 def _billion_laughs() -> str:
@@ -323,7 +329,7 @@ BAD_CASES = {
     "labelme_not_json": ("labelme", {"a.json": "{not json"}, ["{root}/a.json"], "a.json: line 1 column 2: not valid JSON"),
     "labelme_unknown_class": ("labelme", {"a.json": json.dumps({"imagePath": "a.png", "imageWidth": 8, "imageHeight": 8, "shapes": [
         {"label": "cow", "points": [[1, 1], [4, 4]], "shape_type": "rectangle"}]})},
-        ["{root}/a.json", "--classes", "cat,dog"], "a.json: rectangle[0]: class 'cow' is not in the class list"),
+        ["{root}/a.json", "--classes", "cat,dog"], "a.json: shapes[0]: class 'cow' is not in the class list"),
     "yolo_missing": ("yolo", {}, ["{root}/nope"], "nope: YOLO labels folder not found"),
     "yolo_unknown_class": ("yolo", {"labels/a.txt": "0 0.5 0.5 0.1 0.1\n5 0.5 0.5 0.2 0.2\n", "classes.txt": "cat\ndog\n"},
                            ["{root}"], "a.txt: line 2: class '5' is not in the class list (0..1)"),
@@ -332,6 +338,32 @@ BAD_CASES = {
     "yolo_no_names": ("yolo", {"labels/a.txt": "0 0.5 0.5 0.1 0.1\n"}, ["{root}"], "YOLO needs class names"),
     "yolo_label_without_image": ("yolo", {"labels/zz.txt": "0 0.5 0.5 0.1 0.1\n", "classes.txt": "cat\n"},
                                  ["{root}"], "zz.txt: label file without an image"),
+    # degenerate shapes (issue 49.3): refused, one line naming file + shape + rule, never dropped or made up
+    "labelme_polygon_one_point": ("labelme", {"a.json": _labelme([_rect([1, 1], [4, 4]), {"label": "cat", "points": [[2, 2]],
+                                  "shape_type": "polygon"}])}, ["{root}/a.json"], "a.json: shapes[1]: a polygon needs three or more"),
+    "labelme_rectangle_one_point": ("labelme", {"a.json": _labelme([{"label": "cat", "points": [[2, 2]], "shape_type": "rectangle"}])},
+                                    ["{root}/a.json"], "a.json: shapes[0]: a rectangle needs two [x, y] points"),
+    "labelme_rectangle_zero_size": ("labelme", {"a.json": _labelme([_rect([2, 2], [2, 5])])}, ["{root}/a.json"],
+                                    "a.json: shapes[0]: box has no area"),
+    "labelme_point_shape": ("labelme", {"a.json": _labelme([{"label": "cat", "points": [[2, 2]], "shape_type": "point"}])},
+                            ["{root}/a.json"], "a.json: shapes[0]: shape_type 'point' has no box"),
+    "labelme_nan": ("labelme", {"a.json": _labelme([_rect([1, 1], [4, 4])]).replace("4]", "NaN]", 1)}, ["{root}/a.json"],
+                    "a.json: shapes[0]: box coordinates must be finite"),
+    "yolo_zero_width": ("yolo", {"labels/a.txt": "0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0 0.1\n", "classes.txt": "cat\n"}, ["{root}"],
+                        "a.txt: line 2: box width and height must be > 0"),
+    "yolo_nan": ("yolo", {"labels/a.txt": "0 nan 0.5 0.1 0.1\n", "classes.txt": "cat\n"}, ["{root}"], "a.txt: line 1: box values must be finite"),
+    "yolo_negative": ("yolo", {"labels/a.txt": "0 0.5 0.5 0.1 -0.1\n", "classes.txt": "cat\n"}, ["{root}"], "a.txt: line 1: box width"),
+    # issue 49.7: the label file and line, never "converted annotations: annotation id=1"
+    "yolo_outside_image": ("yolo", {"labels/a.txt": "0 0.5 0.5 0.1 0.1\n\n0 2.0 0.5 0.1 0.1\n", "classes.txt": "cat\n"}, ["{root}"],
+                           "a.txt: line 3: box (15.6,3.6,16.4,4.4) lies more than 1 px outside its 8x8 image"),
+    "voc_outside_image": ("voc", {"a.xml": voc("a.png", 8, 8, [("cat", 1, 1, 4, 4, 0), ("cat", 12, 1, 14, 4, 0)])}, ["{root}/a.xml"],
+                          "a.xml: object[1]: box (11,0,14,4) lies more than 1 px outside its 8x8 image"),
+    "cvat_zero_size": ("cvat", {"annotations.xml": '<annotations><image name="a.png" width="8" height="8">'
+                                '<box label="cat" xtl="1" ytl="1" xbr="1" ybr="4"/></image></annotations>'},
+                       ["{root}/annotations.xml"], "image[0] name='a.png' box[0]: box has no area"),
+    "cvat_polygon": ("cvat", {"annotations.xml": '<annotations><image name="a.png" width="8" height="8">'
+                              '<polygon label="cat" points="1,1;2,2"/></image></annotations>'},
+                     ["{root}/annotations.xml"], "image[0] name='a.png' polygon[0]: <polygon> is not a box"),
 }
 
 
@@ -366,3 +398,22 @@ def test_to_format_bad_input(tmp_path: Path, capsys) -> None:
     assert rc == 2 and "file not found" in err
     rc, _, err = _run(["data", "convert", str(src), "--from", "voc", "--to", "yolo", "--out", str(tmp_path / "y")], capsys)
     assert rc == 2 and "not both" in err
+
+
+def test_labelme_polygon_is_its_extent_and_edge_boxes_are_clipped(tmp_path: Path, capsys) -> None:
+    """A polygon's box is its extent; a box sticking out by <= 1 px (tool rounding) is clipped, never dropped."""
+    (tmp_path / "a.json").write_text(_labelme([{"label": "cat", "points": [[1, 2], [5, 1], [3, 6]], "shape_type": "polygon"},
+                                               _rect([7.5, -0.5], [8.6, 3])]))
+    rc, out, err = _run(["data", "convert", "--from", "labelme", str(tmp_path / "a.json"), "--out", str(tmp_path / "x.json")], capsys)
+    assert rc == 0, err
+    d = json.loads((tmp_path / "x.json").read_text())
+    assert [a["bbox"] for a in d["annotations"]] == [[1.0, 1.0, 4.0, 5.0], [7.5, 0.0, 0.5, 3.0]]
+
+
+def test_to_format_refuses_a_box_it_would_drop(tmp_path: Path, capsys) -> None:
+    d = _coco()
+    d["annotations"].append({"id": 77, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 3], "area": 0, "iscrowd": 0})
+    save_coco(tmp_path / "s.json", d, validate=False)
+    rc, _, err = _run(["data", "convert", str(tmp_path / "s.json"), "--to", "yolo", "--out", str(tmp_path / "y")], capsys)
+    assert rc == 2 and "annotation id=77" in err and "zero area" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "y").exists()

@@ -80,10 +80,16 @@ back); 'difficult' boxes are kept as "difficult": 1. Without --from or --to, SRC
 YOLO: SRC is the labels folder (or a root holding labels/ and images/); the images give the sizes
 (--images, default labels/ -> images/), the class names come from --names (data.yaml or one name a
 line; default data.yaml / classes.txt / obj.names beside the labels); an image without a label file
-has no boxes. LabelMe: rectangles only; file_name is the image relative to SRC (or --images). CVAT: the
-labels of <meta> give the class order. The COCO file passes 'minedet data check' before it is written.
-Out of COCO: YOLO writes DIR/labels/*.txt + DIR/data.yaml; VOC DIR/Annotations/*.xml; LabelMe one
-JSON per image (to sit beside the image); CVAT DIR/annotations.xml. Crowd boxes are not exported.
+has no boxes. LabelMe: rectangles and polygons (a polygon's box is its extent); file_name is the image
+relative to SRC (or --images). CVAT: <box> only; the labels of <meta> give the class order.
+Every shape becomes exactly one box or the conversion stops with one line naming the file, the shape
+(YOLO 'line N', VOC 'object[i]', LabelMe 'shapes[i]', CVAT 'image[i] box[j]') and the rule: another
+shape kind (LabelMe point/line/circle, CVAT polygon/points/...), too few points, a non-finite value,
+zero width or height, or a box more than 1 px outside its image (within 1 px it is clipped). Nothing
+is skipped, nothing is made up. The COCO file passes 'minedet data check --strict' before it is written.
+Out of COCO: IN.json is read with 'data check --strict' rules (a zero-area or clipped box is an error).
+YOLO writes DIR/labels/*.txt + DIR/data.yaml; VOC DIR/Annotations/*.xml; LabelMe one JSON per image
+(to sit beside the image); CVAT DIR/annotations.xml. Crowd boxes are not exported (counted).
 """
 
 MERGE_HELP = """\
@@ -480,7 +486,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise MinedetError("give --from (into COCO) or --to (out of COCO), not both")
         if len(args.sources) != 1:
             raise MinedetError("--to takes one COCO JSON file")
-        data = load_coco(args.sources[0])
+        data = load_coco(args.sources[0], strict=True)  # a box it would drop or clip is an error, never silent
         res = coco_to_format(data, args.to_fmt, out)
         print(f"{out}: {res['images']} images, {res['boxes']} boxes as {args.to_fmt} ({len(res['files'])} files)"
               + (f"; {res['crowd_skipped']} crowd boxes not exported" if res["crowd_skipped"] else ""))

@@ -25,10 +25,21 @@ of the COCO ``bbox = [x, y, w, h]`` (``x = x1``, ``w = x2 - x1``). Per format:
   ``w = xmax - xmin + 1``, detectron2's VOC convention); ``<difficult>1`` is kept as the
   annotation key ``"difficult": 1`` (globox does not read it; minedet reads it from the same
   defused tree).
-* **LabelMe** (one JSON per image): ``rectangle`` shapes, two corner points in continuous
-  coordinates; other shape types are skipped. ``imagePath`` is relative to the JSON file.
+* **LabelMe** (one JSON per image): ``rectangle`` shapes (two corner points) and ``polygon``
+  shapes (three or more points; the box is their extent, globox's ``include_poly``), continuous
+  coordinates. ``imagePath`` is relative to the JSON file.
 * **CVAT for images 1.1** (one ``annotations.xml``): ``<box xtl ytl xbr ybr>`` in continuous
   coordinates; rotated boxes are refused.
+
+**Degenerate shapes: one policy, every reader.** A shape a reader meets becomes exactly one box,
+or the conversion is refused with one line naming the file, the shape (``line 3``,
+``object[2]``, ``shapes[1]``, ``image[0] name='a.jpg' box[2]``) and the rule; nothing is skipped
+and nothing is made up. The rules (:func:`_check_box`): a shape of a kind that has no box
+(a LabelMe ``point``/``line``/``circle``, a CVAT ``<polygon>``/``<points>``/``<polyline>``/...) is
+refused; a rectangle needs two points and a polygon three; every coordinate is finite; the box
+has positive width and height; it lies inside its image, up to :data:`EDGE_TOLERANCE` px (the
+rounding of annotation tools, VOC's 0- vs 1-based slips), and such a box is clipped to the image.
+CVAT ``<tag>`` (an image-level label, not a shape) is not a box and is not read.
 
 COCO ``iscrowd`` boxes have no counterpart in the other formats and are not exported (counted).
 """
@@ -68,6 +79,7 @@ FORMATS = ("yolo", "voc", "labelme", "cvat")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _LIB_ERRORS = (ValueError, AssertionError, KeyError, TypeError, IndexError, OverflowError)
 _DECIMALS = 6  # imported coordinates are rounded to 1e-6 px (removes float noise of the normalised formats)
+EDGE_TOLERANCE = 1.0  # px a foreign box may stick out of its image before it is refused (inside it, clipped)
 
 
 @dataclass(frozen=True)
@@ -182,13 +194,24 @@ def _r(v: float) -> float:
     return round(float(v), _DECIMALS) + 0.0  # + 0.0: no "-0.0"
 
 
-def _check_box(box: tuple[float, ...], file: str, record: str) -> tuple[float, float, float, float]:
+def _check_box(box: Sequence[float], size: tuple[int, int], file: str, record: str) -> tuple[float, float, float, float]:
+    """The box rules of every reader (module docstring): ``box`` ``(x1, y1, x2, y2)`` continuous
+    pixels of an image of ``size`` ``(W, H)``; returns it clipped to the image and rounded, or
+    raises one MinedetError naming ``file`` and ``record``."""
     x1, y1, x2, y2 = (float(v) for v in box)
+    text = f"({x1:g},{y1:g},{x2:g},{y2:g})"
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise MinedetError(f"box coordinates must be finite ({x1:g},{y1:g},{x2:g},{y2:g})", file=file, record=record)
-    if x2 < x1 or y2 < y1:
-        raise MinedetError(f"box has xmax < xmin or ymax < ymin ({x1:g},{y1:g},{x2:g},{y2:g})", file=file, record=record)
-    return (_r(x1), _r(y1), _r(x2), _r(y2))
+        raise MinedetError(f"box coordinates must be finite {text}", file=file, record=record)
+    if not (x2 > x1 and y2 > y1):
+        raise MinedetError(f"box has no area {text}: a box needs x2 > x1 and y2 > y1", file=file, record=record)
+    w, h = size
+    t = EDGE_TOLERANCE
+    if x1 < -t or y1 < -t or x2 > w + t or y2 > h + t:
+        raise MinedetError(f"box {text} lies more than {t:g} px outside its {w}x{h} image", file=file, record=record)
+    out = (_r(max(x1, 0.0)), _r(max(y1, 0.0)), _r(min(x2, w)), _r(min(y2, h)))
+    if not (out[2] > out[0] and out[3] > out[1]):
+        raise MinedetError(f"box has no area inside its {w}x{h} image {text}", file=file, record=record)
+    return out
 
 
 def _num_text(v: float) -> str:
@@ -287,12 +310,12 @@ def read_voc_file(path: str | os.PathLike, *, filename_from_stem: bool = False) 
     if (why := _voc_int(root.find("size"), "width")) or (why := _voc_int(root.find("size"), "height")):
         raise MinedetError(why, file=f, record="size")
     difficult = _voc_difficult(root, f)
+    w, h = ann.image_size
     boxes = []
     for i, b in enumerate(ann.boxes):
-        x1, y1, x2, y2 = _check_box(b.ltrb, f, f"object[{i}]")
-        boxes.append((str(b.label).strip(), (_r(x1 - 1.0), _r(y1 - 1.0), x2, y2)))
+        x1, y1, x2, y2 = b.ltrb
+        boxes.append((str(b.label).strip(), _check_box((x1 - 1.0, y1 - 1.0, x2, y2), (int(w), int(h)), f, f"object[{i}]")))
     name = Path(f).stem + ".jpg" if filename_from_stem else str(ann.image_id).strip()
-    w, h = ann.image_size
     return ImageBoxes(f, None, name, int(w), int(h), boxes, [{"difficult": d} for d in difficult],
                       [f"object[{i}]" for i in range(len(boxes))])
 
@@ -381,22 +404,48 @@ def _image_size(p: Path) -> tuple[int, int]:
         raise MinedetError(f"cannot read the image size ({type(e).__name__})", file=str(p)) from None
 
 
-def _diagnose_yolo(path: Path, lib: BaseException) -> MinedetError:
+def _yolo_line(text: str, size: tuple[int, int], class_names: Sequence[str], file: str, rec: str):
+    """One non-blank line ``class cx cy w h`` of a label file: ``(class name, box)`` through
+    ``globox.BoundingBox.from_yolo_darknet``, every value checked first."""
+    vals = text.split()
+    if len(vals) == 6:
+        raise MinedetError("6 values on a line (a prediction file?); labels have 5", file=file, record=rec)
+    if len(vals) != 5:
+        raise MinedetError(f"expected 'class cx cy w h' (5 values), got {len(vals)}", file=file, record=rec)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        k = int(vals[0])
+    except ValueError:
+        k = -1
+    if not 0 <= k < len(class_names) or str(k) != vals[0]:
+        raise MinedetError(f"class {vals[0][:40]!r} is not in the class list (0..{len(class_names) - 1})", file=file, record=rec)
+    try:
+        cx, cy, w, h = (float(v) for v in vals[1:])
+    except ValueError:
+        raise MinedetError("box values must be numbers", file=file, record=rec) from None
+    if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+        raise MinedetError(f"box values must be finite ({cx:g} {cy:g} {w:g} {h:g})", file=file, record=rec)
+    if not (w > 0 and h > 0):
+        raise MinedetError(f"box width and height must be > 0, got {w:g} x {h:g}", file=file, record=rec)
+    gb = _globox()
+    try:
+        b = gb.BoundingBox.from_yolo_darknet(text, image_size=size)
+    except (gb.ParsingError, *_LIB_ERRORS) as e:
+        raise MinedetError(f"not a YOLO label line ({_lib_error(e)})", file=file, record=rec) from None
+    return class_names[k], _check_box(b.ltrb, size, file, rec)
+
+
+def _read_yolo_file(t: Path, size: tuple[int, int], class_names: Sequence[str]) -> tuple[list, list[str]]:
+    """(boxes, records ``line N``) of one label file; blank lines are allowed (ultralytics)."""
+    try:
+        lines = t.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        return MinedetError(f"cannot read file ({type(e).__name__})", file=str(path))
-    for i, ln in enumerate(lines, start=1):
-        vals = ln.split()
-        if not vals:
-            continue
-        if len(vals) != 5:
-            return MinedetError(f"expected 'class cx cy w h' (5 values), got {len(vals)}", file=str(path), record=f"line {i}")
-        try:
-            [float(v) for v in vals[1:]]
-        except ValueError:
-            return MinedetError("box values must be numbers", file=str(path), record=f"line {i}")
-    return MinedetError(f"not a YOLO label file ({_lib_error(lib)})", file=str(path))
+        raise MinedetError(f"cannot read file ({type(e).__name__})", file=str(t)) from None
+    boxes, records = [], []
+    for n, ln in enumerate(lines, start=1):
+        if ln.strip():
+            boxes.append(_yolo_line(ln, size, class_names, str(t), f"line {n}"))
+            records.append(f"line {n}")
+    return boxes, records
 
 
 def read_yolo(
@@ -433,31 +482,11 @@ def read_yolo(
     for t in sorted(labels.rglob("*.txt")):
         if t not in by_label and t.name not in ("classes.txt",):
             raise MinedetError("label file without an image (its size is needed)", file=str(t))
-    gb = _globox()
     out = []
     for t, p in by_label.items():
         size = _image_size(p)
-        name = p.relative_to(img_root).as_posix()
-        boxes: list = []
-        if t.is_file():
-            try:
-                ann = gb.Annotation.from_yolo_darknet(t, image_size=size, image_id=name)
-            except (gb.ParsingError, *_LIB_ERRORS) as e:
-                raise _diagnose_yolo(t, e) from None
-            for i, b in enumerate(ann.boxes):
-                rec = f"line {i + 1}"
-                if b.confidence is not None:
-                    raise MinedetError("6 values on a line (a prediction file?); labels have 5", file=str(t), record=rec)
-                try:
-                    k = int(b.label)
-                except ValueError:
-                    k = -1
-                if not 0 <= k < len(class_names) or str(k) != b.label:
-                    raise MinedetError(
-                        f"class {b.label!r} is not in the class list (0..{len(class_names) - 1})", file=str(t), record=rec
-                    )
-                boxes.append((class_names[k], _check_box(b.ltrb, str(t), rec)))
-        out.append(ImageBoxes(str(t), None, name, size[0], size[1], boxes, records=[f"line {i + 1}" for i in range(len(boxes))]))
+        boxes, records = _read_yolo_file(t, size, class_names) if t.is_file() else ([], [])
+        out.append(ImageBoxes(str(t), None, p.relative_to(img_root).as_posix(), size[0], size[1], boxes, records=records))
     return out, class_names
 
 
@@ -465,51 +494,70 @@ def read_yolo(
 # LabelMe
 
 
-def _diagnose_labelme(path: Path, lib: BaseException) -> MinedetError:
+_LABELME_POINTS = {"rectangle": (2, "two [x, y] points"), "polygon": (3, "three or more [x, y] points")}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _labelme_shape(s: Any, size: tuple[int, int], f: str, rec: str) -> tuple[str, tuple[float, float, float, float]]:
+    """One entry of ``shapes``: ``(label, box)`` through ``globox.BoundingBox.from_labelme``."""
+    if not isinstance(s, dict) or not isinstance(s.get("label"), str) or not s["label"].strip():
+        raise MinedetError('a shape is an object with a non-empty string "label"', file=f, record=rec)
+    kind = s.get("shape_type") or "polygon"  # old LabelMe files write no shape_type for polygons
+    if kind not in _LABELME_POINTS:
+        raise MinedetError(f"shape_type {str(kind)[:40]!r} has no box; minedet reads rectangle and polygon", file=f, record=rec)
+    least, what = _LABELME_POINTS[kind]
+    pts = s.get("points")
+    ok = isinstance(pts, list) and all(isinstance(q, list) and len(q) == 2 and all(_is_num(v) for v in q) for q in pts)
+    if not ok or len(pts) < least or (kind == "rectangle" and len(pts) != 2):
+        raise MinedetError(f"a {kind} needs {what}", file=f, record=rec)
+    if not all(math.isfinite(v) for q in pts for v in q):  # before globox: min()/max() would hide a NaN
+        raise MinedetError(f"box coordinates must be finite ({str(pts)[:60]})", file=f, record=rec)
+    gb = _globox()
+    try:
+        b = gb.BoundingBox.from_labelme(s)
+    except (gb.ParsingError, *_LIB_ERRORS) as e:
+        raise MinedetError(f"not a LabelMe shape ({_lib_error(e)})", file=f, record=rec) from None
+    return s["label"], _check_box(b.ltrb, size, f, rec)
+
+
+def _labelme_file(p: Path, root: Path) -> ImageBoxes:
     from minedet.data.coco import read_json_file
 
-    d = read_json_file(path)
+    f = str(p)
+    d = read_json_file(p)
     if not isinstance(d, dict):
-        return MinedetError("a LabelMe file is a JSON object", file=str(path))
+        raise MinedetError("a LabelMe file is a JSON object", file=f)
     for k in ("imagePath", "imageWidth", "imageHeight", "shapes"):
         if k not in d:
-            return MinedetError(f'missing key "{k}"', file=str(path))
+            raise MinedetError(f'missing key "{k}"', file=f)
+    if not isinstance(d["imagePath"], str) or not d["imagePath"].strip():
+        raise MinedetError('"imagePath" must be a non-empty string', file=f)
+    size = (d["imageWidth"], d["imageHeight"])
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise MinedetError(f'"imageWidth" and "imageHeight" must be positive integers, got {size[0]!r:.40}, {size[1]!r:.40}', file=f)
     if not isinstance(d["shapes"], list):
-        return MinedetError('"shapes" must be a list', file=str(path))
-    for i, s in enumerate(d["shapes"]):
-        if not isinstance(s, dict) or "shape_type" not in s or "label" not in s:
-            return MinedetError('a shape needs "label" and "shape_type"', file=str(path), record=f"shapes[{i}]")
-        if s["shape_type"] == "rectangle":
-            pts = s.get("points")
-            ok = isinstance(pts, list) and len(pts) == 2 and all(
-                isinstance(q, list) and len(q) == 2 and all(isinstance(v, (int, float)) for v in q) for q in pts
-            )
-            if not ok:
-                return MinedetError("a rectangle needs two [x, y] points", file=str(path), record=f"shapes[{i}]")
-    return MinedetError(f"not a LabelMe annotation ({_lib_error(lib)})", file=str(path))
+        raise MinedetError('"shapes" must be a list', file=f)
+    boxes = [_labelme_shape(s, size, f, f"shapes[{i}]") for i, s in enumerate(d["shapes"])]
+    name = _relative_name(d["imagePath"], p.parent, root)
+    return ImageBoxes(f, None, name, size[0], size[1], boxes, records=[f"shapes[{i}]" for i in range(len(boxes))])
 
 
 def read_labelme(sources: str | os.PathLike | Iterable[str | os.PathLike], *, images: str | os.PathLike | None = None) -> list[ImageBoxes]:
-    """LabelMe JSON files (``globox.Annotation.from_labelme``, rectangles only), sorted by path.
+    """LabelMe JSON files (rectangles and polygons, each shape through
+    ``globox.BoundingBox.from_labelme``), sorted by path; records are ``shapes[i]``.
 
     ``file_name`` is the image (``imagePath``, relative to its JSON file) relative to ``images``
     when given, else to the folder given in ``sources`` (a file's own folder); an ``imagePath``
     that is absolute or leaves that folder becomes its base name.
     """
     srcs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    gb = _globox()
     out = []
     for s in srcs:
         root = Path(images) if images is not None else (Path(s) if Path(s).is_dir() else Path(s).parent)
-        for p in find_files([s], ".json", what="LabelMe JSON"):
-            try:
-                ann = gb.Annotation.from_labelme(p)
-            except (gb.ParsingError, *_LIB_ERRORS) as e:
-                raise _diagnose_labelme(p, e) from None
-            w, h = ann.image_size
-            boxes = [(str(b.label), _check_box(b.ltrb, str(p), f"rectangle[{i}]")) for i, b in enumerate(ann.boxes)]
-            name = _relative_name(str(ann.image_id), p.parent, root)
-            out.append(ImageBoxes(str(p), None, name, int(w), int(h), boxes, records=[f"rectangle[{i}]" for i in range(len(boxes))]))
+        out += [_labelme_file(p, root) for p in find_files([s], ".json", what="LabelMe JSON")]
     return sorted(out, key=lambda r: r.source)
 
 
@@ -517,7 +565,14 @@ def read_labelme(sources: str | os.PathLike | Iterable[str | os.PathLike], *, im
 # CVAT for images 1.1
 
 
+_CVAT_NOT_BOXES = ("polygon", "polyline", "points", "ellipse", "cuboid", "skeleton", "mask")
+
+
 def _cvat_box_check(node: ET.Element, f: str, rec: str) -> None:
+    for kind in _CVAT_NOT_BOXES:
+        if node.find(f".//{kind}") is not None:
+            raise MinedetError(f"<{kind}> is not a box; minedet reads <box> only (export boxes from CVAT)",
+                               file=f, record=f"{rec} {kind}[0]")
     for i, b in enumerate(node.iter("box")):
         rot = b.get("rotation")
         try:
@@ -561,7 +616,7 @@ def read_cvat(path: str | os.PathLike) -> tuple[list[ImageBoxes], list[str]]:
         w, h = ann.image_size
         if w <= 0 or h <= 0:
             raise MinedetError("width/height must be positive", file=f, record=rec)
-        boxes = [(str(b.label), _check_box(b.ltrb, f, f"{rec} box[{j}]")) for j, b in enumerate(ann.boxes)]
+        boxes = [(str(b.label), _check_box(b.ltrb, (int(w), int(h)), f, f"{rec} box[{j}]")) for j, b in enumerate(ann.boxes)]
         out.append(ImageBoxes(f, rec, str(ann.image_id), int(w), int(h), boxes, records=[f"{rec} box[{j}]" for j in range(len(boxes))]))
     return out, [m for m in meta if m]
 
@@ -669,7 +724,7 @@ def convert_to_coco(
             meta = meta or m
         d = images_to_coco(recs, class_names if class_names is not None else (meta or None),
                            description="converted from CVAT for images by minedet")
-    validate_coco(d, file="converted annotations")
+    validate_coco(d, file="converted annotations", strict=True)  # a guard: every reader has applied these rules per shape
     return d
 
 
