@@ -382,8 +382,9 @@ def test_readme_nuclei_rows_show_the_chosen_columns_by_their_short_names(monkeyp
             [("full", 0.6, 0.0), ("brl", 0.48, 0.5), ("folds_original", 0.42, 0.4), ("co_mining_brl", 0.45 + s / 100, 0.7)]]
     rows = [r for r in report.readme_rows({"real_nuclei": {"name": "real_nuclei", "records": recs}}) if "nuclei" in r]
     assert len(rows) == 2
-    assert "full labels 60.0 ± 0.0, BRL's loss 48.0 ± 0.0, co-mining on BRL's loss (the preset) 45.5 ± 0.7" in rows[0]
-    assert "BRL's loss 50.0 ± 0.0 (2 seeds), co-mining on BRL's loss (the preset) 70.0 ± 0.0 (2 seeds)" in rows[1]
+    assert ("full labels 60.0 ± 0.0 (2 seeds), BRL's loss 48.0 ± 0.0 (2 seeds), co-mining on BRL's loss (the preset) "
+            "45.5 ± 0.7 (2 seeds)") in rows[0]
+    assert "BRL's loss 50.0 ± 0.0 % (2 seeds), co-mining on BRL's loss (the preset) 70.0 ± 0.0 % (2 seeds)" in rows[1]
     assert not any("folds" in r for r in rows) and "full labels" not in rows[1]  # left out; nothing to mine
 
 
@@ -413,16 +414,71 @@ def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch, tmp_path):
     assert line.endswith("mined per erased box")
 
 
-def test_the_readme_row_of_a_faster_rcnn_table_names_its_part_rule_column(monkeypatch):
-    """The part rule at Faster R-CNN's own share is that detector's default, and its README row says so."""
+def test_records_of_different_thread_counts_never_share_a_figure(monkeypatch):
+    """A cell whose records ran at 1 and 2 torch threads (or did not record it) shows one figure per count, each
+    naming its count and seeds; a record's own ``threads`` wins over its origin's."""
     monkeypatch.syspath_prepend(str(BENCH))
     import report
-    from minedet.models.detector import FasterRCNNAdapter
 
-    label = f"co_mining_guarded_part{FasterRCNNAdapter.mining_part}"
-    recs = [{"method": m, "split": "hard", "seed": s, "ap": ap} for m, s, ap in
-            [("original", 0, 0.80), ("original", 1, 0.81), (label, 0, 0.82), (label, 1, 0.84)]]
-    [row] = [r for r in report.readme_rows({"co_mining_frcnn_light": {"name": "co_mining_frcnn_light", "records": recs}})
-             if "lighter Faster R-CNN" in r]
-    assert (f"original 80.5 ± 0.7 (2 seeds), the guards with the part rule (`method.part={FasterRCNNAdapter.mining_part}`)"
-            " 83.0 ± 1.4 (2 seeds, the detector's default)") in row
+    def rec(seed, ap, threads=None, origin_threads=None):
+        r = {"method": "original", "split": "hard", "seed": seed, "ap": ap, "ap50": ap}
+        if threads:
+            r["threads"] = threads
+        if origin_threads:
+            r["origin"] = {"machine": {"torch_threads": origin_threads}}
+        return r
+
+    recs = [rec(0, 0.60, threads=1, origin_threads=2), rec(1, 0.62, origin_threads=1), rec(2, 0.70, threads=2), rec(3, 0.5)]
+    assert report.seed_cell(recs, "ap", [0, 1, 2, 3]) == \
+        "61.0 ± 1.4 (1 thread, seeds 0, 1) / 70.0 (2 threads, seed 2) / 50.0 (threads not recorded, seed 3)"
+    assert report.seed_cell(recs[:2], "ap", [0, 1, 2]) == "61.0 ± 1.4 (seeds 0, 1)"
+    [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines", "records": recs}})
+             if "sparse labels" in r]
+    assert "original 61.0 ± 1.4 (1 thread, seeds 0, 1) / 70.0 (2 threads, seed 2) / 50.0 (threads not recorded, seed 3)" in row
+
+
+def _all_results() -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in (BENCH / "results").glob("*.json")}
+
+
+def test_the_readme_table_has_one_row_per_setting_and_at_most_eight(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    monkeypatch.setattr(report, "TREES_REPORT", tmp_path / "absent.py")
+    results = {k: v for k, v in _all_results().items() if k != "real_trees"}
+    rows = report.readme_rows(results)[2:]
+    assert [r.split(" | ")[0].split(":")[0].lstrip("| ") for r in rows] == [
+        "sparse real images", "sparse labels", "few labelled images", "mixed", "mining for review", "ONNX export",
+        "COCO scale", "demo"]
+    monkeypatch.setattr(report, "readme_rows", report.readme_rows)
+    monkeypatch.setattr(report, "_row_demo", lambda res: [("a", "b")] * 2)
+    with pytest.raises(SystemExit, match="would have 9 rows, at most 8"):
+        report.readme_rows(results)
+
+
+def test_the_tree_crown_report_comes_first_on_the_page_and_in_the_readme(monkeypatch, tmp_path):
+    """Where benchmarks/report_trees.py and results/real_trees.json both exist, their section opens the page and their
+    rows open the README table (in place of the nuclei row); where either is missing, nothing of them shows."""
+    import types
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    fake = types.ModuleType("report_trees")
+    fake.section = lambda res: ["## Real images: tree crowns", "", f"{len(res['records'])} records", ""]
+    fake.readme_rows = lambda res: [("sparse real images: tree crowns", "AP 1.0")]
+    monkeypatch.setitem(sys.modules, "report_trees", fake)
+    monkeypatch.setattr(report, "IMG", tmp_path)
+    module = tmp_path / "report_trees.py"
+    monkeypatch.setattr(report, "TREES_REPORT", module)
+    results = {"real_trees": {"name": "real_trees", "records": [{}]}, "demo": _all_results()["demo"],
+               "real_nuclei": _all_results()["real_nuclei"]}
+    assert "tree crowns" not in report.page(results) and "tree crowns" not in "".join(report.readme_rows(results))
+    module.write_text("")
+    text = report.page(results)
+    assert text.index("## Real images: tree crowns") < text.index("## Demo") and "1 records" in text
+    rows = report.readme_rows(results)
+    assert rows[2] == "| sparse real images: tree crowns | AP 1.0 |" and not any("nuclei image" in r for r in rows)
+    del results["real_trees"]
+    assert "tree crowns" not in report.page(results)
