@@ -483,9 +483,13 @@ def test_cli_review_round_trip(fmt, model_file, sparse, tmp_path, capsys) -> Non
     data, _, source, root, sp, _ = sparse
     out = tmp_path / "m.json"
     rc = main(["mine", str(model_file), str(sp), "--images", str(root), "--out", str(out), "--device", "cpu", "--quiet",
-               "--review-url", "/data/upload/"])
+               "--review-root", str(root.parent)])
     assert rc == 0, capsys.readouterr().err
-    assert "review:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "review:" in printed  # and the Label Studio set-up: two environment variables, the storage step
+    assert "  export LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true\n" in printed
+    assert f"  export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root.parent.absolute()}\n" in printed
+    assert f"Add Source Storage > Local files, absolute path {root.absolute()} " in printed
     mined = [a for a in json.loads(out.read_text())["annotations"] if a.get("mined")]
     reject = mined[0]
     move = next(a for a in mined if a["image_id"] != reject["image_id"])
@@ -494,7 +498,9 @@ def test_cli_review_round_trip(fmt, model_file, sparse, tmp_path, capsys) -> Non
     if fmt == "labelstudio":
         tasks = json.loads(out.with_name("m.labelstudio.json").read_text())
         assert {t["data"]["minedet_image_id"] for t in tasks} == {a["image_id"] for a in mined}
-        assert all(t["data"]["image"].startswith("/data/upload/") for t in tasks)
+        im_by_id = {im["id"]: im for im in source["images"]}  # ?d= is the image's path under the document root
+        assert all(t["data"]["image"] == f"/data/local-files/?d={root.name}/{im_by_id[t['data']['minedet_image_id']]['file_name']}"
+                   for t in tasks)
         for t in tasks:
             result = [dict(r) for r in t["predictions"][0]["result"] if r["id"] != f"m{reject['id']}"]
             for r in result:

@@ -290,3 +290,165 @@ def test_coco_loader_rules_for_review_fields() -> None:
     d["rejected"] = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]
     ok = validate_coco(d, file="x.json")
     assert len(ok.annotations) == 8 and [r["id"] for r in ok.rejected_by_image[1]] == [1]
+
+
+# -------------------------------------------------------------------------------- Label Studio set-up (issue 50)
+
+
+def test_label_studio_files_pass_label_studios_own_validator(original) -> None:
+    """Config and every task's prediction pass label-studio-sdk's validator; labelled boxes are read-only regions of
+    their own control, mined boxes the regions to check (with scores); image URLs are local-files paths."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    _, data = original
+    li = LabelInterface(labelstudio_config(data.class_names))
+    li.validate()
+    tasks = labelstudio_tasks(data, image_dir="photos/set 1")
+    for t in tasks:
+        assert all(t["data"].get(o.value_name) for o in li.objects if o.value_is_variable)
+        assert li.validate_prediction(t["predictions"][0], return_errors=True) == []
+    regions = {r["id"]: r for r in tasks[0]["predictions"][0]["result"]}
+    assert regions["l1"]["from_name"] == "labelled" and regions["l1"]["readonly"] is True and "score" not in regions["l1"]
+    assert regions["m10"]["from_name"] == "label" and not regions["m10"].get("readonly") and regions["m10"]["score"] == 0.9
+    assert tasks[1]["data"]["image"] == "/data/local-files/?d=photos/set%201/sub/b.png"
+    bad = copy.deepcopy(tasks[0]["predictions"][0])
+    bad["result"][0]["value"]["rectanglelabels"] = ["cow"]
+    assert li.validate_prediction(bad, return_errors=True)  # the validator does catch a broken region
+
+
+def test_local_files_root(tmp_path: Path) -> None:
+    from minedet.review import labelstudio_setup, local_files_dir
+
+    imgs = tmp_path / "data" / "images"
+    assert local_files_dir(imgs) == "images"  # default root: the parent of the image folder
+    assert local_files_dir(imgs, tmp_path) == "data/images"
+    lines = labelstudio_setup(imgs)
+    assert lines[:2] == ["export LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true",
+                         f"export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={tmp_path / 'data'}"]
+    assert "Local files" in lines[2] and str(imgs) in lines[2] and len(lines) == 3
+    with pytest.raises(MinedetError, match="not under the Label Studio document root"):
+        local_files_dir(imgs, tmp_path / "elsewhere")
+    with pytest.raises(MinedetError, match="sub-folder of the root"):
+        local_files_dir(imgs, imgs)
+
+
+def test_mine_refuses_a_review_root_that_does_not_hold_the_images(tmp_path: Path, capsys) -> None:
+    imgs = tmp_path / "images"
+    imgs.mkdir()
+    src = tmp_path / "train.json"
+    save_coco(src, mined_coco())
+    rc = main(["mine", str(tmp_path / "model.pt"), str(src), "--images", str(imgs), "--out", str(tmp_path / "m.json"),
+               "--review-root", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "not under the Label Studio document root" in err, err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cvat_review_marks_labelled_and_mined_boxes(original) -> None:
+    _, data = original
+    root = ET.fromstring(review_cvat_xml(data))
+    spec = root.find("meta/task/labels/label/attributes/attribute")
+    assert spec.findtext("name") == "minedet" and spec.findtext("values").split("\n") == ["drawn", "mined", "labelled"]
+    roles = [(b.get("label"), b.findtext("attribute[@name='minedet']")) for b in root.find("image").iter("box")]
+    assert roles == [("cat", "labelled"), ("dog", "mined"), ("cat", "mined"), ("dog", "mined")]
+
+
+def test_cvat_task_made_from_all_images_merges_without_false_alarms(original, tmp_path: Path, capsys) -> None:
+    """The CVAT task holds every image; images offered nothing come back without boxes: not reviewed, no alarm."""
+    src, data = original
+    root = ET.fromstring(review_cvat(review_cvat_xml(data, image_ids=[1, 2, 4])))
+    ET.SubElement(root, "image", {"id": "9", "name": "c.png", "width": "50", "height": "50"})  # labelled only
+    review = tmp_path / "annotations.xml"
+    review.write_bytes(ET.tostring(root))
+    out = tmp_path / "completed.json"
+    assert main(["data", "merge-reviewed", str(src), str(review), "--format", "cvat", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "moved or deleted" not in cap.out and "(3 reviewed)" in cap.out, cap.out
+    _check_merged(json.loads(out.read_text()), "cvat")
+
+
+# -------------------------------------------------------------------------------- merges that must refuse (issue 50)
+
+
+def _ls_export(data, edit=None) -> list[dict]:
+    tasks = review_labelstudio(labelstudio_tasks(data, image_ids=[1, 2, 4]))
+    if edit is not None:
+        edit(tasks)
+    return tasks
+
+
+def _blank(tasks):  # a project that did not pre-label from predictions: the reviewer submits empty annotations
+    for t in tasks:
+        t["annotations"] = [{"id": 1, "was_cancelled": False, "result": []}]
+
+
+def _json_min(tasks):  # Label Studio's JSON-MIN: one flat record per task, regions under the control's name
+    tasks[:] = [{"image": t["data"]["image"], "id": t["id"], "minedet_image_id": t["data"]["minedet_image_id"],
+                 "file_name": t["data"]["file_name"], "annotator": 1, "annotation_id": 2, "lead_time": 3.5,
+                 "label": [dict(r["value"], original_width=r["original_width"], original_height=r["original_height"])
+                           for r in t["annotations"][-1]["result"]] if t["annotations"] else []} for t in tasks]
+
+
+def _swap_names(tasks):  # an export of another mined file: same ids, other images
+    tasks[0]["data"]["file_name"], tasks[1]["data"]["file_name"] = tasks[1]["data"]["file_name"], tasks[0]["data"]["file_name"]
+
+
+def _foreign_region(tasks):
+    tasks[0]["annotations"][-1]["result"][1]["id"] = "m99"
+
+
+def _unopened(tasks):  # the tasks file itself: predictions, no annotations
+    for t in tasks:
+        t["annotations"] = []
+
+
+REFUSED = {
+    "blank_labelstudio": ("labelstudio", _blank, "blank review"),
+    "json_min": ("labelstudio", _json_min, "JSON-MIN"),
+    "id_and_file_name_disagree": ("labelstudio", _swap_names, "minedet_image_id 1 is 'a.png' in the original but the task's"),
+    "region_of_another_mine_output": ("labelstudio", _foreign_region, "region id 'm99' names no box offered on image id=1"),
+    "nothing_reviewed": ("labelstudio", _unopened, "nothing to merge"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_merges_that_would_be_wrong_are_refused(case: str, original, tmp_path: Path, capsys) -> None:
+    src, data = original
+    fmt, edit, fragment = REFUSED[case]
+    p = tmp_path / "export.json"
+    p.write_text(json.dumps(_ls_export(data, edit)))
+    out = tmp_path / "out.json"
+    rc = main(["data", "merge-reviewed", str(src), str(p), "--format", fmt, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not out.exists()
+
+
+def test_blank_cvat_review_and_wrong_files_are_refused(original, tmp_path: Path, capsys) -> None:
+    src, data = original
+    root = ET.fromstring(review_cvat_xml(data))
+    for img in root.iter("image"):  # a CVAT task whose review annotations were never imported
+        for b in list(img.iter("box")):
+            img.remove(b)
+    blank = tmp_path / "blank.xml"
+    blank.write_bytes(ET.tostring(root))
+    train = tmp_path / "train.json"
+    d = mined_coco()
+    d["annotations"] = [a for a in d["annotations"] if not a.get("mined")]
+    save_coco(train, d)
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_ls_export(data)))
+    written = src.with_name("mined.cvat.xml")  # what `minedet mine` wrote beside mined.json
+    written.write_bytes(review_cvat_xml(data))
+    copy_of_mined = tmp_path / "copy.json"
+    copy_of_mined.write_bytes(src.read_bytes())
+    cases = [([str(src), str(blank), "--format", "cvat"], "blank review"),
+             ([str(train), str(export), "--format", "labelstudio"], 'holds no mined box ("mined": true)'),
+             ([str(src), str(written), "--format", "cvat"], "this is mined.cvat.xml, a file 'minedet mine' wrote"),
+             ([str(src), str(copy_of_mined), "--format", "coco"], "this is mined.json, a file 'minedet mine' wrote")]
+    for argv, fragment in cases:
+        out = tmp_path / "out.json"
+        rc = main(["data", "merge-reviewed", *argv, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and fragment in err, (argv, err)
+        assert not out.exists()

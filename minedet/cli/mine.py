@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from minedet.errors import MinedetError
+from minedet.review import review_file_paths
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
@@ -35,8 +36,12 @@ Beside OUT it writes the review files, for the images that gained mined boxes, s
 as pre-annotations in the tool you label with: OUT_STEM.labelstudio.json (Label Studio tasks, each with
 one prediction: its labelled and mined boxes as RectangleLabels in percent coordinates, a score per
 mined box, model_version), OUT_STEM.labelstudio.xml (the labelling config those tasks fit) and
-OUT_STEM.cvat.xml (CVAT for images 1.1; mined boxes source="auto"). Image URLs in the Label Studio
-tasks are --review-url PREFIX + file_name. After the review, 'minedet data merge-reviewed OUT EXPORT
+OUT_STEM.cvat.xml (CVAT for images 1.1; attribute minedet = mined or labelled on every box). In Label
+Studio the labelled boxes are grey and read-only (their own control), the mined ones the boxes to check.
+Task images are served by Label Studio's local files: URL /data/local-files/?d=<image path relative to
+--review-root>, the folder Label Studio is started with as LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+(default: the parent of --images; --images must lie under it, not be it). mine prints the two
+environment variables and the storage step. After the review, 'minedet data merge-reviewed OUT EXPORT
 --format labelstudio|cvat|coco --out COMPLETED.json' writes the reviewed dataset.
 
 Held-out mining (--folds): a model mining its own training images has learnt that their unlabelled
@@ -83,8 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", help="hidden-truth COCO JSON (OUT.hidden.json of 'minedet data sparsify')")
     p.add_argument("--gallery", help="folder for the review gallery (PNGs + index.html)")
     p.add_argument("--gallery-images", type=int, default=24, help="images in the gallery (default 24)")
-    p.add_argument("--review-url", default="/data/local-files/?d=", metavar="PREFIX",
-                   help="Label Studio image URL = PREFIX + file_name (default: local-files storage, /data/local-files/?d=)")
+    p.add_argument("--review-root", default=None, metavar="DIR",
+                   help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; task image URLs are /data/local-files/?d=<path under DIR> "
+                        "(default: the parent folder of --images)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,6 +142,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
         entries = write_gallery(res, data, args.images, gallery, max_images=args.gallery_images, extra_html=extra_html)
         print(f"gallery: {len(entries)} images -> {gallery / 'index.html'}")
     print(f"review: {review['images']} images -> {review['labelstudio']} (config {review['config']}), {review['cvat']}")
+    print("Label Studio (images open from local files):\n" + "\n".join(f"  {x}" for x in review["setup"]))
     print(f"{res.n_mined} mined boxes added to {len(data.annotations)} labelled ones -> {out}")
     return 0
 
@@ -147,11 +154,14 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
         raise MinedetError(f"--gallery-images must be >= 0, got {args.gallery_images}")
     if _same_file(data_path, out):
         raise MinedetError("refusing to overwrite the input file", file=str(out))
-    for p in _review_paths(out).values():
+    for p in review_file_paths(out).values():
         if _same_file(data_path, p):
             raise MinedetError("refusing to overwrite the input file", file=str(p))
     if not Path(args.images).is_dir():
         raise MinedetError("image folder not found", file=str(args.images))
+    from minedet.review import local_files_dir
+
+    local_files_dir(args.images, args.review_root)
     gallery = Path(args.gallery) if args.gallery else None
     if gallery is not None and gallery.exists() and not gallery.is_dir():
         raise MinedetError("gallery path exists and is not a folder", file=str(gallery))
@@ -211,27 +221,24 @@ def _warn_if_trained_on(meta: dict, data, model: str, fold_ids: list[int] | None
               file=sys.stderr)
 
 
-def _review_paths(out: Path) -> dict[str, Path]:
-    return {k: out.with_name(f"{out.stem}.{k}") for k in ("labelstudio.json", "labelstudio.xml", "cvat.xml")}
-
-
 def _write_review_files(args: argparse.Namespace, res, out: Path) -> dict:
     """The Label Studio tasks + config and the CVAT XML of the images that gained boxes, beside ``out``."""
     from minedet.data.coco import validate_coco
     from minedet.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-    from minedet.review import images_to_review, labelstudio_config, labelstudio_tasks, review_cvat_xml
+    from minedet.review import (images_to_review, labelstudio_config, labelstudio_setup, labelstudio_tasks, local_files_dir,
+                                review_cvat_xml)
 
     completed = validate_coco(res.completed, file=str(out))
     ids = images_to_review(completed)
     s = res.settings
     version = f"minedet mine {Path(args.model).name} score>{s.score:g} agree={s.agree}"
-    paths = _review_paths(out)
-    write_json_atomic(paths["labelstudio.json"], labelstudio_tasks(completed, image_ids=ids, image_url_prefix=args.review_url,
-                                                                    model_version=version), indent=1)
+    paths = review_file_paths(out)
+    write_json_atomic(paths["labelstudio.json"], labelstudio_tasks(
+        completed, image_ids=ids, image_dir=local_files_dir(args.images, args.review_root), model_version=version), indent=1)
     write_text_atomic(paths["labelstudio.xml"], labelstudio_config(completed.class_names))
     write_bytes_atomic(paths["cvat.xml"], review_cvat_xml(completed, image_ids=ids, task_name=f"minedet review of {out.name}"))
     return {"images": len(ids), "labelstudio": paths["labelstudio.json"], "config": paths["labelstudio.xml"],
-            "cvat": paths["cvat.xml"]}
+            "cvat": paths["cvat.xml"], "setup": labelstudio_setup(args.images, args.review_root)}
 
 
 def _summary(args: argparse.Namespace, res, data, data_path: Path, out: Path, path: Path) -> dict[str, int]:
