@@ -54,7 +54,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,25 +95,8 @@ RETRAIN_SCORE = 0.5
 
 # --------------------------------------------------------------------------------------------- data
 def fetch_wheel(cache: Path) -> Path:
-    """The stardist wheel in the cache, fetched with pip on first use; one clear line if it cannot be."""
-    folder = cache / f"stardist-{STARDIST}"
-    found = sorted(folder.glob(f"stardist-{STARDIST}-*.whl"))
-    if found:
-        return found[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", PLATFORM,
-           "--python-version", "3.11", f"stardist=={STARDIST}", "-d", str(folder), "--quiet"]
-    print(f"[real] fetching the stardist {STARDIST} wheel (its demo image) into {folder}", file=sys.stderr, flush=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SystemExit(f"bench_real: cannot run pip to fetch stardist=={STARDIST} ({e.__class__.__name__})") from None
-    found = sorted(folder.glob(f"stardist-{STARDIST}-*.whl"))
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"bench_real: cannot fetch stardist=={STARDIST} from PyPI with pip download "
-                         f"(is PyPI reachable?): {last}")
-    return found[0]
+    """The stardist wheel in the cache (:func:`common.fetch_wheel`)."""
+    return common.fetch_wheel("stardist", STARDIST, cache, platform=PLATFORM)
 
 
 def read_nuclei(wheel: Path):

