@@ -1,4 +1,6 @@
-"""Atomic file output: every file minedet writes goes to a temporary name first, then is renamed.
+"""File output: every file minedet writes goes to a temporary name first, then is renamed, and no
+output may equal, contain or replace one of the command's inputs (:func:`check_outputs`, called by
+every command before it writes anything).
 
 An interrupted command never leaves a truncated file under the final name.
 """
@@ -11,9 +13,82 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from minedet.errors import MinedetError
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` absolute with every symlink resolved (also for a path that does not exist yet)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+class _Inputs:
+    """The inputs of a command by resolved path and by inode (a hard link is the file it links to)."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike | None]) -> None:
+        self.by_path: dict[Path, str] = {}
+        self.by_inode: dict[tuple[int, int], str] = {}
+        for p in paths:
+            if p is None:
+                continue
+            real = _real(p)
+            self.by_path.setdefault(real, str(p))
+            with contextlib.suppress(OSError):
+                st = os.stat(real)
+                self.by_inode.setdefault((st.st_dev, st.st_ino), str(p))
+
+    def find(self, real: Path) -> str | None:
+        """The input (as the user named it) that ``real`` is, or None."""
+        if real in self.by_path:
+            return self.by_path[real]
+        try:
+            st = os.stat(real)
+        except OSError:  # not there yet: no input
+            return None
+        return self.by_inode.get((st.st_dev, st.st_ino))
+
+
+def check_outputs(
+    inputs: Iterable[str | os.PathLike | None],
+    *,
+    files: Iterable[str | os.PathLike] = (),
+    folders: Iterable[str | os.PathLike] = (),
+) -> None:
+    """The output-safety rule of every command: call it with everything the command reads and will
+    write, before anything is written. Paths are resolved (symlinks followed; a hard link is the file
+    it links to). Refused, as one MinedetError line naming the output:
+
+    * an output file that is one of the inputs (it would replace it) or an existing folder;
+    * an output folder (one the command writes files into) that is an input folder, or an existing
+      non-folder (an input file in an output folder is safe unless it is one of ``files``);
+    * two outputs that are one file (the second would silently replace the first).
+
+    Args:
+        inputs: files and folders the command reads (``None`` entries are skipped).
+        files: every file the command will write.
+        folders: the folders it writes files into.
+    """
+    ins = _Inputs(inputs)
+    for folder in map(Path, folders):
+        if folder.exists() and not folder.is_dir():
+            raise MinedetError("output path exists and is not a folder", file=str(folder))
+        given = ins.find(_real(folder))
+        if given is not None:
+            raise MinedetError(f"refusing to write into the input folder {given!r}: choose another output folder",
+                               file=str(folder))
+    seen: dict[Path, Path] = {}
+    for out in map(Path, files):
+        real = _real(out)
+        given = ins.find(real)
+        if given is not None:
+            what = "folder" if real.is_dir() else "file"
+            raise MinedetError(f"refusing to overwrite the input {what} {given!r}", file=str(out))
+        if real.is_dir():
+            raise MinedetError("output file exists and is a folder", file=str(out))
+        if real in seen:
+            raise MinedetError(f"two outputs would be written to one file (also {str(seen[real])!r})", file=str(out))
+        seen[real] = out
 
 
 def _umask() -> int:

@@ -279,31 +279,14 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
-def _refuse_overwrite(src: Path, outs: list[Path]) -> None:
-    for o in outs:
-        if _same_file(src, o):
-            raise MinedetError("refusing to overwrite the input file", file=str(o))
-
-
-def _check_output_folder(src: Path, out: Path, names: list[str]) -> None:
-    """``out`` must be a folder (or not exist yet), and none of the files to write there the input."""
-    if out.exists() and not out.is_dir():
-        raise MinedetError("output path exists and is not a folder", file=str(out))
-    _refuse_overwrite(src, [out / n for n in names])
-
-
 def _cmd_digits(args: argparse.Namespace) -> int:
     try:
         from minedet.data.digits import build_digits
     except ModuleNotFoundError as e:  # pragma: no cover - the module ships with minedet
         raise MinedetError(f"the digits builder is not available ({e})") from None
+    from minedet.io import check_outputs
+
+    check_outputs([], folders=[args.out_dir])
     for name, v, lo in (("--train", args.train, 1), ("--val", args.val, 1), ("--image-size", args.image_size, 32)):
         if v < lo:
             raise MinedetError(f"{name} must be at least {lo}, got {v}")
@@ -330,14 +313,14 @@ def write_sparsified(src: str | Path, out: str | Path, mode: str, seed: int, rat
     written last, so its presence marks a complete split). Returns the manifest."""
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.splits import sparsify
-    from minedet.io import write_json_atomic
+    from minedet.io import check_outputs, write_json_atomic
 
     src, out = Path(src), Path(out)
     if out.suffix != ".json":
         raise MinedetError("output name must end in .json", file=str(out))
     hidden_path = out.with_suffix(".hidden.json")
     manifest_path = out.with_suffix(".manifest.json")
-    _refuse_overwrite(src, [out, hidden_path, manifest_path])
+    check_outputs([src], files=[out, hidden_path, manifest_path])
     data = load_coco(src)
     res = sparsify(data.raw, mode, seed, rate)
     manifest = dict(res.manifest)
@@ -390,7 +373,7 @@ def _write_mixed(args: argparse.Namespace, complete: float, sparse: float, out: 
     OUT.manifest.json (written last: its presence marks a complete split)."""
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.mixed import split_mixed
-    from minedet.io import write_json_atomic
+    from minedet.io import check_outputs, write_json_atomic
 
     if out.suffix != ".json":
         raise MinedetError("output name must end in .json", file=str(out))
@@ -398,7 +381,7 @@ def _write_mixed(args: argparse.Namespace, complete: float, sparse: float, out: 
         raise MinedetError("a mixed file sparsifies per image: use --mode easy, hard, extreme or keep1")
     src = Path(args.input)
     paths = {k: out.with_suffix(k + ".json") if k else out for k in ("", ".hidden", ".manifest")}
-    _refuse_overwrite(src, list(paths.values()))
+    check_outputs([src], files=paths.values(), folders=[out.parent])
     res = split_mixed(load_coco(src).raw, complete, sparse, args.mode, args.seed)
     manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": _file_sha256(src), "command": command}
     save_coco(paths[".hidden"], res.hidden, validate=False)
@@ -417,7 +400,7 @@ def _cmd_split_semi(args: argparse.Namespace) -> int:
         return _cmd_split_mixed(args)
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.splits import split_semi, split_semi_from_supervision_file
-    from minedet.io import write_json_atomic
+    from minedet.io import check_outputs, write_json_atomic
 
     src = Path(args.input)
     out_dir = Path(args.out_dir) if args.out_dir else src.parent
@@ -426,7 +409,7 @@ def _cmd_split_semi(args: argparse.Namespace) -> int:
     if args.split_file:
         tag += ".ubteacher"
     paths = {k: out_dir / f"{tag}.{k}.json" for k in ("labelled", "unlabelled", "unlabelled.hidden", "manifest")}
-    _refuse_overwrite(src, list(paths.values()))
+    check_outputs([src, args.split_file], files=paths.values(), folders=[out_dir])
     data = load_coco(src)
     if args.split_file:
         if data.emptied_image_ids:
@@ -468,8 +451,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     else:
         print(format_stats(st))
     if args.plot:
+        from minedet.io import check_outputs
+
         if Path(args.plot).suffix.lower() != ".png":
             raise MinedetError("plot name must end in .png", file=args.plot)
+        check_outputs([args.input], files=[args.plot])
         plot_stats(st, args.plot)
         print(f"plot: {args.plot}")
     return 0
@@ -478,6 +464,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from minedet.data.coco import load_coco, save_coco
     from minedet.data.formats import coco_to_format, convert_to_coco, find_files
+    from minedet.io import check_outputs
 
     out = Path(args.out)
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
@@ -486,8 +473,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise MinedetError("give --from (into COCO) or --to (out of COCO), not both")
         if len(args.sources) != 1:
             raise MinedetError("--to takes one COCO JSON file")
+        check_outputs(args.sources, folders=[out])
         data = load_coco(args.sources[0], strict=True)  # a box it would drop or clip is an error, never silent
-        res = coco_to_format(data, args.to_fmt, out)
+        res = coco_to_format(data, args.to_fmt, out, inputs=args.sources)
         print(f"{out}: {res['images']} images, {res['boxes']} boxes as {args.to_fmt} ({len(res['files'])} files)"
               + (f"; {res['crowd_skipped']} crowd boxes not exported" if res["crowd_skipped"] else ""))
         return 0
@@ -495,9 +483,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if out.suffix != ".json":
         raise MinedetError("output name must end in .json", file=str(out))
     suffix = {"voc": ".xml", "cvat": ".xml", "labelme": ".json"}.get(fmt)
-    if suffix is not None:
-        for p in find_files(args.sources, suffix, sub="Annotations" if fmt == "voc" else None):
-            _refuse_overwrite(p, [out])
+    found = [] if suffix is None else find_files(args.sources, suffix, sub="Annotations" if fmt == "voc" else None)
+    check_outputs([*args.sources, *found, args.images, args.names], files=[out])
     d = convert_to_coco(fmt, args.sources, class_names=classes, images=args.images, names_file=args.names,
                         filename_from_stem=args.filename_from_stem)
     save_coco(out, d)
@@ -512,13 +499,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_merge_reviewed(args: argparse.Namespace) -> int:
     from minedet.data.coco import load_coco, save_coco
+    from minedet.io import check_outputs
     from minedet.review import merge_reviewed, read_reviewed
 
     src, rev, out = Path(args.original), Path(args.reviewed), Path(args.out)
     if out.suffix != ".json":
         raise MinedetError("output name must end in .json", file=str(out))
-    _refuse_overwrite(src, [out])
-    _refuse_overwrite(rev, [out])
+    check_outputs([src, rev], files=[out])
     if not (args.tolerance >= 0):
         raise MinedetError(f"--tolerance must be >= 0, got {args.tolerance}")
     original = load_coco(src)
@@ -589,13 +576,16 @@ def _cmd_tile(args: argparse.Namespace) -> int:
     from minedet.data.coco import load_coco
     from minedet.data.tiles import check_tiling, tile_coco, write_tiles
     from minedet.engine.tiled import default_overlap
+    from minedet.io import check_outputs
 
     src, out = Path(args.input), Path(args.out)
-    _check_output_folder(src, out, ["tiles.json"])
     overlap = default_overlap(args.size) if args.overlap is None else args.overlap
     check_tiling(args.size, overlap)
     data = load_coco(src, image_root=args.images, check_images=True)
     tiled = tile_coco(data, args.size, overlap, min_visible=args.min_visible, cut=args.cut)
+    check_outputs([src, args.images, *(Path(args.images) / im["file_name"] for im in data.images)],
+                  files=[out / "tiles.json", *(out / im["file_name"] for im in tiled.coco["images"])],
+                  folders=[out, out / "images"])
     path = write_tiles(tiled, args.images, out, progress=True)
     n_empty = sum(1 for im in tiled.coco["images"]) - len({a["image_id"] for a in tiled.coco["annotations"]})
     print(f"{path}: {len(tiled.coco['images'])} tiles of {args.size} px (overlap {overlap} px) from "
@@ -639,9 +629,11 @@ def _cmd_folds(args: argparse.Namespace) -> int:
     from minedet.data.folds import assign_folds, fold_training_set, folds_record
     from minedet.io import write_json_atomic
 
+    from minedet.io import check_outputs
+
     src, out = Path(args.input), Path(args.out_dir)
     trains = [out / f"fold{f}.train.json" for f in range(max(args.k, 0))]
-    _check_output_folder(src, out, [p.name for p in trains] + ["folds.json"])
+    check_outputs([src], files=[*trains, out / "folds.json"], folders=[out])
     source = read_json_file(src)
     data = load_coco(src)
     folds = assign_folds(data, args.k, args.seed)  # every check before anything is written

@@ -9,7 +9,9 @@ from minedet.errors import MinedetError
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from minedet.export import export_model_file
+    from minedet.io import check_outputs
 
+    check_outputs([args.model], files=[args.out])
     size = None if args.image_size is None else _image_size(args.image_size)
     rep = export_model_file(args.model, args.out, fmt=args.format, image_size=size, dynamic=args.dynamic)
     shape = "x".join(str(s) for s in rep.input_shape)

@@ -16,7 +16,7 @@ from minedet.engine.inference import evaluate_detector
 from minedet.engine.tiled import default_overlap, evaluate_tiled, predict_tiled
 from minedet.engine.dist import setup_device
 from minedet.errors import MinedetError
-from minedet.io import write_json_atomic
+from minedet.io import check_outputs, write_json_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -31,8 +31,10 @@ def _load(model: str, device):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        raise MinedetError("--plot names a folder to draw into, and this is a file", file=args.plot)
+    images = args.images or str(Path(args.data).parent)
+    plots = [Path(args.plot) / n for n in ("pr_curve.png", "confusion.png")] if args.plot else []
+    check_outputs([args.model, args.data, images], files=[p for p in [args.out, *plots] if p],
+                  folders=[args.plot] if args.plot else [])
     _check_tile_args(args)
     info = setup_device(args.device, quiet=True)
     det, meta = _load(args.model, info.device)
@@ -41,7 +43,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise MinedetError(
             f"the model was trained on classes {det.spec.class_names} but the data has {data.class_names}", file=args.data
         )
-    images = args.images or str(Path(args.data).parent)
     ds = DetectionDataset(data, images)
     if args.tile is not None:  # big images: each predicted tile by tile, in its own pixels
         rep = evaluate_tiled(det, ds, args.tile, args.overlap, batch_size=args.batch_size, progress=True)
@@ -89,6 +90,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     names = list(det.spec.class_names)
     paths = _list_images(args.images)
     out_dir = Path(args.out)
+    renders = [] if args.no_render else [out_dir / f"{p.stem}.png" for p in paths]
+    check_outputs([args.model, *args.images, *paths], files=[out_dir / "detections.json", *renders], folders=[out_dir])
     results, images_json = [], []
     for i, path in enumerate(paths, start=1):
         img = load_image(path, file=str(path))
@@ -104,7 +107,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             keep = d.scores >= args.render_score
             render = draw_boxes(img, [BoxGroup(d.boxes[keep].numpy(), [names[int(k)] for k in d.labels[keep]],
                                                d.scores[keep].tolist(), color=(255, 40, 40))])
-            save_png(render, out_dir / f"{path.stem}.png")
+            save_png(render, renders[i - 1])
     write_json_atomic(out_dir / "detections.json", {
         "images": images_json,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import html
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -97,13 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_mine)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _num(v: float) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
@@ -149,22 +141,22 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     """(data path, output path, gallery folder or None), refusing bad combinations before any work."""
+    from minedet.io import check_outputs
+
     data_path, out = Path(args.data), Path(args.out)
     if args.gallery_images < 0:
         raise MinedetError(f"--gallery-images must be >= 0, got {args.gallery_images}")
-    if _same_file(data_path, out):
-        raise MinedetError("refusing to overwrite the input file", file=str(out))
-    for p in review_file_paths(out).values():
-        if _same_file(data_path, p):
-            raise MinedetError("refusing to overwrite the input file", file=str(p))
     if not Path(args.images).is_dir():
         raise MinedetError("image folder not found", file=str(args.images))
     from minedet.review import local_files_dir
 
     local_files_dir(args.images, args.review_root)
     gallery = Path(args.gallery) if args.gallery else None
-    if gallery is not None and gallery.exists() and not gallery.is_dir():
-        raise MinedetError("gallery path exists and is not a folder", file=str(gallery))
+    report_dir, prefix = (gallery, "") if gallery is not None else (out.parent, f"{out.stem}.")
+    reports = [report_dir / f"{prefix}{n}" for n in ("summary.json", "pr.json", "pr.png")]
+    check_outputs([data_path, args.images, args.hidden, args.folds, args.model],
+                  files=[out, *review_file_paths(out).values(), *reports, *([gallery / "index.html"] if gallery else [])],
+                  folders=[gallery] if gallery is not None else [])
     return data_path, out, gallery
 
 

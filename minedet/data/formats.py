@@ -818,9 +818,10 @@ def _stem_path(out: Path, file_name: str, suffix: str, taken: dict[Path, str]) -
     return p
 
 
-def coco_to_format(data, fmt: str, out_dir: str | os.PathLike) -> dict[str, Any]:
+def coco_to_format(data, fmt: str, out_dir: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Write ``data`` (a CocoData) as ``fmt`` files under ``out_dir``; every file is built in memory
-    first, then each is written atomically (bad input writes nothing).
+    first and checked against ``inputs`` (:func:`minedet.io.check_outputs`: no output replaces an
+    input), then each is written atomically (bad input writes nothing).
 
     Layout: ``yolo``: ``labels/<stem>.txt`` per image (empty for an image without boxes, class =
     index in ``data.class_names``) and ``data.yaml`` (``names``, ``nc``); ``voc``:
@@ -831,7 +832,7 @@ def coco_to_format(data, fmt: str, out_dir: str | os.PathLike) -> dict[str, Any]
 
     Returns ``{"files": [paths], "images": N, "boxes": M, "crowd_skipped": C}``.
     """
-    from minedet.io import write_bytes_atomic
+    from minedet.io import check_outputs, write_bytes_atomic
 
     if fmt not in FORMATS:
         raise MinedetError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
@@ -867,6 +868,7 @@ def coco_to_format(data, fmt: str, out_dir: str | os.PathLike) -> dict[str, Any]
             d = {"version": "5.4.1", "flags": {}, **d}
             d["shapes"] = [{**s, "group_id": None, "description": "", "flags": {}} for s in d["shapes"]]
             files[_stem_path(out, im["file_name"], ".json", taken)] = (json.dumps(d, indent=1, allow_nan=False) + "\n").encode()
+    check_outputs(inputs, files=files, folders=[out])
     for p, b in files.items():
         write_bytes_atomic(p, b)
     return {"files": sorted(files), "images": len(items), "boxes": sum(len(t[2]) for t in items), "crowd_skipped": n_crowd}
