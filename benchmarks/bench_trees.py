@@ -375,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or Path(args.cache) / "real_trees-runs")
     for seed in args.seeds:
         for label in args.columns:
-            others = common.other_benchmarks()
+            origin = common.run_origin()  # the commit and neighbours the run started with
             t0 = time.time()
-            recs = run_one(info, BY_LABEL[label], args.protocol, seed, work, others, args.steps)
-            common.append_results(NAME, recs, protocol_doc="docs/benchmarks.md#real-images-tree-crowns-neon-chosen-on-dev-reported-on-test")
+            recs = run_one(info, BY_LABEL[label], args.protocol, seed, work, origin["other_benchmarks"], args.steps)
+            common.append_records(NAME, [{**r, "origin": origin} for r in recs],
+                                  protocol_doc="docs/benchmarks.md#real-images-tree-crowns-neon-chosen-on-dev-reported-on-test")
             dev = recs[0]
             print(f"[trees] {args.protocol} {label} s{seed}: dev AP {100 * dev['ap']:.1f} AP50 {100 * dev['ap50']:.1f} "
                   f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
