@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,10 +45,22 @@ def ds(tmp_path):
     return tmp_path
 
 
-def test_predict_refuses_the_image_folder_and_a_link_to_it(ds, capsys):
-    _refused(capsys, ds, ["predict", ds / "model.pt", ds / "imgs", "--out", ds / "imgs"], "input folder")
+@pytest.fixture()
+def model_pt(ds, monkeypatch):
+    """predict reads the model before it lists the images: a stand-in detector, never run."""
+    det = SimpleNamespace(spec=SimpleNamespace(class_names=["x"]))
+    monkeypatch.setattr("minedet.engine.checkpoint.load_model", lambda *a, **k: (det, {}))
+    monkeypatch.setattr("minedet.cli.infer.load_model", lambda *a, **k: (det, {}), raising=False)
+    return ds / "model.pt"
+
+
+def test_predict_refuses_the_image_folder_and_a_link_to_it(ds, model_pt, capsys):
+    _refused(capsys, ds, ["predict", model_pt, ds / "imgs", "--out", ds / "imgs"], "input folder")
     (ds / "link").symlink_to(ds / "imgs")
-    _refused(capsys, ds, ["predict", ds / "model.pt", ds / "imgs" / "a.png", "--out", ds / "link"], "imgs")
+    _refused(capsys, ds, ["predict", model_pt, ds / "imgs" / "a.png", "--out", ds / "link"], "imgs")
+    # one image given as a file, rendered into its own folder: the render would replace it
+    _refused(capsys, ds, ["predict", model_pt, ds / "imgs" / "a.png", "--out", ds / "imgs" / "x" / ".."],
+             "a.png")
 
 
 def test_eval_refuses_a_report_over_the_ground_truth_and_plots_into_the_images(ds, capsys):

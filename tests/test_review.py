@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minedet.cli import main
 from minedet.data.coco import load_coco, save_coco, validate_coco
@@ -452,3 +454,124 @@ def test_blank_cvat_review_and_wrong_files_are_refused(original, tmp_path: Path,
         err = capsys.readouterr().err
         assert rc == 2 and len(err.strip().splitlines()) == 1 and fragment in err, (argv, err)
         assert not out.exists()
+
+
+# -------------------------------------------------------------------------------- values that vanish (issue 49 point 2)
+
+
+def _set_value(key, v):
+    def edit(tasks):
+        tasks[0]["annotations"][-1]["result"][1]["value"][key] = v
+    return edit
+
+
+VANISHING = {
+    "x_text": (_set_value("x", "12"), "task[0] id=100 result[1]", "x must be a finite number"),
+    "x_negative": (_set_value("x", -40.0), "task[0] id=100 result[1]", "lies outside the 100x80 image"),
+    "width_huge": (_set_value("width", 1e300), "task[0] id=100 result[1]", "lies outside the 100x80 image"),
+    "y_nan": (_set_value("y", float("nan")), "task[0] id=100 result[1]", "y must be a finite number"),
+    "rotation_text": (_set_value("rotation", "90"), "task[0] id=100 result[1]", "rotation must be a finite number"),
+    "rotation_nan": (_set_value("rotation", float("nan")), "task[0] id=100 result[1]", "rotation must be a finite number"),
+    "rotation_huge": (_set_value("rotation", 1e30), "task[0] id=100 result[1]", "rotation must be in [-360, 360]"),
+    "width_zero": (_set_value("width", 0), "task[0] id=100 result[1]", "width and height must be > 0"),
+    "result_object": (lambda ts: ts[0]["annotations"][-1].update(result={}), "task[0] id=100 annotations[1]",
+                      '"result" must be a list'),
+    "annotations_text": (lambda ts: ts[0].update(annotations="done"), "task[0] id=100", '"annotations" must be a list'),
+    "region_text": (lambda ts: ts[0]["annotations"][-1]["result"].__setitem__(1, "m10"), "task[0] id=100 result[1]",
+                    "must be a rectanglelabels region"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VANISHING))
+def test_unreadable_review_values_are_one_line_naming_task_and_result(case: str, original, tmp_path: Path, capsys) -> None:
+    """Never a traceback, never a dropped reviewed box recorded as a rejection."""
+    src, data = original
+    edit, where, rule = VANISHING[case]
+    p = tmp_path / "export.json"
+    p.write_text(json.dumps(_ls_export(data, edit)))
+    out = tmp_path / "out.json"
+    rc = main(["data", "merge-reviewed", str(src), str(p), "--format", "labelstudio", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and where in err and (rule or "must be a finite number") in err, err
+    assert not out.exists()
+
+
+# -------------------------------------------------------------------------------- property: mutated exports
+
+HOSTILE_JSON = ["abc", float("nan"), float("inf"), -1e9, 1e300, None, [], {}]
+HOSTILE_XML = ["abc", "nan", "inf", "-1e9", "1e308", ""]
+
+
+def _json_slots(x, path=()):
+    """Every (path, key) of a JSON document: a place to put a hostile value."""
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in items:
+        yield path, k
+        yield from _json_slots(v, path + (k,))
+
+
+def _at(x, path):
+    for k in path:
+        x = x[k]
+    return x
+
+
+def _merge(src: Path, review: Path, fmt: str, out: Path, capsys) -> tuple[int, str, dict | None]:
+    if out.exists():
+        out.unlink()
+    rc = main(["data", "merge-reviewed", str(src), str(review), "--format", fmt, "--out", str(out)])
+    err = capsys.readouterr().err
+    return rc, err, json.loads(out.read_text()) if out.exists() else None
+
+
+def _one_line_or_same(rc: int, err: str, got: dict | None, baseline: dict) -> None:
+    """A mutated export either is refused in one line (nothing written) or merges exactly as the valid one did:
+    no box dropped, none invented, none turned into a rejection."""
+    if rc == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("minedet: error:") and got is None, err
+    else:
+        assert rc == 0 and got == baseline, err
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_label_studio_export_is_refused_or_merges_the_same(original, tmp_path: Path, capsys, data) -> None:
+    src, mined = original
+    valid = _ls_export(mined)
+    p, out = tmp_path / "export.json", tmp_path / "out.json"
+    p.write_text(json.dumps(valid))
+    rc, err, baseline = _merge(src, p, "labelstudio", out, capsys)
+    assert rc == 0 and baseline is not None, err
+    export = copy.deepcopy(valid)
+    for _ in range(data.draw(st.integers(1, 3))):
+        slots = list(_json_slots(export))
+        path, key = data.draw(st.sampled_from(slots))
+        parent = _at(export, path)
+        if isinstance(parent, dict) and data.draw(st.booleans()):
+            del parent[key]
+        else:
+            parent[key] = data.draw(st.sampled_from(HOSTILE_JSON))
+    p.write_text(json.dumps(export))
+    _one_line_or_same(*_merge(src, p, "labelstudio", out, capsys), baseline)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_cvat_export_is_refused_or_merges_the_same(original, tmp_path: Path, capsys, data) -> None:
+    src, mined = original
+    valid = review_cvat(review_cvat_xml(mined, image_ids=[1, 2, 4]))
+    p, out = tmp_path / "annotations.xml", tmp_path / "out.json"
+    p.write_bytes(valid)
+    rc, err, baseline = _merge(src, p, "cvat", out, capsys)
+    assert rc == 0 and baseline is not None, err
+    root = ET.fromstring(valid)
+    for _ in range(data.draw(st.integers(1, 3))):
+        slots = [(el, k) for el in root.iter() if el.tag in ("image", "box") for k in el.attrib
+                 if k in ("name", "width", "height", "label", "xtl", "ytl", "xbr", "ybr")]  # what the reader uses
+        el, key = data.draw(st.sampled_from(slots))
+        if data.draw(st.booleans()):
+            del el.attrib[key]
+        else:
+            el.set(key, data.draw(st.sampled_from(HOSTILE_XML)))
+    p.write_bytes(ET.tostring(root))
+    _one_line_or_same(*_merge(src, p, "cvat", out, capsys), baseline)
