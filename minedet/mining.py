@@ -50,18 +50,23 @@ from minedet.data.datasets import coco_target, load_image
 from minedet.data.transforms import BoxMap, ColorJitter
 from minedet.errors import MinedetError
 from minedet.pseudo.filters import cogeneration, drop_known, min_size
-from minedet.pseudo.quality import QualityCounts
+from minedet.pseudo.quality import QualityCounts, _greedy, _overlaps
 from minedet.structures import Target
 
 __all__ = [
     "AGREE_MODES",
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_SCORE",
     "MineResult",
     "MineSettings",
+    "ScoreProposal",
     "augmented_view",
     "gt_target",
     "mine_dataset",
+    "nothing_mined_hint",
     "pr_against_hidden",
+    "propose_score",
+    "propose_score_for",
     "recall_at_precision",
     "write_gallery",
 ]
@@ -555,6 +560,202 @@ def recall_at_precision(rows: Sequence[Mapping[str, float]], min_precision: floa
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------------------------------
+# the mining score, proposed from the model itself
+
+DEFAULT_SCORE = 0.6  # the score when neither --score nor a proposal is there (Co-mining's tau)
+
+
+@dataclass(frozen=True)
+class ScoreProposal:
+    """What :func:`propose_score` found.
+
+    Attributes:
+        score: the proposed threshold (mine boxes scoring above it), or None when the detections cannot support one.
+        target_precision: the precision asked for.
+        precision: the calibrated precision of detections on labelled boxes at the proposed score (NaN without one).
+        precision_all: the share of all detections above the score that match a labelled box: a lower bound of their
+            precision, since a detection of an unlabelled object counts as wrong (NaN without a score).
+        n_region: detections that lie on a labelled box (see :func:`propose_score`); n_images: images they came from.
+        curve: the calibration, low score to high: ``{"score", "precision", "n"}`` per step (``precision`` holds from
+            ``score`` up to the next step's; non-decreasing).
+        reason: one line saying why (printed by ``minedet mine``).
+    """
+
+    score: float | None
+    target_precision: float
+    precision: float
+    precision_all: float
+    n_region: int
+    n_images: int
+    curve: list[dict[str, float]]
+    reason: str
+
+
+def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], *,
+                  target_precision: float = 0.7, match_iou: float = 0.5, min_support: int = 20) -> ScoreProposal:
+    """The lowest score at which the model's detections are right ``target_precision`` of the time, measured where
+    the labels can tell: on the labelled boxes, without any hidden truth.
+
+    On sparse labels a detection that matches no labelled box may be a missing object, so precision against the
+    labels is only a lower bound (reported as ``precision_all``). The truth is known where a detection lies on a
+    labelled box (its centre inside one, or matching one): it is right when it matches a labelled box of its class
+    with IoU >= ``match_iou`` (greedy by descending score, one detection per box), wrong otherwise (a duplicate, a
+    shifted box, the wrong class). The calibration curve P(right | score) of those detections is fitted non-decreasing
+    (isotonic regression, pool adjacent violators); the proposal is just below the lowest score whose fitted
+    precision reaches ``target_precision``, rounded down to 0.01. Calibrate on images the model did not train on
+    (held-out folds): on its own training images it has learnt the labelled boxes and looks better than it is.
+
+    Args:
+        detections: one dict per image: ``"boxes"`` (float[N, 4], ``[x1, y1, x2, y2]`` in image pixels),
+            ``"scores"`` (float[N]), ``"labels"`` (int[N]); tensors, arrays or lists (torchvision's output format).
+        targets: the labelled boxes of the same images, same order: ``"boxes"`` (float[M, 4], xyxy image pixels) and
+            ``"labels"`` (int[M]), crowd boxes left out.
+        target_precision: the precision asked of the detections at the proposed score, in (0, 1].
+        match_iou: IoU at which a detection matches a labelled box.
+        min_support: fewer detections on labelled boxes than this propose nothing (``score`` None).
+
+    Returns:
+        :class:`ScoreProposal`.
+    """
+    if isinstance(target_precision, bool) or not 0.0 < float(target_precision) <= 1.0:
+        raise MinedetError(f"target precision must be in (0, 1], got {target_precision!r}")
+    if len(detections) != len(targets):
+        raise MinedetError(f"propose_score needs one target per image: {len(detections)} detections, {len(targets)} targets")
+    per_image = [_on_labels(d, t, match_iou) for d, t in zip(detections, targets)]
+    scores = torch.cat([torch.zeros(0)] + [s for s, _, _ in per_image])
+    right = torch.cat([torch.zeros(0, dtype=torch.bool)] + [m for _, m, _ in per_image])
+    region = torch.cat([torch.zeros(0, dtype=torch.bool)] + [r for _, _, r in per_image])
+    n_images = sum(1 for _, _, r in per_image if bool(r.any()))
+    order = torch.argsort(scores[region], stable=True)
+    s, fitted = scores[region][order], _isotonic(right[region][order].float())
+    curve = [{"score": float(s[i]), "precision": float(fitted[i]), "n": int(n)} for i, n in _steps(fitted)]
+    nan = float("nan")
+    if len(s) < min_support:
+        why = (f"only {len(s)} detections of the model lie on labelled boxes (at least {min_support} calibrate a score): "
+               "label more boxes or train longer")
+        return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
+    reach = torch.nonzero(fitted >= float(target_precision) - 1e-9).flatten()
+    if not len(reach):
+        why = (f"the model's detections on labelled boxes are right at most {float(fitted.max()):.0%} of the time "
+               f"(above {curve[-1]['score']:.2f}), never {float(target_precision):.0%}: train longer")
+        return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
+    j = int(reach[0])
+    score = _round_below(float(s[j]), float(s[j - 1]) if j else 0.0)
+    above = scores > score
+    lower = float(right[above].float().mean()) if bool(above.any()) else nan
+    why = (f"of the {len(s)} detections on labelled boxes ({n_images} images), those scoring above {score:.2f} match "
+           f"their box {float(fitted[j]):.0%} of the time or more (target {float(target_precision):.0%}, IoU >= "
+           f"{match_iou:g}); against the sparse labels {lower:.0%} of all detections above it match (a lower bound: "
+           "unlabelled objects count as misses)")
+    return ScoreProposal(score, float(target_precision), float(fitted[j]), lower, len(s), n_images, curve, why)
+
+
+def _on_labels(det: Mapping[str, Any], target: Mapping[str, Any], match_iou: float):
+    """One image's (scores float[N], right bool[N], on a labelled box bool[N]) of :func:`propose_score`."""
+    boxes = torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)
+    d = Target(boxes, torch.as_tensor(det["labels"], dtype=torch.int64).reshape(-1),
+               torch.as_tensor(det["scores"], dtype=torch.float32).reshape(-1))
+    gt = Target(torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
+                torch.as_tensor(target["labels"], dtype=torch.int64).reshape(-1))
+    on, same = _overlaps(d, gt)
+    right, _ = _greedy(d, on, same, match_iou)
+    if len(gt) == 0:
+        return d.scores, right, right
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    g = gt.boxes
+    inside = (cx[:, None] >= g[None, :, 0]) & (cx[:, None] <= g[None, :, 2]) & \
+             (cy[:, None] >= g[None, :, 1]) & (cy[:, None] <= g[None, :, 3])
+    return d.scores, right, right | inside.any(1)
+
+
+def _round_below(hi: float, lo: float) -> float:
+    """A round threshold ``t`` with ``lo <= t < hi``: the largest multiple of 0.01 below ``hi``, else of 0.0001, else ``lo``."""
+    for step in (100, 10000):
+        t = math.floor(hi * step) / step
+        t = t - 1 / step if t >= hi else t
+        if t >= lo:
+            return round(t, 4)
+    return lo
+
+
+def _isotonic(y: torch.Tensor) -> torch.Tensor:
+    """The non-decreasing least-squares fit of ``y`` (float[N], in order): pool adjacent violators."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in y.tolist():
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks[-1]
+            blocks[-1] = [(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2]
+    return torch.tensor([m for m, n in blocks for _ in range(int(n))], dtype=torch.float32)
+
+
+def _steps(fitted: torch.Tensor) -> list[tuple[int, int]]:
+    """(first index, length) of each run of equal values of ``fitted``."""
+    values, out = fitted.tolist(), []
+    for i, v in enumerate(values):
+        if out and values[out[-1][0]] == v:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
+def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *, target_precision: float = 0.7,
+                      folds: Mapping[int, int] | None = None, nms: float = 0.5, max_dets: int = 100, floor: float = 0.05,
+                      batch_size: int = 8, device: str | torch.device = "cpu") -> ScoreProposal:
+    """:func:`propose_score` of ``detector`` (with ``folds``: one per fold, each on the images it did not train on)
+    over the images of ``data`` that hold labelled boxes (crowd boxes left out), its detections decoded down to
+    ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes)."""
+    detectors = _fold_detectors(detector, folds, data)
+    for d in detectors:
+        _check_detector(d, list(data.class_names), data)
+    root, dev = Path(image_root), torch.device(device)
+    labelled = [r for r in data.images if any(not a.get("iscrowd") for a in data.anns_by_image.get(int(r["id"]), []))]
+    dets: list[dict] = []
+    targets: list[dict] = []
+    for f, det in enumerate(detectors):
+        recs = [r for r in labelled if folds is None or folds[int(r["id"])] == f]
+        was = det.training
+        det.to(dev).eval()
+        try:
+            for start in range(0, len(recs), batch_size):
+                batch = recs[start : start + batch_size]
+                with torch.no_grad():
+                    out = det.predict([_load(data, root, r).to(dev) for r in batch], score_thresh=floor,
+                                      nms_thresh=nms, detections_per_img=max_dets)
+                for r, o in zip(batch, out):
+                    dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu()})
+                    targets.append(_labelled_boxes(data, int(r["id"])))
+        finally:
+            det.train(was)
+    return propose_score(dets, targets, target_precision=target_precision)
+
+
+def nothing_mined_hint(result: MineResult) -> str:
+    """One line for a :class:`MineResult` that mined nothing: the best candidate it collected below its score and a
+    ``--score`` that mines it, or, with no candidate down to its floor, train longer."""
+    gates = torch.cat([torch.zeros(0)] + [g.detach().float().cpu() for g in result.gates.values()])
+    s = result.settings
+    if not len(gates):
+        return (f"nothing mined: no detection off the labelled boxes scored above {s.floor:g}; train longer (or check "
+                "that the model was trained for these images)")
+    best = float(gates.max())
+    t = math.floor(best * 20) / 20
+    t = round(t - 0.05 if t >= best else t, 2)
+    return (f"nothing mined: no detection off the labelled boxes scored above {s.score:g} (the best scored {best:.2f}); "
+            f"try --score {t:g}, or train longer")
+
+
+def _labelled_boxes(data: CocoData, image_id: int) -> dict[str, torch.Tensor]:
+    """An image's labelled boxes, crowd boxes left out, as :func:`propose_score` reads them (xyxy file-image pixels)."""
+    anns = [a for a in data.anns_by_image.get(image_id, []) if not a.get("iscrowd")]
+    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    return {"boxes": boxes, "labels": torch.tensor([data.label_of(a["category_id"]) for a in anns], dtype=torch.int64)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ hand back the boxes its labels miss (Co-mining's co-generation rules, Wang et al
      horizontally flipped copy; keep a box only when that copy has a detection of the same class
      with IoU >= --agree-iou whose score is also > --score. The kept box's score is the mean of both.
 
+Without --score, the score is proposed from the model itself, printed with its reason: it runs over the
+images with labelled boxes (with --folds, each by its fold's model) and calibrates its detections on
+labelled boxes (right = matches the box, IoU >= 0.5, same class); the proposal is the lowest score from
+which they are right --target-precision of the time. Precision against sparse labels is only a lower
+bound (an unlabelled object counts as wrong), so it is printed beside it, not used. When nothing is
+mined, mine says which --score would mine something, or to train longer.
+
 Writes OUT: the input JSON with every original annotation unchanged (same ids, same fields) plus one
 annotation per mined box (new ids after the largest one, "mined": true, "score", "iscrowd": 0,
 "area"). OUT loads like any COCO file, e.g. as data.train of 'minedet train'.
@@ -66,7 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", help="labelled COCO JSON to complete")
     p.add_argument("--images", required=True, help="image root the file_name entries are relative to")
     p.add_argument("--out", required=True, help="completed COCO JSON to write")
-    p.add_argument("--score", type=float, default=0.6, help="score threshold tau (default 0.6)")
+    p.add_argument("--score", type=float, default=None,
+                   help="score threshold tau (default: proposed from the model on the labelled boxes, see "
+                        "--target-precision; 0.6 when they cannot support a proposal)")
+    p.add_argument("--target-precision", type=float, default=0.7, metavar="P",
+                   help="without --score: the lowest score at which the model's detections on labelled boxes match "
+                        "them P of the time (default 0.7)")
     p.add_argument("--nms", type=float, default=0.5, help="class-wise NMS IoU (default 0.5)")
     p.add_argument("--iou-gt", type=float, default=0.4,
                    help="drop a box whose IoU with a labelled box is above this (default 0.4)")
@@ -106,16 +118,17 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 def _cmd_mine(args: argparse.Namespace) -> int:
     from minedet.data.coco import save_coco
-    from minedet.mining import DEFAULT_THRESHOLDS, mine_dataset, pr_against_hidden, write_gallery
+    from minedet.mining import DEFAULT_THRESHOLDS, mine_dataset, nothing_mined_hint, pr_against_hidden, write_gallery
 
     data_path, out, gallery = _check_paths(args)
     source, data, hidden, det, device, folds = _load_inputs(args, data_path)
+    args.score = _score(args, det, data, device, folds)
     thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
     res = mine_dataset(
         det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
         agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, part=args.part, batch_size=args.batch_size,
         device=device,
-        progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else None, seed=args.seed,
+        progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else HINT_FLOOR, seed=args.seed,
         source=source, folds=folds,
     )
     pr_rows = None
@@ -136,7 +149,28 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     print(f"review: {review['images']} images -> {review['labelstudio']} (config {review['config']}), {review['cvat']}")
     print("Label Studio (images open from local files):\n" + "\n".join(f"  {x}" for x in review["setup"]))
     print(f"{res.n_mined} mined boxes added to {len(data.annotations)} labelled ones -> {out}")
+    if not res.n_mined:
+        print(f"minedet: {nothing_mined_hint(res)}", file=sys.stderr)
     return 0
+
+
+HINT_FLOOR = 0.05  # candidates are collected down to this score, so that mining nothing can say what would mine
+
+
+def _score(args: argparse.Namespace, det, data, device, folds) -> float:
+    """``--score``, or the score :func:`~minedet.mining.propose_score_for` proposes from the model on the labelled
+    boxes (each image by its fold's model with ``--folds``), printed with its reason; 0.6 when none can be proposed."""
+    from minedet.mining import DEFAULT_SCORE, propose_score_for
+
+    if args.score is not None:
+        return args.score
+    p = propose_score_for(det, data, args.images, target_precision=args.target_precision, folds=folds, nms=args.nms,
+                          max_dets=args.max_dets, batch_size=args.batch_size, device=device)
+    if p.score is None:
+        print(f"minedet: no score proposed ({p.reason}); mining at --score {DEFAULT_SCORE:g}", file=sys.stderr)
+        return DEFAULT_SCORE
+    print(f"minedet: --score {p.score:g} proposed from the model: {p.reason}", file=sys.stderr)
+    return p.score
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:

@@ -1,0 +1,90 @@
+"""``propose_score``: the mining score proposed from the model's detections on the labelled boxes, and
+``minedet mine`` without ``--score``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minedet.cli import main
+from minedet.errors import MinedetError
+from minedet.mining import propose_score
+from tests.test_mine import model_file, sparse  # noqa: F401 - fixtures
+
+LABEL = [10.0, 10.0, 30.0, 30.0]
+SHIFTED = [18.0, 18.0, 38.0, 38.0]  # centre inside LABEL, IoU 0.22: a wrong box on a labelled object
+OFF = [40.0, 40.0, 60.0, 60.0]  # on no labelled box: a false positive or an object nobody labelled
+
+
+def _images(right_scores, wrong_scores, off_scores=()):
+    """One image per right score: LABEL labelled, detected exactly (right) and shifted (wrong), and OFF detected."""
+    dets, targets = [], []
+    for i, r in enumerate(right_scores):
+        rows = [(LABEL, r), (SHIFTED, wrong_scores[i])] + ([(OFF, off_scores[i])] if off_scores else [])
+        dets.append({"boxes": [b for b, _ in rows], "scores": [s for _, s in rows], "labels": [0] * len(rows)})
+        targets.append({"boxes": [LABEL], "labels": [0]})
+    return dets, targets
+
+
+def test_score_is_just_below_where_detections_on_labelled_boxes_become_right():
+    right = torch.linspace(0.5, 0.95, 20).tolist()
+    wrong = torch.linspace(0.05, 0.45, 20).tolist()
+    p = propose_score(*_images(right, wrong))
+    assert p.score == pytest.approx(0.49) and p.n_region == 40 and p.n_images == 20
+    assert p.precision == 1.0 and p.precision_all == 1.0
+    assert [c["precision"] for c in p.curve] == [0.0, 1.0]
+    # detections on no labelled box may be objects nobody labelled: they lower only the reported lower bound
+    q = propose_score(*_images(right, wrong, off_scores=[0.9] * 20))
+    assert q.score == p.score and q.precision_all == pytest.approx(0.5)
+    assert "0.49" in q.reason and "lower bound" in q.reason
+
+
+def test_the_target_precision_moves_the_score_along_a_monotone_calibration():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(200, generator=g)
+    right = torch.rand(200, generator=g) < scores  # P(right | score) = score
+    dets = [{"boxes": [LABEL if ok else SHIFTED], "scores": [float(s)], "labels": [0]} for s, ok in zip(scores, right)]
+    targets = [{"boxes": [LABEL], "labels": [0]}] * 200
+    proposals = [propose_score(dets, targets, target_precision=t) for t in (0.5, 0.7, 0.9)]
+    assert proposals[0].score < proposals[1].score < proposals[2].score
+    for t, p in zip((0.5, 0.7, 0.9), proposals):
+        above = right[scores > p.score].float().mean()
+        assert above >= t - 0.05 and p.precision >= t
+        assert all(a["precision"] <= b["precision"] for a, b in zip(p.curve, p.curve[1:]))
+
+
+def test_no_proposal_without_support_or_when_the_target_is_never_reached():
+    few = propose_score(*_images([0.9] * 5, [0.1] * 5))
+    assert few.score is None and "only 10 detections" in few.reason
+    never = propose_score(*_images([0.2] * 20, [0.9] * 20))  # the confident boxes are the wrong ones
+    assert never.score is None and "train longer" in never.reason
+    empty = propose_score([{"boxes": [], "scores": [], "labels": []}], [{"boxes": [], "labels": []}])
+    assert empty.score is None and empty.n_region == 0
+    with pytest.raises(MinedetError, match="target precision"):
+        propose_score(*_images([0.9] * 20, [0.1] * 20), target_precision=0.0)
+    with pytest.raises(MinedetError, match="one target per image"):
+        propose_score([], [{"boxes": [], "labels": []}])
+
+
+def test_mine_without_score_proposes_one_and_says_what_to_do_when_nothing_is_mined(model_file, sparse, tmp_path,
+                                                                                    capsys):
+    _, _, _, root, sp, _ = sparse
+    common = ["--images", str(root), "--device", "cpu", "--quiet"]
+    # a random model: its detections on the labelled boxes are rarely right, so a low target is reachable
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "a.json"), "--target-precision", "0.02",
+                 *common]) == 0
+    err = capsys.readouterr().err
+    assert "proposed from the model: of the" in err
+    proposed = float(err.split("--score ")[1].split()[0])
+    assert json.loads((tmp_path / "a.summary.json").read_text())["settings"]["score"] == proposed
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "b.json"), *common]) == 0
+    err = capsys.readouterr().err
+    assert "no score proposed" in err and "never 70%" in err and "mining at --score 0.6" in err
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "c.json"), "--score", "0.999", *common]) == 0
+    err = capsys.readouterr().err
+    assert "nothing mined: no detection off the labelled boxes scored above 0.999 (the best scored" in err
+    suggested = err.split("try --score ")[1].split(",")[0]
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "d.json"), "--score", suggested, *common]) == 0
+    assert "nothing mined" not in capsys.readouterr().err  # the suggested score mines something
