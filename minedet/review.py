@@ -172,7 +172,7 @@ def labelstudio_setup(images: str | os.PathLike, root: str | os.PathLike | None 
     local_files_dir(images, root)
     img = os.path.abspath(images)
     top = os.path.dirname(img) if root is None else os.path.abspath(root)
-    return [f"export LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true",
+    return ["export LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true",
             f"export LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={shlex.quote(top)}",
             f"in the project: Settings > Cloud Storage > Add Source Storage > Local files, absolute path {shlex.quote(img)} "
             "(no sync: the tasks are imported), and pre-label tasks from predictions"]

@@ -108,6 +108,16 @@ evaluation and 'data check' do not count it as an object. Mined boxes on images 
 review export are left out. Reviewed boxes are matched to the offered ones by the region id the
 review file carried (Label Studio keeps it), else by geometry: the same box within --tolerance, then
 the best IoU >= 0.5.
+
+Refused in one line (nothing written), as it cannot be a review of ORIGINAL.json: an ORIGINAL without
+mined boxes (the training file), a REVIEWED that is ORIGINAL or a review file 'mine' wrote (or a
+copy), a Label Studio export that is not JSON (JSON-MIN), a task whose minedet_image_id and file_name
+name different images or whose region ids are not ORIGINAL's boxes, a review where no offered image
+was reviewed or every reviewed image came back blank (the tool did not show the pre-annotations), and
+any value that cannot be read (a coordinate or rotation that is not a finite number, an empty box, a
+box outside its image, a field of the wrong type): an unreadable box is never taken for a rejection.
+Images offered nothing (no mined box) that come back without boxes (a CVAT task of every image) were
+not reviewed.
 """
 
 
