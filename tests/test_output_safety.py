@@ -49,8 +49,10 @@ def ds(tmp_path):
 def model_pt(ds, monkeypatch):
     """predict reads the model before it lists the images: a stand-in detector, never run."""
     det = SimpleNamespace(spec=SimpleNamespace(class_names=["x"]))
-    monkeypatch.setattr("minedet.engine.checkpoint.load_model", lambda *a, **k: (det, {}))
+    import minedet.cli.infer  # noqa: F401 - imported before the patch, so it binds the real load_model
+
     monkeypatch.setattr("minedet.cli.infer.load_model", lambda *a, **k: (det, {}), raising=False)
+    monkeypatch.setattr("minedet.engine.checkpoint.load_model", lambda *a, **k: (det, {}))
     return ds / "model.pt"
 
 
