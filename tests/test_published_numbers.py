@@ -22,54 +22,112 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-# figures in the README prose that are not benchmark results, with the reason
-NOT_RESULTS = {"3.11": "the Python version"}
-
-
 def _check(env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH / "report.py"), "--check"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-def _prose_figures(readme: str) -> list[str]:
-    """Decimal figures, percentages and ratios in a README-like text outside code, links and the generated table."""
-    body = re.sub(r"```.*?```", "", readme, flags=re.S)
+# figures in the prose that are not benchmark results, with the reason
+NOT_RESULTS = {"3.11": "the Python version"}
+#: the names a figure is attributed to in the prose, lower case, "-" and "_" as spaces: the columns (methods) of a table,
+#: which must name the figure's own cell (its column, row or text), and the settings (detector, metric, export,
+#: review), which may name it anywhere above it (section heading, table caption)
+COLUMNS = ("co mining", "joint", "original", "brl", "augmented", "retrain", "supervised", "mean teacher", "acrst", "stac",
+           "mixed", "full")
+SETTINGS = ("fcos", "faster r cnn", "onnx", "review", "ap50", "ap75", "ap", "precision", "recall")
+LABELS = COLUMNS + SETTINGS
+#: units a count is published with ("51 boxes"): a count with one of them is a figure too
+COUNT_UNITS = ("boxes", "nuclei")
+_FIGURE = (r"(?<![\w.])(\d+(?:\.\d+)? ± \d+(?:\.\d+)?(?: ?%)?|\d+(?:\.\d+)?×|\d+(?:\.\d+)? ?%|\d+\.\d+"
+           rf"|\d+(?= (?:{'|'.join(COUNT_UNITS)})\b))")
+
+
+def _plain(text: str) -> str:
+    """``text`` without code, links and the generated results table (figures there are checked by report.py --check)."""
+    body = re.sub(r"```.*?```", "", text, flags=re.S)
     if "<!-- results:start" in body:
-        start, end = body.index("<!-- results:start"), body.index("<!-- results:end -->")
-        body = body[:start] + body[end:]
-    body = re.sub(r"`[^`]*`", "", body)
-    body = re.sub(r"\]\([^)]*\)", "]", body)
-    # a mean and its spread are one figure: "74.1 ± 0.1" must stand on the page as written, not each half somewhere
-    return re.findall(r"(?<![\w.])(\d+(?:\.\d+)? ± \d+(?:\.\d+)?(?: ?%)?|\d+(?:\.\d+)?×|\d+(?:\.\d+)? ?%|\d+\.\d+)", body)
+        body = body[:body.index("<!-- results:start")] + body[body.index("<!-- results:end -->"):]
+    body = re.sub(r"`[^`]*`", lambda m: " " + m.group(0).strip("`").replace("_", " ") + " "
+                  if re.fullmatch(r"`[a-z_ ]+`", m.group(0)) else " ", body)  # a `name` stays a label, code goes
+    return re.sub(r"\]\([^)]*\)", "]", body)
 
 
-def _percent_cells(page: str) -> set[str]:
-    """Figures the page gives in percent: in a table cell whose column header or row label says "%", each
-    "mean ± std" and its mean alone (a prose figure may quote the mean), plus every figure written with "%"."""
-    found = set(re.findall(r"(\d+(?:\.\d+)?(?: ± \d+(?:\.\d+)?)?) ?%", page))
-    lines = page.splitlines()
-    for i, line in enumerate(lines[:-1]):
-        if not (line.startswith("|") and re.fullmatch(r"\|[\s:|-]+\|", lines[i + 1].strip())):
+def _words(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9%.×± ]+", " ", text.lower().replace("'s", " ").replace("-", " ").replace("_", " ")) + " "
+
+
+def _label(window: str, names: tuple[str, ...], first: bool) -> set[str]:
+    """The first (or the last) of ``names`` in ``window``, as a set (empty when it names none)."""
+    w = _words(window)
+    found = [(w.find(f" {n} ") if first else w.rfind(f" {n} "), n) for n in names if f" {n} " in w]
+    return {(min if first else max)(found)[1]} if found else set()
+
+
+def prose_claims(text: str) -> list[tuple[str, set[str]]]:
+    """(figure, labels) for each figure of ``text``: a mean and its spread are one figure ("74.1 ± 0.1"). Its column is
+    the first of :data:`COLUMNS` between the figure before it (or its clause's start) and it: the clause's subject
+    ("co-mining on BRL's loss 74.2" is co-mining's); without one, the last before it in its sentence. Its setting is
+    the last of :data:`SETTINGS` in that clause ("AP 9.3"), else in its sentence. A percentage also needs "%", a count ("51 boxes") its unit."""
+    body = _plain(text)
+    claims, last = [], 0
+    for m in re.finditer(_FIGURE, body):
+        fig = m.group(1)
+        start = max(last, body.rfind("(", 0, m.start()) + 1, body.rfind(";", 0, m.start()) + 1, body.rfind("\n\n", 0, m.start()))
+        sentence = max(body.rfind(". ", 0, m.start()), body.rfind("\n- ", 0, m.start()), body.rfind("\n\n", 0, m.start()))
+        column = _label(body[start:m.start()], COLUMNS, first=True) or _label(body[sentence + 1:m.start()], COLUMNS, first=False)
+        setting = _label(body[start:m.start()], SETTINGS, first=False) or _label(body[sentence + 1:m.start()], SETTINGS, first=False)
+        labels = column | setting
+        unit = re.match(r" (\w+)", body[m.end():])
+        labels |= {"%"} if fig.endswith("%") else {unit.group(1)} if re.fullmatch(r"\d+", fig) and unit else set()
+        claims.append((fig, labels))
+        last = m.end()
+    return claims
+
+
+def _prose_figures(text: str) -> list[str]:
+    return [fig for fig, _ in prose_claims(text)]
+
+
+def page_contexts(page: str) -> list[tuple[str, str]]:
+    """Every place of the generated page a figure can stand in, as (its own text, what stands above it): a table cell
+    with its column header and row label, under its section heading and table caption; any other line under its
+    section heading. A cell of a "%" column or row says "%"."""
+    out, heading, caption, head = [], "", "", None
+    for line in page.splitlines():
+        if line.startswith("#"):
+            heading = line
+        if not line.startswith("|"):
+            head = None
+            if line.strip():
+                caption = line
+                out.append((line, heading))
             continue
-        head = [c.strip() for c in line.strip().strip("|").split("|")]
-        for row in lines[i + 2:]:
-            if not row.startswith("|"):
-                break
-            cells = [c.strip() for c in row.strip().strip("|").split("|")]
-            for col, cell in zip(head, cells):
-                if "%" in col or "%" in cells[0]:
-                    # a count in brackets ("32 mined per run") is not a percentage
-                    for mean, spread in re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)( ± \d+(?:\.\d+)?)?",
-                                                   re.sub(r"\([^)]*\)", "", cell)):
-                        found |= {mean, mean + spread}
-    return found
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if head is None:
+            head = cells
+        elif not re.fullmatch(r"[\s:-]*", "".join(cells)):
+            out += [(f"{col} | {cells[0]} | {cell}" + (" %" if "%" in col + cells[0] else ""), f"{heading} {caption}")
+                    for col, cell in zip(head, cells)]
+    return out
 
 
-def _unpublished(figures: list[str], page: str) -> list[str]:
-    """The figures the page does not give: a percentage must be a percentage there too, the rest must appear as written."""
-    percent = _percent_cells(page)
-    return [f for f in figures if f not in NOT_RESULTS
-            and (f.rstrip("% ") not in percent if f.endswith("%") else f not in page)]
+def _stands_in(figure: str, context: str) -> bool:
+    """``figure`` is in ``context`` on word boundaries: "2.2" is not in "82.2", a mean is not a spread ("± 2.2"), a
+    spread ("± 2.2", "std (2.2)") nor a signed difference ("+2.2 AP"), a percentage may stand in a cell of a "%" column without its sign."""
+    fig = figure.rstrip(" %")
+    return re.search(rf"(?<![\w.+−-])(?<!± )(?<!std \(){re.escape(fig)}(?![\w]|\.\d)", context) is not None
+
+
+def unbound(text: str, page: str) -> list[str]:
+    """The figures of ``text`` that no place of ``page`` gives together with the name it is attributed to: each must
+    stand, on word boundaries, in one cell or line of the page that names its column (the cell's header, row or text)
+    and its setting (there or in the heading and caption above)."""
+    def binds(labels: set[str], own: str, above: str) -> bool:
+        return all(f" {label} " in _words(own if label in COLUMNS else f"{above} {own}") or label in own for label in labels)
+
+    contexts = page_contexts(page)
+    return [f"{fig} ({', '.join(sorted(labels)) or 'no label'})" for fig, labels in prose_claims(text)
+            if fig not in NOT_RESULTS and not any(_stands_in(fig, own) and binds(labels, own, above) for own, above in contexts)]
 
 
 def test_page_and_readme_table_are_generated_from_the_records():
@@ -82,12 +140,36 @@ PROSE = ["README.md", "docs/guide.md", "docs/findings.md"]
 
 
 @pytest.mark.parametrize("doc", PROSE)
-def test_every_figure_in_the_prose_is_on_the_generated_page(doc):
+def test_every_figure_in_the_prose_stands_on_the_page_with_its_label(doc):
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    figures = _prose_figures((ROOT / doc).read_text())
-    assert figures, "the extractor found no figure at all"
-    missing = _unpublished(figures, page)
-    assert not missing, f"{doc} figures with no record on docs/benchmarks.md: {missing}"
+    text = (ROOT / doc).read_text()
+    assert prose_claims(text), "the extractor found no figure at all"
+    missing = unbound(text, page)
+    assert not missing, f"{doc} figures the page does not give with their label: {missing}"
+
+
+def test_changelog_figures_above_the_history_heading_stand_on_the_page():
+    """CHANGELOG entries above "## History (figures of their day)" are checked like the prose; those below are history."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    assert HISTORY in text
+    missing = unbound(text.split(HISTORY, 1)[0], (ROOT / "docs" / "benchmarks.md").read_text())
+    assert not missing, f"CHANGELOG.md figures above {HISTORY!r} the page does not give with their label: {missing}"
+
+
+#: the CHANGELOG heading below which figures are history (not checked)
+HISTORY = "## History (figures of their day)"
+
+
+@pytest.mark.parametrize("doc, old, new", [
+    ("docs/findings.md", "co-mining AP 9.3", "co-mining AP 2.2"),  # "2.2" stands in "82.2": a substring would pass
+    ("README.md", "51 boxes", "91 boxes"),
+    ("docs/findings.md", "`joint` on it 75.0 ± 1.2", "co-mining on it 75.0 ± 1.2"),  # joint's figure given to co-mining
+])
+def test_the_checker_fails_a_figure_changed_or_given_to_another_label(doc, old, new):
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    text = (ROOT / doc).read_text()
+    assert old in text
+    assert set(unbound(text.replace(old, new), page)) - set(unbound(text, page))
 
 
 @pytest.mark.parametrize("doc", PROSE)
@@ -112,17 +194,22 @@ def test_heading_anchor_is_the_one_github_renders():
     assert heading_anchor("Self-training (`method.ema_decay=0.99`)") == "self-training-methodema_decay099"
 
 
-def test_prose_extractor_sees_figures_outside_code_and_the_table():
+def test_prose_extractor_sees_figures_outside_code_and_the_table_with_their_labels():
     text = ("Co-mining gains 4.2 AP (12 %) at 2.5× the cost, 70.0 ± 10.6 % recovered.\n```bash\nminedet train x tau=0.55\n```\n"
-            "`0.66` <!-- results:start -->| 77.7 |<!-- results:end --> [link](a#b-9.9)")
-    assert _prose_figures(text) == ["4.2", "12 %", "2.5×", "70.0 ± 10.6 %"]
+            "`0.66` <!-- results:start -->| 77.7 |<!-- results:end --> [link](a#b-9.9) `joint` on it 75.0 ± 1.2, 51 boxes")
+    assert prose_claims(text) == [("4.2", {"co mining"}), ("12 %", {"co mining", "%", "ap"}), ("2.5×", {"co mining", "ap"}),
+                                  ("70.0 ± 10.6 %", {"co mining", "%", "ap"}), ("75.0 ± 1.2", {"joint"}),
+                                  ("51", {"joint", "boxes"})]
 
 
-def test_a_percentage_must_be_a_percentage_on_the_page():
-    page = ("AP 65.9 on hard; mined 12% of them.\n\n| | a | recall (%) |\n|---|---|---|\n| x | 40.0 | 52.7 ± 16.7 / 3.5 |\n"
-            "| precision (%) | 81.0 ± 2.0 (7 mined) | – |\n")
-    figures = ["65.9 %", "65.9", "12 %", "52.7 ± 16.7 %", "52.7 %", "3.5 %", "81.0 %", "81.0 ± 2.0", "40.0 %", "40.0", "7 %"]
-    assert _unpublished(figures, page) == ["65.9 %", "40.0 %", "7 %"]
+def test_a_figure_binds_on_word_boundaries_to_its_own_cell():
+    page = ("## Rivals\n\n**AP** (mean)\n\n| split | original | joint_brl | joint_brl recall (%) |\n|---|---|---|---|\n"
+            "| hard | 82.2 | 75.0 ± 1.2 | 52.7 ± 16.7 |\n\n- hard: joint - original = +2.2 AP, within one std (3.3)\n")
+    assert unbound("The original reached AP 82.2; `joint` on BRL's loss 75.0 ± 1.2 and recall 52.7 ± 16.7 %.", page) == []
+    assert unbound("The original reached AP 2.2.", page) == ["2.2 (ap, original)"]  # not inside 82.2, nor +2.2
+    assert unbound("co-mining on BRL's loss 75.0 ± 1.2", page) == ["75.0 ± 1.2 (co mining)"]  # joint's cell
+    assert unbound("The original reached 3.3.", page) == ["3.3 (original)"]  # a spread is not a figure of its own
+    assert unbound("joint recall 16.7 %", page) == ["16.7 % (%, joint, recall)"]
 
 
 def _sandbox(tmp_path: Path) -> dict:
