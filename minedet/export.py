@@ -13,7 +13,8 @@ integer, which moves every box).
 The graph, for one image:
 
 * input ``image``: float32[3, H, W], RGB in [0, 1] (what :func:`minedet.data.datasets.load_image`
-  returns); H and W are fixed at export (``[3, N, N]``) unless exported with ``dynamic=True``.
+  returns), **one image per run** (no batch axis: run the graph once per image); any H and W by
+  default (``dynamic=True``: the graph resizes internally), only ``[3, N, N]`` with ``dynamic=False``.
 * outputs ``boxes`` float32[D, 4] ([x1, y1, x2, y2] in input-image pixels), ``scores``
   float32[D] and ``labels`` int64[D] (class index ``0..K-1``, the order of the class names), best
   first, D <= ``detections_per_img``.
@@ -23,11 +24,11 @@ The model's metadata (``metadata_props``) holds ``minedet_format`` (``"minedet-o
 ``image_size``, ``input_shape`` (JSON ``[3, N, N]`` or ``[3, "height", "width"]``) and
 ``score_thresh`` (the score below which the graph drops detections).
 
-:class:`OnnxDetector` runs such a file through ``onnxruntime`` (``pip install 'minedet[onnx]'``)
-and returns the same :class:`~minedet.structures.Target` detections as the PyTorch adapter's
-``predict``, so ``minedet predict`` and ``minedet eval`` take a ``.onnx`` file as they take a
-``model.pt``. The ONNX file itself needs only an ONNX runtime; the predictor class converts to
-minedet's torch-based ``Target`` for the rest of the library.
+:class:`minedet.onnx_runtime.OnnxModel` runs such a file through ``onnxruntime`` (``pip install
+'minedet[onnx]'``) with numpy only: ``minedet predict model.onnx`` never imports torch.
+:class:`OnnxDetector` wraps it and returns the same :class:`~minedet.structures.Target` detections as
+the PyTorch adapter's ``predict``, so ``minedet eval`` and tiled prediction take a ``.onnx`` file as
+they take a ``model.pt``.
 
 Why not the dynamo exporter (``dynamo=True``): with the pinned torch, ``torch.export`` fails on
 torchvision's RetinaNet (a guard on data-dependent shapes in the post-processing); the
@@ -51,9 +52,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from minedet.errors import MinedetError
+from minedet.onnx_runtime import ONNX_FORMAT, need_onnxruntime
 from minedet.structures import Target
 
-ONNX_FORMAT = "minedet-onnx"
 #: the ONNX opset the graph is written in (ONNX Runtime >= 1.12 runs it)
 OPSET = 17
 #: export formats ``minedet export --format`` knows
@@ -62,14 +63,6 @@ FORMATS = ("onnx",)
 #: torchvision's transform applies; a smaller image leaves the stride-32 map without a cell of image
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 4096
-
-
-def _need_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MinedetError("running an .onnx model needs onnxruntime: pip install 'minedet[onnx]'") from None
-    return onnxruntime
 
 
 def _need_onnx():
@@ -175,7 +168,7 @@ def export_onnx(
     out: str | Path,
     *,
     image_size: int | None = None,
-    dynamic: bool = False,
+    dynamic: bool = True,
     source: str | None = None,
     verify: bool = True,
 ) -> ExportReport:
@@ -186,8 +179,8 @@ def export_onnx(
         detector: the detector; its wrapped torchvision model is exported in eval mode (a copy).
         out: the ``.onnx`` file to write.
         image_size: short side (px) the graph resizes images to; default the model's training size.
-        dynamic: the graph takes images of any H and W; otherwise only [3, N, N] with
-            N = ``image_size``.
+        dynamic: the graph takes images of any H and W (the default: it resizes internally);
+            ``False``: only [3, N, N] with N = ``image_size``.
         source: the file the detector came from (named in errors).
         verify: run the written file once with ONNX Runtime against PyTorch on a noise image.
     """
@@ -268,7 +261,7 @@ def _verify(data: bytes, model: nn.Module, label_offset: int, images: list[Tenso
             source: str | None) -> None:
     """Fill the report's check fields: ONNX Runtime on ``data`` vs PyTorch ``model`` on ``images``; a
     disagreement (other counts, a box with IoU < 0.99 or a score off by > 1e-3) is a MinedetError."""
-    ort = _need_onnxruntime()
+    ort = need_onnxruntime()
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     report.check_detections, report.check_max_score_diff, report.check_min_iou = 0, 0.0, 1.0
     max_det = model.roi_heads.detections_per_img if hasattr(model, "roi_heads") else model.detections_per_img
@@ -343,49 +336,34 @@ def cut_score(reference: Target, detections_per_img: int, margin: float = 1e-3) 
 
 
 class OnnxDetector:
-    """An exported ``.onnx`` detector run by ONNX Runtime, with the adapter's ``predict`` interface.
+    """An exported ``.onnx`` detector (:class:`minedet.onnx_runtime.OnnxModel`, which runs it without
+    PyTorch) with the adapter's ``predict`` interface: torch images in, :class:`Target` out.
 
     Args:
         path: a file written by :func:`export_onnx`.
+        device: "cpu" | "cuda" | "auto" (:mod:`minedet.onnx_runtime`).
         threads: ONNX Runtime intra-op threads (0 = its default, all cores).
 
     Attributes:
+        model: the :class:`~minedet.onnx_runtime.OnnxModel`.
         spec: the :class:`~minedet.models.build.DetectorSpec` of the exported detector.
-        kind: "retinanet" | "fcos" | "faster_rcnn".
-        metadata: the model's ``metadata_props`` as a dict of strings.
-        input_shape: [3, N, N] (static) or [3, "height", "width"] (dynamic).
-        score_thresh: the graph drops detections scoring at or below it.
+        kind, metadata, input_shape, score_thresh, path: the model's.
     """
 
     training = False
 
-    def __init__(self, path: str | Path, *, threads: int = 0) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise MinedetError("ONNX model file not found", file=str(self.path))
-        ort = _need_onnxruntime()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - any unreadable file is one line
-            msg = str(e).splitlines()[0][:160] if str(e) else ""
-            raise MinedetError(f"not a readable ONNX model ({e.__class__.__name__}: {msg})", file=str(self.path)) from None
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        if self.metadata.get("minedet_format") != ONNX_FORMAT:
-            raise MinedetError("not an ONNX model exported by minedet (no minedet_format in its metadata; "
-                               "write one with minedet export MODEL.pt --format onnx)", file=str(self.path))
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int = 0) -> None:
         from minedet.models.build import DetectorSpec
+        from minedet.onnx_runtime import OnnxModel
 
+        self.model = OnnxModel(path, device=device, threads=threads)
         try:
-            self.spec = DetectorSpec(**json.loads(self.metadata["spec"]))
-            self.input_shape = json.loads(self.metadata["input_shape"])
-            self.score_thresh = float(self.metadata["score_thresh"])
-        except (KeyError, TypeError, ValueError) as e:
+            self.spec = DetectorSpec(**self.model.spec)
+        except (TypeError, ValueError) as e:
             raise MinedetError(f"the minedet metadata of this ONNX model is not understood ({e.__class__.__name__}: {e})",
-                               file=str(self.path)) from None
-        self.kind = self.metadata.get("kind", self.spec.name)
+                               file=str(self.model.path)) from None
+        self.path, self.kind, self.metadata = self.model.path, self.model.kind, self.model.metadata
+        self.input_shape, self.score_thresh = self.model.input_shape, self.model.score_thresh
         self.num_classes = self.spec.num_classes
 
     @property
@@ -403,48 +381,36 @@ class OnnxDetector:
 
     def check_image(self, image: Tensor) -> None:
         """MinedetError unless ``image`` is float[3, H, W] of a shape the graph takes."""
-        shape = list(image.shape)
-        static = all(isinstance(s, int) for s in self.input_shape)
-        if len(shape) != 3 or shape[0] != 3 or (static and shape != list(self.input_shape)):
-            rule = (f"takes images of shape {self.input_shape} only (export with --dynamic for any size)" if static
-                    else "takes images of shape [3, H, W]")
-            raise MinedetError(f"the model {rule}; this image is {shape}", file=str(self.path))
+        self.model.check_image(tuple(image.shape))
 
     def predict(self, images: Sequence[Tensor], *, score_thresh: float | None = None, **unused: Any) -> list[Target]:
-        """Detections per image float[3, H, W] in [0, 1]: boxes xyxy in input-image pixels, labels 0..K-1,
-        scores, best first. ``score_thresh`` keeps detections scoring above it; it cannot be lower than the
-        threshold baked into the graph (``self.score_thresh``)."""
+        """Detections per image float[3, H, W] in [0, 1] (one graph run each): boxes xyxy in input-image
+        pixels, labels 0..K-1, scores, best first. ``score_thresh`` keeps detections scoring above it; it
+        cannot be lower than the threshold baked into the graph (``self.score_thresh``); None keeps all
+        the graph returns."""
         if unused:
             raise MinedetError(f"an ONNX model's decoding is fixed in its graph; cannot set {', '.join(sorted(unused))}",
                                file=str(self.path))
-        if score_thresh is not None and score_thresh < self.score_thresh:
-            raise MinedetError(f"the graph drops detections scoring <= {self.score_thresh:g}; a score threshold of "
-                               f"{score_thresh:g} needs a model exported with a lower model score_thresh",
-                               file=str(self.path))
+        self.model.check_score(score_thresh)
         out = []
         for image in images:
             self.check_image(image)
-            arr = image.detach().to("cpu", torch.float32).contiguous().numpy()
-            boxes, scores, labels = self.session.run(None, {"image": arr})
-            t = Target(torch.from_numpy(boxes).reshape(-1, 4), torch.from_numpy(labels).to(torch.int64).reshape(-1),
-                       torch.from_numpy(scores).reshape(-1))
-            if score_thresh is not None:
-                keep = t.scores > score_thresh
-                t = Target(t.boxes[keep], t.labels[keep], t.scores[keep])
-            out.append(t)
+            boxes, scores, labels = self.model.run(image.detach().to("cpu", torch.float32).numpy(), score_thresh=score_thresh)
+            out.append(Target(torch.from_numpy(boxes), torch.from_numpy(labels), torch.from_numpy(scores)))
         return out
 
     __call__ = predict
 
 
-def load_onnx_detector(path: str | Path) -> tuple[OnnxDetector, dict[str, str]]:
-    """``(OnnxDetector(path), meta)`` for ``minedet predict`` / ``eval`` (meta as :func:`load_model` returns it)."""
-    det = OnnxDetector(path)
+def load_onnx_detector(path: str | Path, device: str = "cpu") -> tuple[OnnxDetector, dict[str, str]]:
+    """``(OnnxDetector(path, device=device), meta)`` for ``minedet eval`` and tiled ``predict`` (meta as
+    :func:`load_model` returns it)."""
+    det = OnnxDetector(path, device=device)
     return det, {"method": "onnx export of " + (det.metadata.get("source") or "?"), "role": "onnx"}
 
 
 def export_model_file(
-    model: str | Path, out: str | Path, *, fmt: str = "onnx", image_size: int | None = None, dynamic: bool = False
+    model: str | Path, out: str | Path, *, fmt: str = "onnx", image_size: int | None = None, dynamic: bool = True
 ) -> ExportReport:
     """``minedet export``: load an exported ``model.pt`` and write it in ``fmt`` to ``out``."""
     if fmt not in FORMATS:

@@ -14,11 +14,22 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from minedet.io import write_bytes_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _is_tensor(x: object) -> bool:
+    """A torch tensor, without importing torch (``minedet predict model.onnx`` runs without it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 __all__ = ["BoxGroup", "draw_boxes", "grid", "plot_bars", "plot_curves", "plot_confusion", "plot_pr", "save_png", "to_pil"]
 
@@ -50,12 +61,12 @@ def to_pil(image: np.ndarray | torch.Tensor | Image.Image) -> Image.Image:
     """
     if isinstance(image, Image.Image):
         return image.convert("RGB")  # convert always returns a new image
-    if isinstance(image, torch.Tensor):
+    if _is_tensor(image):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] not in (1, 3):
             raise ValueError(f"tensor image must be [3, H, W] or [1, H, W], got {tuple(t.shape)}")
-        if t.dtype != torch.uint8:
-            t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        if str(t.dtype) != "torch.uint8":
+            t = (t.float().clamp(0, 1) * 255).round().byte()
         arr = t.permute(1, 2, 0).numpy()
     else:
         arr = np.asarray(image)
@@ -71,7 +82,7 @@ def to_pil(image: np.ndarray | torch.Tensor | Image.Image) -> Image.Image:
 
 
 def _as_boxes(boxes: np.ndarray | torch.Tensor | Sequence[Sequence[float]]) -> np.ndarray:
-    if isinstance(boxes, torch.Tensor):
+    if _is_tensor(boxes):
         boxes = boxes.detach().cpu().double().numpy()
     arr = np.asarray(boxes, dtype=np.float64)
     if arr.size == 0:
@@ -120,7 +131,7 @@ def draw_boxes(
         n = len(boxes)
         labels = list(g.labels) if g.labels is not None else None
         scores = g.scores
-        if isinstance(scores, torch.Tensor):
+        if _is_tensor(scores):
             scores = scores.detach().cpu().tolist()
         scores = list(scores) if scores is not None else None
         for name, seq in (("labels", labels), ("scores", scores)):

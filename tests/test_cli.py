@@ -101,3 +101,19 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert main(["data", "stats", str(coco), "--plot", str(tmp_path / "a_file" / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "a_file" in err and "Traceback" not in err
+
+
+def test_each_command_is_built_from_the_module_the_table_names() -> None:
+    """``minedet COMMAND`` builds only its own group's parser (minedet.cli._GROUPS): the table must
+    name exactly the commands each module registers."""
+    import argparse
+    import importlib
+
+    from minedet.cli import _GROUPS, build_parser
+
+    for group, commands in _GROUPS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"minedet.cli.{group}").register(sub)
+        assert tuple(sub.choices) == commands, group
+        for c in commands:
+            assert c in build_parser(c)._subparsers._group_actions[0].choices

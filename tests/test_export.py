@@ -94,7 +94,7 @@ def test_onnx_gives_pytorch_detections(name, tmp_path):
 
 def test_static_export_takes_its_size_only_and_image_size_changes_the_resize(tmp_path):
     det = _sharpen(tiny_detector("retinanet", image_size=64).eval(), bias=2.0)
-    rep = export_onnx(det, tmp_path / "s.onnx", image_size=96)
+    rep = export_onnx(det, tmp_path / "s.onnx", image_size=96, dynamic=False)
     assert rep.input_shape == [3, 96, 96] and rep.image_size == 96
     o = OnnxDetector(tmp_path / "s.onnx")
     img = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0))
@@ -102,7 +102,7 @@ def test_static_export_takes_its_size_only_and_image_size_changes_the_resize(tmp
     det.model.transform.min_size, det.model.transform.max_size = (96,), 96  # PyTorch at 96 px
     _assert_same(det.predict([img])[0], o.predict([img])[0])
     det.model.transform.min_size, det.model.transform.max_size = ref, 64
-    with pytest.raises(MinedetError, match=r"s\.onnx.*\[3, 96, 96\] only.*--dynamic.*\[3, 64, 64\]"):
+    with pytest.raises(MinedetError, match=r"s\.onnx.*\[3, 96, 96\] only.*--no-dynamic.*\[3, 64, 64\]"):
         o.predict([torch.rand(3, 64, 64)])
 
 
@@ -117,9 +117,9 @@ def test_metadata_round_trips(tmp_path):
     assert o.input_shape == [3, "height", "width"] and o.score_thresh == det.spec.score_thresh
 
 
-def _model_pt(tmp_path, class_names):
+def _model_pt(tmp_path, class_names, **spec_kw):
     spec = DetectorSpec(name="retinanet", num_classes=len(class_names), class_names=class_names, image_size=64,
-                        levels="p3p5", fpn_channels=32, anchor_scale=2.0)
+                        levels="p3p5", fpn_channels=32, anchor_scale=2.0, **spec_kw)
     det = _sharpen(build_detector(spec, pretrained=False).eval(), bias=2.0)
     export_model(tmp_path / "model.pt", det)
     return tmp_path / "model.pt"
@@ -198,7 +198,7 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"\x08\x07garbage")
     _one_line_exit_2(capsys, ["predict", str(fake), str(tmp_path), "--out", str(tmp_path / "p")], "fake.onnx", "ONNX")
-    assert main(["export", str(model), "--out", str(tmp_path / "s.onnx")]) == 0  # static: [3, 64, 64] only
+    assert main(["export", str(model), "--out", str(tmp_path / "s.onnx"), "--no-dynamic"]) == 0  # [3, 64, 64] only
     capsys.readouterr()
     from PIL import Image
 
@@ -206,3 +206,96 @@ def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys):
     _one_line_exit_2(capsys, ["predict", str(tmp_path / "s.onnx"), str(tmp_path / "wide.png"), "--out",
                               str(tmp_path / "p")], "s.onnx", "[3, 64, 64] only", "[3, 48, 80]")
     assert not (tmp_path / "p" / "detections.json").exists()
+
+
+def _predict_in_subprocess(argv: list[str]):
+    """``minedet predict`` in a fresh interpreter; returns (exit status, stderr, whether torch was imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from minedet.cli import main; rc = main(sys.argv[1:]); "
+            "print('TORCH', 'torch' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stderr, "TORCH True" in r.stdout
+
+
+def test_default_export_is_dynamic_and_predict_onnx_never_imports_torch(tmp_path, capsys):
+    from PIL import Image
+
+    model = _model_pt(tmp_path, ["a", "b", "c"])
+    assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 0  # no flag: dynamic
+    assert "float32[3xheightxwidth]" in capsys.readouterr().out
+    g = torch.Generator().manual_seed(0)
+    for name, (h, w) in {"wide.png": (48, 80), "tall.png": (131, 64), "small.png": (40, 33)}.items():
+        arr = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(tmp_path / name)
+    rc, err, torch_imported = _predict_in_subprocess(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "wide.png"),
+                                                      str(tmp_path / "tall.png"), str(tmp_path / "small.png"),
+                                                      "--out", str(tmp_path / "p"), "--device", "cpu"])
+    assert rc == 0, err
+    assert not torch_imported, "predict on an .onnx must run on ONNX Runtime and numpy alone"
+    res = json.loads((tmp_path / "p" / "detections.json").read_text())
+    assert [(im["height"], im["width"]) for im in res["images"]] == [(48, 80), (131, 64), (40, 33)]
+    assert len(res["results"]) > 0 and sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "detections.json", "small.png", "tall.png", "wide.png"]
+    # the same detections as the model.pt on one of them (score 0.05 both)
+    assert main(["predict", str(model), str(tmp_path / "wide.png"), "--out", str(tmp_path / "pt"), "--no-render"]) == 0
+    ref = _as_target(_results(tmp_path / "pt" / "detections.json")[1][1])
+    got = _as_target(_results(tmp_path / "p" / "detections.json")[1][1])
+    _assert_same(ref, got)
+
+
+def test_graph_score_threshold_is_the_default_of_predict(tmp_path, capsys):
+    from PIL import Image
+
+    model = _model_pt(tmp_path, ["a", "b", "c"], score_thresh=0.3)
+    assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 0
+    Image.new("RGB", (70, 50), (120, 30, 200)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out", str(tmp_path / "p"), "--no-render"]) == 0
+    scores = [r["score"] for r in json.loads((tmp_path / "p" / "detections.json").read_text())["results"]]
+    assert scores and min(scores) > 0.3
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out", str(tmp_path / "q"), "--score", "0.5",
+                 "--no-render"]) == 0
+    assert all(r["score"] > 0.5 for r in json.loads((tmp_path / "q" / "detections.json").read_text())["results"])
+    _one_line_exit_2(capsys, ["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out", str(tmp_path / "r"),
+                              "--score", "0.1"], "m.onnx", "drops detections scoring <= 0.3", "leave --score out")
+    assert not (tmp_path / "r").exists()
+
+
+def test_device_cuda_asks_onnx_runtime_for_cuda_or_says_why_not(tmp_path, capsys, monkeypatch):
+    import onnxruntime as ort
+    from PIL import Image
+
+    model = _model_pt(tmp_path, ["a", "b", "c"])
+    assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 0
+    Image.new("RGB", (64, 64)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    argv = ["predict", str(tmp_path / "m.onnx"), str(tmp_path / "x.png"), "--out", str(tmp_path / "p"), "--device", "cuda"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # a GPU build: it runs there
+        assert main(argv) == 0
+        return
+    _one_line_exit_2(capsys, argv, "m.onnx", "--device cuda", "no CUDAExecutionProvider", "onnxruntime-gpu")
+    asked = []
+    real = ort.InferenceSession
+
+    def session(*a, providers=None, **kw):
+        asked.append(list(providers))
+        return real(*a, providers=[p for p in providers if p in ort.get_available_providers()] or None, **kw)
+
+    # a build that lists CUDA but cannot start it (no GPU here): CUDA is requested first, then refused in one line
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    _one_line_exit_2(capsys, argv, "could not start its CUDAExecutionProvider", "--device cpu")
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_batch_is_refused_in_one_line(tmp_path):
+    from minedet.onnx_runtime import OnnxModel
+
+    export_onnx(tiny_detector("retinanet", image_size=64).eval(), tmp_path / "m.onnx")
+    m = OnnxModel(tmp_path / "m.onnx")
+    with pytest.raises(MinedetError, match=r"m\.onnx: the model takes one image \[3, H, W\] per run.*\[2, 3, 64, 64\]"):
+        m.run(torch.rand(2, 3, 64, 64).numpy())
+    assert OnnxModel(tmp_path / "m.onnx").run(torch.rand(3, 64, 64).numpy())[0].shape[1] == 4

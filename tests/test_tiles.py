@@ -229,7 +229,7 @@ def test_tile_train_predict_round_trip(tmp_path, capsys, monkeypatch):
 def test_predict_tile_finds_every_object_once_and_matches_whole_image(big_scene, tmp_path, monkeypatch):
     path, img, objs = big_scene
     oracle = OracleDetector()
-    monkeypatch.setattr("minedet.cli.infer.load_model", lambda *a, **k: (oracle, {}))
+    monkeypatch.setattr("minedet.engine.checkpoint.load_model", lambda *a, **k: (oracle, {}))
     assert main(["predict", "model.pt", str(path), "--tile", "512", "--overlap", "128", "--out", str(tmp_path / "t"),
                  "--no-render"]) == 0
     tiles = list(oracle.inputs)
@@ -257,7 +257,7 @@ def test_eval_tile_scores_the_merged_big_image_detections(big_scene, tmp_path, m
     gt = coco_of([(path.name, img, objs), ("blank.png", blank, [])])
     save_coco(tmp_path / "big.json", gt)
     oracle = OracleDetector()
-    monkeypatch.setattr("minedet.cli.infer.load_model", lambda *a, **k: (oracle, {}))
+    monkeypatch.setattr("minedet.engine.checkpoint.load_model", lambda *a, **k: (oracle, {}))
     assert main(["eval", "model.pt", str(tmp_path / "big.json"), "--images", str(path.parent), "--tile", "512",
                  "--overlap", "128", "--out", str(tmp_path / "ev.json")]) == 0
     assert set(oracle.inputs) == {(512, 512)}

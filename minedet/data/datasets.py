@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from minedet.data.coco import CocoData
+from minedet.data.images import read_rgb
 from minedet.data.transforms import BoxMap, Compose
 from minedet.errors import MinedetError
 from minedet.structures import Target
@@ -57,19 +56,9 @@ def coco_target(data: CocoData, image_id: int, anns: Sequence[dict] | None = Non
 
 
 def load_image(path: Path, *, file: str | None = None, record: str | None = None) -> torch.Tensor:
-    """RGB float[3, H, W] in [0, 1]; a missing or undecodable file is a MinedetError.
-
-    Any decoder failure counts: besides ``OSError`` (truncated / unidentified files) Pillow raises
-    ``SyntaxError`` for some broken PNG chunks and ``DecompressionBombError`` for images declaring
-    more than twice ``Image.MAX_IMAGE_PIXELS``; all are a bad *file*, not a bug.
-    """
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - every decoder failure of an untrusted file is one line
-        reason = str(e).splitlines()[0][:120] if str(e) else ""
-        raise MinedetError(f"cannot read image {path}: {e.__class__.__name__}" + (f" ({reason})" if reason else ""),
-                           file=file, record=record) from None
+    """RGB float[3, H, W] in [0, 1]; a missing or undecodable file is a MinedetError
+    (:func:`minedet.data.images.read_rgb`, the one decoder guard)."""
+    arr = read_rgb(path, file=file, record=record)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
