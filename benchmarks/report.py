@@ -541,7 +541,7 @@ def section_real(res: dict) -> list[str]:
                 lambda rs: mined(rs, key="mine_pr_part")),
             row("highest recall of the erased nuclei at mined precision ≥ 80 % (any score threshold 0.3-0.9; %)",
                 lambda rs: recall_at_80(rs, "mine_pr")),
-            row("the same with the part rule (%)", lambda rs: recall_at_80(rs, "mine_pr_part")),
+            row("the same with the part rule: recall at mined precision ≥ 80 % (%)", lambda rs: recall_at_80(rs, "mine_pr_part")),
             row("co-mining's own mined boxes over training: precision / recall (%)", train_quality),
             *([row("held-out folds: AP of the fold models (each trained on one band; the column's AP is the model "
                    "retrained on the completed labels)", lambda rs: mean_std([a for r in rs for a in r.get("fold_ap", [])])

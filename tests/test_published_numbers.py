@@ -72,8 +72,10 @@ def prose_claims(text: str) -> list[tuple[str, set[str]]]:
     claims, last = [], 0
     for m in re.finditer(_FIGURE, body):
         fig = m.group(1)
-        start = max(last, body.rfind("(", 0, m.start()) + 1, body.rfind(";", 0, m.start()) + 1, body.rfind("\n\n", 0, m.start()))
-        sentence = max(body.rfind(". ", 0, m.start()), body.rfind("\n- ", 0, m.start()), body.rfind("\n\n", 0, m.start()))
+        start = max(last, body.rfind("(", 0, m.start()) + 1, body.rfind(";", 0, m.start()) + 1, body.rfind(": ", 0, m.start()) + 1)
+        sentence = max(body.rfind(". ", 0, m.start()), (i + 2 if (i := body.rfind(".** ", 0, m.start())) >= 0 else -1), body.rfind("\n- ", 0, m.start()),
+                       body.rfind("\n\n", 0, m.start()))
+        start = max(start, sentence + 1)  # a clause never reaches back into the sentence before
         column = _label(body[start:m.start()], COLUMNS, first=True) or _label(body[sentence + 1:m.start()], COLUMNS, first=False)
         setting = _label(body[start:m.start()], SETTINGS, first=False) or _label(body[sentence + 1:m.start()], SETTINGS, first=False)
         labels = column | setting
