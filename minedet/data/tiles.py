@@ -29,18 +29,23 @@ like any other with no extra step::
 and each tile annotation names the big-image annotation it was cut from (``"source_ann"``) and the
 fraction of it that is visible (``"visible"``).
 
-Merging (:func:`merge_tile_detections`): per-tile detections go to the big-image frame; a box that
-touches an *interior* tile edge (an edge that is not the big image's border) is *truncated*; a
-truncated box is dropped when a detection of the same class from another tile, not truncated,
-covers it (intersection over the truncated box's area >= ``cover``): that neighbour saw the object
-whole. Then class-wise NMS removes the duplicates of objects seen whole by several tiles. An object
-larger than the overlap may be seen whole by no tile; its pieces are kept (choose ``overlap`` larger
+Merging (:func:`merge_tile_detections`): per-tile detections go to the big-image frame. Each tile
+*owns* its window cut at the middle of every overlap with a neighbouring tile; a box whose centre lies
+outside the part its tile owns (in the half of an overlap band nearer that tile's edge) is *truncated*:
+an object no larger than the overlap that is cut by that edge lies whole in the neighbour, which owns
+its centre. A truncated box is dropped when a detection of the same class from another tile, not
+truncated (or truncated too but larger), grown by ``slack`` px (the box error tolerated), covers it
+(intersection over the truncated box's area >= ``cover``): that neighbour saw the object whole. The rule reads box centres,
+not box edges, so a detector whose box on a cut piece stops a few px short of the tile border (no
+box touches the edge) still has its piece recognised. Then class-wise NMS removes the duplicates
+of objects seen whole by several tiles. An object larger than the overlap may be seen whole by no tile; its pieces are kept (choose ``overlap`` larger
 than the objects).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -330,64 +335,84 @@ def tile_of(image: Mapping) -> Tile | None:
     return t
 
 
+def _owned(spans: set[tuple[int, int]], start: int, end: int) -> tuple[float, float]:
+    """Along one axis, the part ``[lo, hi)`` of a tile ``[start, end)`` that it owns: cut at the middle of its
+    overlap with the previous and the next tile of ``spans`` (all tiles' ``(start, end)``); unbounded where
+    no tile precedes or follows it."""
+    before = [(s, e) for s, e in spans if s < start]
+    after = [s for s, _ in spans if s > start]
+    lo = -math.inf if not before else (start + max(before)[1]) / 2 if max(before)[1] > start else float(start)
+    hi = math.inf if not after else (min(after) + end) / 2 if min(after) < end else float(end)
+    return lo, hi
+
+
+def _truncated(tile: Tile, tiles: Sequence[Tile], boxes: torch.Tensor) -> torch.Tensor:
+    """bool[N]: the boxes (big-image pixels) of ``tile`` whose centre lies outside the part of the big image it
+    owns (its window cut at the middle of each overlap with a neighbour, :func:`_owned`), i.e. in the half of an
+    overlap band nearer its own edge: there a neighbouring tile sees a cut object whole."""
+    x_lo, x_hi = _owned({(t.x, t.x + t.width) for t in tiles}, tile.x, tile.x + tile.width)
+    y_lo, y_hi = _owned({(t.y, t.y + t.height) for t in tiles}, tile.y, tile.y + tile.height)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return ~((cx >= x_lo) & (cx < x_hi) & (cy >= y_lo) & (cy < y_hi))
+
+
 def merge_tile_detections(
     parts: Iterable[tuple[Tile, Target]],
     *,
     nms: float = 0.5,
-    edge: float = 2.0,
+    slack: float = 8.0,
     cover: float = 0.7,
     image_id: int = -1,
 ) -> Target:
     """Detections of the tiles of one big image -> detections of the big image.
 
     Args:
-        parts: ``(tile, detections)`` per tile; detections are xyxy in **tile** pixels, with scores.
+        parts: ``(tile, detections)`` per tile (every tile of the image, with or without detections: the
+            tiles define the overlaps); detections are xyxy in **tile** pixels, with scores.
         nms: class-wise NMS IoU applied across all tiles (removes objects seen whole twice).
-        edge: a box within ``edge`` px of an interior tile edge counts as truncated there.
-        cover: a truncated box is dropped when a whole (not truncated) box of the same class from
-            another tile covers at least this fraction of its area.
+        slack: the box error tolerated, in px: a truncated box is compared with whole boxes grown by this
+            much on every side (a detector's box on a cut piece may stop a few px short of the object).
+        cover: a truncated box (centre outside its tile's own part, :func:`_truncated`) is dropped when a
+            box of the same class from another tile, whole or larger than it, grown by ``slack``, covers at
+            least this fraction of its area.
         image_id: the id the result carries.
 
     Returns:
         a Target in **big-image** pixels (boxes clipped to the big image), sorted by descending score.
     """
+    parts = list(parts)
+    tiles = [t for t, _ in parts]
     boxes, labels, scores, trunc, tile_idx = [], [], [], [], []
     for k, (t, d) in enumerate(parts):
         if len(d) == 0:
             continue
         b = d.boxes.detach().float().cpu()
-        b = torch.stack([b[:, 0].clamp(0, t.width), b[:, 1].clamp(0, t.height),
-                         b[:, 2].clamp(0, t.width), b[:, 3].clamp(0, t.height)], 1)
-        left, top, right, bottom = t.interior()
-        tr = torch.zeros(len(b), dtype=torch.bool)
-        if left:
-            tr |= b[:, 0] <= edge
-        if top:
-            tr |= b[:, 1] <= edge
-        if right:
-            tr |= b[:, 2] >= t.width - edge
-        if bottom:
-            tr |= b[:, 3] >= t.height - edge
-        boxes.append(t.to_source(b))
+        b = t.to_source(torch.stack([b[:, 0].clamp(0, t.width), b[:, 1].clamp(0, t.height),
+                                     b[:, 2].clamp(0, t.width), b[:, 3].clamp(0, t.height)], 1))
+        boxes.append(b)
         labels.append(d.labels.detach().cpu())
         scores.append(d.scores.detach().float().cpu() if d.scores is not None else torch.ones(len(b)))
-        trunc.append(tr)
+        trunc.append(_truncated(t, tiles, b))
         tile_idx.append(torch.full((len(b),), k, dtype=torch.int64))
     if not boxes:
         out = Target.empty(image_id)
         return Target(out.boxes, out.labels, torch.zeros(0), image_id=image_id)
     B, L, S, T, K = (torch.cat(x) for x in (boxes, labels, scores, trunc, tile_idx))
     keep = torch.ones(len(B), dtype=torch.bool)
-    ti, wi = T.nonzero().flatten(), (~T).nonzero().flatten()
-    if len(ti) and len(wi):
-        bt, bw = B[ti], B[wi]
-        ix1 = torch.maximum(bt[:, None, 0], bw[None, :, 0])
-        iy1 = torch.maximum(bt[:, None, 1], bw[None, :, 1])
-        ix2 = torch.minimum(bt[:, None, 2], bw[None, :, 2])
-        iy2 = torch.minimum(bt[:, None, 3], bw[None, :, 3])
+    ti = T.nonzero().flatten()
+    if len(ti):
+        bt, grown = B[ti], B + torch.tensor([-slack, -slack, slack, slack])
+        ix1 = torch.maximum(bt[:, None, 0], grown[None, :, 0])
+        iy1 = torch.maximum(bt[:, None, 1], grown[None, :, 1])
+        ix2 = torch.minimum(bt[:, None, 2], grown[None, :, 2])
+        iy2 = torch.minimum(bt[:, None, 3], grown[None, :, 3])
         inter = (ix2 - ix1).clamp(min=0) * (iy2 - iy1).clamp(min=0)
-        area = ((bt[:, 2] - bt[:, 0]) * (bt[:, 3] - bt[:, 1])).clamp(min=1e-6)
-        ok = (inter / area[:, None] >= cover) & (L[ti][:, None] == L[wi][None, :]) & (K[ti][:, None] != K[wi][None, :])
+        area = ((B[:, 2] - B[:, 0]) * (B[:, 3] - B[:, 1])).clamp(min=1e-6)
+        # the cover: another tile's box of the class, whole, or truncated too (an object in the middle of an
+        # overlap band, whose box error puts its centre on the wrong side in both tiles) but larger: the view
+        # that holds more of the object stays
+        by = (~T[None, :] | (area[None, :] > area[ti][:, None])) & (K[ti][:, None] != K[None, :])
+        ok = (inter / area[ti][:, None] >= cover) & (L[ti][:, None] == L[None, :]) & by
         keep[ti[ok.any(1)]] = False
     B, L, S = B[keep], L[keep], S[keep]
     kept = batched_nms(B, S, L, nms)  # sorted by descending score

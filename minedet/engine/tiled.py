@@ -34,7 +34,7 @@ def predict_tiled(
     *,
     batch_size: int = 8,
     nms: float = 0.5,
-    edge: float = 2.0,
+    slack: float = 8.0,
     cover: float = 0.7,
     progress: bool = False,
     desc: str = "tiles",
@@ -52,7 +52,7 @@ def predict_tiled(
         size, overlap: the tile grid (:func:`~minedet.data.tiles.tile_grid`); ``overlap`` defaults
             to :func:`default_overlap`. Choose it larger than the objects.
         batch_size: tiles per forward pass.
-        nms, edge, cover: the seam rules (:func:`~minedet.data.tiles.merge_tile_detections`).
+        nms, slack, cover: the seam rules (:func:`~minedet.data.tiles.merge_tile_detections`).
         progress: a tqdm bar (tiles) on stderr.
         decode_kw: passed to ``detector.predict`` for every tile (``score_thresh``, ``nms_thresh``,
             ``detections_per_img`` — the latter per tile).
@@ -94,7 +94,7 @@ def predict_tiled(
             bar.close()
         if hasattr(detector, "train"):
             detector.train(was)
-    return merge_tile_detections(parts, nms=nms, edge=edge, cover=cover, image_id=image_id)
+    return merge_tile_detections(parts, nms=nms, slack=slack, cover=cover, image_id=image_id)
 
 
 def evaluate_tiled(detector, dataset, size: int, overlap: int | None = None, *, batch_size: int = 8,
