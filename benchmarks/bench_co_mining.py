@@ -220,7 +220,7 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     args.model_extra = model_extras(ap, args.model_extra)
-    from minedet.cli.demo import sparse_copy
+    from minedet.data.split_files import sparse_copy
     from minedet.run import resolve_data
     from minedet.config import load_config, preset_path
 

@@ -65,7 +65,7 @@ def bank_at_scale(n_images: int, per_image: int, k: int = 80) -> dict:
 
 
 def pipeline(batches: int) -> list[dict]:
-    from minedet.cli.registry import build_method
+    from minedet.registry import build_method
     from minedet.run import make_dataset, resolve_data
     from minedet.config import load_config, preset_path
     from minedet.data.datasets import infinite_loader

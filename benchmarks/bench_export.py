@@ -34,20 +34,14 @@ TARGET_SPEEDUP = 1.5
 
 
 def _digits_config(work: Path, over: list[str]):
-    try:
-        from minedet.run import resolve_data
-    except ImportError:  # older layout
-        from minedet.cli.train import resolve_data
+    from minedet.run import resolve_data
     from minedet.config import load_config, preset_path
 
     return resolve_data(load_config(preset_path("digits_retinanet"), [*over, f"data.cache_dir={work / 'cache'}"]), quiet=True)
 
 
 def _train(steps: int, work: Path, train_images: int, val_images: int) -> tuple[Path, object]:
-    try:
-        from minedet.run import run_training
-    except ImportError:  # older layout
-        from minedet.cli.train import run_training
+    from minedet.run import run_training
 
     cfg = _digits_config(work, [f"train.max_steps={steps}", f"data.digits.n_train={train_images}",
                                 f"data.digits.n_val={val_images}", "train.progress=false"])

@@ -37,8 +37,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from bench_co_mining import FRCNN_COGEN_PROPOSALS
-    from minedet.cli.demo import sparse_copy
-    from minedet.cli.registry import build_method
+    from minedet.data.split_files import sparse_copy
+    from minedet.registry import build_method
     from minedet.run import build_spec, init_from, make_dataset, resolve_data
     from minedet.config import load_config, preset_path
     from minedet.data.coco import load_coco

@@ -84,7 +84,7 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench_co_mining import method_cfg
-    from minedet.cli.demo import sparse_copy
+    from minedet.data.split_files import sparse_copy
     from minedet.config import load_config, preset_path
     from minedet.data.coco import load_coco, save_coco
     from minedet.engine.checkpoint import load_model

@@ -1,4 +1,7 @@
-"""The one place that names concrete methods: ``method.name`` in a config -> (class, options)."""
+"""The one place that names concrete methods: ``method.name`` in a config -> (class, options).
+
+The library's own: :mod:`minedet.run` builds a run's method through it and ``minedet train`` lists its options.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A run assembled from a Config: data, detector, method, trainer, evaluation, export.
 
 The library entry point: ``minedet train``, ``minedet demo``, the benchmarks and the tests call
-:func:`run_training`. Concrete methods are named only through the CLI's registry
-(``minedet.cli.registry``), which turns ``method.name`` into a :class:`~minedet.methods.base.Method`.
+:func:`run_training`. Concrete methods are named only through the library's registry
+(:mod:`minedet.registry`), which turns ``method.name`` into a :class:`~minedet.methods.base.Method`.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
     """The method's ``own_data_model`` options for the run's detector (``d``: the config as a dict, overrides
     applied), as ``KEY=VALUE``, less those the command line sets (or a whole ``model.extra`` it sets) and none at
     all under ``method.paper=true``."""
-    from minedet.cli.registry import METHODS
+    from minedet.registry import METHODS
 
     method = d.get("method") or {}
     cls = METHODS.get(method.get("name"), (None,))[0]
@@ -303,8 +303,8 @@ class Run:
 
 
 def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = False, info: DistInfo | None = None) -> Run:
-    """Data paths, detector, method (by ``method.name`` through the CLI's registry), stream datasets."""
-    from minedet.cli.registry import build_method
+    """Data paths, detector, method (by ``method.name`` through :mod:`minedet.registry`), stream datasets."""
+    from minedet.registry import build_method
 
     cfg = resolve_data(cfg, quiet=quiet)
     t = cfg.train

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from minedet.cli.registry import build_method
+from minedet.registry import build_method
 from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap
 from minedet.errors import MinedetError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minedet.cli.registry import build_method
+from minedet.registry import build_method
 from minedet.config import PRESETS_DIR, apply_overrides, build_config, load_config, preset_path
 from minedet.errors import MinedetError
 from tests.helpers import tiny_detector

@@ -363,7 +363,7 @@ def test_global_batch_must_split_evenly_over_the_processes(tiny_digits, tmp_path
 def test_coco_presets_are_valid(preset):
     """The multi-GPU COCO presets (docs/reproduce-coco.md) parse, keep the papers' schedule, and
     their method options build on a (tiny) detector of the preset's kind."""
-    from minedet.cli.registry import build_method
+    from minedet.registry import build_method
     from minedet.config import load_config, preset_path
     from tests.helpers import tiny_detector
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minedet.cli.registry import build_method
+from minedet.registry import build_method
 from minedet.data.datasets import View, StreamBatch
 from minedet.data.transforms import BoxMap, Compose, RandomHorizontalFlip, RandomScaleCrop
 from minedet.errors import MinedetError
@@ -447,7 +447,7 @@ def test_stac_end_to_end_from_an_exported_teacher_file(tiny_digits, semi_split, 
 def test_presets_load_and_name_valid_options(preset):
     import dataclasses
 
-    from minedet.cli.registry import METHODS
+    from minedet.registry import METHODS
     from minedet.config import from_dict, load_config, preset_path
 
     cfg = load_config(preset_path(preset), [])

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minedet.cli.registry import build_method
+from minedet.registry import build_method
 from minedet.data.coco import load_coco, save_coco, validate_coco
 from minedet.data.datasets import StreamBatch, View
 from minedet.data.mixed import image_kinds, kind_counts, split_mixed
@@ -248,7 +248,7 @@ def test_split_semi_cli_writes_a_mixed_file(tiny_digits, tmp_path):
 
 
 def test_the_digits_mixed_preset_names_valid_options():
-    from minedet.cli.registry import METHODS
+    from minedet.registry import METHODS
     from minedet.config import from_dict, load_config, preset_path
 
     cfg = load_config(preset_path("digits_mixed"), [])

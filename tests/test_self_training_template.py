@@ -45,7 +45,7 @@ class FrozenTeacher(SelfTraining):
 
 
 def test_a_new_method_is_one_class_and_one_registry_line(tiny_digits, semi_split, tmp_path, monkeypatch):
-    from minedet.cli import registry
+    from minedet import registry
     from minedet.run import run_training
     from tests.conftest import tiny_config
 

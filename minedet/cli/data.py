@@ -6,11 +6,11 @@ Every output file is written atomically; bad input is a one-line MinedetError (e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
+from minedet.data.split_files import file_sha256, write_sparsified
 from minedet.errors import MinedetError
 
 _RAW = argparse.RawDescriptionHelpFormatter
@@ -281,14 +281,6 @@ def _register_check(sub: argparse._SubParsersAction) -> None:
 # handlers
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cmd_digits(args: argparse.Namespace) -> int:
     try:
         from minedet.data.digits import build_digits
@@ -316,35 +308,6 @@ def _cmd_digits(args: argparse.Namespace) -> int:
     print(f"val         {paths.val_json}")
     print(f"images      {paths.image_root}")
     return 0
-
-
-def write_sparsified(src: str | Path, out: str | Path, mode: str, seed: int, rate: float | None = None) -> dict:
-    """Sparsify ``src`` into ``out`` + ``out.hidden.json`` + ``out.manifest.json`` (the manifest is
-    written last, so its presence marks a complete split). Returns the manifest."""
-    from minedet.data.coco import load_coco, save_coco
-    from minedet.data.splits import sparsify
-    from minedet.io import check_outputs, write_json_atomic
-
-    src, out = Path(src), Path(out)
-    if out.suffix != ".json":
-        raise MinedetError("output name must end in .json", file=str(out))
-    hidden_path = out.with_suffix(".hidden.json")
-    manifest_path = out.with_suffix(".manifest.json")
-    check_outputs([src], files=[out, hidden_path, manifest_path])
-    data = load_coco(src)
-    res = sparsify(data.raw, mode, seed, rate)
-    manifest = dict(res.manifest)
-    manifest["source_file"] = str(src)
-    manifest["source_file_sha256"] = _file_sha256(src)
-    manifest["load"] = {"n_clipped": data.n_clipped, "n_dropped": data.n_dropped}
-    manifest["outputs"] = {"kept": str(out), "hidden": str(hidden_path)}
-    manifest["command"] = "minedet data sparsify " + " ".join(
-        [str(src), str(out), "--mode", mode, "--seed", str(seed)] + (["--rate", repr(rate)] if rate is not None else [])
-    )
-    save_coco(hidden_path, res.hidden, validate=False)
-    save_coco(out, res.kept, validate=False)
-    write_json_atomic(manifest_path, manifest, indent=1)
-    return manifest
 
 
 def _cmd_sparsify(args: argparse.Namespace) -> int:
@@ -393,7 +356,7 @@ def _write_mixed(args: argparse.Namespace, complete: float, sparse: float, out: 
     paths = {k: out.with_suffix(k + ".json") if k else out for k in ("", ".hidden", ".manifest")}
     check_outputs([src], files=paths.values(), folders=[out.parent])
     res = split_mixed(load_coco(src).raw, complete, sparse, args.mode, args.seed)
-    manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": _file_sha256(src), "command": command}
+    manifest = {**res.manifest, "source_file": str(src), "source_file_sha256": file_sha256(src), "command": command}
     save_coco(paths[".hidden"], res.hidden, validate=False)
     save_coco(paths[""], res.mixed, validate=False)
     write_json_atomic(paths[".manifest"], manifest, indent=1)
@@ -434,7 +397,7 @@ def _cmd_split_semi(args: argparse.Namespace) -> int:
         res = split_semi(data.raw, args.percent, args.seed)
     manifest = dict(res.manifest)
     manifest["source_file"] = str(src)
-    manifest["source_file_sha256"] = _file_sha256(src)
+    manifest["source_file_sha256"] = file_sha256(src)
     manifest["outputs"] = {k: str(v) for k, v in paths.items() if k != "manifest"}
     manifest["command"] = f"minedet data split-semi {src} --percent {_pct(args.percent)} --seed {args.seed}" + (
         f" --split-file {args.split_file}" if args.split_file else ""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from minedet.config import load_config, preset_path
+from minedet.data.split_files import sparse_copy
 
 
 def _renders(result: dict, cfg, n: int = 8) -> Path:
@@ -41,20 +42,6 @@ def _renders(result: dict, cfg, n: int = 8) -> Path:
     out = Path(result["out_dir"]) / "renders" / "val_detections.png"
     save_png(grid(tiles, 4), out)
     return out
-
-
-def sparse_copy(cfg, mode: str, seed: int = 0) -> tuple[str, str]:
-    """Write (once) a sparsified copy of the digits train split beside it, as ``minedet data
-    sparsify`` does; return (train json, hidden-truth json)."""
-    from minedet.cli.data import write_sparsified
-
-    src = Path(cfg.data.train)
-    out = src.parent / f"train_{mode}_seed{seed}.json"
-    if not out.with_suffix(".manifest.json").exists():
-        for p in (out, out.with_suffix(".hidden.json")):  # an interrupted earlier write
-            p.unlink(missing_ok=True)
-        write_sparsified(src, out, mode, seed)
-    return str(out), str(out.with_suffix(".hidden.json"))
 
 
 def sparse_methods(mode: str, overrides: list[str]) -> dict[str, tuple[dict, dict]]:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from minedet.cli.registry import METHODS, method_options_help
+from minedet.registry import METHODS, method_options_help
 from minedet.config import load_config, preset_path
 from minedet.errors import MinedetError
 from minedet.run import own_data_config, print_outputs, print_reports, run_training, unused_out_dir
