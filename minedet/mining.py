@@ -615,7 +615,8 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
             ``"labels"`` (int[M]), crowd boxes left out.
         target_precision: the precision asked of the detections at the proposed score, in (0, 1].
         match_iou: IoU at which a detection matches a labelled box.
-        min_support: fewer detections on labelled boxes than this propose nothing (``score`` None).
+        min_support: fewer detections on labelled boxes than this, in all or above the proposed score, propose
+            nothing (``score`` None).
 
     Returns:
         :class:`ScoreProposal`.
@@ -638,6 +639,11 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
                "label more boxes or train longer")
         return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
     reach = torch.nonzero(fitted >= float(target_precision) - 1e-9).flatten()
+    if len(reach) and len(s) - int(reach[0]) < min_support:
+        why = (f"only {len(s) - int(reach[0])} detections on labelled boxes score where they are right "
+               f"{float(target_precision):.0%} of the time (above {float(s[reach[0]]):.2f}; at least {min_support} "
+               "calibrate a score): train longer, or lower --target-precision")
+        return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
     if not len(reach):
         why = (f"the model's detections on labelled boxes are right at most {float(fitted.max()):.0%} of the time "
                f"(above {curve[-1]['score']:.2f}), never {float(target_precision):.0%}: train longer")

@@ -43,10 +43,10 @@ def test_score_is_just_below_where_detections_on_labelled_boxes_become_right():
 
 def test_the_target_precision_moves_the_score_along_a_monotone_calibration():
     g = torch.Generator().manual_seed(0)
-    scores = torch.rand(200, generator=g)
-    right = torch.rand(200, generator=g) < scores  # P(right | score) = score
+    scores = torch.rand(600, generator=g)
+    right = torch.rand(600, generator=g) < scores  # P(right | score) = score
     dets = [{"boxes": [LABEL if ok else SHIFTED], "scores": [float(s)], "labels": [0]} for s, ok in zip(scores, right)]
-    targets = [{"boxes": [LABEL], "labels": [0]}] * 200
+    targets = [{"boxes": [LABEL], "labels": [0]}] * 600
     proposals = [propose_score(dets, targets, target_precision=t) for t in (0.5, 0.7, 0.9)]
     assert proposals[0].score < proposals[1].score < proposals[2].score
     for t, p in zip((0.5, 0.7, 0.9), proposals):
@@ -60,6 +60,9 @@ def test_no_proposal_without_support_or_when_the_target_is_never_reached():
     assert few.score is None and "only 10 detections" in few.reason
     never = propose_score(*_images([0.2] * 20, [0.9] * 20))  # the confident boxes are the wrong ones
     assert never.score is None and "train longer" in never.reason
+    # right only above 0.9, and only 5 of them: too few to rest a score on
+    thin = propose_score(*_images([0.95] * 5 + [0.3] * 25, [0.5] * 30))
+    assert thin.score is None and "only 5 detections" in thin.reason
     empty = propose_score([{"boxes": [], "scores": [], "labels": []}], [{"boxes": [], "labels": []}])
     assert empty.score is None and empty.n_region == 0
     with pytest.raises(MinedetError, match="target precision"):
