@@ -29,6 +29,8 @@ def _check(env: dict | None = None) -> subprocess.CompletedProcess:
 
 # figures in the prose that are not benchmark results, with the reason
 NOT_RESULTS = {"3.11": "the Python version"}
+#: a figure right after one of these names is the value a run was set to ("at `tau` 0.7"), not a result
+PARAMETERS = ("tau",)
 #: the names a figure is attributed to in the prose, lower case, "-" and "_" as spaces: the columns (methods) of a table,
 #: which must name the figure's own cell (its column, row or text), and the settings (detector, metric, export,
 #: review), which may name it anywhere above it (section heading, table caption)
@@ -72,6 +74,8 @@ def prose_claims(text: str) -> list[tuple[str, set[str]]]:
     claims, last = [], 0
     for m in re.finditer(_FIGURE, body):
         fig = m.group(1)
+        if re.search(rf"\b(?:{'|'.join(PARAMETERS)})\s+$", body[max(0, m.start() - 20):m.start()]):
+            continue  # a setting's value, not a result
         start = max(last, body.rfind("(", 0, m.start()) + 1, body.rfind(";", 0, m.start()) + 1, body.rfind(": ", 0, m.start()) + 1)
         sentence = max(body.rfind(". ", 0, m.start()), (i + 2 if (i := body.rfind(".** ", 0, m.start())) >= 0 else -1), body.rfind("\n- ", 0, m.start()),
                        body.rfind("\n\n", 0, m.start()))
@@ -93,8 +97,10 @@ def _prose_figures(text: str) -> list[str]:
 def page_contexts(page: str) -> list[tuple[str, str]]:
     """Every place of the generated page a figure can stand in, as (its own text, what stands above it): a table cell
     with its column header and row label, under its section heading and table caption; any other line under its
-    section heading. A cell of a "%" column or row says "%"."""
-    out, heading, caption, head = [], "", "", None
+    section heading. A cell of a "%" column or row says "%". A row's label is its first cell and, in a table with a
+    "method" column, that cell ("10% | acrst"); a row that begins "the same" measures what the row above it does, whose
+    label it carries."""
+    out, heading, caption, head, row_above = [], "", "", None, ""
     for line in page.splitlines():
         if line.startswith("#"):
             heading = line
@@ -106,9 +112,12 @@ def page_contexts(page: str) -> list[tuple[str, str]]:
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if head is None:
-            head = cells
+            head, row_above = cells, ""
         elif not re.fullmatch(r"[\s:-]*", "".join(cells)):
-            out += [(f"{col} | {cells[0]} | {cell}" + (" %" if "%" in col + cells[0] else ""), f"{heading} {caption}")
+            row = " ".join([cells[0]] + [c for h, c in zip(head[1:], cells[1:]) if h == "method"])
+            row = f"{row_above} {row}" if row.startswith("the same") else row
+            row_above = row
+            out += [(f"{col} | {row} | {cell}" + (" %" if "%" in col + row else ""), f"{heading} {caption}")
                     for col, cell in zip(head, cells)]
     return out
 
@@ -212,6 +221,17 @@ def test_a_figure_binds_on_word_boundaries_to_its_own_cell():
     assert unbound("co-mining on BRL's loss 75.0 ± 1.2", page) == ["75.0 ± 1.2 (co mining)"]  # joint's cell
     assert unbound("The original reached 3.3.", page) == ["3.3 (original)"]  # a spread is not a figure of its own
     assert unbound("joint recall 16.7 %", page) == ["16.7 % (%, joint, recall)"]
+
+
+def test_a_row_label_takes_its_method_cell_and_the_same_row_takes_the_label_above():
+    page = ("## Semi\n\n| labelled | method | 1 | 7 |\n|---|---|---|---|\n| 10% | acrst | 49.0 ± 11.9 | 54.3 ± 3.9 |\n"
+            "| 10% | mean_teacher | 54.4 ± 5.2 | 34.7 ± 13.9 |\n\n## Nuclei\n\n| | brl |\n|---|---|\n"
+            "| recall at mined precision ≥ 80 % (%) | 50.7 ± 14.5 |\n| the same with the part rule (%) | 52.7 ± 16.7 |\n")
+    assert unbound("Class 1: ACRST 49.0 ± 11.9 where Mean Teacher's reaches 54.4 ± 5.2.", page) == []
+    assert unbound("Class 1: Mean Teacher 49.0 ± 11.9.", page) == ["49.0 ± 11.9 (mean teacher)"]
+    assert unbound("BRL's mined boxes at precision ≥ 80 % recover 52.7 ± 16.7 % with the part rule.", page) == []
+    assert unbound("BRL's mined boxes at precision 52.7 ± 16.7 % with the part rule.", page.replace("the same", "with")) != []
+    assert [f for f, _ in prose_claims("At `tau` 0.7 the teacher; tau 0.5 reached 68.3")] == ["68.3"]  # a setting's value
 
 
 def _sandbox(tmp_path: Path) -> dict:
