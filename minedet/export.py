@@ -106,7 +106,7 @@ class _InferenceGraph(nn.Module):
         hw64 = hw.to(torch.float64)
         # torchvision's resize rule: short side to min_size, long side at most max_size, sizes floored
         scale = torch.minimum(self.min_size / hw64.amin(0, keepdim=True), self.max_size / hw64.amax(0, keepdim=True))
-        new_hw = torch.floor(hw64 * scale).to(torch.int64)
+        new_hw = torch.floor(hw64 * scale).clamp(min=1.0).to(torch.int64)  # a 1 x 3000 image keeps 1 px, as the adapter
         size = (new_hw[0], new_hw[1]) if torch.jit.is_tracing() else (int(new_hw[0]), int(new_hw[1]))
         resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         d = self.model([resized])[0]

@@ -525,6 +525,12 @@ Writes OUT_DIR/images/<name>_x<X>_y<Y>.png and OUT_DIR/tiles.json (last). Each t
 carries the manifest back to its big image, "tile": {"source": ID, "x": X, "y": Y, ...}, and each
 annotation its "source_ann" id: train, evaluate and mine on OUT_DIR/tiles.json like any COCO file, and
 predict on big images with 'minedet predict --tile SIZE --overlap PX'.
+
+Images whose names differ only by case or suffix (a.png, a.PNG, a.jpg) get tiles named <stem>_id<ID>_x..
+so no tile is written over another. An image that is a symlink inside --images to a file outside it is
+refused (as a file_name climbing out with '..' is), in this and every other command; set the
+environment variable MINEDET_FOLLOW_LINKS=1 to follow such links. Images are read through one guard:
+more pixels than Pillow's MAX_IMAGE_PIXELS (a decompression bomb) or a truncated file is one line.
 """
 
 

@@ -8,6 +8,17 @@ from pathlib import Path
 from minedet.errors import MinedetError
 from minedet.io import check_outputs, write_json_atomic
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (a batch of 0 or fewer images runs nothing)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -166,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="exported model file (model.pt, or model.onnx from minedet export)")
     p.add_argument("data", help="COCO JSON with the ground truth")
     p.add_argument("--images", help="image root the file_name entries are relative to (default: the JSON's folder)")
-    p.add_argument("--batch-size", type=int, default=8, help="images (with --tile: tiles) per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images (with --tile: tiles) per forward pass (default 8)")
     p.add_argument("--out", help="also write the report as JSON here")
     p.add_argument("--plot", metavar="DIR", help="also draw the precision-recall curve of each class (pr_curve.png) and "
                    "the class confusion matrix (confusion.png) into this folder")
@@ -195,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(NMS across tile seams); train on tiles of this size ('minedet data tile')")
     q.add_argument("--overlap", type=int, default=None, metavar="PX",
                    help="with --tile: minimum overlap of neighbouring tiles (default SIZE/4); larger than the objects")
-    q.add_argument("--batch-size", type=int, default=8,
+    q.add_argument("--batch-size", type=positive_int, default=8,
                    help="with --tile: tiles per forward pass (default 8); an .onnx graph takes one image per run "
                         "(no batch axis), so with a model.onnx each tile is one run")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],

@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+from minedet.cli.infer import positive_int
 from minedet.errors import MinedetError
 from minedet.review import review_file_paths
 
@@ -102,7 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--review-root", default=None, metavar="DIR",
                    help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT; task image URLs are /data/local-files/?d=<path under DIR> "
                         "(default: the parent folder of --images)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_mine)

@@ -227,17 +227,12 @@ def _check_file_name(name: Any, file: str, rec: str) -> None:
 
 
 def _check_image_file(img: dict, root: Path, file: str, rec: str) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from minedet.data.images import read_size
 
     p = root / img["file_name"].replace("\\", "/")
     if not p.is_file():
         raise MinedetError(f"image file {str(p)!r} not found", file=file, record=rec)
-    try:
-        with Image.open(p) as im:
-            size = im.size
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise MinedetError(f"image file {str(p)!r} cannot be decoded ({type(e).__name__})", file=file, record=rec) from None
+    size = read_size(p, root=root, file=file, record=rec, decode=True)  # every pixel: a truncated file fails here
     if size != (img["width"], img["height"]):
         raise MinedetError(
             f"image file {str(p)!r} is {size[0]}x{size[1]} but the record says {img['width']}x{img['height']}",

@@ -55,10 +55,11 @@ def coco_target(data: CocoData, image_id: int, anns: Sequence[dict] | None = Non
     return Target(boxes, labels, flags=flags, image_id=image_id)
 
 
-def load_image(path: Path, *, file: str | None = None, record: str | None = None) -> torch.Tensor:
-    """RGB float[3, H, W] in [0, 1]; a missing or undecodable file is a MinedetError
-    (:func:`minedet.data.images.read_rgb`, the one decoder guard)."""
-    arr = read_rgb(path, file=file, record=record)
+def load_image(path: Path, *, root: str | Path | None = None, file: str | None = None,
+               record: str | None = None) -> torch.Tensor:
+    """RGB float[3, H, W] in [0, 1]; a missing or undecodable file, or one linked from out of ``root``, is a
+    MinedetError (:func:`minedet.data.images.read_rgb`, the one decoder guard)."""
+    arr = read_rgb(path, root=root, file=file, record=record)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -129,7 +130,8 @@ class DetectionDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         info = self.data.images[index]
-        return load_image(self.image_root / info["file_name"], file=str(self.data.path), record=f"image id={info['id']}")
+        return load_image(self.image_root / info["file_name"], root=self.image_root, file=str(self.data.path),
+                          record=f"image id={info['id']}")
 
     def __getitem__(self, key: int) -> dict:
         """``key`` = epoch * len(self) + index (what :class:`InfiniteSampler` yields); a plain index

@@ -395,13 +395,9 @@ def _find_names(src: Path, labels: Path) -> Path:
 
 
 def _image_size(p: Path) -> tuple[int, int]:
-    from PIL import Image
+    from minedet.data.images import read_size
 
-    try:
-        with Image.open(p) as im:
-            return im.size
-    except Exception as e:  # noqa: BLE001 - any decoder failure of an untrusted file is one line
-        raise MinedetError(f"cannot read the image size ({type(e).__name__})", file=str(p)) from None
+    return read_size(p, file=str(p))
 
 
 def _yolo_line(text: str, size: tuple[int, int], class_names: Sequence[str], file: str, rec: str):

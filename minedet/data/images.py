@@ -4,29 +4,76 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from minedet.errors import MinedetError
 
 
-def read_rgb(path: str | Path, *, file: str | None = None, record: str | None = None) -> np.ndarray:
-    """RGB uint8[H, W, 3] of an image file; a missing or undecodable file is a MinedetError.
+FOLLOW_LINKS_ENV = "MINEDET_FOLLOW_LINKS"
 
-    Any decoder failure counts: besides ``OSError`` (truncated / unidentified files) Pillow raises
-    ``SyntaxError`` for some broken PNG chunks and ``DecompressionBombError`` for images declaring
-    more than twice ``Image.MAX_IMAGE_PIXELS``; all are a bad *file*, not a bug.
-    """
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - every decoder failure of an untrusted file is one line
-        reason = str(e).splitlines()[0][:120] if str(e) else ""
-        raise MinedetError(f"cannot read image {path}: {e.__class__.__name__}" + (f" ({reason})" if reason else ""),
-                           file=file, record=record) from None
-    return arr
+
+def _inside_root(path: Path, root: str | Path, file: str | None, record: str | None) -> None:
+    """A file under an image root must stay there once symlinks are followed (as ``file_name`` may not
+    climb out with ``..``): a link inside the root to a file outside it is refused, unless the environment
+    sets MINEDET_FOLLOW_LINKS=1."""
+    if os.environ.get(FOLLOW_LINKS_ENV) == "1":
+        return
+    real, real_root = Path(os.path.realpath(path)), Path(os.path.realpath(root))
+    if real != real_root and real_root not in real.parents:
+        raise MinedetError(f"image {str(path)!r} is a symlink to {str(real)!r}, outside the image root {str(root)!r}: "
+                           f"refused (copy the file in, or set {FOLLOW_LINKS_ENV}=1 to follow such links)",
+                           file=file, record=record)
+
+
+@contextlib.contextmanager
+def open_image(path: str | Path, *, root: str | Path | None = None, file: str | None = None,
+               record: str | None = None) -> Iterator[Image.Image]:
+    """The one guard every image file goes through: ``with open_image(p) as im`` gives Pillow's image
+    (header read; decode inside the block), and any failure is one MinedetError line naming the file:
+    missing, not an image, truncated (Pillow's ``LOAD_TRUNCATED_IMAGES`` is off for the block), more pixels
+    than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: Pillow's warning is an error here), a symlink
+    out of ``root`` (:func:`_inside_root`)."""
+    path = Path(path)
+    if root is not None:
+        _inside_root(path, root, file, record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            with Image.open(path) as im:
+                yield im
+        except MinedetError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every decoder failure of an untrusted file is one line
+            reason = str(e).splitlines()[0][:160] if str(e) else ""
+            raise MinedetError(f"image file {str(path)!r} cannot be decoded ({e.__class__.__name__}"
+                               + (f": {reason})" if reason else ")"), file=file, record=record) from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+
+
+def read_rgb(path: str | Path, *, root: str | Path | None = None, file: str | None = None,
+             record: str | None = None) -> np.ndarray:
+    """RGB uint8[H, W, 3] of an image file, fully decoded through :func:`open_image`."""
+    with open_image(path, root=root, file=file, record=record) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_size(path: str | Path, *, root: str | Path | None = None, file: str | None = None, record: str | None = None,
+              decode: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of an image file through :func:`open_image`: from its header, or with ``decode``
+    after decoding every pixel (a truncated file fails here, not later)."""
+    with open_image(path, root=root, file=file, record=record) as im:
+        if decode:
+            im.load()
+        return im.size
 
 
 def to_chw_float(arr: np.ndarray) -> np.ndarray:

@@ -185,9 +185,19 @@ class TiledCoco:
     n_dropped: int
 
 
-def _tile_name(file_name: str, t: Tile) -> str:
-    p = PurePosixPath(file_name.replace("\\", "/"))
-    return str(PurePosixPath("images") / p.parent / f"{p.stem}_x{t.x}_y{t.y}.png")
+def _tile_stems(images: Sequence[Mapping]) -> dict[int, str]:
+    """Image id -> the stem its tiles are named by: ``<dir>/<stem>`` of its file name, or ``<dir>/<stem>_id<ID>``
+    for every image whose ``<dir>/<stem>`` another image shares, compared case-insensitively (``a.png``,
+    ``a.PNG`` and ``a.jpg`` would write onto the same tiles, on a case-insensitive file system too)."""
+    stems = {int(im["id"]): str(PurePosixPath(str(im["file_name"]).replace("\\", "/")).with_suffix("")) for im in images}
+    count: dict[str, int] = {}
+    for s in stems.values():
+        count[s.lower()] = count.get(s.lower(), 0) + 1
+    return {i: (f"{s}_id{i}" if count[s.lower()] > 1 else s) for i, s in stems.items()}
+
+
+def _tile_name(stem: str, t: Tile) -> str:
+    return str(PurePosixPath("images") / f"{stem}_x{t.x}_y{t.y}.png")
 
 
 def tile_coco(data: CocoData, size: int, overlap: int, *, min_visible: float = 0.5, cut: str = "crowd") -> TiledCoco:
@@ -203,7 +213,8 @@ def tile_coco(data: CocoData, size: int, overlap: int, *, min_visible: float = 0
 
     Returns:
         :class:`TiledCoco`. Tile image ids are ``1..`` in big-image file order, then row by row;
-        tile file names are ``images/<dir>/<stem>_x<X>_y<Y>.png``; annotation ids are ``1..``.
+        tile file names are ``images/<dir>/<stem>_x<X>_y<Y>.png`` (``<stem>_id<ID>`` when images share a stem,
+        :func:`_tile_stems`); annotation ids are ``1..``.
         Annotation boxes are ``[x, y, w, h]`` in tile pixels; a box inside its tile is the big
         image's box minus the tile offset, exactly. Other annotation fields are copied, except
         ``segmentation`` (it would be in the wrong frame).
@@ -217,13 +228,14 @@ def tile_coco(data: CocoData, size: int, overlap: int, *, min_visible: float = 0
     anns: list[dict] = []
     crops: list[tuple[dict, Tile]] = []
     n_kept = n_cut = n_dropped = 0
+    stems = _tile_stems(data.images)
     for src in data.images:
         sid, W, H = int(src["id"]), int(src["width"]), int(src["height"])
         src_anns = data.anns_by_image.get(sid, [])
         for t in tile_grid(W, H, size, overlap, source=sid):
             tid = len(images) + 1
             images.append({
-                "id": tid, "file_name": _tile_name(str(src["file_name"]), t), "width": t.width, "height": t.height,
+                "id": tid, "file_name": _tile_name(stems[sid], t), "width": t.width, "height": t.height,
                 "tile": {"source": sid, "x": t.x, "y": t.y, "source_file": src["file_name"],
                          "source_width": W, "source_height": H},
             })
@@ -266,9 +278,8 @@ def write_tiles(tiled: TiledCoco, image_root: str | os.PathLike, out_dir: str | 
     Every file is written atomically; a big image that is missing or cannot be decoded is a
     MinedetError (then no JSON is written). Returns the JSON path.
     """
-    from PIL import Image
-
     from minedet.data.coco import save_coco
+    from minedet.data.images import open_image
     from minedet.io import write_bytes_atomic
 
     root, out = Path(image_root), Path(out_dir)
@@ -282,26 +293,20 @@ def write_tiles(tiled: TiledCoco, image_root: str | os.PathLike, out_dir: str | 
         bar = tqdm(total=len(tiled.crops), desc="tile", unit="tile", leave=False, file=sys.stderr)
     for items in by_source.values():
         src = items[0][1]
-        path = root / str(src["file_name"]).replace("\\", "/")
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if im.size != (int(src["width"]), int(src["height"])):
-                    raise MinedetError(f"image file {str(path)!r} is {im.size[0]}x{im.size[1]} but the record says "
-                                       f"{src['width']}x{src['height']}", record=f"image id={src['id']}")
-                for rec, _, t in items:
-                    buf = io.BytesIO()
-                    im.crop(t.window).save(buf, format="PNG")
-                    write_bytes_atomic(out / rec["file_name"], buf.getvalue())
-                    if bar is not None:
-                        bar.update(1)
-        except MinedetError:
-            raise
-        except FileNotFoundError:
-            raise MinedetError(f"image file {str(path)!r} not found", record=f"image id={src['id']}") from None
-        except Exception as e:  # noqa: BLE001 - every decoder failure of a user's file is one line
-            raise MinedetError(f"cannot read image {str(path)!r}: {e.__class__.__name__}",
-                               record=f"image id={src['id']}") from None
+        path, where = root / str(src["file_name"]).replace("\\", "/"), f"image id={src['id']}"
+        if not path.is_file():
+            raise MinedetError(f"image file {str(path)!r} not found", record=where)
+        with open_image(path, root=root, record=where) as im:
+            im = im.convert("RGB")
+        if im.size != (int(src["width"]), int(src["height"])):
+            raise MinedetError(f"image file {str(path)!r} is {im.size[0]}x{im.size[1]} but the record says "
+                               f"{src['width']}x{src['height']}", record=where)
+        for rec, _, t in items:
+            buf = io.BytesIO()
+            im.crop(t.window).save(buf, format="PNG")
+            write_bytes_atomic(out / rec["file_name"], buf.getvalue())
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     json_path = out / json_name

@@ -132,8 +132,20 @@ class DetectorAdapter(nn.Module):
     # -------------------------------------------------------------- shared pieces
     def _transform(self, images: Sequence[Tensor]) -> tuple[ImageList, list[tuple[int, int]]]:
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        image_list, _ = self.model.transform(list(images), None)
+        image_list, _ = self.model.transform([self._thin_side_kept(im) for im in images], None)
         return image_list, sizes
+
+    def _thin_side_kept(self, image: Tensor) -> Tensor:
+        """``image`` as is, or, when torchvision's resize would floor its short side to 0 px (e.g. a 1 x 3000
+        image: scale = max_size / 3000), resized first to that size with each side at least 1 px, which the
+        transform then leaves as it is. Boxes map back through the sizes as for any image."""
+        t = self.model.transform
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        scale = min(float(t.min_size[-1]) / min(h, w), float(t.max_size) / max(h, w))
+        if min(h, w) * scale >= 1.0:
+            return image
+        size = [max(1, int(h * scale)), max(1, int(w * scale))]
+        return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
     def _features(self, image_list: ImageList) -> tuple[list[Tensor], list[str]]:
         feats = self.model.backbone(image_list.tensors)
