@@ -60,6 +60,20 @@ def test_a_decompression_bomb_is_one_line_in_check_tile_and_predict(tmp_path, ca
     assert not (tmp_path / "t").exists() and not (tmp_path / "p").exists()
 
 
+def test_a_big_image_is_read_once_the_pixel_limit_is_raised(tmp_path, capsys, monkeypatch):
+    """An orthomosaic above Pillow's bomb limit is tiled after MINEDET_MAX_PIXELS raises it; a bad value is one line."""
+    _png(tmp_path / "imgs" / "big.png", 50, 50)
+    data = _coco(tmp_path, [("big.png", 50, 50)])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("MINEDET_MAX_PIXELS", "not a number")
+    _one_line_2(capsys, ["data", "check", data, "--images", tmp_path / "imgs"], "MINEDET_MAX_PIXELS")
+    monkeypatch.setenv("MINEDET_MAX_PIXELS", "2500")
+    assert main(["data", "tile", str(data), "--images", str(tmp_path / "imgs"), "--size", "32", "--out",
+                 str(tmp_path / "t")]) == 0
+    assert len(json.loads((tmp_path / "t" / "tiles.json").read_text())["images"]) == 4
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the limit is Pillow's again outside the guard
+
+
 def test_a_truncated_image_is_one_line(tmp_path, capsys, tiny_model):
     _png(tmp_path / "imgs" / "cut.png", 64, 48)
     raw = (tmp_path / "imgs" / "cut.png").read_bytes()

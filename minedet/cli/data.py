@@ -530,7 +530,8 @@ Images whose names differ only by case or suffix (a.png, a.PNG, a.jpg) get tiles
 so no tile is written over another. An image that is a symlink inside --images to a file outside it is
 refused (as a file_name climbing out with '..' is), in this and every other command; set the
 environment variable MINEDET_FOLLOW_LINKS=1 to follow such links. Images are read through one guard:
-more pixels than Pillow's MAX_IMAGE_PIXELS (a decompression bomb) or a truncated file is one line.
+more pixels than Pillow's MAX_IMAGE_PIXELS (about 89 Mpx: a decompression bomb) or a truncated file is one
+line; to tile a larger orthomosaic, raise the limit with MINEDET_MAX_PIXELS=<pixels>.
 """
 
 

@@ -17,6 +17,22 @@ from minedet.errors import MinedetError
 
 
 FOLLOW_LINKS_ENV = "MINEDET_FOLLOW_LINKS"
+#: the most pixels an image may have (Pillow's bomb limit by default, about 89 Mpx); a larger orthomosaic meant for
+#: ``minedet data tile`` is read after ``MINEDET_MAX_PIXELS=<n>`` raises it
+MAX_PIXELS_ENV = "MINEDET_MAX_PIXELS"
+
+
+def _max_pixels() -> int | None:
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return Image.MAX_IMAGE_PIXELS
+    try:
+        n = int(raw)
+    except ValueError:
+        raise MinedetError(f"{MAX_PIXELS_ENV}={raw!r} must be a whole number of pixels") from None
+    if n < 1:
+        raise MinedetError(f"{MAX_PIXELS_ENV}={raw!r} must be at least 1")
+    return n
 
 
 def _inside_root(path: Path, root: str | Path, file: str | None, record: str | None) -> None:
@@ -38,14 +54,16 @@ def open_image(path: str | Path, *, root: str | Path | None = None, file: str | 
     """The one guard every image file goes through: ``with open_image(p) as im`` gives Pillow's image
     (header read; decode inside the block), and any failure is one MinedetError line naming the file:
     missing, not an image, truncated (Pillow's ``LOAD_TRUNCATED_IMAGES`` is off for the block), more pixels
-    than ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb: Pillow's warning is an error here), a symlink
-    out of ``root`` (:func:`_inside_root`)."""
+    than ``MINEDET_MAX_PIXELS`` (default Pillow's ``Image.MAX_IMAGE_PIXELS``: a decompression bomb; Pillow's
+    warning is an error here), a symlink out of ``root`` (:func:`_inside_root`)."""
     path = Path(path)
     if root is not None:
         _inside_root(path, root, file, record)
+    limit = _max_pixels()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         truncated, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
         try:
             with Image.open(path) as im:
                 yield im
@@ -57,6 +75,7 @@ def open_image(path: str | Path, *, root: str | Path | None = None, file: str | 
                                + (f": {reason})" if reason else ")"), file=file, record=record) from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+            Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def read_rgb(path: str | Path, *, root: str | Path | None = None, file: str | None = None,
