@@ -209,7 +209,7 @@ def test_bench_mixed_and_review_run_and_render(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "## Mixed supervision" in page and "| AP | " in page and "## One review round" in page
-    assert "mixed supervision, long-tailed digits" in (tmp_path / "README.md").read_text()
+    assert "mixed: long-tailed digits" in (tmp_path / "README.md").read_text()
 
 
 def test_the_scripted_reviewer_accepts_hidden_matches_and_deletes_the_rest():
