@@ -116,7 +116,14 @@ COLUMNS: tuple[Column, ...] = (
            "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
            ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True),
 )
-BY_LABEL = {c.label: c for c in COLUMNS}
+#: exploratory columns: scored on dev only, to make a choice there
+PROBES: tuple[Column, ...] = (
+    Column("full_anchor2", "every training crown, anchor scale 2 instead of the proposed 1 (a probe)", "supervised",
+           ("model.anchor_scale=2",), labels="full", final=False),
+    Column("full_anchor2_lr3", "every training crown, anchor scale 2, learning rate 0.003 instead of 0.001 (a probe)",
+           "supervised", ("model.anchor_scale=2", "train.lr=0.003"), labels="full", final=False),
+)
+BY_LABEL = {c.label: c for c in COLUMNS + PROBES}
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the mining again with the finished runs' saved models (a new train record each)")
     args = ap.parse_args(argv)
     if args.list:
-        for c in COLUMNS:
+        for c in COLUMNS + PROBES:
             print(f"{c.label:14s} minedet train {c.method} {' '.join(c.overrides)}"
                   f"{' (x2 batch)' if c.batch > 1 else ''}{' [default]' if c.default else ''}\n{'':14s} {c.meaning}")
         return 0
