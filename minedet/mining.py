@@ -431,7 +431,7 @@ def _load(data: CocoData, root: Path, rec: dict) -> torch.Tensor:
     path = root / str(rec["file_name"]).replace("\\", "/")
     if not path.is_file():
         raise MinedetError(f"image file {str(path)!r} not found", file=str(data.path), record=where)
-    img = load_image(path, file=str(data.path), record=where)
+    img = load_image(path, root=root, file=str(data.path), record=where)
     h, w = int(img.shape[-2]), int(img.shape[-1])
     if (w, h) != (int(rec["width"]), int(rec["height"])):
         raise MinedetError(

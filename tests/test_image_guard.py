@@ -128,6 +128,15 @@ def test_a_symlink_out_of_the_image_root_is_refused_unless_allowed(tmp_path, cap
     argv = ["data", "tile", data, "--images", tmp_path / "imgs", "--size", "32", "--out", tmp_path / "t"]
     _one_line_2(capsys, argv, "a.png", "outside the image root", "MINEDET_FOLLOW_LINKS=1")
     _one_line_2(capsys, ["data", "check", data, "--images", tmp_path / "imgs"], "outside the image root")
+    from minedet.data.coco import load_coco
+    from minedet.errors import MinedetError
+    from minedet.mining import mine_dataset
+    from tests.helpers import tiny_detector
+
+    det = tiny_detector("retinanet", num_classes=1, image_size=64)
+    det.spec.class_names = ["x"]
+    with pytest.raises(MinedetError, match="outside the image root"):  # mining reads through the same guard
+        mine_dataset(det, load_coco(data), tmp_path / "imgs")
     assert not (tmp_path / "t").exists()
     monkeypatch.setenv("MINEDET_FOLLOW_LINKS", "1")
     assert main([str(a) for a in argv]) == 0

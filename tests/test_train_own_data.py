@@ -149,3 +149,13 @@ def test_a_second_round_never_replaces_the_first(tiny_digits, tmp_path, monkeypa
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and "model.init is this run's own output" in errors[0] and "Traceback" not in err
     assert first.read_bytes() == before
+
+
+def test_a_run_never_writes_into_a_folder_it_reads(tiny_digits, capsys):
+    """`--out` naming the image folder would put a model and logs among the user's images: one line, nothing written."""
+    before = sorted(p.name for p in tiny_digits.image_root.iterdir())
+    assert _train(tiny_digits, "--out", str(tiny_digits.image_root)) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "input folder" in errors[0] and "Traceback" not in err, err
+    assert sorted(p.name for p in tiny_digits.image_root.iterdir()) == before

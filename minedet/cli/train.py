@@ -10,6 +10,7 @@ from pathlib import Path
 from minedet.registry import METHODS, method_options_help
 from minedet.config import load_config, preset_path
 from minedet.errors import MinedetError
+from minedet.io import check_outputs
 from minedet.run import own_data_config, print_outputs, print_reports, run_training, unused_out_dir
 
 _DATA_FLAGS = {"images": "train_images", "val_images": "val_images", "unlabelled": "unlabelled",
@@ -46,6 +47,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"minedet: {cfg.train.out_dir} holds the model.pt of an earlier run; this run writes to {fresh} "
                   "(--out DIR names the folder; --resume CKPT continues a run in place)", file=sys.stderr)
         cfg.train.out_dir = str(fresh)
+    d = cfg.data  # the run folder is never one the run reads from (a model and logs among the user's images)
+    check_outputs([d.train, d.val, d.train_images, d.val_images, d.unlabelled, d.unlabelled_images, d.hidden],
+                  folders=[cfg.train.out_dir])
     result = run_training(cfg, resume=args.resume)
     if main:
         print_reports(result)
