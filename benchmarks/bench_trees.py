@@ -350,7 +350,7 @@ def run_one(info: dict, col: Column, protocol: str, seed: int, work: Path, other
     rec = common.train_record(cfg, label={**base, "split": "dev"}, out_dir=out_dir, resume=resume)
     recs = [rec]
     model = out_dir / "model.pt"
-    if col.final:
+    if col.final and steps == STEPS:  # test: the page's columns at the protocol's budget only, never a probe
         recs.append({**base, "split": "test", "steps": rec["steps"], **score_split(model, info, "test", cfg)})
     if col.labels != "full":
         recs.append({**base, "split": "train", "what": "mine", "steps": rec["steps"], **mining_curve(model, cfg)})
