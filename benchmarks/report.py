@@ -916,10 +916,10 @@ def _row_demo(results: dict) -> list[tuple[str, str]]:
 
 def readme_rows(results: dict) -> list[str]:
     """``| benchmark | result |`` rows for README.md: one per setting a user acts on, at most :data:`README_MAX_ROWS`.
-    The real tree-crown benchmark's rows (``report_trees.readme_rows``) come first where its results exist, in place
+    The real tree-crown benchmark's rows (``report_trees.readme_rows``) come first once it has rows to quote, in place
     of the nuclei row; every other table stays on docs/benchmarks.md."""
     trees = _trees(results)
-    rows = list(trees.readme_rows(results["real_trees"])) if trees else _row_nuclei(results)
+    rows = (list(trees.readme_rows(results["real_trees"])) if trees else []) or _row_nuclei(results)
     for make in (_row_sparse, _row_few_labels, _row_mixed, _row_mining, _row_export, _row_scale, _row_demo):
         rows += make(results)
     if len(rows) > README_MAX_ROWS:

@@ -480,5 +480,68 @@ def test_the_tree_crown_report_comes_first_on_the_page_and_in_the_readme(monkeyp
     assert text.index("## Real images: tree crowns") < text.index("## Demo") and "1 records" in text
     rows = report.readme_rows(results)
     assert rows[2] == "| sparse real images: tree crowns | AP 1.0 |" and not any("nuclei image" in r for r in rows)
+    fake.readme_rows = lambda res: []  # nothing to quote yet (too few seeds): the nuclei row stays
+    rows = report.readme_rows(results)
+    assert any("nuclei image" in r for r in rows) and not any("tree crowns" in r for r in rows)
     del results["real_trees"]
     assert "tree crowns" not in report.page(results)
+
+
+def _tree_rec(column, split, seed, steps, ap50, protocol="random"):
+    return {"column": column, "method": column, "protocol": protocol, "split": split, "seed": seed, "steps": steps,
+            "ap": ap50 / 2, "ap50": ap50}
+
+
+def test_tree_report_keeps_budgets_apart_and_quotes_only_three_seeds(monkeypatch):
+    """A cell is one column at one budget; the README quotes a protocol once full, original and the default hold
+    3 seeds at one budget, and the gap recovered is (column - original) / (full - original) on test AP50."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    recs = [_tree_rec("full", "dev", 0, 150, 0.9)]  # a probe at another budget
+    for seed in (0, 1):
+        recs += [_tree_rec(c, s, seed, 300, v) for c, v in (("full", 0.6), ("original", 0.2), ("co_mining", 0.4))
+                 for s in ("dev", "test")]
+    res = {"records": recs}
+    table = "\n".join(rt.ap_table(res, "random"))
+    assert "| full | every training crown labelled (the ceiling) | 150 | 90.0 (1 seed) |" in table
+    assert "| full | every training crown labelled (the ceiling) | 300 | 60.0 ± 0.0 |" in table
+    assert "| 50 % |" in table  # co-mining: (40 - 20) / (60 - 20) of the gap
+    assert rt.readme_rows(res) == []  # two seeds: not yet
+    res["records"] += [_tree_rec(c, "test", 2, 300, v) for c, v in (("full", 0.6), ("original", 0.2), ("co_mining", 0.4))]
+    rows = rt.readme_rows(res)
+    assert len(rows) == 1 and "300 steps" in rows[0][0] and "co_mining 40.0 ± 0.0" in rows[0][1]
+
+
+def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tmp_path):
+    """bench_trees' data pieces: a crown cut by a band edge is crowd on both sides; the dev/test tiles kept are the
+    non-overlapping 400 px grid; the partial protocol erases only in hurried cells, keeping their largest crowns."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_trees as bt
+
+    name = bt.BANDED[0]
+    scenes = {"images": [{"id": 1, "file_name": f"{name}.png", "width": 1000, "height": 1000}],
+              "categories": [{"id": 1, "name": "tree"}],
+              "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [590, 10, 20, 20]},   # cut at x = 600
+                              {"id": 2, "image_id": 1, "category_id": 1, "bbox": [100, 100, 30, 30]}]}
+    train, _ = bt.band_coco(scenes, "train")
+    dev, _ = bt.band_coco(scenes, "dev")
+    assert train["images"][0]["width"] == 600 and dev["images"][0]["width"] == 200
+    assert sorted(a["iscrowd"] for a in train["annotations"]) == [0, 1]
+    assert [a["iscrowd"] for a in dev["annotations"]] == [1] and dev["annotations"][0]["bbox"][:2] == [0, 10]
+    tiles = {"images": [{"id": i, "width": 400, "height": 400, "tile": {"x": x, "y": 0}}
+                        for i, x in enumerate((0, 400, 460), start=1)],
+             "annotations": [{"id": i, "image_id": i} for i in (1, 2, 3)]}
+    path = tmp_path / "tiles.json"
+    path.write_text(json.dumps(tiles))
+    bt.drop_seam_tiles(path)
+    kept = json.loads(path.read_text())
+    assert [im["tile"]["x"] for im in kept["images"]] == [0, 400] and [a["image_id"] for a in kept["annotations"]] == [1, 2]
+    crowns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [10 + 40 * (i % 9), 10 + 40 * (i // 9), 5 + i, 5 + i],
+               "iscrowd": 0} for i in range(1, 19)]  # 18 crowns, all in cell (0, 0), growing with the id
+    (tmp_path / "train.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 600, "height": 600}],
+                                                     "annotations": crowns, "categories": [{"id": 1, "name": "tree"}]}))
+    erased = bt.erased_crowns({"root": str(tmp_path)}, "partial", seed=0)
+    assert erased == set(range(1, 13))  # the cell is hurried (the only one): its largest third (ids 13..18) kept
+    random_half = bt.erased_crowns({"root": str(tmp_path)}, "random", seed=0)
+    assert len(random_half) == 9 and random_half != bt.erased_crowns({"root": str(tmp_path)}, "random", seed=1)
