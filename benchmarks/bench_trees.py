@@ -1,7 +1,7 @@
 """Real images decide: sparse tree-crown labels on NEON aerial scenes, chosen on dev, reported on test.
 
 Usage:
-  python benchmarks/bench_trees.py --protocol random --columns original co_mining --seeds 0 1 2
+  python benchmarks/bench_trees.py --protocol random --columns original co_mining --seeds 0 1 2 --jobs 2
   python benchmarks/bench_trees.py --list                     # the declared columns and what each means
   python benchmarks/bench_trees.py --data-only                # fetch the wheel, convert, cut bands, tile; no training
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -376,12 +377,53 @@ def remine(info: dict, args, work: Path) -> int:
     return 0
 
 
+def run_jobs(args, argv: list[str]) -> int:
+    """``--jobs N``: each (column, seed) in its own process (``--jobs 1`` of this script), N at a time, seeds outermost
+    (seed 0 of every column first); each appends its records as it finishes. The exit status is the worst child's."""
+    import subprocess
+
+    base = [a for i, a in enumerate(argv) if a != "--jobs" and (i == 0 or argv[i - 1] != "--jobs")]
+    base = [a for a in base if not a.startswith("--jobs=")]
+    keep = _without(base, ("--columns", "--seeds"))
+    todo = [(label, seed) for seed in args.seeds for label in args.columns]
+    running: list[subprocess.Popen] = []
+    worst = 0
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            label, seed = todo.pop(0)
+            cmd = [sys.executable, __file__, *keep, "--columns", label, "--seeds", str(seed)]
+            running.append(subprocess.Popen(cmd, env=env))
+        time.sleep(5)
+        for proc in [p for p in running if p.poll() is not None]:
+            worst = max(worst, proc.returncode)
+            running.remove(proc)
+    return worst
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given options and the values that follow each."""
+    out, skip = [], False
+    for a in argv:
+        if a in options:
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=PROTOCOLS, default="random")
     ap.add_argument("--columns", nargs="+", default=[c.label for c in COLUMNS], choices=list(BY_LABEL), metavar="COLUMN")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of every column (default {STEPS})")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time, each its own process with OMP_NUM_THREADS=1 (default 1; 2 on a 2-core machine)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "minedet"))
     ap.add_argument("--work", default=None, help="run folders (default CACHE/real_trees-runs; a finished run is reused)")
     ap.add_argument("--list", action="store_true", help="print the declared columns and exit")
@@ -389,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remine", action="store_true",
                     help="measure the mining again with the finished runs' saved models (a new train record each)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be at least 1")
     if args.list:
         for c in COLUMNS + PROBES:
             print(f"{c.label:14s} minedet train {c.method} {' '.join(c.overrides)}"
@@ -398,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info["splits"]), file=sys.stderr)
     if args.data_only:
         return 0
+    if args.jobs > 1 and not args.remine:
+        return run_jobs(args, argv)
     work = Path(args.work or Path(args.cache) / "real_trees-runs")
     if args.remine:
         return remine(info, args, work)
