@@ -676,10 +676,61 @@ def section_review(res: dict) -> list[str]:
     return out + ([""] if res.get("derived") else [])
 
 
+def _rp(row: dict) -> str:
+    """A review-cost cell: recall / precision (%), and where the list ended before the budget."""
+    cut = f" (list ends at {row['shown']})" if row["shown"] < row["budget"] else ""
+    return f"{pct(row['recall'])} / {pct(row['precision'])}{cut}"
+
+
+def _review_verdict(m: dict, c: dict) -> str:
+    """One line from the records: does cleanlab's list ``c`` recover more erased boxes than minedet's ``m``?"""
+    both = [(a, b) for a, b in zip(m["curve"], c["curve"]) if a["budget"] == b["budget"]]
+    wins = [b["budget"] for a, b in both if b["recall"] > a["recall"]]
+    full = [(a, b) for a, b in both if b["shown"] == b["budget"] and a["shown"] == a["budget"]]
+    a, b = (full or both[:1])[-1]
+    at = (f"at {b['budget']} boxes shown{' (the most both lists fill)' if full else ''} it recovers {pct(b['recall'])} % "
+          f"of the erased boxes at precision {pct(b['precision'])} %, minedet {pct(a['recall'])} % at "
+          f"{pct(a['precision'])} %")
+    if len(wins) > len(both) / 2:
+        return (f"- **cleanlab ranks better** (`{c['method']}`): it recalls more at {len(wins)} of {len(both)} numbers of "
+                f"boxes shown; {at}.")
+    return (f"- `{c['method']}` does not rank better: it recalls more at {len(wins)} of {len(both)} numbers of boxes "
+            f"shown; {at}; its list holds {c['list_length']} boxes ({c.get('ranked_by', 'its overlooked score')}).")
+
+
+def section_review_cost(res: dict) -> list[str]:
+    """What a review costs: erased boxes recovered per box shown, minedet's list against cleanlab's."""
+    recs = latest(res["records"])
+    out = [f"## {TITLES['review_cost']}", "", *header(res)]
+    if res.get("note"):
+        out += [res["note"], ""]
+    for seed in sorted({r["seed"] for r in recs}):
+        m = next((r for r in recs if r["seed"] == seed and r["method"] == "minedet"), None)
+        if m is None:
+            continue
+        others = [r for r in recs if r["seed"] == seed and r["method"] != "minedet"]
+        out += [f"Seed {seed}, {m['steps']} steps, {m['threads']} torch thread(s): the model's val AP50 "
+                f"{pct(m.get('model_ap50'))}; {m['n_hidden']} erased boxes on {m['images']} images. Recall / precision "
+                f"(%) of the erased boxes after each number of boxes shown, most likely missing first; minedet's list "
+                f"ranks by score (its score at that count named; `propose_score_for` proposes "
+                f"{m.get('proposed_score') if m.get('proposed_score') is not None else 'no score'}):", "",
+                "| boxes shown | minedet score | minedet | " + " | ".join(f"`{r['method']}`" for r in others) + " |",
+                "|---|---|---|" + "---|" * len(others)]
+        prop = m.get("proposed_score")
+        for row in m["curve"]:
+            scores = ", ".join(f"{t:g}" + (" (proposed)" if t == prop else "") for t in row.get("at_score") or [])
+            cells = [next((c for c in r["curve"] if c["budget"] == row["budget"]), None) for r in others]
+            out.append(f"| {row['budget']} | {scores} | {_rp(row)} | " + " | ".join(
+                _rp(c) if c else "–" for c in cells) + " |")
+        out += ["", *(_review_verdict(m, c) for c in others), ""]
+    return out
+
+
 RENDERERS = {"demo": section_demo, "splits": section_splits, "loader": section_loader, "cropbank": section_cropbank,
              "mixed": section_mixed, "review": section_review}
 RENDERERS["real_nuclei"] = section_real
 RENDERERS["export"] = section_export
+RENDERERS["review_cost"] = section_review_cost
 TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "co_mining_aug": "Co-mining Table 4 in miniature: the second view on hard",
           "co_mining_fcos": "Co-mining Table 5 in miniature: FCOS",
@@ -709,7 +760,8 @@ TITLES = {"co_mining": "Co-mining Table 1 in miniature (digits, RetinaNet)",
           "cropbank": "CropBank",
           "export": "ONNX export",
           "mixed": "Mixed supervision: complete, sparse and unlabelled images (digits, long-tailed)",
-          "review": "One review round on digits `hard` (scripted reviewer)"}
+          "review": "One review round on digits `hard` (scripted reviewer)",
+          "review_cost": "What a review costs: erased boxes recovered per box shown, minedet vs cleanlab (digits `hard`)"}
 
 
 #: the results file a semi-supervised table is compared with, seed by seed (default: the headline, ``semi``)
@@ -960,7 +1012,7 @@ def page(results: dict) -> str:
     order = ["demo", "co_mining", "co_mining_tau", "co_mining_gt_match", "co_mining_aug", "co_mining_fcos", "co_mining_frcnn",
              "co_mining_frcnn_light", "co_mining_baselines", "co_mining_baselines_1000img", "co_mining_4000img_1200steps", "co_mining_1000img",
              "semi", "semi_ablation", "semi_bank",
-             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "semi_ema", "semi_adaptive", "semi_tau", "semi_occlusion", "mixed", "review", "real_nuclei", "export", "cropbank",
+             "semi_beta", "semi_detectors", "semi_stac", "semi_ignore", "semi_ema", "semi_adaptive", "semi_tau", "semi_occlusion", "mixed", "review", "review_cost", "real_nuclei", "export", "cropbank",
              "loader", "loader_faster_rcnn", "splits"]
     trees = _trees(results)
     if trees:
