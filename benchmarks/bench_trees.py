@@ -27,7 +27,9 @@ Protocol (written on docs/benchmarks.md before the first run):
     complete.
   * every column trains what ``minedet train METHOD --train tiles.json --val dev.json`` does for a user who
     says nothing, with the benchmark's budget pinned for every column alike: ``data.image_size=416``,
-    ``train.max_steps=300``, ``train.warmup_steps=50``, 1 torch thread per run. A column adds its own
+    ``model.anchor_scale=2`` (what the library proposes for the complete training tiles; a sparse file would get
+    another proposal, which would mix the anchors into every comparison), ``train.max_steps``,
+    ``train.warmup_steps=50``, 1 torch thread per run. A column adds its own
     ``KEY=VALUE`` overrides (declared in ``COLUMNS``) and may double the batch (the compute of a two-view step).
   * AP / AP50 (pycocotools) on dev at the end of every run; on test only for the columns declared ``final``
     (the page's columns). Every choice is made on dev.
@@ -74,7 +76,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PROTOCOLS = ("random", "partial")
 #: the budget every column shares (the issue's: 300 steps at 400 px), as command-line overrides
 STEPS = 300
-BUDGET = ("data.image_size=416", "train.warmup_steps=50", "train.eval_every=0", "train.log_every=10", "train.threads=1")
+BUDGET = ("data.image_size=416", "model.anchor_scale=2", "train.warmup_steps=50", "train.eval_every=0", "train.log_every=10", "train.threads=1")
 HURRIED_CELLS, HURRIED_KEEP = 0.25, 1 / 3
 
 

@@ -123,6 +123,21 @@ def test_image_size_is_rounded_up_to_a_multiple_of_32():
     assert propose_sizes(validate_coco(raw, file="x.json"))["data.image_size"] == 416  # 400 px: not shrunk to 384
 
 
+def test_crowd_slivers_do_not_shrink_the_proposed_anchors():
+    """A tiler leaves thin crowd slivers of cut boxes at tile edges: ignored regions, not objects to fit anchors to
+    (on the tree-crown tiles they halved the proposal and the detector barely trained)."""
+    from minedet.data.coco import validate_coco
+
+    boxes = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [20 * i, 10, 32, 32], "area": 1024, "iscrowd": 0}
+             for i in range(1, 11)]
+    slivers = [{"id": 100 + i, "image_id": 1, "category_id": 1, "bbox": [0, 40 * i, 3, 30], "area": 90, "iscrowd": 1}
+               for i in range(1, 6)]
+    raw = {"images": [{"id": 1, "file_name": "1.png", "width": 400, "height": 400}], "annotations": boxes + slivers,
+           "categories": [{"id": 1, "name": "tree"}]}
+    proposed = propose_sizes(validate_coco(raw, file="x.json"))
+    assert proposed["model.anchor_scale"] == 4.0  # 32 px boxes at 416 / 400: 33 px, 4 x stride 8
+
+
 def _train(tiny_digits, *extra):
     return main(["train", "supervised", "--train", str(tiny_digits.train_json), "--images", str(tiny_digits.image_root),
                  "--val", str(tiny_digits.val_json), "--val-images", str(tiny_digits.image_root), *TINY, *extra])
