@@ -28,8 +28,8 @@ PROTOCOL_TEXT = [
     "",
     "Every column is what `minedet train METHOD --train tiles.json --val dev.json` does for a user who says nothing, "
     f"with one budget for all columns compared (the `steps` column; {STEPS} by default), input 416 px, warm-up 50, one "
-    "torch thread per run (two runs at a time); the anchor scale is pinned at 2 from the records that say `anchor_scale` 2
-(the first runs trained on the proposal of 1 that crowd slivers caused); exploratory columns (probes) are scored on dev only. "
+    "torch thread per run (two runs at a time); the anchor scale is pinned at 2 (the first runs, at 300 steps, trained "
+    "on the proposal of 1 that crowd slivers caused; the proposal now leaves crowd boxes out); exploratory columns (probes) are scored on dev only. "
     "**Every choice is made on dev; test is scored once per final column.** `full` trains on every crown whatever the "
     "protocol, so both protocols share its records. Gap recovered: (column - original) / (full - original) on mean "
     "test AP50.",
