@@ -50,30 +50,36 @@ def ms(recs: list[dict], key: str) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
 
 
+def budget(r: dict) -> str:
+    """A record's budget: its steps, and its anchor scale where that is not the pinned 2 (the first runs')."""
+    anchor = r.get("anchor_scale", 2.0)
+    return f"{r.get('steps')}" + ("" if anchor == 2.0 else f" (anchors {anchor:g})")
+
+
 def latest(records: list[dict]) -> list[dict]:
     """The last record of each setting, a setting including its budget (``steps``): a 150-step probe does not replace
     the 300-step run of the same column and seed."""
     last: dict[tuple, dict] = {}
     for r in records:
-        key = (*record_key(r), r.get("steps"))
+        key = (*record_key(r), budget(r))
         last.pop(key, None)
         last[key] = r
     return list(last.values())
 
 
-def cells(res: dict, protocol: str, split: str) -> dict[tuple[str, int], list[dict]]:
+def cells(res: dict, protocol: str, split: str) -> dict[tuple[str, str], list[dict]]:
     """(column, steps) -> its latest records of one split (``full`` from either protocol), in declared order: records
     of different budgets never share a cell."""
     recs = [r for r in latest(res["records"]) if r.get("split") == split
             and (r.get("protocol") == protocol or r.get("column") == "full")]
     out: dict[tuple[str, int], list[dict]] = {}
     for c in (*COLUMNS, *PROBES):
-        for r in sorted((r for r in recs if r.get("column") == c.label), key=lambda r: r["steps"]):
-            out.setdefault((c.label, r["steps"]), []).append(r)
+        for r in sorted((r for r in recs if r.get("column") == c.label), key=lambda r: (r["steps"], budget(r))):
+            out.setdefault((c.label, budget(r)), []).append(r)
     return out
 
 
-def gap_recovered(test: dict, label: str, steps: int) -> str:
+def gap_recovered(test: dict, label: str, steps: str) -> str:
     try:
         full, orig, col = (statistics.mean(_vals(test[(k, steps)], "ap50")) for k in ("full", "original", label))
     except (KeyError, statistics.StatisticsError):
@@ -156,7 +162,7 @@ def readme_rows(res: dict) -> list[tuple[str, str]]:
                    if all(len(test.get((c, s), [])) >= README_SEEDS for c in README_COLUMNS)]
         if not budgets:
             continue
-        steps = max(budgets)
+        steps = max(budgets, key=lambda b: (int(b.split()[0]), "(" not in b))
         parts = [f"{label} {ms(recs, 'ap50')}" for (label, s), recs in test.items() if s == steps]
         what = "50 % of the training crowns erased" if protocol == "random" else "hurried cells keep a third of their crowns"
         rows.append((f"sparse real images: NEON tree crowns, {what}, RetinaNet, {steps} steps, test AP50",
