@@ -339,12 +339,17 @@ def mining_curve(model_path: Path, cfg) -> dict:
     return out
 
 
+def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:
+    """A run's folder names its whole budget (steps, anchors): a finished run is reused only by the same setting."""
+    return work / protocol / label / f"s{seed}" / f"{cfg.train.max_steps}steps_anchor{cfg.model.anchor_scale:g}"
+
+
 def run_one(info: dict, col: Column, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS) -> list[dict]:
     """Train one column on one protocol and seed; its records (dev, test for final columns, train for mining)."""
 
-    out_dir = work / protocol / col.label / f"s{seed}" / f"{steps}steps"
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = make_config(info, col, protocol, seed, steps)
+    out_dir = run_dir(work, protocol, col.label, seed, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     resume = common.finished_run(out_dir, cfg.train.max_steps)
     base = {"column": col.label, "protocol": protocol, "seed": seed, "method": col.label, "default": col.default,
             "meaning": col.meaning, "threads": cfg.train.threads, "other_benchmarks_at_start": others,
@@ -366,11 +371,11 @@ def remine(info: dict, args, work: Path) -> int:
     for seed in args.seeds:
         for label in args.columns:
             col = BY_LABEL[label]
-            out_dir = work / args.protocol / label / f"s{seed}" / f"{args.steps}steps"
+            cfg = make_config(info, col, args.protocol, seed, args.steps)
+            out_dir = run_dir(work, args.protocol, label, seed, cfg)
             if col.labels == "full" or common.finished_run(out_dir, args.steps) is None:
                 continue
             origin = common.run_origin()
-            cfg = make_config(info, col, args.protocol, seed, args.steps)
             base = {"column": label, "protocol": args.protocol, "seed": seed, "method": label, "default": col.default,
                     "threads": cfg.train.threads, "split": "train", "what": "mine", "steps": args.steps,
                     "remined_from_checkpoint": True}
