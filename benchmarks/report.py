@@ -682,9 +682,18 @@ def _rp(row: dict) -> str:
     return f"{pct(row['recall'])} / {pct(row['precision'])}{cut}"
 
 
+_CLEANLAB_ORDER = ("only predictions scoring >= {:g} that overlap no labelled box are candidates, ranked by their "
+                   "similarity to the nearest labelled box of their class, lowest first")
+
+
 def _review_verdict(m: dict, c: dict) -> str:
     """One line from the records: does cleanlab's list ``c`` recover more erased boxes than minedet's ``m``?"""
     both = [(a, b) for a, b in zip(m["curve"], c["curve"]) if a["budget"] == b["budget"]]
+    thr = c.get("high_probability_threshold")
+    if not c["list_length"]:
+        return (f"- `{c['method']}` shows no box: none of the model's predictions qualifies as an overlooked box at its "
+                f"high-probability threshold {thr:g} (minedet's highest score marked above: "
+                f"{max((t for a in m['curve'] for t in a.get('at_score') or []), default=0):g}).")
     wins = [b["budget"] for a, b in both if b["recall"] > a["recall"]]
     full = [(a, b) for a, b in both if b["shown"] == b["budget"] and a["shown"] == a["budget"]]
     a, b = (full or both[:1])[-1]
@@ -695,7 +704,7 @@ def _review_verdict(m: dict, c: dict) -> str:
         return (f"- **cleanlab ranks better** (`{c['method']}`): it recalls more at {len(wins)} of {len(both)} numbers of "
                 f"boxes shown; {at}.")
     return (f"- `{c['method']}` does not rank better: it recalls more at {len(wins)} of {len(both)} numbers of boxes "
-            f"shown; {at}; its list holds {c['list_length']} boxes ({c.get('ranked_by', 'its overlooked score')}).")
+            f"shown; {at}; its list holds {c['list_length']} boxes ({c.get('ranked_by') or _CLEANLAB_ORDER.format(thr)}).")
 
 
 def section_review_cost(res: dict) -> list[str]:

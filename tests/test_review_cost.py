@@ -91,4 +91,9 @@ def test_the_page_table_and_verdict_come_from_the_records():
     assert "does not rank better: it recalls more at 0 of 3" in text and "at 2 boxes shown" in text
     win = rec("cleanlab_overlooked_p0.3", [(2, 2, 2, None), (4, 4, 4, [0.5]), (6, 6, 5, [0.3])])
     res["records"].append({**win, "origin": origin})
+    empty = rec("cleanlab_overlooked_p0.95", [(2, 0, 0, None), (4, 0, 0, [0.5]), (6, 0, 0, [0.3])],
+                high_probability_threshold=0.95)
+    res["records"][1] = {**empty, "origin": origin}
+    assert "shows no box: none of the model's predictions qualifies as an overlooked box at its high-probability " \
+           "threshold 0.95 (minedet's highest score marked above: 0.5)" in "\n".join(report.section_review_cost(res))
     assert "**cleanlab ranks better** (`cleanlab_overlooked_p0.3`)" in "\n".join(report.section_review_cost(res))
