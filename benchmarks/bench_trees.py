@@ -12,10 +12,12 @@ vendored, and the library never reads it at run time. The boxes go through mined
 ``minedet data convert --from voc`` and ``minedet data tile``: the benchmark is also a test of that path.
 
 Protocol (written on docs/benchmarks.md before the first run):
-  * each YELL scene is cut into horizontal bands, top to bottom: train (60 % of its height), dev (20 %),
-    test (20 %); no pixel is in two bands; a crown cut by a band edge is kept in neither band's truth as a
-    box: on each side its visible part is an ``iscrowd`` region (training ignores it, pycocotools ignores
-    detections on it). ``OSBS_029`` and ``SOAP_061`` (other sites) join test whole.
+  * each YELL scene is cut into bands (``BANDS``): the large one into vertical bands, left to right, train (60 % of
+    its width), dev (20 %), test (20 %); the small one into its top 60 % (train) and its bottom 40 %, halved left
+    (dev) and right (test), as a 20 % band of it would be under 400 px and the detector's resize would upscale it;
+    no pixel is in two bands; a crown cut by a band edge is kept in neither band's truth as a box: on each side its
+    visible part is an ``iscrowd`` region (training ignores it, pycocotools ignores detections on it). ``OSBS_029``
+    and ``SOAP_061`` (other sites) join test whole. One class: SOAP_061's Alive / Dead crowns count as trees.
   * ``minedet data tile`` cuts every band into 400 px tiles: training tiles overlap by 50 px; dev and test are
     tiled with overlap 0 and keep the tiles of the 400 px grid only (the tiler's extra tile ending on the border
     would score some crowns twice; the strip under 400 px it covers is not scored).
@@ -32,7 +34,7 @@ Protocol (written on docs/benchmarks.md before the first run):
     ``train.warmup_steps=50``, 1 torch thread per run. A column adds its own
     ``KEY=VALUE`` overrides (declared in ``COLUMNS``) and may double the batch (the compute of a two-view step).
   * AP / AP50 (pycocotools) on dev at the end of every run; on test only for the columns declared ``final``
-    (the page's columns). Every choice is made on dev.
+    (the page's columns) at the protocol's budget (``STEPS``). Every choice is made on dev.
   * mining: ``minedet mine``'s filter (score > t, NMS 0.5, IoU <= 0.4 with any labelled box) over the sparse
     training tiles with the run's model, scored against the erased crowns (IoU >= 0.5) at t = 0.3 .. 0.9, and
     at the score ``minedet mine`` proposes from the model itself (``minedet.mining.propose_score_for``: calibrated on
