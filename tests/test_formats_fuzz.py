@@ -93,16 +93,18 @@ def _convert(fmt: str, text: str, root: Path, capsys) -> tuple[int, str, Path]:
     return rc, capsys.readouterr().err, out
 
 
-def _boxes_written(fmt: str, out: Path) -> list[list[float]]:
+def _boxes_written(fmt: str, out: Path) -> tuple[list[list[float]], tuple[int, int]]:
+    """The boxes written and the image size they are in (a mutation may declare another valid size, e.g. 41 x 30)."""
     if fmt == "coco":  # YOLO lines back to pixel boxes
         boxes = []
         for ln in (out / "labels" / "a.txt").read_text().splitlines():
             cx, cy, w, h = (float(v) for v in ln.split()[1:])
             boxes.append([(cx - w / 2) * W, (cy - h / 2) * H, w * W, h * H])
-        return boxes
+        return boxes, (W, H)
     d = json.loads((out / "x.json").read_text())
-    assert [(im["width"], im["height"]) for im in d["images"]] == [(W, H)]
-    return [a["bbox"] for a in d["annotations"]]
+    sizes = [(im["width"], im["height"]) for im in d["images"]]
+    assert len(sizes) == 1 and all(isinstance(v, int) and v > 0 for v in sizes[0]), sizes
+    return [a["bbox"] for a in d["annotations"]], sizes[0]
 
 
 def _check(fmt: str, text: str, capsys) -> None:
@@ -115,10 +117,10 @@ def _check(fmt: str, text: str, capsys) -> None:
             assert not out.exists() or not any(out.rglob("*")), "bad input wrote something"
             return
         assert rc == 0, err
-        boxes = _boxes_written(fmt, out)
+        boxes, (iw, ih) = _boxes_written(fmt, out)
         assert len(boxes) == _shapes(fmt, text), (text, boxes)  # none dropped, none made up
         for x, y, w, h in boxes:
-            assert w > 0 and h > 0 and x >= -1e-6 and y >= -1e-6 and x + w <= W + 1e-4 and y + h <= H + 1e-4, (text, boxes)
+            assert w > 0 and h > 0 and x >= -1e-6 and y >= -1e-6 and x + w <= iw + 1e-4 and y + h <= ih + 1e-4, (text, boxes)
 
 
 def test_the_valid_files_convert_to_every_box(capsys) -> None:
@@ -154,3 +156,11 @@ def test_fuzz_cvat(text: str, capsys) -> None:
 @given(text=mutated(VALID["coco"]))
 def test_fuzz_coco(text: str, capsys) -> None:
     _check("coco", text, capsys)
+
+
+def test_a_file_declaring_another_valid_size_converts_in_that_size(capsys) -> None:
+    """Hypothesis found it: a LabelMe file (or CVAT image) declaring 41 x 30 is a valid file of another size, not a
+    bad one; its boxes are written in the size it declares."""
+    assert '"imageWidth": 40' in VALID["labelme"] and 'width="40"' in VALID["cvat"]
+    _check("labelme", VALID["labelme"].replace('"imageWidth": 40', '"imageWidth": 41'), capsys)
+    _check("cvat", VALID["cvat"].replace('width="40"', 'width="41"'), capsys)
