@@ -17,7 +17,7 @@ from PIL import Image
 
 from minedet.cli import main
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 W, H = 40, 30
 HOSTILE = ["0", "-1", "-0.5", "1e300", "-1e300", "nan", "NaN", "inf", "", "abc", "3.5", "0.5", "41", "100", "1", "2",
            "null", "true", '"x"', "[]", "{}", "0x10", "1e-9"]

@@ -533,7 +533,8 @@ def _one_line_or_same(rc: int, err: str, got: dict | None, baseline: dict) -> No
         assert rc == 0 and got == baseline, err
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_mutated_label_studio_export_is_refused_or_merges_the_same(original, tmp_path: Path, capsys, data) -> None:
     src, mined = original
@@ -555,7 +556,8 @@ def test_mutated_label_studio_export_is_refused_or_merges_the_same(original, tmp
     _one_line_or_same(*_merge(src, p, "labelstudio", out, capsys), baseline)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_mutated_cvat_export_is_refused_or_merges_the_same(original, tmp_path: Path, capsys, data) -> None:
     src, mined = original
