@@ -160,12 +160,14 @@ def record_key(rec: dict) -> tuple:
     return tuple(rec.get(k) for k in KEY_FIELDS)
 
 
-def latest(records: list[dict]) -> list[dict]:
-    """The last record of each setting (records are appended in time order): what tables average."""
+def latest(records: list[dict], key=None) -> list[dict]:
+    """The last record of each setting (records are appended in time order): what tables average. ``key`` names a
+    setting (default :func:`record_key`)."""
+    key = key or record_key
     last: dict[tuple, dict] = {}
     for r in records:
-        last.pop(record_key(r), None)
-        last[record_key(r)] = r
+        last.pop(key(r), None)
+        last[key(r)] = r
     return list(last.values())
 
 

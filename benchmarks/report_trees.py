@@ -10,6 +10,7 @@ import math
 import statistics
 
 from bench_trees import BY_LABEL, COLUMNS, PROBES, PROTOCOLS, STEPS, THRESHOLDS
+from common import latest as common_latest
 from common import record_key
 
 ANCHOR = "real-images-tree-crowns-neon-chosen-on-dev-reported-on-test"
@@ -57,14 +58,9 @@ def budget(r: dict) -> str:
 
 
 def latest(records: list[dict]) -> list[dict]:
-    """The last record of each setting, a setting including its budget (``steps``): a 150-step probe does not replace
-    the 300-step run of the same column and seed."""
-    last: dict[tuple, dict] = {}
-    for r in records:
-        key = (*record_key(r), budget(r))
-        last.pop(key, None)
-        last[key] = r
-    return list(last.values())
+    """The last record of each setting, a setting including its budget: a 150-step probe does not replace the
+    300-step run of the same column and seed."""
+    return common_latest(records, key=lambda r: (*record_key(r), budget(r)))
 
 
 def cells(res: dict, protocol: str, split: str) -> dict[tuple[str, str], list[dict]]:
