@@ -305,7 +305,7 @@ def make_config(info: dict, col: Column, protocol: str, seed: int, steps: int = 
         train = str(root / "tiles" / "train" / "tiles.json")
     else:
         train, hidden = training_files(info, protocol, seed, col.flag_sparse)
-    over = [*BUDGET, f"train.max_steps={steps}", f"train.ckpt_every={steps}", f"train.seed={seed}", f"data.batch_size={8 * col.batch}", *col.overrides]
+    over = [*BUDGET, f"train.max_steps={steps}", f"train.ckpt_every={min(steps, 100)}", f"train.seed={seed}", f"data.batch_size={8 * col.batch}", *col.overrides]
     return own_data_config(col.method, train=train, val=str(root / "tiles" / "dev" / "tiles.json"), overrides=over,
                            quiet=True, train_images=str(root / "tiles" / "train"),
                            val_images=str(root / "tiles" / "dev"), hidden=hidden)
@@ -359,7 +359,8 @@ def run_one(info: dict, col: Column, protocol: str, seed: int, work: Path, other
             "meaning": col.meaning, "threads": cfg.train.threads, "other_benchmarks_at_start": others,
             "image_size": cfg.data.image_size, "anchor_scale": cfg.model.anchor_scale,
             "batch_size": cfg.data.batch_size, "cls_loss": cfg.model.extra.get("cls_loss", "focal")}
-    rec = common.train_record(cfg, label={**base, "split": "dev"}, out_dir=out_dir, resume=resume)
+    part = None if resume else common.interrupted_run(out_dir, cfg.train.max_steps)
+    rec = common.train_record(cfg, label={**base, "split": "dev"}, out_dir=out_dir, resume=resume, continue_from=part)
     recs = [rec]
     model = out_dir / "model.pt"
     if col.final and steps == STEPS:  # test: the page's columns at the protocol's budget only, never a probe

@@ -236,7 +236,20 @@ def finished_run(out_dir: Path, steps: int) -> Path | None:
     return None
 
 
-def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None) -> dict:
+def interrupted_run(out_dir: Path, steps: int) -> tuple[Path, int] | None:
+    """The last checkpoint of a run in ``out_dir`` that stopped before ``steps`` (the benchmark was killed, the
+    machine went away) and the step it holds, else None: such a run is continued, never started again."""
+    import torch
+
+    last = out_dir / "checkpoints" / "last.pt"
+    if not last.is_file() or finished_run(out_dir, steps) is not None:
+        return None
+    step = int(torch.load(last, map_location="cpu", weights_only=False).get("step", 0))
+    return (last, step) if 0 < step < steps else None
+
+
+def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None,
+                 continue_from: tuple[Path, int] | None = None) -> dict:
     """Run one training job and return a flat record (AP, per-class AP, steps, times, quality, torch threads).
     Unprefixed figures (``ap``, ``ap50``, ...) are the val split's; ``test_*`` the digits test split's (:func:`test_scores`).
 
@@ -248,7 +261,8 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None)
     cfg.train.progress = False
     first = json.loads((out_dir / "eval.json").read_text()) if resume else None
     t0 = time.perf_counter()
-    res = run_training(cfg, out_dir=out_dir, quiet=True, resume=str(resume) if resume else None)
+    start = resume or (continue_from[0] if continue_from else None)
+    res = run_training(cfg, out_dir=out_dir, quiet=True, resume=str(start) if start else None)
     wall = time.perf_counter() - t0
     import torch
 
@@ -256,6 +270,8 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None)
            "nonfinite_steps": res["nonfinite_steps"], "threads": cfg.train.threads or torch.get_num_threads()}
     if first is not None:
         rec.update(wall_s=round(first["wall_s"], 1), train_s=round(first["wall_s"], 1), rebuilt_from_checkpoint=True)
+    if continue_from is not None:
+        rec["resumed_from_step"] = continue_from[1]
     metrics = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in metrics if m["kind"] == "train"]
     def trimmed_mean(xs: list[float]) -> float:
