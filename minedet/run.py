@@ -333,7 +333,7 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     if info.main and not quiet:
         for line in method.budget_notes(passes(cfg, datasets)):
             print(f"minedet: note: {line}", file=sys.stderr)
-    method.bind(datasets, out if info.main else None)  # only rank 0 writes renders
+    method.bind(datasets, out)  # every rank: ACRST's bank snapshots for its loader workers; renders check the rank
     run_prestages(method, t, out, info)
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
     return Run(cfg, spec, method, datasets, val, info, out)

@@ -41,7 +41,7 @@ def _confident(det):
 def test_step_returns_both_branch_losses_and_backpropagates(name):
     det = tiny_detector(name).train()
     m = CoMining(det, _opts(tau=0.3))
-    losses = m.training_step(_batch(empty=(1,)))
+    losses = m(_batch(empty=(1,)))
     assert any(k.startswith("o/") for k in losses) and any(k.startswith("a/") for k in losses)
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -54,7 +54,7 @@ def test_branches_are_one_batched_forward():
     calls = []
     orig = det.forward_heads
     det.forward_heads = lambda images: calls.append(len(images)) or orig(images)
-    CoMining(det).training_step(_batch(n=3))
+    CoMining(det)(_batch(n=3))
     assert calls == [6]
 
 
@@ -67,10 +67,10 @@ def test_complementary_supervision_uses_the_other_branch():
     orig = det.loss
     det.loss = lambda out, targets: seen.append(targets) or orig(out, targets)
     batch = _batch(n=2)
-    m.training_step(batch)
+    m(batch)
     (t_o, t_a) = seen
     gts = [v.target for v in batch["labelled"].views["o"]]
-    mined = m.last_mined
+    mined = {b: m.last_step.labels(b).confident for b in ("o", "a")}
     for i in range(2):
         assert len(t_o[i]) == len(gts[i]) + len(mined["a"][i])
         assert len(t_a[i]) == len(gts[i]) + len(mined["o"][i])
@@ -84,11 +84,11 @@ def test_mined_boxes_never_duplicate_same_class_ground_truth():
     _confident(det)
     m = CoMining(det, _opts(tau=0.5))
     batch = _batch(n=2)
-    m.training_step(batch)
+    m(batch)
     from torchvision.ops import box_iou
 
     for name in ("o", "a"):
-        for gt, p in zip([v.target for v in batch["labelled"].views[name]], m.last_mined[name]):
+        for gt, p in zip([v.target for v in batch["labelled"].views[name]], m.last_step.labels(name).confident):
             if len(gt) and len(p):
                 iou = box_iou(p.boxes, gt.boxes) * (p.labels[:, None] == gt.labels[None, :])
                 assert float(iou.max()) <= 0.4
@@ -105,9 +105,9 @@ def test_gt_match_any_drops_other_class_boxes_on_labelled_objects():
         det = tiny_detector("retinanet").train()
         _confident(det)
         m = CoMining(det, _opts(tau=0.5, gt_match=mode))
-        m.training_step(batch)
+        m(batch)
         worst[mode] = max(float(box_iou(p.boxes, v.target.boxes).max()) for v, p in
-                          zip(batch["labelled"].views["o"], m.last_mined["o"]) if len(p) and len(v.target))
+                          zip(batch["labelled"].views["o"], m.last_step.labels("o").confident) if len(p) and len(v.target))
     assert worst["any"] <= 0.4 < worst["same"]  # the release keeps other-class boxes on labelled objects
     with pytest.raises(MinedetError, match="gt_match"):
         CoMining(tiny_detector("retinanet"), _opts(gt_match="class"))
@@ -117,8 +117,8 @@ def test_high_tau_mines_nothing_and_equals_joint():
     det = tiny_detector("retinanet").train()
     batch = _batch(n=2)
     torch.manual_seed(0)
-    cm = CoMining(det, _opts(tau=0.999)).training_step(batch)
-    joint = CoMining(det, _opts(cogeneration=False)).training_step(batch)
+    cm = CoMining(det, _opts(tau=0.999))(batch)
+    joint = CoMining(det, _opts(cogeneration=False))(batch)
     for k in joint:
         torch.testing.assert_close(cm[k], joint[k])
 
@@ -127,7 +127,7 @@ def test_single_branch_cogeneration_and_views():
     det = tiny_detector("retinanet").train()
     m = CoMining(det, _opts(siamese=False, tau=0.3))
     assert list(m.streams()["labelled"]) == ["o"]
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     assert all(k.startswith("o/") for k in losses)
     assert set(CoMining(det, _opts(view="blur")).streams()["labelled"]) == {"o", "a"}
 
@@ -142,8 +142,8 @@ def test_fcos_mines_on_the_class_probability_and_decodes_as_before():
         head.regression_head.bbox_ctrness.bias.fill_(-9.0)  # centerness ~ 1e-4 -> sqrt(p c) ~ 0.01
     m = CoMining(det, _opts(tau=0.5, max_dets=5))
     batch = _batch(n=2)
-    m.training_step(batch)
-    assert all(len(t) > 0 for t in m.last_mined["o"]), "class probability 0.998 > tau: mined"
+    m(batch)
+    assert all(len(t) > 0 for t in m.last_step.labels("o").confident), "class probability 0.998 > tau: mined"
     det.eval()
     images = [v.image for v in batch["labelled"].views["o"]]
     assert all(len(t) == 0 for t in det.predict(images)), "evaluation keeps sqrt(p * centerness) ~ 0.01 < 0.5"
@@ -212,18 +212,19 @@ def test_quality_totals_survive_a_resume():
     from minedet.pseudo.quality import QualityCounts
 
     m = CoMining(tiny_detector("retinanet"))
-    m.quality["o"] = QualityCounts(n_pseudo=5, n_hidden=7, tp=3, iou_sum=2.4, per_class_pseudo={1: 4, 3: 1})
+    m.quality.totals["o"] = QualityCounts(n_pseudo=5, n_hidden=7, tp=3, iou_sum=2.4, per_class_pseudo={1: 4, 3: 1})
     state = m.extra_state()
     fresh = CoMining(tiny_detector("retinanet"))
     fresh.load_extra_state(state)
-    assert fresh.quality["o"] == m.quality["o"] and fresh.quality["a"] == QualityCounts()
+    assert fresh.quality.counts("o") == m.quality.counts("o") and fresh.quality.counts("a") == QualityCounts()
 
 
 def test_per_class_counts_of_mined_boxes_are_logged():
     det = tiny_detector("retinanet")
     _confident(det)
     m = CoMining(det, _opts(tau=0.5))
-    m.training_step(_batch(n=2, empty=(1,)))
+    m(_batch(n=2, empty=(1,)))
+    m.after_step(1)
     metrics = m.log_metrics()
     for branch in ("o", "a"):
         per_class = {k: v for k, v in metrics.items() if k.startswith(f"pseudo/{branch}_class/")}
@@ -255,9 +256,9 @@ def test_uncertain_mined_boxes_are_ignored_not_background():
     batch = _batch(n=2)
     plain = CoMining(det, _opts(tau=0.95))
     ignoring = CoMining(det, _opts(tau=0.95, ignore_below=0.5))
-    lp, li = plain.training_step(batch), ignoring.training_step(batch)
-    assert all(len(t) == 0 for t in ignoring.last_mined["o"]), "nothing above tau is mined"
-    ignored = ignoring.last_labels["o"].ignored
+    lp, li = plain(batch), ignoring(batch)
+    assert all(len(t) == 0 for t in ignoring.last_step.labels("o").confident), "nothing above tau is mined"
+    ignored = ignoring.last_step.labels("o").ignored
     assert sum(len(t) for t in ignored) > 0
     assert all(t.flag("weight").eq(0).all() and not t.flag("regress").any() for t in ignored)
     assert float(li["o/classification"].detach()) != float(lp["o/classification"].detach())
@@ -274,20 +275,20 @@ def test_drift_guard_caps_a_model_that_scores_everything_high(capsys):
     m = CoMining(det, _opts(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100))
     m.bind({"labelled": _Labelled([2, 2, 3, 1])})  # 2 labelled boxes per image -> cap 2
     assert m.cap == 2
-    m.training_step(_batch(n=2))
-    m.training_step(_batch(n=2, seed=1))
-    assert all(len(t) <= 2 for t in m.last_mined["o"]) and any(len(t) == 2 for t in m.last_mined["o"])
+    m(_batch(n=2))
+    m(_batch(n=2, seed=1))
+    assert all(len(t) <= 2 for t in m.last_step.labels("o").confident) and any(len(t) == 2 for t in m.last_step.labels("o").confident)
     assert "feeding on itself" not in capsys.readouterr().err  # not on one image: at the end of a window
     m.after_step(DRIFT_WINDOW - 1)
     assert "feeding on itself" not in capsys.readouterr().err
     m.after_step(DRIFT_WINDOW)
-    m.training_step(_batch(n=2, seed=2))
+    m(_batch(n=2, seed=2))
     m.after_step(2 * DRIFT_WINDOW)
     err = capsys.readouterr().err
     assert err.count("hit its cap") == 1 and "on 8 of 8 images" in err  # 2 steps x 2 images x 2 branches
     uncapped = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100))
-    uncapped.training_step(_batch(n=2))
-    assert max(len(t) for t in uncapped.last_mined["o"]) > 4
+    uncapped(_batch(n=2))
+    assert max(len(t) for t in uncapped.last_step.labels("o").confident) > 4
 
 
 def test_renders_leave_the_drift_guard_alone(tmp_path, capsys):
@@ -308,12 +309,13 @@ def test_renders_leave_the_drift_guard_alone(tmp_path, capsys):
         m = CoMining(det, _opts(tau=0.5, cap_ratio=1.0, iou_gt=0.99, max_dets=100, render_images=2))
         m.bind({"labelled": Rendered([1, 1])}, out_dir=tmp_path)  # cap 1: the model mines more on every image
         if renders:
-            assert m.render(1).exists() and m.render(2).exists()
+            assert m.renders.render(1).exists() and m.renders.render(2).exists()
             m.after_step(DRIFT_WINDOW)
             assert "pseudo/capped" not in m.log_metrics() and "hit its cap" not in capsys.readouterr().err
-        m.training_step(_batch(n=2))
+        m(_batch(n=2))
         if renders:
-            m.render(3)
+            m.renders.render(3)
+        m.after_step(1)
         return m.log_metrics()["pseudo/capped"]
 
     assert run(renders=True) == run(renders=False) > 0
@@ -348,7 +350,8 @@ def test_precision_proxy_warns_when_few_confident_detections_lie_on_labels(capsy
         det.stub_gts = gts
         _detects_labels_plus(det, extra)
         m = CoMining(det, _opts(tau=0.5))
-        m.training_step(batch)
+        m(batch)
+        m.after_step(1)
         share = m.log_metrics()["pseudo/on_labels"]
         assert share == pytest.approx(n_gt / (n_gt + 2 * extra))  # both branches: each image's labels + extra
         assert (share < PROXY_FLOOR) == warns
@@ -359,12 +362,12 @@ def test_precision_proxy_warns_when_few_confident_detections_lie_on_labels(capsy
         assert ("lie on labelled boxes" in err) == warns
         if warns:
             assert f"only {2 * n_gt} of the {2 * (n_gt + 2 * extra)} confident" in err
-            m.training_step(batch)
+            m(batch)
             m.after_step(2 * DRIFT_WINDOW)
             assert "lie on labelled boxes" not in capsys.readouterr().err, "once per run"
     # during the warm-up nothing is mined and the proxy is not measured (an untrained detector's scores)
     m = CoMining(det, _opts(tau=0.5, mine_after=DRIFT_WINDOW + 1))
-    m.training_step(batch)
+    m(batch)
     m.after_step(DRIFT_WINDOW)
     assert "pseudo/on_labels" not in m.log_metrics() and "lie on labelled boxes" not in capsys.readouterr().err
 
@@ -410,7 +413,9 @@ def test_the_part_rule_is_the_detectors(monkeypatch, name, part, dropped):
     half_on = Target(torch.tensor([[20.0, 10, 40, 30], [40, 40, 60, 60]]), torch.tensor([0, 1]), torch.tensor([0.9, 0.9]))
     monkeypatch.setattr(det, "decode", lambda out, **kw: [half_on])
     m = CoMining(det, _opts(tau=0.5, part=part, mine_after=0, cap_ratio=None))
-    mined = m.co_generate({"o": None}, {"o": [View(torch.zeros(3, 64, 64), gt, BoxMap(size=(64, 64)))]})["o"].confident[0]
+    view = View(torch.zeros(3, 64, 64), gt, BoxMap(size=(64, 64)))
+    m({"labelled": StreamBatch([0], [(0, 0)], {"o": [view], "a": [view]})})
+    mined = m.last_step.labels("o").confident[0]
     assert [40.0, 40, 60, 60] in mined.boxes.tolist()
     assert ([20.0, 10, 40, 30] not in mined.boxes.tolist()) is dropped
 
@@ -419,11 +424,11 @@ def test_no_mining_during_the_warm_up():
     det = tiny_detector("retinanet").train()
     _confident(det)
     m = CoMining(det, _opts(tau=0.5, mine_after=3))
-    m.training_step(_batch())
-    assert all(len(t) == 0 for t in m.last_mined["o"])
+    m(_batch())
+    assert all(len(t) == 0 for t in m.last_step.labels("o").confident)
     m.after_step(3)
-    m.training_step(_batch())
-    assert any(len(t) > 0 for t in m.last_mined["o"])
+    m(_batch())
+    assert any(len(t) > 0 for t in m.last_step.labels("o").confident)
 
 
 def test_boxes_a_reviewer_rejected_stay_background():
@@ -437,15 +442,15 @@ def test_boxes_a_reviewer_rejected_stay_background():
         det = tiny_detector("retinanet").train()
         _confident(det)
         m = CoMining(det, _opts(tau=0.5, iou_gt=0.99, ignore_below=0.1, rejected_iou=iou))
-        m.training_step(_batch())
-        first = m.last_labels["o"].targets()[0]
+        m(_batch())
+        first = m.last_step.labels("o").targets()[0]
         assert len(first), "the confident untrained head finds boxes to mine"
         rejected = Target(first.boxes[:1].clone(), first.labels[:1].clone(), image_id=0)
         ds = SimpleNamespace(data=SimpleNamespace(rejected_by_image={0: [object()]}, class_names=[]),
                              rejected_target=lambda i, r=rejected: r if i == 0 else Target.empty(i), hidden=None)
         m.bind({"labelled": ds})
-        m.training_step(_batch())
-        got = m.last_labels["o"].targets()[0]
+        m(_batch())
+        got = m.last_step.labels("o").targets()[0]
         runs[iou] = int((box_iou(got.boxes, rejected.boxes) > 0.5).sum()) if len(got) else 0
     assert runs[None] > 0 and runs[0.5] == 0
 
@@ -457,9 +462,9 @@ def test_defaults_are_the_guards_and_paper_restores_the_release():
     det = tiny_detector("retinanet").train()
     _confident(det)
     paper, default = CoMining(det, p), CoMining(det, d)
-    paper.training_step(_batch())
-    default.training_step(_batch())
-    assert any(len(t) for t in paper.last_mined["o"]) and not any(len(t) for t in default.last_mined["o"]), \
+    paper(_batch())
+    default(_batch())
+    assert any(len(t) for t in paper.last_step.labels("o").confident) and not any(len(t) for t in default.last_step.labels("o").confident), \
         "the default mines nothing in its first 100 steps"
 
 
@@ -470,8 +475,8 @@ def test_the_ignored_band_is_the_detectors_and_off_on_brls_loss():
         det = tiny_detector("retinanet", **({"extra": extra} if extra else {})).train()
         _confident(det)  # every location scores 0.88: inside [0.3, 0.95]
         m = CoMining(det, _opts(**{"tau": 0.95, **o}))
-        m.training_step(_batch())
-        return sum(len(t) for t in m.last_labels["o"].ignored or [])
+        m(_batch())
+        return sum(len(t) for t in m.last_step.labels("o").ignored or [])
 
     brl = {"cls_loss": "brl"}
     assert ignored(ignore_below="auto") > 0
@@ -496,8 +501,8 @@ def test_mined_boxes_regress_by_the_detectors_default_unless_told(name, default)
             if name == "faster_rcnn":  # softmax over background (0) and the classes: class 1 wins everywhere
                 det.model.roi_heads.box_predictor.cls_score.bias[1].add_(10.0)
         m = CoMining(det, CoMiningOptions(tau=0.5, mine_after=0, cap_ratio=None, max_dets=5, **o))
-        m.training_step(_batch())
-        mined = [t for t in m.last_mined["o"] if len(t)]
+        m(_batch())
+        mined = [t for t in m.last_step.labels("o").confident if len(t)]
         assert mined, "a confident detector mines something"
         flags = {bool(f) for t in mined for f in t.flag("regress")}
         assert len(flags) == 1
@@ -589,12 +594,13 @@ def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatc
     monkeypatch.setattr(det, "decode", decode)
     m = CoMining(det, _opts(tau=0.6, mine_after=0, dispute=dispute))
     batch = _batch(n=1, empty=(0,))
-    m.training_step(batch)
+    m(batch)
     assert calls[0] == pytest.approx(0.6 * (dispute or 1.0)), "a contesting class below tau is decoded"
-    assert sorted(m.last_mined["o"][0].labels.tolist()) == taught
-    ignored = m.last_labels["o"].ignored
+    assert sorted(m.last_step.labels("o").confident[0].labels.tolist()) == taught
+    ignored = m.last_step.labels("o").ignored
     assert (ignored is not None and ignored[0].labels.tolist() == [0]) is (dispute is not None)
-    assert (m.metrics.get("pseudo/disputed_per_image", 0.0) > 0) is (dispute is not None)
+    m.after_step(1)
+    assert (m.log_metrics().get("pseudo/disputed_per_image", 0.0) > 0) is (dispute is not None)
     # a render draws what training is taught: the contested box is not among the mined boxes drawn
     views = batch["labelled"].views
 
@@ -611,7 +617,7 @@ def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatc
     real = minedet.viz.draw_boxes
     monkeypatch.setattr("minedet.viz.draw_boxes", lambda image, groups: drawn.append(groups[1].labels) or real(image, groups))
     m.bind({"labelled": Rendered([0])}, out_dir=tmp_path)
-    assert m.render(1).exists()
+    assert m.renders.render(1).exists()
     assert [sorted(labels) for labels in drawn] == [[str(k) for k in taught], ["2"]]  # branch o, then a
     with pytest.raises(MinedetError, match="method.dispute"):
         CoMining(det, CoMiningOptions(dispute=1.5))

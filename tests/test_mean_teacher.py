@@ -38,7 +38,7 @@ def _batch(n=2, seed=0, empty=(1,)):
 
 def _sgd_step(m: MeanTeacher, batch: dict, opt: torch.optim.Optimizer, step: int) -> dict:
     opt.zero_grad()
-    losses = m.training_step(batch)
+    losses = m(batch)
     sum(losses.values()).backward()
     opt.step()
     m.after_step(step)
@@ -83,7 +83,7 @@ def test_burn_in_is_supervised_only_then_the_teacher_is_copied_at_the_right_step
     assert list(m.eval_models()) == ["teacher", "student"]
     assert m.export_model() is m.teacher
 
-    losses = m.training_step(_batch(seed=2))
+    losses = m(_batch(seed=2))
     assert len(calls) == 1 and any(k.startswith("unsup/") for k in losses)
 
 
@@ -93,7 +93,7 @@ def test_supervised_loss_sees_both_labelled_views_in_one_forward():
     sizes = []
     orig = det.forward_heads
     det.forward_heads = lambda images: sizes.append(len(images)) or orig(images)
-    m.training_step(_batch(n=3))
+    m(_batch(n=3))
     assert sizes == [9], "labelled weak + strong + unlabelled strong in one batched forward"
     assert set(m.streams()["labelled"]) == {"weak", "strong"}
     m2 = MeanTeacher(tiny_detector("retinanet"), MeanTeacherOptions(sup_views="strong"))
@@ -113,13 +113,13 @@ def test_unsup_losses_are_classification_only_and_give_no_regression_gradient(na
     det = tiny_detector(name).train()
     m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, paper=True))
     m.train()
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     unsup = {k: v for k, v in losses.items() if k.startswith("unsup/")}
     # the regression terms the adapter names are zero: pseudo boxes carry regress=False
     assert {"unsup/" + k for k in det.regression_terms} < set(unsup)
     assert all(float(unsup["unsup/" + k].detach()) == 0.0 for k in det.regression_terms)
     assert {k for k in losses if k.startswith("sup/")}, "supervised terms are all kept"
-    pseudo = m.last_step.unsup_targets
+    pseudo = m.last_step.taught["unsup"]
     assert sum(len(t) for t in pseudo) > 0, "tau=0 must produce pseudo boxes"
     assert all(not t.flag("regress").any() and t.flag("pseudo").all() for t in pseudo)
     # the full detector loss on the pseudo targets has zero regression terms (regress=False)
@@ -136,7 +136,7 @@ def test_unsup_losses_are_classification_only_and_give_no_regression_gradient(na
 def test_unsup_regression_true_keeps_box_terms_and_their_gradient():
     det = tiny_detector("retinanet").train()
     m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, unsup_regression=True, paper=True))
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     assert "unsup/bbox_regression" in losses
     sum(v for k, v in losses.items() if k.startswith("unsup/")).backward()
     reg = [p for n, p in det.model.named_parameters() if n.startswith("head.regression_head")]
@@ -149,7 +149,7 @@ def test_unsup_loss_is_weighted_by_lambda():
     for lam in (1.0, 4.0):
         det = tiny_detector("retinanet", seed=0).train()
         m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=0.0, max_dets=10, lambda_unsup=lam, paper=True))
-        vals[lam] = m.training_step(batch)
+        vals[lam] = m(batch)
     assert torch.allclose(vals[4.0]["unsup/classification"], 4 * vals[1.0]["unsup/classification"], rtol=1e-5)
     assert torch.allclose(vals[4.0]["sup/classification"], vals[1.0]["sup/classification"])
 
@@ -158,9 +158,10 @@ def test_unsup_loss_is_weighted_by_lambda():
 def test_no_pseudo_labels_is_just_background(name):
     det = tiny_detector(name).train()
     m = MeanTeacher(det, MeanTeacherOptions(burn_in=0, tau=1.0))
-    losses = m.training_step(_batch(empty=(0, 1)))
-    assert all(len(t) == 0 for t in m.last_step.labels.confident)
-    assert m.metrics["pseudo/boxes_per_image"] == 0.0
+    losses = m(_batch(empty=(0, 1)))
+    assert all(len(t) == 0 for t in m.last_step.labels().confident)
+    m.after_step(1)
+    assert m.log_metrics()["pseudo/boxes_per_image"] == 0.0
     assert any(k.startswith("unsup/") for k in losses)
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -194,7 +195,7 @@ def test_state_dict_holds_the_teacher_and_resume_restores_it():
     for step in (1, 2):
         _sgd_step(m, _batch(seed=step), opt, step)
     sd = m.state_dict()
-    assert any(k.startswith("ema.module.") for k in sd) and any(k.startswith("detector.") for k in sd)
+    assert any(k.startswith("source.ema.module.") for k in sd) and any(k.startswith("detector.") for k in sd)
     fresh = MeanTeacher(tiny_detector("retinanet", seed=5), MeanTeacherOptions(burn_in=1, ema_decay=0.9))
     assert set(fresh.state_dict()) == set(sd), "same keys before and after burn-in"
     fresh.load_state_dict(sd)
@@ -225,8 +226,8 @@ def test_pseudo_boxes_land_where_the_pixels_went_under_flip_and_scale_crop():
     assert weak_box[0, 0] > 30, "the weak view is mirrored"
     _fake_teacher(m, [Target(weak_box, torch.tensor([2]), torch.tensor([0.9]))])
     lab = _batch(n=1)["labelled"]
-    m.training_step({"labelled": lab, "unlabelled": StreamBatch([7], [(0, 0)], {"weak": [weak], "strong": [strong]})})
-    (t,) = m.last_step.unsup_targets
+    m({"labelled": lab, "unlabelled": StreamBatch([7], [(0, 0)], {"weak": [weak], "strong": [strong]})})
+    (t,) = m.last_step.taught["unsup"]
     ys, xs = torch.where(strong_img[0] > 0.75)
     bright = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
     assert len(t) == 1 and int(t.labels[0]) == 2
@@ -254,12 +255,13 @@ def test_quality_against_hidden_truth_is_logged():
     m.bind({"unlabelled": SimpleNamespace(hidden=object(), hidden_target=lambda image_id: truth)})
     one = Target(truth.boxes[:1], truth.labels[:1], torch.tensor([0.9]))
     _fake_teacher(m, [one, Target(truth.boxes[1:], torch.tensor([2]), torch.tensor([0.8]))])
-    m.training_step(_batch())
+    m(_batch())
+    m.after_step(1)  # what reads a step runs after it
     met = m.log_metrics()
     assert met["pseudo/boxes_per_image"] == 1.0
     assert met["quality/precision"] == 0.5, "the second pseudo box has the wrong class"
     assert met["quality/recall"] == 0.25, "one of four hidden boxes is found"
-    assert m.quality.n_hidden == 4
+    assert m.quality.counts("teacher").n_hidden == 4
 
 
 def test_ignore_below_turns_uncertain_teacher_boxes_into_ignored_ones():
@@ -270,10 +272,10 @@ def test_ignore_below_turns_uncertain_teacher_boxes_into_ignored_ones():
     for ignore in (None, 0.3):
         m = MeanTeacher(tiny_detector("retinanet", seed=0).train(), MeanTeacherOptions(burn_in=0, tau=0.7, ignore_below=ignore))
         calls = _fake_teacher(m, [dets])
-        runs[ignore] = m.training_step(batch)
+        runs[ignore] = m(batch)
         assert calls[0]["score_thresh"] == (0.7 if ignore is None else 0.3)
-        assert [p.labels.tolist() for p in m.last_step.labels.confident] == [[0], [0]], "pseudo-labels proper: score > tau only"
-        t = m.last_step.unsup_targets[0]
+        assert [p.labels.tolist() for p in m.last_step.labels().confident] == [[0], [0]], "pseudo-labels proper: score > tau only"
+        t = m.last_step.taught["unsup"][0]
         if ignore is None:
             assert t.labels.tolist() == [0]
         else:
@@ -295,9 +297,10 @@ def test_a_teacher_box_another_class_contests_is_ignored_not_taught():
         options = MeanTeacherOptions(burn_in=0, tau=0.7, ignore_below=None, dispute=dispute)
         m = MeanTeacher(tiny_detector("retinanet", seed=0).train(), options)
         calls = _fake_teacher(m, [dets])
-        m.training_step(_batch())
+        m(_batch())
+        m.after_step(1)
         assert calls[0]["score_thresh"] == pytest.approx(0.7 if dispute is None else 0.35)
-        t = m.last_step.unsup_targets[0]
+        t = m.last_step.taught["unsup"][0]
         if dispute is None:
             assert sorted(t.labels.tolist()) == [0, 1] and "pseudo/disputed_per_image" not in m.log_metrics()
         else:
@@ -364,8 +367,8 @@ def test_stac_labels_the_unlabelled_set_once_and_trains_on_the_stored_labels(tin
     m.bind({"labelled": lab, "unlabelled": unl})
     assert sum(n for n, _ in calls) == len(data.images), "every unlabelled image is labelled once"
     assert calls[0][1]["score_thresh"] == 0.8
-    assert set(m.pseudo) == set(unl.ids) and any(len(t) for t in m.pseudo.values())
-    assert all(t.scores is None or bool((t.scores > 0.8).all()) for t in m.pseudo.values())
+    assert set(m.source.confident) == set(unl.ids) and any(len(t) for t in m.source.confident.values())
+    assert all(t.scores is None or bool((t.scores > 0.8).all()) for t in m.source.confident.values())
     assert "teacher" not in dict(m.named_children()) and not any("teacher" in k for k in m.state_dict())
     n_calls = len(calls)
 
@@ -373,12 +376,12 @@ def test_stac_labels_the_unlabelled_set_once_and_trains_on_the_stored_labels(tin
     seen = []
     orig_loss = det.loss
     det.loss = lambda out, targets: seen.append(targets) or orig_loss(out, targets)
-    losses = m.training_step(batch)
+    losses = m(batch)
     assert len(calls) == n_calls, "no teacher forward during training"
     assert {"sup/classification", "unsup/classification", "unsup/bbox_regression"} <= set(losses)
     assert torch.isfinite(sum(losses.values()))
     for t, image_id, v in zip(seen[1], batch["unlabelled"].image_ids, batch["unlabelled"].views["strong"]):
-        stored = m.pseudo[image_id]
+        stored = m.source.confident[image_id]
         assert torch.allclose(t.boxes, carry(stored, BoxMap(), v.map).boxes)
         assert t.flag("pseudo").all() and t.flag("regress").all()
 
@@ -489,7 +492,7 @@ def test_trainer_resume_after_burn_in_reproduces_the_teacher(tmp_path):
     run(tmp_path / "b", 2)
     b = run(tmp_path / "b", 3, resume=tmp_path / "b" / "checkpoints" / "last.pt")
     assert a["method_extra"] == b["method_extra"] == {"steps_done": 3}
-    teacher_keys = [k for k in a["method"] if k.startswith("ema.module.")]
+    teacher_keys = [k for k in a["method"] if k.startswith("source.ema.module.")]
     assert teacher_keys
     for k, v in a["method"].items():
         assert torch.equal(v, b["method"][k]), k
@@ -497,7 +500,7 @@ def test_trainer_resume_after_burn_in_reproduces_the_teacher(tmp_path):
 
 def test_adaptive_thresholds_come_from_the_teachers_scores_on_labelled_boxes():
     m = MeanTeacher(tiny_detector("retinanet").train(), MeanTeacherOptions(burn_in=0, adaptive=True, max_dets=10))
-    m.training_step(_batch())
+    m(_batch())
     logged = m.log_metrics()
     taus = [logged[f"pseudo/tau_{k}"] for k in range(3)]
     assert all(0.3 <= t <= 0.9 for t in taus), taus

@@ -72,9 +72,9 @@ DETS = Target(torch.tensor([[5.0, 4.0, 25.0, 31.0], [0.0, 0.0, 40.0, 46.0], [40.
 def test_sparse_images_keep_their_labels_and_gain_only_what_no_label_explains():
     m = _mixed()
     seen = _fake_teacher(m, DETS)
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     assert seen == [2], "the teacher labels the sparse and the unlabelled image, never the complete one"
-    sparse_t, unl_t = m.last_step.unsup_targets
+    (sparse_t,), (unl_t,) = m.last_step.taught["sparse"], m.last_step.taught["unsup"]
     assert torch.equal(sparse_t.boxes[:1], LABELLED.boxes) and sparse_t.labels[0] == 1
     assert not sparse_t.flag("pseudo")[0] and sparse_t.flag("weight")[0] == 1.0, "the labelled box stays a true target"
     # the copy (IoU > 0.4, another class) and the enclosing box are dropped; the new object is a
@@ -82,7 +82,7 @@ def test_sparse_images_keep_their_labels_and_gain_only_what_no_label_explains():
     assert sparse_t.boxes[1:].tolist() == DETS.boxes[2:4].tolist()
     assert sparse_t.flag("pseudo")[1:].tolist() == [True, True] and sparse_t.flag("weight")[1:].tolist() == [1.0, 0.0]
     # on the unlabelled image nothing is labelled, so every confident box is a pseudo-label
-    assert len(m.last_step.labels.confident[1]) == 3 and len(unl_t) == 4
+    assert len(m.last_step.labels().confident[1]) == 3 and len(unl_t) == 4
     assert {k.split("/")[0] for k in losses} == {"sup", "sparse", "unsup"}
 
 
@@ -93,8 +93,8 @@ def test_a_box_a_reviewer_rejected_is_never_a_pseudo_label():
                          rejected_target=lambda i: rejected if i == 2 else Target.empty(i))
     m.bind({"sparse": ds})
     _fake_teacher(m, DETS)
-    m.training_step(_batch(("sparse", "unlabelled")))
-    sparse_t, unl_t = m.last_step.unsup_targets
+    m(_batch(("sparse", "unlabelled")))
+    (sparse_t,), (unl_t,) = m.last_step.taught["sparse"], m.last_step.taught["unsup"]
     assert DETS.boxes[2].tolist() not in sparse_t.boxes.tolist(), "rejected on the sparse image: background"
     assert DETS.boxes[2].tolist() in unl_t.boxes.tolist(), "the unlabelled image has no rejected box"
 
@@ -103,17 +103,17 @@ def test_a_box_a_reviewer_rejected_is_never_a_pseudo_label():
 def test_the_other_detectors_train_on_all_three_streams(name):
     m = Mixed(tiny_detector(name, seed=0).train(), MixedOptions(burn_in=0, tau=0.7))
     _fake_teacher(m, DETS)
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     assert {k.split("/")[0] for k in losses} == {"sup", "sparse", "unsup"}
     sum(losses.values()).backward()
-    assert len(m.last_step.unsup_targets[0]) == 3, "labelled box + pseudo-label + ignored box"
+    assert len(m.last_step.taught["sparse"][0]) == 3, "labelled box + pseudo-label + ignored box"
 
 
 def test_options_turn_the_overlap_rules_and_the_band_off():
     m = _mixed(contain=None, ignore_below=None)
     _fake_teacher(m, DETS)
-    m.training_step(_batch(("sparse",)))
-    sparse_t, = m.last_step.unsup_targets
+    m(_batch(("sparse",)))
+    sparse_t, = m.last_step.taught["sparse"]
     assert sparse_t.boxes[1:].tolist() == DETS.boxes[1:3].tolist(), "without contain the enclosing box is mined"
     with pytest.raises(MinedetError, match="iou_gt"):
         build_method({"name": "mixed", "iou_gt": 2.0}, tiny_detector("retinanet"))
@@ -124,19 +124,19 @@ def test_options_turn_the_overlap_rules_and_the_band_off():
 def test_burn_in_trains_on_labelled_and_sparse_boxes_and_streams_are_optional():
     m = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=True))
     seen = _fake_teacher(m, DETS)
-    losses = m.training_step(_batch())
+    losses = m(_batch())
     assert seen == [] and {k.split("/")[0] for k in losses} == {"sup", "sparse"}
     only_sparse = _mixed()
     _fake_teacher(only_sparse, DETS)
-    assert {k.split("/")[0] for k in only_sparse.training_step(_batch(("sparse",)))} == {"sparse"}
+    assert {k.split("/")[0] for k in only_sparse(_batch(("sparse",)))} == {"sparse"}
     with pytest.raises(MinedetError, match="needs labelled images"):
         _mixed().bind({"unlabelled": object()})
     complete_only = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=False))
     _fake_teacher(complete_only, DETS)
-    assert {k.split("/")[0] for k in complete_only.training_step(_batch())} == {"sup"}, "sparse images wait for the teacher"
+    assert {k.split("/")[0] for k in complete_only(_batch())} == {"sup"}, "sparse images wait for the teacher"
     sparse_only = Mixed(tiny_detector("retinanet", seed=0).train(), MixedOptions(burn_in=5, sparse_burn_in=False))
     _fake_teacher(sparse_only, DETS)
-    assert {k.split("/")[0] for k in sparse_only.training_step(_batch(("sparse",)))} == {"sparse"}, \
+    assert {k.split("/")[0] for k in sparse_only(_batch(("sparse",)))} == {"sparse"}, \
         "without complete images burn-in has only the sparse ones"
 
 
@@ -144,7 +144,7 @@ def test_lambda_sparse_weights_the_sparse_loss():
     a, b = _mixed(), _mixed(lambda_sparse=0.5)
     for m in (a, b):
         _fake_teacher(m, DETS)
-    la, lb = a.training_step(_batch()), b.training_step(_batch())
+    la, lb = a(_batch()), b(_batch())
     assert torch.allclose(lb["sparse/classification"], 0.5 * la["sparse/classification"])
     assert torch.allclose(lb["unsup/classification"], la["unsup/classification"])
 
@@ -154,7 +154,8 @@ def test_quality_is_measured_per_stream_against_its_hidden_truth():
     hidden = {"sparse": Target(DETS.boxes[2:3], torch.tensor([1])), "unlabelled": Target(DETS.boxes[:1], torch.tensor([2]))}
     m.bind({s: SimpleNamespace(hidden=object(), hidden_target=lambda i, t=t: t) for s, t in hidden.items()})
     _fake_teacher(m, DETS)
-    m.training_step(_batch(("sparse", "unlabelled")))
+    m(_batch(("sparse", "unlabelled")))
+    m.after_step(1)
     met = m.log_metrics()
     # sparse: 1 pseudo-label, right; unlabelled: 3 pseudo-labels, 1 right
     assert met["quality/precision"] == 0.5 and met["quality/recall"] == 1.0

@@ -1,9 +1,9 @@
 """Adding a self-training method is one file and one registry line.
 
-``FrozenTeacher`` below is the whole of a new method: the initial student, frozen, labels the
-unlabelled weak views at a fixed threshold. The template supplies the pseudo-label rule (with the
-ignored band), the box transport into the strong views, the losses, the measurement against
-hidden truth and the run's wiring; the registry line is the ``monkeypatch.setitem`` below.
+``FrozenTeacher`` below is the whole of a new method: a source (the initial student, frozen, labels the unlabelled
+weak views) and the groups. The template supplies the known filter, the pseudo-label rule (with the ignored band),
+the box transport into the strong views, the losses, the measurement against hidden truth and the run's wiring;
+the registry line is the ``monkeypatch.setitem`` below.
 """
 
 from __future__ import annotations
@@ -15,33 +15,45 @@ import pytest
 import torch
 
 from minedet.data.datasets import StreamBatch
-
-from minedet.data.transforms import BoxMap
-from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
-from minedet.pseudo.semantics import PseudoLabels, PseudoRule
+from minedet.data.transforms import BoxMap, Compose
+from minedet.methods.self_training import (Group, Mined, SelfTraining, SelfTrainingOptions, StepInput, TeacherSource,
+                                           split_labels)
+from minedet.pseudo.semantics import PseudoRule
 from minedet.structures import Target
 
 
+class Frozen(TeacherSource):
+    """The initial weights, frozen, label the unlabelled weak views."""
+
+    def __init__(self, detector) -> None:
+        super().__init__()
+        self.frozen = (copy.deepcopy(detector).eval(),)  # a tuple: not part of the method's state
+
+    @torch.no_grad()
+    def mine(self, inp: StepInput) -> list[Mined]:
+        weak = inp.batch["unlabelled"].views["weak"]
+        raw = self.frozen[0].predict([v.image for v in weak], score_thresh=inp.floor)
+        ids = [v.target.image_id for v in weak]
+        known = [v.target for v in weak]
+        _, labels = split_labels(inp, raw, known, inp.rejected("unlabelled", weak), ids)
+        return [Mined("teacher", "unlabelled", tuple(ids), [v.map for v in weak], known, raw, labels)]
+
+
 class FrozenTeacher(SelfTraining):
-    """Self-training with a teacher that never changes (the initial weights, frozen)."""
+    """Self-training with a teacher that never changes."""
 
     name = "frozen_teacher"
 
     def __init__(self, detector, options: SelfTrainingOptions | None = None) -> None:
-        super().__init__(detector, options or SelfTrainingOptions())
-        self.frozen = (copy.deepcopy(detector).eval(),)  # a tuple: not part of the method's state
+        super().__init__(detector, options or SelfTrainingOptions(), Frozen(detector))
 
-    def teacher_ready(self) -> bool:
-        return True
+    def streams(self) -> dict:
+        return {"labelled": {"strong": self.strong_view()},
+                "unlabelled": {"weak": Compose([]), "strong": self.strong_view()}}
 
-    def teacher_views(self) -> tuple[str, ...]:
-        return ("weak",)
-
-    @torch.no_grad()
-    def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
-        weak = batch["unlabelled"].views["weak"]
-        dets = self.frozen[0].predict(self.images(weak), score_thresh=self.rule.floor)
-        return self.rule(dets, [v.target.image_id for v in weak]), [v.map for v in weak]
+    def groups(self, batch: dict) -> tuple[Group, ...]:
+        return (Group("labelled", ("strong",), "sup"),
+                Group("unlabelled", ("strong",), "unsup", self.options.lambda_unsup, source="teacher"))
 
 
 def test_a_new_method_is_one_class_and_one_registry_line(tiny_digits, semi_split, tmp_path, monkeypatch):
@@ -132,7 +144,7 @@ def test_adaptive_co_mining_logs_its_class_thresholds_and_resumes_them():
     views = [View(torch.rand(3, size, size), t, BoxMap(size=(size, size))) for t in targets]
     batch = {"labelled": StreamBatch([0, 1], [(0, 0)] * 2, {"o": views, "a": views})}
     m = CoMining(det, CoMiningOptions(adaptive=True))
-    m.training_step(batch)
+    m(batch)
     logged = m.log_metrics()
     assert {f"pseudo/tau_{k}" for k in range(3)} <= set(logged)
     state = m.extra_state()

@@ -429,3 +429,42 @@ class SnapshotReader:
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "_key": None, "_snap": None}
+
+
+class BankChannel:
+    """How the training step hands the data pipeline its CropBank snapshots, without temporary files.
+
+    Before :meth:`open` (library use, tests) and while the loader runs in the training process, a published snapshot
+    is held in memory. :meth:`open` names a file in the run's folder: each snapshot is then written there atomically
+    (:func:`publish`) and DataLoader workers, which are other processes, read it back (:class:`SnapshotReader`)."""
+
+    def __init__(self) -> None:
+        self.reader: SnapshotReader | None = None
+        self._snap: BankSnapshot | None = None
+
+    def open(self, path: str | Path) -> None:
+        """From now on snapshots go to ``path`` (and the one held in memory is written there first)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.reader = SnapshotReader(path)
+        if self._snap is not None:
+            publish(self._snap, path)
+            self._snap = None
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.reader is None else self.reader.path
+
+    def publish(self, snapshot: BankSnapshot) -> None:
+        if self.reader is None:
+            self._snap = snapshot
+        else:
+            publish(snapshot, self.reader.path)
+
+    def current(self) -> BankSnapshot | None:
+        return self._snap if self.reader is None else self.reader.current()
+
+    def __getstate__(self) -> dict:
+        if self.reader is None and self._snap is not None:
+            raise RuntimeError("a CropBank held in memory cannot reach DataLoader worker processes: "
+                               "open the channel on a file in the run's folder first (BankChannel.open)")
+        return {"reader": self.reader, "_snap": None}

@@ -76,3 +76,10 @@ def write_json_main(info: DistInfo, path: Path, obj: dict) -> None:
     if info.main:
         with atomic_open(path, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a DDP run, or the one process of a plain run (where a run writes what only one process may)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

@@ -31,43 +31,41 @@ with its own switch so the paper's ablations (Tables 4-7, 10) run from one confi
 ``stac_acrst`` (Table 7) adds the same parts to STAC: the teacher labels the unlabelled images
 once (score > ``pr_thresh`` for Pseudo Recall, then the two stages), those labels fill the pseudo
 bank, and crops are pasted into STAC's strong views. Both are configurations of the self-training
-template (:mod:`minedet.methods.self_training`) holding one :class:`Rebalancer`, the component that
-implements every part; the Paste step is declared in the template's strong views.
+template (:mod:`minedet.methods.self_training`) holding one :class:`AcrstPart`, which implements every part
+through the template's :class:`~minedet.methods.self_training.Part` protocol: the paste step of the strong views, the
+veto as a rule stage, the occlusion and selective-supervision targets, the bank and AFFR after each step, its state.
 
 Choices the paper leaves open (documented, tested): pastes start at step 0 from the labelled bank
 (uniform classes until the teacher has produced a Pseudo Recall); classes with no detection get a
 finite AFFR probability (``class_probabilities``); under DDP each rank keeps the pseudo bank of the
 images it sees and PR is summed over ranks. The SSMLL classifier is a pre-stage of the run
-(:meth:`Rebalancer.prestages`): the one training loop trains it before the detector, with the run's
+(:meth:`AcrstPart.prestages`): the one training loop trains it before the detector, with the run's
 DDP, AMP, checkpoints and resume, unless ``multilabel_checkpoint`` names a trained one.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from minedet.data.cropbank import CropBank, SnapshotReader, class_probabilities, publish, pseudo_recall, union
+from minedet.data.cropbank import BankChannel, CropBank, class_probabilities, pseudo_recall, union
 from minedet.data.paste import Paste, remove_occluded
-from minedet.data.transforms import BoxMap, Compose
+from minedet.data.transforms import Compose
 from minedet.engine.dist import labelling_info
 from minedet.errors import MinedetError
 from minedet.io import write_text_atomic
 from minedet.methods.base import PreStage
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
+from minedet.methods.self_training import Group, Mined, Part, StepRecord
 from minedet.methods.stac import Stac, StacOptions
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import PseudoLabels, PseudoRule
 from minedet.structures import Target
 
 BANKS = ("labelled", "pseudo", "both")
@@ -147,20 +145,24 @@ class StacAcrstOptions(AcrstParts, StacOptions):
     """STAC's options (:class:`StacOptions`) plus ACRST's (:class:`AcrstParts`); Table 7."""
 
 
-class Rebalancer:
-    """CropBank + AFFR + the two-stage filter + selective-supervision targets: the ACRST parts a
-    self-training method holds (not a module: its state travels in ``extra_state``).
+class AcrstPart(Part):
+    """CropBank + FBR + AFFR + the two-stage filter + selective supervision: ACRST's parts on the self-training
+    template (not a module: its state travels in ``extra_state``).
 
     Args:
-        parts: the switches. num_classes: K. classifier: an SSMLL classifier to use for stage two
-        instead of training or loading one.
+        options: the switches and the template's options (``tau``, ``nms``, ``unsup_regression``).
+        num_classes: K. classifier: an SSMLL classifier to use for stage two instead of training or loading one.
+        refresh_after: with an online teacher, the burn-in after which the bank and AFFR are refreshed every
+            ``refresh_every`` steps; None (STAC): once, after the one labelling pass.
     """
 
-    def __init__(self, parts: AcrstParts, num_classes: int, classifier=None) -> None:
-        parts.check()
-        self.o = parts
+    def __init__(self, options: AcrstParts, num_classes: int, classifier=None, *, refresh_after: int | None) -> None:
+        options.check()
+        self.o = o = options
         self.k = num_classes
         self.classifier = classifier
+        self.refresh_after = refresh_after
+        self.floor = o.pr_thresh
         self.labelled_bank = CropBank(num_classes)
         self.pseudo_bank = CropBank(num_classes)
         self.pr_window = torch.zeros(num_classes, dtype=torch.float64)  # Eq. 8, summed since the last refresh
@@ -170,14 +172,15 @@ class Rebalancer:
         self.image_probs: dict[int, Tensor] = {}
         self.index_of: dict[int, int] = {}
         self.multilabel_quality: dict | None = None
-        self._bank_dir: Path | None = None
         self.data: tuple = (None, None)  # (labelled, unlabelled) datasets, from bind
         self.out_dir: Path | None = None
-        self.run_metrics: dict = {}
+        self.metrics: dict[str, float] = {}
         self.bound = False
         self.variants = {"single": QualityCounts(), "two_stage": QualityCounts(), "mining": QualityCounts()}
-        o = parts
-        self.paste = Paste(SnapshotReader(self.bank_path), [[], []], n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
+        # Eq. 10: with selective supervision only pasted crops regress on unlabelled images
+        self.pasted_regress = o.selective_supervision or o.unsup_regression
+        self.channel = BankChannel()
+        self.paste = Paste(self.channel, [[], []], n_range=(o.n_min, o.n_max), scale=tuple(o.crop_scale),
                            flip=o.crop_flip, color=o.crop_color, occlusion=o.occlusion,
                            occlusion_ignore=o.occlusion_ignore) if o.fbr else None
 
@@ -185,22 +188,18 @@ class Rebalancer:
     def beta(self) -> float:
         return self.o.beta if self.o.affr else 0.0
 
-    @property
-    def bank_path(self) -> Path:
-        if self._bank_dir is None:
-            self._bank_dir = Path(tempfile.mkdtemp(prefix="minedet-cropbank-"))
-            atexit.register(shutil.rmtree, self._bank_dir, True)
-        return self._bank_dir / "snapshot.pt"
-
     # ------------------------------------------------------------------ wiring
-    def with_paste(self, view: Compose) -> Compose:
-        """``view`` led by the FBR Paste step (unchanged with ``fbr`` off)."""
-        return view if self.paste is None else Compose([self.paste, *view.transforms])
+    def student_view(self, stream: str, view: Compose) -> Compose:
+        """The strong view led by the FBR paste step: on unlabelled images, and labelled ones with ``paste_on=both``."""
+        pasted = stream == "unlabelled" or (stream == "labelled" and self.o.paste_on == "both")
+        return Compose([self.paste, *view.transforms]) if self.paste is not None and pasted else view
 
-    def bind(self, lab, unl, out_dir: Path | None, metrics: dict) -> None:
-        """Labelled bank from ``lab``'s ground truth; the Paste step's source images; the first
-        snapshot; a given or named (``multilabel_checkpoint``) classifier's probabilities on ``unl``."""
+    def bind(self, datasets: dict, out_dir: Path | None) -> None:
+        """Labelled bank from the labelled ground truth; the paste step's source images; the first snapshot (in the
+        run's folder, ``cropbank.pt``, where DataLoader workers read it); a given or named (``multilabel_checkpoint``)
+        classifier's probabilities on the unlabelled images."""
         o = self.o
+        lab, unl = datasets.get("labelled"), datasets.get("unlabelled")
         if lab is None or unl is None:
             raise MinedetError("ACRST needs labelled and unlabelled data (data.train and data.unlabelled)")
         if lab.data.num_classes != self.k:
@@ -208,11 +207,13 @@ class Rebalancer:
                                file=str(lab.data.path))
         self.index_of = {image_id: i for i, image_id in enumerate(unl.ids)}
         self.labelled_bank = CropBank.from_targets(self.k, 0, ((i, lab.target(image_id)) for i, image_id in enumerate(lab.ids)))
+        self.data, self.out_dir = (lab, unl), out_dir
         if self.paste is not None:
+            if out_dir is not None:
+                self.channel.open(Path(out_dir) / _bank_file())
             self.paste.set_sources([[lab.image_root / im["file_name"] for im in lab.data.images],
                                     [unl.image_root / im["file_name"] for im in unl.data.images]])
-            self.publish(metrics)
-        self.data, self.out_dir, self.run_metrics = (lab, unl), out_dir, metrics
+            self.publish()
         if o.two_stage and self.classifier is None and o.multilabel_checkpoint:
             from minedet.models.multilabel import load_multilabel
 
@@ -265,7 +266,7 @@ class Rebalancer:
             self.multilabel_quality = negative_label_quality(self.image_probs, truth, o.tau_ml)
             for name, v in self.multilabel_quality.items():
                 if isinstance(v, (int, float)) and v == v:
-                    self.run_metrics[f"multilabel/{name}"] = float(v)
+                    self.metrics[f"multilabel/{name}"] = float(v)
             if self.out_dir is not None:
                 write_text_atomic(self.out_dir / "multilabel_quality.json", json.dumps(self.multilabel_quality, indent=2))
 
@@ -274,11 +275,11 @@ class Rebalancer:
         return {"labelled": [self.labelled_bank], "pseudo": [self.pseudo_bank],
                 "both": [self.labelled_bank, self.pseudo_bank]}[self.o.bank]
 
-    def add_detections(self, dets: list[Target]) -> None:
+    def add_detections(self, dets: Sequence[Target]) -> None:
         """Accumulate Pseudo Recall (Eq. 8) from the teacher's detections."""
-        self.pr_window += pseudo_recall(dets, self.k, self.o.pr_thresh).double().cpu()
+        self.pr_window += pseudo_recall(list(dets), self.k, self.o.pr_thresh).double().cpu()
 
-    def refresh(self, metrics: dict) -> None:
+    def refresh(self) -> None:
         """End of a window: PR summed over ranks (Eq. 8) -> mu (Eq. 9); publish the bank."""
         import torch.distributed as dist
 
@@ -290,14 +291,14 @@ class Rebalancer:
             self.class_probs = class_probabilities(pr, self.beta).float()
         self.pr_window.zero_()
         if self.o.fbr:
-            self.publish(metrics)
+            self.publish()
 
-    def publish(self, metrics: dict) -> None:
+    def publish(self) -> None:
         bank = union(*self.banks())
         self.version += 1
-        publish(bank.snapshot(self.class_probs, self.version), self.bank_path)
-        metrics.update({"bank/labelled": len(self.labelled_bank), "bank/pseudo": len(self.pseudo_bank),
-                        "bank/bytes": bank.nbytes()})
+        self.channel.publish(bank.snapshot(self.class_probs, self.version))
+        self.metrics.update({"bank/labelled": len(self.labelled_bank), "bank/pseudo": len(self.pseudo_bank),
+                             "bank/bytes": bank.nbytes()})
 
     def set_pseudo(self, image_id: int, target_file_frame: Target) -> None:
         """The latest pseudo-labels of an unlabelled image (boxes in file pixels) replace its records."""
@@ -313,60 +314,78 @@ class Rebalancer:
     def stage_two(self, t: Target, image_id: int) -> Target:
         return pf.multilabel_veto(t, self.probs(image_id), self.o.tau_ml) if self.o.two_stage else t
 
+    def stages(self) -> tuple:
+        return (self.stage_two,)
+
     # ------------------------------------------------------------------ targets
-    def with_pastes(self, carried: Target, strong_view, *, regress_pasted: bool) -> Target:
-        """``carried`` (pseudo-labels in the strong view's frame) minus the boxes hidden under a
-        paste, plus the pasted instances of the strong view (flagged pasted + pseudo)."""
-        t = strong_view.target
-        pasted = t.select(t.flag("pasted"))
-        if len(pasted):
-            carried = remove_occluded(carried, pasted.boxes.to(carried.boxes.device), self.o.occlusion, self.o.occlusion_ignore)
-        pasted = pasted.with_flags(pseudo=True, regress=regress_pasted)
-        dev = strong_view.image.device
-        return Target.cat([carried.to(dev), pasted.to(dev)])
+    def targets(self, group: Group, t: Target, view) -> Target:
+        """Labelled images: pasted *pseudo* crops regress only with selective supervision (or
+        ``unsup_regression``). Pseudo-labelled images: the carried pseudo-labels minus those hidden under a paste
+        (Eq. 7), regressing only without selective supervision (Eq. 10), then the pasted instances (pseudo)."""
+        pasted = t.flag("pasted")
+        if group.source is None:
+            if self.pasted_regress:
+                return t
+            return t.with_flags(regress=t.flag("regress") & ~(pasted & t.flag("pseudo")))
+        carried, crops = t.select(~pasted), t.select(pasted)
+        if self.o.selective_supervision:
+            carried = carried.with_flags(regress=torch.zeros(len(carried), dtype=torch.bool, device=carried.boxes.device))
+        if len(crops):
+            carried = remove_occluded(carried, crops.boxes.to(carried.boxes.device), self.o.occlusion, self.o.occlusion_ignore)
+        crops = crops.with_flags(pseudo=True, regress=self.pasted_regress)
+        dev = view.image.device
+        return Target.cat([carried.to(dev), crops.to(dev)])
 
-    @staticmethod
-    def sup_targets(views: list, regress_pasted_pseudo: bool) -> list[Target]:
-        """Labelled targets; pasted *pseudo* crops regress only when ``regress_pasted_pseudo``."""
-        if regress_pasted_pseudo:
-            return [v.target for v in views]
-        return [v.target.with_flags(regress=v.target.flag("regress") & ~(v.target.flag("pasted") & v.target.flag("pseudo")))
-                for v in views]
+    # ------------------------------------------------------------------ after each step
+    def after_step(self, step: int, records: Sequence[StepRecord], metrics: dict) -> None:
+        """Each fresh labelling: Pseudo Recall, the pseudo bank, Table 10's variants; then, at the end of a refresh
+        window (or after STAC's one labelling pass), AFFR's probabilities and a new snapshot."""
+        fresh = [m for rec in records for m in rec.mined if m.fresh]
+        for m in fresh:
+            self.add_detections(m.raw)
+            self.observe(m)
+        if self.refresh_after is None:
+            if fresh:
+                self.refresh()
+        elif step > self.refresh_after and (step - self.refresh_after) % self.o.refresh_every == 0:
+            self.refresh()
 
-    # ------------------------------------------------------------------ each labelling
-    def observe(self, image_ids, labels: PseudoLabels, maps: list[BoxMap], unl, metrics: dict, rule: PseudoRule) -> None:
-        """After the rule has split the teacher's detections: the pseudo bank keeps each image's latest
-        pseudo-labels (file pixels); with hidden truth, Table 10's single-stage / two-stage /
-        two-stage-mining pseudo-labels are scored side by side (cumulative, in ``metrics``)."""
-        for image_id, p, m in zip(image_ids, labels.confident, maps):
-            self.set_pseudo(int(image_id), p.with_boxes(m.inverse().apply(p.boxes)))
+    def observe(self, m: Mined) -> None:
+        """The pseudo bank keeps each image's latest pseudo-labels (file pixels); with hidden truth, Table 10's
+        single-stage / two-stage / two-stage-mining pseudo-labels are scored side by side (cumulative)."""
+        labels = m.labels
+        for image_id, p, mp in zip(m.image_ids, labels.confident, m.maps):
+            self.set_pseudo(int(image_id), p.with_boxes(mp.inverse().apply(p.boxes)))
+        unl = self.data[1]
         if unl is None or getattr(unl, "hidden", None) is None:
             return
-        for image_id, d, m in zip(image_ids, labels.detections, maps):
+        for image_id, d, mp in zip(m.image_ids, labels.detections, m.maps):
             hidden = unl.hidden_target(int(image_id))
-            hidden = hidden.with_boxes(m.apply(hidden.boxes))
+            hidden = hidden.with_boxes(mp.apply(hidden.boxes))
             probs = self.probs(int(image_id))
             d = d.to("cpu")
-            s1 = pf.by_score(d, rule.tau)
-            if rule.nms is not None:
-                s1 = pf.nms(s1, rule.nms)
+            s1 = pf.by_score(d, self.o.tau)
+            if self.o.nms is not None:
+                s1 = pf.nms(s1, self.o.nms)
             self.variants["single"].add(s1, hidden)
             self.variants["two_stage"].add(pf.multilabel_veto(s1, probs, self.o.tau_ml), hidden)
-            positive = (d.scores >= rule.tau) | (probs[d.labels] >= self.o.mining_pos) if len(d) else torch.zeros(0, dtype=torch.bool)
+            positive = (d.scores >= self.o.tau) | (probs[d.labels] >= self.o.mining_pos) if len(d) else torch.zeros(0, dtype=torch.bool)
             self.variants["mining"].add(d.select(positive), hidden)  # Table 10 "two-stage mining"
         for name, q in self.variants.items():
-            metrics.update(q.as_dict(prefix=f"quality_{name}/"))
+            self.metrics.update(q.as_dict(prefix=f"quality_{name}/"))
 
     def log_metrics(self) -> dict[str, float]:
-        """AFFR's current class probabilities (``affr/mu_k``)."""
-        return {f"affr/mu_{k}": v for k, v in enumerate(self.class_probs.tolist())}
+        """AFFR's current class probabilities (``affr/mu_k``) and what changed since the last log (bank sizes,
+        Table 10's counts, the classifier's quality)."""
+        m, self.metrics = self.metrics, {}
+        return {**m, **{f"affr/mu_{k}": v for k, v in enumerate(self.class_probs.tolist())}}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"pseudo_bank": self.pseudo_bank.state_dict(), "pr_window": self.pr_window, "pr_last": self.pr_last,
                 "class_probs": self.class_probs, "version": self.version}
 
-    def load_state_dict(self, state: dict[str, Any], metrics: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if "pseudo_bank" not in state:
             return
         self.pseudo_bank.load_state_dict(state["pseudo_bank"])
@@ -375,7 +394,15 @@ class Rebalancer:
         self.class_probs = state["class_probs"].clone()
         self.version = int(state["version"]) - 1
         if self.o.fbr and self.bound:
-            self.publish(metrics)
+            self.publish()
+
+
+def _bank_file() -> str:
+    """The snapshot's file in the run's folder: one per DDP rank (each rank banks the images it sees)."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return "cropbank.pt" if rank == 0 else f"cropbank.rank{rank}.pt"
 
 
 def _gather_probs(clf, unl, device) -> dict[int, Tensor]:
@@ -395,7 +422,7 @@ def _gather_probs(clf, unl, device) -> dict[int, Tensor]:
 
 class Acrst(MeanTeacher):
     """Mean Teacher + CropBank / FBR / AFFR + two-stage filtering + selective supervision: the
-    template with an EMA teacher and a :class:`Rebalancer`.
+    template with an EMA teacher and ACRST's parts (:class:`AcrstPart`).
 
     Args:
         detector: the student.
@@ -408,7 +435,8 @@ class Acrst(MeanTeacher):
 
     def __init__(self, detector: DetectorAdapter, options: AcrstOptions | None = None, *, classifier=None) -> None:
         o = options or AcrstOptions()
-        super().__init__(detector, o, rebalancer=Rebalancer(o, detector.num_classes, classifier))
+        self.acrst = AcrstPart(o, detector.num_classes, classifier, refresh_after=o.burn_in)
+        super().__init__(detector, o, parts=(self.acrst,))
         self.options: AcrstOptions = o
 
 
@@ -428,9 +456,14 @@ class StacAcrst(Stac):
     def __init__(self, detector: DetectorAdapter, options: StacAcrstOptions | None = None, *, teacher=None,
                  classifier=None) -> None:
         o = options or StacAcrstOptions()
-        super().__init__(detector, o, teacher=teacher, rebalancer=Rebalancer(o, detector.num_classes, classifier))
+        self.acrst = AcrstPart(o, detector.num_classes, classifier, refresh_after=None)
+        super().__init__(detector, o, teacher=teacher, parts=(self.acrst,))
         self.options: StacAcrstOptions = o
 
+    def labels_wait(self) -> bool:
+        """The one labelling pass waits for stage two's classifier when a pre-stage trains it."""
+        return self.acrst.needs_classifier
+
     def prestages(self) -> list[PreStage]:
-        """The classifier's pre-stage; the one labelling pass waits for it (stage two vetoes with it)."""
+        """The classifier's pre-stage; the one labelling pass follows it (stage two vetoes with it)."""
         return [replace(st, use=lambda clf, use=st.use: (use(clf), self.label_once())) for st in super().prestages()]

@@ -98,8 +98,8 @@ class Method(nn.Module):
         return {"labelled": {"o": Compose([])}}
 
     def bind(self, datasets: dict, out_dir: str | None = None) -> None:
-        """Called once before training with the stream datasets and the run's output folder
-        (for measurement against hidden truth and renders). Default: nothing."""
+        """Called once before training, on every process, with the stream datasets and the run's output folder
+        (for measurement against hidden truth, renders, ACRST's bank snapshots). Default: nothing."""
 
     def prestages(self) -> list[PreStage]:
         """What must be trained before this method's first step (after :meth:`bind`). Default: nothing."""
@@ -118,13 +118,14 @@ class Method(nn.Module):
 
     # ---------------------------------------------------------------- the step
     def training_step(self, batch: dict) -> dict[str, Tensor]:
+        """The step's losses (a configuration of the self-training template also returns its step record)."""
         raise NotImplementedError  # abstract
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         return self.training_step(batch)
 
     def after_step(self, step: int) -> None:
-        """Called after each optimiser step (EMA update, bank refresh, ...)."""
+        """Called after each optimiser step (the self-training template runs its source, parts and hooks)."""
 
     def log_metrics(self) -> dict[str, float]:
         """Scalars to log for the last step (pseudo-label counts, quality, ...); cleared on read."""

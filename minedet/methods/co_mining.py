@@ -13,26 +13,33 @@ Options reproduce the paper's baselines and ablations (Tables 1, 2, 4):
 ``siamese=True, cogeneration=False`` is 'joint'; ``siamese=False, cogeneration=True`` is
 co-generation on a single branch (each image supervised by its own mined boxes);
 ``view`` = color (default) | blur | none.
+
+A configuration of the self-training template (:mod:`minedet.methods.self_training`), Algorithm 1 in one place:
+the groups are the two branches (:meth:`CoMining.groups`: branch ``o`` learns from the boxes branch ``a`` mined and
+the other way round), the source is the same forward's other branch (:class:`Branches`: decode, the known filter
+theta2, the rule with tau and the cap), the targets ``C = P^g ∪ Y`` and the losses are the template's. What reads
+a step — the drift guard (:class:`Drift`) and Fig. 3's renders (:class:`Render`) — are hooks.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
 
 from minedet.data.transforms import Compose, view_transform
 from minedet.errors import MinedetError
-from minedet.methods.base import Method, check_share, detectors_own, prefixed
+from minedet.methods.base import check_share, detectors_own
+from minedet.methods.self_training import (Group, Hook, KnownFilter, Mined, SelfTraining, StepInput, StepRecord,
+                                           TeacherSource)
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
-from minedet.pseudo.quality import QualityCounts
-from minedet.pseudo.semantics import ClassThresholds, PseudoLabels, PseudoRule, against_hidden, carry, known_background
+from minedet.pseudo.semantics import PseudoRule, carry
 from minedet.structures import Target
 
 
@@ -119,14 +126,168 @@ PROXY_MIN = 20
 FEW_PASSES = 4.0
 
 
-class CoMining(Method):
+class Branches(TeacherSource):
+    """Co-generation: each branch's detections from the decoded head outputs of the same forward (``no_grad``;
+    per-level top-k candidates, class-wise NMS theta1, down to the rule's floor), minus what its labelled boxes (and
+    boxes a reviewer rejected) account for, split by the rule; with ``method.dispute`` the other branch's candidates
+    (carried into this branch's frame) may contest a box. Before ``mine_after`` steps nothing is kept (a warm-up)."""
+
+    timing_key = "time/cogeneration"
+
+    def __init__(self, detector: DetectorAdapter, nms: float | None, topk: int, max_dets: int, mine_after: int) -> None:
+        super().__init__()
+        self.detectors = (detector,)  # a tuple: the student is not this module's state
+        self.nms, self.topk, self.max_dets, self.mine_after = nms, topk, max_dets, mine_after
+        self.steps_done = 0
+
+    @property
+    def mining(self) -> bool:
+        """Past the warm-up (``mine_after`` steps): mined and ignored boxes reach the loss."""
+        return self.steps_done >= self.mine_after
+
+    @torch.no_grad()
+    def mine(self, inp: StepInput) -> list[Mined]:
+        detector = self.detectors[0]
+        names = sorted({g.source for g in inp.groups if g.source is not None}, key=["o", "a"].index)
+        views = {n: inp.batch["labelled"].views[n] for n in names}
+        ids = [int(i) for i in inp.batch["labelled"].image_ids]
+        raw, kept, known = {}, {}, {}
+        for n in names:
+            raw[n] = [d.detach() for d in detector.decode(
+                inp.heads[("labelled", n)], score_thresh=inp.floor, nms_thresh=self.nms, topk_candidates=self.topk,
+                detections_per_img=self.max_dets, score_rule=detector.mining_score_rule)]
+            known[n] = [v.target for v in views[n]]
+            if inp.rule.thresholds is not None and inp.learn:  # what the model makes of the labelled boxes now
+                inp.rule.thresholds.observe(raw[n], known[n])
+            kept[n] = [inp.keep(d, k, r) for d, k, r in zip(raw[n], known[n], inp.rejected("labelled", views[n]))]
+            if not self.mining:
+                kept[n] = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept[n]]
+        mined = []
+        for n in names:
+            others = [m for m in names if m != n]
+            contest = None if inp.rule.dispute is None or not others else [
+                Target.cat([carry(kept[m][i], views[m][i].map, views[n][i].map) for m in others]) for i in range(len(ids))]
+            mined.append(Mined(n, "labelled", tuple(ids), [v.map for v in views[n]], known[n], raw[n],
+                               inp.rule(kept[n], ids, contest), active=self.mining))
+        return mined
+
+    def after_step(self, step: int, student: DetectorAdapter) -> None:
+        self.steps_done = step
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
+
+
+class Drift(Hook):
+    """The guard against a mining loop that feeds on itself (beyond the paper): at the end of each
+    :data:`DRIFT_WINDOW`-step window it warns (each at most once) when the cap cut most images' mined boxes (one
+    image over the cap is noise: a sparse image may hide many objects; most of them is a mining loop), or when the
+    precision proxy fell below :data:`PROXY_FLOOR` (the cap hides how many boxes the detector would mine; the proxy
+    does not, and it needs no hidden truth, so it also watches ``method.paper=true`` runs). Logs
+    ``pseudo/capped`` (boxes the cap cut) and ``pseudo/on_labels`` (the proxy, once mining is on)."""
+
+    def __init__(self, rule: PseudoRule, cap: Callable[[], int | None]) -> None:
+        self.rule, self.cap = rule, cap
+        self.warned: set[str] = set()
+        self.window = [0, 0, 0, 0]  # images through the cap, images it cut, confident detections on labels, off them
+
+    def after_step(self, step: int, records: Sequence[StepRecord], metrics: dict) -> None:
+        cap = self.cap()
+        for rec in records:
+            tally = [0, 0]
+            for m in rec.mined:
+                for raw, d in zip(m.raw, m.labels.detections):
+                    n = int(self.rule.above(d).sum())
+                    if cap is not None:
+                        self.window[0] += 1
+                        if n > cap:
+                            self.window[1] += 1
+                            metrics["pseudo/capped"] = metrics.get("pseudo/capped", 0.0) + n - cap
+                    if m.active:
+                        tally[0] += int(self.rule.above(raw).sum()) - n
+                        tally[1] += n
+            if sum(tally):
+                metrics["pseudo/on_labels"] = tally[0] / sum(tally)
+                self.window[2] += tally[0]
+                self.window[3] += tally[1]
+        if step % DRIFT_WINDOW == 0:
+            self.check(step, cap)
+
+    def check(self, step: int, cap: int | None) -> None:
+        (seen, cut, on, off), self.window = self.window, [0, 0, 0, 0]
+        if seen and 2 * cut > seen and "cap" not in self.warned:
+            self.warned.add("cap")
+            print(f"minedet: warning: co-mining hit its cap of {cap} mined boxes per image (method.cap_ratio x "
+                  f"the labelled boxes per image) on {cut} of {seen} images in the {DRIFT_WINDOW} steps to step {step}: "
+                  "the mining may be feeding on itself; watch pseudo/o_boxes_per_image and pseudo/capped", file=sys.stderr)
+        if on + off >= PROXY_MIN and on < PROXY_FLOOR * (on + off) and "proxy" not in self.warned:
+            self.warned.add("proxy")
+            print(f"minedet: warning: only {on} of the {on + off} confident co-mining detections (score > tau) in the "
+                  f"{DRIFT_WINDOW} steps to step {step} lie on labelled boxes: the detector proposes about "
+                  f"{off / max(on, 1):.0f} new objects for every labelled one it finds. Unless fewer than one object in "
+                  f"{round(1 / PROXY_FLOOR)} is labelled, the mining is feeding on itself; watch pseudo/on_labels "
+                  "(raise method.tau, or keep method.cap_ratio on)", file=sys.stderr)
+
+
+class Render(Hook):
+    """Fig. 3: every ``every`` steps, each branch's mined boxes on the first ``images`` training images (a forward
+    of its own, in training mode; it changes nothing a step reads), written to ``renders/`` of the run's folder by
+    the first process."""
+
+    def __init__(self, method: "CoMining", every: int, images: int) -> None:
+        self.method, self.every, self.images = (method,), every, images
+
+    def after_step(self, step: int, records: Sequence[StepRecord], metrics: dict) -> None:
+        if step % self.every == 0:
+            self.render(step)
+
+    @torch.no_grad()
+    def render(self, step: int) -> Path | None:
+        from minedet.engine.dist import is_main_process
+        from minedet.viz import BoxGroup, draw_boxes, grid, save_png
+
+        m = self.method[0]
+        ds = m.datasets.get("labelled")
+        if ds is None or m.out_dir is None or not is_main_process():
+            return None
+        samples = [ds[i] for i in range(min(self.images, len(ds)))]
+        groups = m.groups(None)
+        branches = [name for g in groups for name in g.views]
+        views = {br: [s["views"][br] for s in samples] for br in branches}
+        device = next(m.detector.parameters()).device
+        was = m.detector.training
+        m.detector.train()
+        out = m.detector.forward_heads([v.image.to(device) for br in branches for v in views[br]])
+        m.detector.train(was)
+        b = len(samples)
+        heads = {("labelled", br): out.take(slice(j * b, (j + 1) * b)) for j, br in enumerate(branches)}
+        batch = {"labelled": SimpleNamespace(views=views, image_ids=[v.target.image_id for v in views["o"]])}
+        mined = {x.name: x for x in m.source.mine(StepInput(batch, groups, heads, m.rule, m.keep, m.datasets, m.floor,
+                                                             learn=False))}
+        names = ds.data.class_names
+        tiles = []
+        for br in branches:
+            confident = mined[br].labels.confident if br in mined else [Target.empty() for _ in samples]
+            for v, p in zip(views[br], confident):
+                colour = (255, 40, 40) if br == "o" else (40, 90, 255)
+                tiles.append(draw_boxes(v.image, [
+                    BoxGroup(v.target.boxes.numpy(), None, None, color=(40, 200, 40)),
+                    BoxGroup(p.boxes.cpu().numpy(), [names[int(k)] for k in p.labels], p.scores.cpu().tolist(), color=colour),
+                ]))
+        path = m.out_dir / "renders" / f"mined_step{step:06d}.png"
+        save_png(grid(tiles, b), path)
+        return path
+
+
+class CoMining(SelfTraining):
+    """Co-mining as a configuration of the self-training template (the module docstring)."""
+
     name = "co_mining"
     # sparse labels train best on BRL's loss (on digits `hard`, `extreme` and the nuclei image; docs/benchmarks.md)
     own_data_model = {"retinanet": {"model.extra.cls_loss": "brl"}}
 
     def __init__(self, detector: DetectorAdapter, options: CoMiningOptions | None = None) -> None:
-        super().__init__(detector)
-        self.options = o = options or CoMiningOptions()
+        o = options or CoMiningOptions()
         if o.gt_match not in ("same", "any"):
             raise MinedetError(f"method.gt_match must be 'same' or 'any', not {o.gt_match!r}")
         ignore_below = o.ignore_below
@@ -139,44 +300,58 @@ class CoMining(Method):
         if ignore_below is not None and not 0.0 <= ignore_below <= o.tau:
             raise MinedetError(f"method.ignore_below must be in [0, tau={o.tau}], got {ignore_below} "
                                "(lower it, set it to null, or method.paper=true for the release's behaviour)")
-        self._part = detector.mining_part if o.part == "auto" else o.part
+        part = detector.mining_part if o.part == "auto" else o.part
         check_share("contain", o.contain)
-        check_share("part", self._part, o.part, ", auto (the detector's)")
-        check_share("dispute", o.dispute)
+        check_share("part", part, o.part, ", auto (the detector's)")
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
-        self._view = view_transform(o.view)
-        self._nms = detector.mining_nms if o.nms is None else o.nms
+        self.view = view_transform(o.view)
         self.cap: int | None = None  # mined boxes per image at most (cap_ratio, set in bind from the labels)
-        thresholds = ClassThresholds(detector.num_classes, o.tau, o.adaptive_quantile) if o.adaptive else None
+        source = Branches(detector, detector.mining_nms if o.nms is None else o.nms, o.topk, o.max_dets, o.mine_after)
+        keep = KnownFilter(o.iou_gt, same_class=o.gt_match == "same", contain=o.contain, part=part,
+                           rejected_iou=o.rejected_iou)
         regress = detector.mining_regress if o.pseudo_regress is None else o.pseudo_regress
-        self.rule = PseudoRule(o.tau, regress=regress, ignore_below=ignore_below,
-                               stages=(self._capped,) if o.cap_ratio is not None else (), thresholds=thresholds,
-                               dispute=o.dispute)
-        self.steps_done = 0
-        self.warned: set[str] = set()  # the drift warnings given so far ("cap", "proxy"): each at most once
-        self._drift = [0, 0]  # images through the cap, images it cut, since the last drift check
-        self._proxy = [0, 0]  # confident detections on labelled boxes, off them, since the last drift check
-        self.last_mined: dict[str, list[Target]] = {}  # each branch's mined boxes of the last step (its own frame)
-        self.last_labels: dict[str, PseudoLabels] = {}  # the same with the ignored band
-        self.quality = {"o": QualityCounts(), "a": QualityCounts()}
-        self.datasets: dict = {}
-        self._out_dir: Path | None = None
+        super().__init__(detector, o, source, keep=keep, stages=(self.capped,) if o.cap_ratio is not None else (),
+                         regress=regress, ignore_below=ignore_below, nms=None)
+        self.options: CoMiningOptions = o
+        self.drift = Drift(self.rule, lambda: self.cap)
+        self.renders = Render(self, o.render_every, o.render_images)
 
-    # ------------------------------------------------------------------ wiring
+    @property
+    def branches(self) -> list[str]:
+        return ["o", "a"] if self.options.siamese else ["o"]
+
     def streams(self) -> dict[str, dict[str, Compose]]:
         views = {"o": Compose([])}
         if self.options.siamese:
-            views["a"] = self._view
+            views["a"] = self.view
         return {"labelled": views}
 
+    def groups(self, batch: dict | None) -> tuple[Group, ...]:
+        """Each branch its own loss; with co-generation each learns from the boxes the other branch mined
+        (complementary supervision, Eq. 1-2: ``C_o = P^g_a ∪ Y``, ``C_a = P^g_o ∪ Y``), or from its own without the
+        second branch."""
+        o = self.options
+        other = {"o": "a", "a": "o"} if o.siamese else {"o": "o"}
+        return tuple(Group("labelled", (b,), b, source=other[b] if o.cogeneration else None) for b in self.branches)
+
+    def hooks(self) -> list[Hook]:
+        extra = [self.drift] if self.options.cogeneration else []
+        return super().hooks() + extra + ([self.renders] if self.options.render_every else [])
+
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        self.datasets = datasets
-        self._out_dir = None if out_dir is None else Path(out_dir)
+        super().bind(datasets, out_dir)
         ds = datasets.get("labelled")
         if self.options.cap_ratio is not None and ds is not None:
             density = sum(len(ds.target(i)) for i in ds.ids) / max(1, len(ds.ids))
             self.cap = max(1, math.ceil(self.options.cap_ratio * density))
+
+    def capped(self, t: Target, image_id: int) -> Target:
+        """The cap stage of the rule: at most :attr:`cap` mined boxes per image, the best first."""
+        return t if self.cap is None or len(t) <= self.cap else pf.top_k(t, self.cap)
+
+    def eval_models(self) -> dict[str, DetectorAdapter]:
+        return {"student": self.detector}
 
     def schedule_warnings(self, max_steps: int) -> list[str]:
         o = self.options
@@ -194,208 +369,3 @@ class CoMining(Method):
                 "two-view step's compute) trained a better detector than co-mining on RetinaNet, FCOS and Faster "
                 "R-CNN (and than joint on RetinaNet); the second view paid from about 14 passes. Measure both on your "
                 "data (docs/findings.md, Sparse labels)"]
-
-    def _capped(self, t: Target, image_id: int) -> Target:
-        if self.cap is None:
-            return t
-        self._drift[0] += 1
-        if len(t) <= self.cap:
-            return t
-        self._drift[1] += 1
-        self.metrics["pseudo/capped"] = self.metrics.get("pseudo/capped", 0.0) + len(t) - self.cap
-        return pf.top_k(t, self.cap)
-
-    def _check_drift(self, step: int) -> None:
-        """Warn (each once) at the end of a :data:`DRIFT_WINDOW`-step window when the cap cut most images'
-        mined boxes (one image over the cap is noise: a sparse image may hide many objects; most of them is a
-        mining loop), or when the precision proxy fell below :data:`PROXY_FLOOR` (the cap hides how many boxes
-        the detector would mine; the proxy does not, and it needs no hidden truth, so it also watches
-        ``method.paper=true`` runs)."""
-        (seen, cut), self._drift = self._drift, [0, 0]
-        (on, off), self._proxy = self._proxy, [0, 0]
-        if seen and 2 * cut > seen and "cap" not in self.warned:
-            self.warned.add("cap")
-            print(f"minedet: warning: co-mining hit its cap of {self.cap} mined boxes per image (method.cap_ratio x "
-                  f"the labelled boxes per image) on {cut} of {seen} images in the {DRIFT_WINDOW} steps to step {step}: "
-                  "the mining may be feeding on itself; watch pseudo/o_boxes_per_image and pseudo/capped", file=sys.stderr)
-        if on + off >= PROXY_MIN and on < PROXY_FLOOR * (on + off) and "proxy" not in self.warned:
-            self.warned.add("proxy")
-            print(f"minedet: warning: only {on} of the {on + off} confident co-mining detections (score > tau) in the "
-                  f"{DRIFT_WINDOW} steps to step {step} lie on labelled boxes: the detector proposes about "
-                  f"{off / max(on, 1):.0f} new objects for every labelled one it finds. Unless fewer than one object in "
-                  f"{round(1 / PROXY_FLOOR)} is labelled, the mining is feeding on itself; watch pseudo/on_labels "
-                  "(raise method.tau, or keep method.cap_ratio on)", file=sys.stderr)
-
-    # ------------------------------------------------------------------ co-generation
-    @property
-    def mining(self) -> bool:
-        """Past the warm-up (``mine_after`` steps): mined and ignored boxes reach the loss."""
-        return self.steps_done >= self.options.mine_after
-
-    @torch.no_grad()
-    def co_generate(self, parts: dict, views: dict, rejected: dict[str, list[Target]] | None = None,
-                    tally: list[int] | None = None) -> dict[str, PseudoLabels]:
-        """Co-generation: each branch's pseudo-labels P^g from its decoded head outputs (``parts``, same forward) on
-        its views, split by the one pseudo-label rule (confident; ignored with ``ignore_below``); with
-        ``method.dispute``, the other branch's candidates (carried into this branch's frame) may contest them."""
-        kept = {name: self.candidates(out, [v.target for v in views[name]], None if rejected is None else rejected[name],
-                                      tally) for name, out in parts.items()}
-        labels = {}
-        for name, own in kept.items():
-            others = [src for src in kept if src != name]
-            contest = None if self.rule.dispute is None or not others else [
-                Target.cat([carry(kept[src][i], views[src][i].map, views[name][i].map) for src in others])
-                for i in range(len(own))]
-            labels[name] = self.rule(own, [v.target.image_id for v in views[name]], contest)
-        return labels
-
-    @torch.no_grad()
-    def candidates(self, out, gts: list[Target], rejected: list[Target] | None = None,
-                   tally: list[int] | None = None) -> list[Target]:
-        """One branch's detections from decoded head outputs (same forward; down to the rule's floor), minus boxes
-        on the GT (and on boxes a reviewer rejected): what the pseudo-label rule splits (none in the warm-up).
-        ``tally``: [on, off] gains the confident detections (score > tau) the labelled (or rejected) boxes account
-        for and those they do not, before the warm-up and the cap (the precision proxy)."""
-        o = self.options
-        dets = self.detector.decode(out, score_thresh=self.rule.floor, nms_thresh=self._nms, topk_candidates=o.topk,
-                                    detections_per_img=o.max_dets, score_rule=self.detector.mining_score_rule)
-        if self.rule.thresholds is not None:  # what the model makes of the labelled boxes now
-            self.rule.thresholds.observe(dets, gts)
-            for k, v in enumerate(self.rule.thresholds.values().tolist()):
-                self.metrics[f"pseudo/tau_{k}"] = v
-        kept = []
-        for d, gt, rej in zip(dets, gts, rejected or [None] * len(gts)):
-            kept.append(pf.drop_known(d.detach(), gt, o.iou_gt, same_class=o.gt_match == "same", contain=o.contain,
-                                      part=self._part, rejected=rej, rejected_iou=o.rejected_iou))
-            if tally is not None:
-                n, m = int(self.rule.above(d).sum()), int(self.rule.above(kept[-1]).sum())
-                tally[0] += n - m
-                tally[1] += m
-        if not self.mining:  # warm-up: nothing mined, nothing ignored
-            kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
-        return kept
-
-    def training_step(self, batch: dict) -> dict[str, Tensor]:
-        o = self.options
-        views = batch["labelled"].views
-        vo = views["o"]
-        b = len(vo)
-        branches = ["o", "a"] if o.siamese else ["o"]
-        images = [v.image for name in branches for v in views[name]]
-        out = self.detector.forward_heads(images)
-        parts = {name: out.take(slice(i * b, (i + 1) * b)) for i, name in enumerate(branches)}
-        gts = {name: [v.target for v in views[name]] for name in branches}
-
-        labels: dict[str, PseudoLabels] = {}
-        if o.cogeneration:
-            t0 = time.perf_counter()
-            ds, ids = self.datasets.get("labelled"), batch["labelled"].image_ids
-            tally = [0, 0]
-            rejected = {name: known_background(ds, ids, [v.map for v in views[name]]) for name in branches}
-            labels = self.co_generate(parts, views, rejected, tally)
-            if self.mining and sum(tally):  # the precision proxy, once mining is on
-                self.metrics["pseudo/on_labels"] = tally[0] / sum(tally)
-                self._proxy = [a + b for a, b in zip(self._proxy, tally)]
-            if o.dispute is not None and self.mining:
-                moved = sum(len(t) for lab in labels.values() for t in lab.disputed)
-                self.metrics["pseudo/disputed_per_image"] = moved / (len(branches) * b)
-            self.metrics["time/cogeneration"] = time.perf_counter() - t0  # seconds per step (the issue's <= 5 % target)
-        mined = {name: lab.confident for name, lab in labels.items()}
-        if o.cogeneration:
-            self._measure(batch, views, mined)
-
-        losses: dict[str, Tensor] = {}
-        for name in branches:
-            # complementary supervision: each branch learns from the *other* branch's mined boxes
-            source = "a" if (o.siamese and name == "o") else "o" if o.siamese else name
-            targets = gts[name]
-            if o.cogeneration:
-                targets = [
-                    Target.cat([gt, carry(p, views[source][i].map, views[name][i].map)])
-                    for i, (gt, p) in enumerate(zip(gts[name], labels[source].targets()))
-                ]
-            losses.update(prefixed(self.detector.loss(parts[name], targets), name))
-        self.last_mined, self.last_labels = mined, labels
-        return losses
-
-    # ------------------------------------------------------------------ measurement
-    def _measure(self, batch: dict, views: dict, mined: dict[str, list[Target]]) -> None:
-        ds = self.datasets.get("labelled")
-        names = list(ds.data.class_names) if ds is not None else None
-        for k, targets in mined.items():
-            self.metrics[f"pseudo/{k}_boxes_per_image"] = sum(len(t) for t in targets) / max(1, len(targets))
-            labels = torch.cat([t.labels.cpu() for t in targets]) if targets else torch.zeros(0, dtype=torch.long)
-            for c, count in zip(*torch.unique(labels, return_counts=True)):
-                # per-class counts of this step's mined boxes (TensorBoard: train/pseudo/o_class/<name>)
-                c = int(c)
-                self.metrics[f"pseudo/{k}_class/{names[c] if names and c < len(names) else c}"] = float(count)
-        if ds is None or ds.hidden is None:
-            return
-        hidden = [ds.hidden_target(i) for i in batch["labelled"].image_ids]
-        for name, targets in mined.items():
-            q = against_hidden(targets, hidden, [v.map for v in views[name]], [v.target for v in views[name]])
-            self.quality[name].merge(q)
-            self.metrics.update(q.as_dict(prefix=f"quality/{name}_"))
-            # running totals over the run (the per-step numbers are noisy); kept across a resume
-            self.metrics.update(self.quality[name].as_dict(prefix=f"quality/{name}_total_"))
-
-    def extra_state(self) -> dict:
-        """The running pseudo-label quality counts, so that totals continue across a resume."""
-        state = {"quality": {k: asdict(q) for k, q in self.quality.items()}, "steps_done": self.steps_done}
-        if self.rule.thresholds is not None:
-            state["thresholds"] = self.rule.thresholds.state_dict()
-        return state
-
-    def load_extra_state(self, state: dict) -> None:
-        self.steps_done = int(state.get("steps_done", 0))
-        if self.rule.thresholds is not None and "thresholds" in state:
-            self.rule.thresholds.load_state_dict(state["thresholds"])
-        for k, q in (state.get("quality") or {}).items():
-            if k in self.quality:
-                self.quality[k] = QualityCounts(**q)
-
-    def after_step(self, step: int) -> None:
-        o = self.options
-        self.steps_done = step
-        if o.cogeneration and step % DRIFT_WINDOW == 0:
-            self._check_drift(step)
-        if o.render_every and step % o.render_every == 0 and self._out_dir is not None:
-            self.render(step)
-
-    @torch.no_grad()
-    def render(self, step: int) -> Path | None:
-        """Fig. 3: each branch's mined boxes on the first ``render_images`` training images."""
-        from minedet.viz import BoxGroup, draw_boxes, grid, save_png
-
-        ds = self.datasets.get("labelled")
-        if ds is None or not self.options.cogeneration:
-            return None
-        names = ds.data.class_names
-        samples = [ds[i] for i in range(min(self.options.render_images, len(ds)))]
-        branches = ["o", "a"] if self.options.siamese else ["o"]
-        images = [s["views"][br].image.to(next(self.parameters()).device) for br in branches for s in samples]
-        was = self.detector.training
-        self.detector.train()
-        out = self.detector.forward_heads(images)
-        self.detector.train(was)
-        tiles = []
-        b = len(samples)
-        counts = list(self._drift), self.metrics.get("pseudo/capped")  # a render is not training: the guard's counts stay
-        views = {br: [s["views"][br] for s in samples] for br in branches}
-        labels = self.co_generate({br: out.take(slice(j * b, (j + 1) * b)) for j, br in enumerate(branches)}, views)
-        for br in branches:
-            for s, gt, m in zip(samples, [v.target for v in views[br]], labels[br].confident):
-                colour = (255, 40, 40) if br == "o" else (40, 90, 255)
-                tiles.append(draw_boxes(s["views"][br].image, [
-                    BoxGroup(gt.boxes.numpy(), None, None, color=(40, 200, 40)),
-                    BoxGroup(m.boxes.cpu().numpy(), [names[int(k)] for k in m.labels], m.scores.cpu().tolist(), color=colour),
-                ]))
-        self._drift = counts[0]
-        if counts[1] is None:
-            self.metrics.pop("pseudo/capped", None)
-        else:
-            self.metrics["pseudo/capped"] = counts[1]
-        path = self._out_dir / "renders" / f"mined_step{step:06d}.png"
-        save_png(grid(tiles, b), path)
-        return path
-

@@ -38,12 +38,11 @@ from typing import Any
 
 import torch
 
-from minedet.data.transforms import BoxMap
-from minedet.models.ema import ModelEMA
 from minedet.errors import MinedetError
-from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
+from minedet.methods.self_training import (Group, KnownFilter, Mined, SelfTraining, SelfTrainingOptions, StepInput,
+                                           TeacherSource, split_labels)
 from minedet.models.detector import DetectorAdapter
-from minedet.pseudo.semantics import PseudoLabels
+from minedet.models.ema import ModelEMA
 
 
 @dataclass
@@ -60,18 +59,95 @@ class MeanTeacherOptions(SelfTrainingOptions):
     ignore_below: float | None = 0.3
 
 
+class EmaTeacher(TeacherSource):
+    """The online teacher: a frozen copy of the student made at the end of burn-in, then its exponential moving
+    average (``teacher = decay * teacher + (1 - decay) * student`` after every step). It labels the *weak* view of
+    every image of the groups that learn from ``teacher``; with adaptive thresholds it also reports what it makes
+    of the labelled boxes of the step (the labelled and sparse weak views).
+
+    The teacher exists from construction so that a checkpoint has the same keys before and after burn-in."""
+
+    timing_key = "time/teacher"
+
+    def __init__(self, detector: DetectorAdapter, burn_in: int, decay: float, nms: float | None, max_dets: int) -> None:
+        super().__init__()
+        self.ema = ModelEMA(detector, decay)
+        self.burn_in, self.nms, self.max_dets = burn_in, nms, max_dets
+        self.steps_done = 0
+
+    @property
+    def teacher(self) -> DetectorAdapter:
+        return self.ema.module
+
+    def ready(self, steps_done: int) -> bool:
+        """True once burn-in is over (the teacher has been copied from the student)."""
+        return steps_done >= self.burn_in
+
+    @torch.no_grad()
+    def mine(self, inp: StepInput) -> list[Mined]:
+        streams = [g.stream for g in inp.learners("teacher")]
+        weak = {s: inp.batch[s].views["weak"] for s in streams}
+        images = [v.image for s in streams for v in weak[s]]
+        self.teacher.eval()
+        dets = self.teacher.predict(images, score_thresh=inp.floor, nms_thresh=self.nms, detections_per_img=self.max_dets)
+        if inp.rule.thresholds is not None:  # what the teacher makes of the labelled boxes now
+            known = known_views(inp.batch)
+            seen = self.teacher.predict([v.image for v in known], score_thresh=inp.rule.thresholds.lo, nms_thresh=self.nms,
+                                        detections_per_img=self.max_dets)
+            inp.rule.thresholds.observe(seen, [v.target for v in known])
+        mined, j = [], 0
+        for s in streams:
+            views = weak[s]
+            raw = [d.detach() for d in dets[j:j + len(views)]]
+            j += len(views)
+            known = [v.target for v in views]  # true boxes of a sparse image; none on an unlabelled one
+            ids = [v.target.image_id for v in views]
+            _, labels = split_labels(inp, raw, known, inp.rejected(s, views), ids)
+            mined.append(Mined("teacher", s, tuple(int(i) for i in ids), [v.map for v in views], known, raw, labels))
+        return mined
+
+    def after_step(self, step: int, student: DetectorAdapter) -> None:
+        """Copy the student at the end of burn-in, follow it by EMA after."""
+        self.steps_done = step
+        if step == self.burn_in:
+            self.ema.copy_from(student)
+        elif step > self.burn_in:
+            self.ema.update(student)
+
+    def eval_models(self) -> dict[str, DetectorAdapter]:
+        """The teacher first once burn-in is over (the exported model, as in Unbiased Teacher's evaluation)."""
+        return {"teacher": self.teacher} if self.ready(self.steps_done) else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
+
+
+def known_views(batch: dict) -> list:
+    """Views whose boxes are true labels, in the teacher's frame: the labelled weak views (strong when the run has
+    no weak labelled view) and the sparse weak views."""
+    out = []
+    if "labelled" in batch:
+        lab = batch["labelled"].views
+        out += lab["weak"] if "weak" in lab else lab["strong"]
+    if "sparse" in batch:
+        out += batch["sparse"].views["weak"]
+    return out
+
+
 class MeanTeacher(SelfTraining):
     """Teacher-student self-training with an EMA teacher; see the module docstring.
 
     Args:
         detector: the student.
         options: :class:`MeanTeacherOptions`.
-        rebalancer: ACRST's parts (:class:`~minedet.methods.acrst.Rebalancer`), or None.
+        parts: ACRST's parts (:class:`~minedet.methods.acrst.AcrstPart`), none by default.
+        keep: the known filter (the mixed method's; default: reviewer-rejected boxes only).
     """
 
     name = "mean_teacher"
 
-    def __init__(self, detector: DetectorAdapter, options: MeanTeacherOptions | None = None, *, rebalancer=None) -> None:
+    def __init__(self, detector: DetectorAdapter, options: MeanTeacherOptions | None = None, *, parts=(),
+                 keep: KnownFilter | None = None) -> None:
         o = options or MeanTeacherOptions()
         if o.burn_in < 0:
             raise MinedetError(f"method.burn_in must be >= 0, got {o.burn_in}")
@@ -79,62 +155,32 @@ class MeanTeacher(SelfTraining):
             raise MinedetError(f"method.ema_decay must be in [0, 1], got {o.ema_decay}")
         if o.sup_views not in ("both", "weak", "strong"):
             raise MinedetError(f"method.sup_views must be both, weak or strong, got {o.sup_views!r}")
-        super().__init__(detector, o, rebalancer=rebalancer)
+        super().__init__(detector, o, EmaTeacher(detector, o.burn_in, o.ema_decay, o.nms, o.max_dets), parts=parts,
+                         keep=keep)
         self.options: MeanTeacherOptions = o
-        self.ema = ModelEMA(detector, o.ema_decay)
-        self.steps_done = 0
 
     @property
     def teacher(self) -> DetectorAdapter:
-        return self.ema.module
+        return self.source.teacher
 
-    def teacher_ready(self) -> bool:
-        """True once burn-in is over (the teacher has been copied from the student)."""
-        return self.steps_done >= self.options.burn_in
+    def sup_view_names(self) -> tuple[str, ...]:
+        return {"both": ("weak", "strong"), "weak": ("weak",), "strong": ("strong",)}[self.options.sup_views]
 
-    def sup_view_names(self) -> list[str]:
-        return {"both": ["weak", "strong"], "weak": ["weak"], "strong": ["strong"]}[self.options.sup_views]
+    def streams(self) -> dict:
+        """Labelled: the supervised views; unlabelled: the teacher's weak view and the student's strong view (led by
+        ACRST's paste step where its parts declare one)."""
+        from minedet.data.transforms import Compose
 
-    def teacher_views(self) -> tuple[str, ...]:
-        return ("weak",)
+        lab = {"weak": Compose([]), "strong": self.student_view("labelled")}
+        return {"labelled": {k: lab[k] for k in self.sup_view_names()},
+                "unlabelled": {"weak": Compose([]), "strong": self.student_view("unlabelled")}}
 
-    @torch.no_grad()
-    def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
-        """The teacher's detections on the unlabelled weak views (score >= the rule's floor, or ACRST's
-        Pseudo Recall threshold when lower), split by the rule; boxes in the weak-view frame."""
-        o = self.options
-        weak = self.pseudo_views(batch, "weak")
-        floor = self.rule.floor if self.rb is None else min(self.rule.floor, self.rb.o.pr_thresh)
-        self.teacher.eval()
-        dets = self.teacher.predict(self.images(weak), score_thresh=floor, nms_thresh=o.nms, detections_per_img=o.max_dets)
-        ids = [v.target.image_id for v in weak]
-        maps = [v.map for v in weak]
-        if self.rb is not None:
-            self.rb.add_detections([d.detach() for d in dets])  # Pseudo Recall (Eq. 8) counts scores > pr_thresh
-        if self.rule.thresholds is not None:  # what the teacher makes of the labelled boxes now
-            views = self.known_views(batch)
-            seen = self.teacher.predict(self.images(views), score_thresh=self.rule.thresholds.lo, nms_thresh=o.nms,
-                                        detections_per_img=o.max_dets)
-            self.rule.thresholds.observe(seen, self.targets(views))
-            for k, v in enumerate(self.rule.thresholds.values().tolist()):
-                self.metrics[f"pseudo/tau_{k}"] = v
-        return self.rule(dets, ids), maps
-
-    def known_views(self, batch: dict) -> list:
-        """Views whose boxes are true labels, in the teacher's frame (the labelled weak views)."""
-        lab = batch["labelled"].views
-        return lab["weak"] if "weak" in lab else lab["strong"]
-
-    def after_step(self, step: int) -> None:
-        """``step`` optimiser steps are done: copy the teacher at the end of burn-in, EMA after;
-        ACRST refreshes its bank and class probabilities every ``refresh_every`` steps."""
-        self.steps_done = step
-        if step == self.options.burn_in:
-            self.ema.copy_from(self.detector)
-        elif step > self.options.burn_in:
-            self.ema.update(self.detector)
-        if self.rb is not None and step > self.options.burn_in and (step - self.options.burn_in) % self.rb.o.refresh_every == 0:
-            self.rb.refresh(self.metrics)
+    def groups(self, batch: dict) -> tuple[Group, ...]:
+        """Burn-in: the labelled views alone. After: and the unlabelled strong views, taught the teacher's labels."""
+        sup = Group("labelled", self.sup_view_names(), "sup")
+        if not self.source.ready(self.steps_done):
+            return (sup,)
+        return sup, Group("unlabelled", ("strong",), "unsup", self.options.lambda_unsup, source="teacher")
 
     def schedule_warnings(self, max_steps: int) -> list[str]:
         """Burn-in that leaves no mutual learning, or a teacher whose EMA horizon (``1 / (1 - ema_decay)``
@@ -151,15 +197,3 @@ class MeanTeacher(SelfTraining):
                     f"burn-in copy; for this schedule try method.ema_decay={1.0 - 4.0 / after:.4g} (a horizon of a quarter "
                     "of the steps after burn-in)"]
         return []
-
-    def eval_models(self) -> dict[str, DetectorAdapter]:
-        if not self.teacher_ready():
-            return {"student": self.detector}
-        return {"teacher": self.teacher, "student": self.detector}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"steps_done": self.steps_done, **super().extra_state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.steps_done = int(state.get("steps_done", 0))
-        super().load_extra_state(state)

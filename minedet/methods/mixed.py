@@ -19,19 +19,13 @@ Defaults: Mean Teacher's, with the uncertain band on (``ignore_below=0.3``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
-from minedet.data.transforms import BoxMap, Compose
+from minedet.data.transforms import Compose
 from minedet.errors import MinedetError
-from minedet.methods.base import prefixed
 from minedet.methods.mean_teacher import MeanTeacher, MeanTeacherOptions
+from minedet.methods.self_training import Group, KnownFilter
 from minedet.models.detector import DetectorAdapter
-from minedet.pseudo import filters as pf
-from minedet.pseudo.semantics import PseudoLabels, known_background
-from minedet.structures import Target
 
 
 @dataclass
@@ -54,7 +48,8 @@ class MixedOptions(MeanTeacherOptions):
 
 
 class Mixed(MeanTeacher):
-    """See the module docstring."""
+    """See the module docstring: Mean Teacher's configuration with a sparse stream and the known filter (a teacher
+    detection a sparse image's labelled box accounts for, of any class, is no new object)."""
 
     name = "mixed"
     optional_streams = frozenset({"labelled", "unlabelled"})
@@ -67,13 +62,13 @@ class Mixed(MeanTeacher):
             raise MinedetError(f"method.contain must be in (0, 1] or null, got {o.contain}")
         if o.lambda_sparse < 0:
             raise MinedetError(f"method.lambda_sparse must be >= 0, got {o.lambda_sparse}")
-        super().__init__(detector, o)
+        super().__init__(detector, o, keep=KnownFilter(o.iou_gt, same_class=False, contain=o.contain,
+                                                       rejected_iou=o.rejected_iou))
         self.options: MixedOptions = o
 
-    # ------------------------------------------------------------------ wiring
     def streams(self) -> dict[str, dict[str, Compose]]:
         s = super().streams()
-        return {"labelled": s["labelled"], "sparse": {"weak": Compose([]), "strong": self.strong},
+        return {"labelled": s["labelled"], "sparse": {"weak": Compose([]), "strong": self.strong_view()},
                 "unlabelled": s["unlabelled"]}
 
     def bind(self, datasets: dict, out_dir=None) -> None:
@@ -81,54 +76,16 @@ class Mixed(MeanTeacher):
             raise MinedetError("the mixed method needs labelled images: complete (data.train) or sparse ones")
         super().bind(datasets, out_dir)
 
-    def pseudo_streams(self, batch: dict) -> list[str]:
-        return [s for s in ("sparse", "unlabelled") if s in batch]
-
-    def stream_loss(self, stream: str) -> tuple[str, float]:
-        return ("sparse", self.options.lambda_sparse) if stream == "sparse" else super().stream_loss(stream)
-
-    def sup_views(self, batch: dict) -> list:
-        return super().sup_views(batch) if "labelled" in batch else []
-
-    def known_views(self, batch: dict) -> list:
-        """Views with true boxes in the teacher's frame: the labelled and the sparse weak views."""
-        lab = super().known_views(batch) if "labelled" in batch else []
-        return lab + (batch["sparse"].views["weak"] if "sparse" in batch else [])
-
-    # ------------------------------------------------------------------ the steps
-    def supervised_step(self, batch: dict) -> dict[str, Tensor]:
-        """Burn-in: the labelled views, and the sparse strong views with their labelled boxes."""
-        views = self.sup_views(batch)
-        use = "sparse" in batch and (self.options.sparse_burn_in or not views)
-        sparse = batch["sparse"].views["strong"] if use else []
-        out = self.detector.forward_heads(self.images(views) + self.images(sparse))
-        n = len(views)
-        losses = prefixed(self.detector.loss(out.take(slice(0, n)), self.sup_targets(views)), "sup") if n else {}
-        if sparse:
-            losses.update(prefixed(self.detector.loss(out.take(slice(n, None)), self.targets(sparse)), "sparse",
-                                   self.options.lambda_sparse))
-        return losses
-
-    @torch.no_grad()
-    def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
-        """Mean Teacher's pseudo-labels of the sparse and unlabelled images, minus what a labelled box
-        already covers (both the confident and the ignored ones)."""
-        labels, maps = super().pseudo_labels(batch)
-        known = self.targets(self.pseudo_views(batch, "weak"))  # empty on unlabelled images
-        rejected = [r for s in self.pseudo_streams(batch) for r in known_background(
-            self.datasets.get(s), batch[s].image_ids, [v.map for v in batch[s].views["weak"]])]
-        confident = [self.unknown(t, k, r) for t, k, r in zip(labels.confident, known, rejected)]
-        ignored = None if labels.ignored is None else [self.unknown(t, k, r) for t, k, r in zip(labels.ignored, known, rejected)]
-        return replace(labels, confident=confident, ignored=ignored), maps
-
-    def unknown(self, t: Target, known: Target, rejected: Target) -> Target:
-        """The boxes of ``t`` no labelled box of ``known`` accounts for and no rejected box forbids."""
+    def groups(self, batch: dict) -> tuple[Group, ...]:
+        """Burn-in: the labelled views, and the sparse strong views with their labelled boxes (``sparse_burn_in``, or
+        when the run has no complete image). After: the sparse and unlabelled strong views learn from the teacher
+        too, the sparse ones their labelled boxes ∪ the teacher's labels."""
         o = self.options
-        return pf.drop_known(t, known, o.iou_gt, same_class=False, contain=o.contain, rejected=rejected,
-                             rejected_iou=o.rejected_iou)
-
-    def unsup_targets(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> list[Target]:
-        """The template's carried pseudo-labels, after each sparse image's labelled boxes (true targets)."""
-        carried = super().unsup_targets(batch, labels, maps)
-        strong = self.pseudo_views(batch, "strong")
-        return [Target.cat([v.target, c]) if len(v.target) else c for v, c in zip(strong, carried)]
+        sup = (Group("labelled", self.sup_view_names(), "sup"),) if "labelled" in batch else ()
+        if not self.source.ready(self.steps_done):
+            alone = "sparse" in batch and (o.sparse_burn_in or not sup)
+            return sup + ((Group("sparse", ("strong",), "sparse", o.lambda_sparse),) if alone else ())
+        pseudo = [Group("sparse", ("strong",), "sparse", o.lambda_sparse, source="teacher")] if "sparse" in batch else []
+        if "unlabelled" in batch:
+            pseudo.append(Group("unlabelled", ("strong",), "unsup", o.lambda_unsup, source="teacher"))
+        return sup + tuple(pseudo)

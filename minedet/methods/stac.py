@@ -14,8 +14,8 @@ In minedet's one training loop step (1) is a separate run and steps (2)-(3) are 
     minedet train digits_stac method.teacher=runs/sup/model.pt
 
 :meth:`Stac.bind` runs the teacher over the whole unlabelled dataset once (no flip, no views:
-boxes in file-image pixels), splits the detections by the template's rule, keeps the result in
-memory keyed by image id and drops the teacher. Each training step carries an image's stored
+boxes in file-image pixels), splits the detections by the template's rule and fills the source, a
+:class:`FixedTable` keyed by image id; the teacher is dropped. Each training step carries an image's stored
 pseudo-labels into its strong view. On resume the table is made again from the same teacher file
 (deterministic), so checkpoints do not carry it.
 """
@@ -31,7 +31,8 @@ from minedet.data.datasets import DetectionDataset
 from minedet.data.transforms import BoxMap, Compose
 from minedet.engine.dist import labelling_info
 from minedet.errors import MinedetError
-from minedet.methods.self_training import SelfTraining, SelfTrainingOptions
+from minedet.methods.self_training import (Group, Mined, SelfTraining, SelfTrainingOptions, StepInput, StepRecord,
+                                           TeacherSource, split_labels)
 from minedet.models.detector import DetectorAdapter
 from minedet.pseudo import filters as pf
 from minedet.pseudo.semantics import PseudoLabels
@@ -52,6 +53,37 @@ class StacOptions(SelfTrainingOptions):
     label_batch_size: int = 8
 
 
+class FixedTable(TeacherSource):
+    """Pseudo-labels filled once before training (file-image frame), read back per step; not counted again."""
+
+    def __init__(self, regress: bool) -> None:
+        super().__init__()
+        self.regress = regress
+        self.confident: dict[int, Target] = {}
+        self.ignored: dict[int, Target] = {}
+        self.filled = False
+
+    def fill(self, labels: PseudoLabels) -> None:
+        ids = [d.image_id for d in labels.detections]
+        self.confident = dict(zip(ids, labels.confident))
+        self.ignored = dict(zip(ids, labels.ignored)) if labels.ignored is not None else {}
+        self.filled = True
+
+    def ready(self, steps_done: int) -> bool:
+        if not self.filled:
+            raise RuntimeError("Stac.bind(datasets) must run before training (it makes the pseudo-labels)")
+        return True
+
+    def mine(self, inp: StepInput) -> list[Mined]:
+        ids = [int(i) for i in inp.batch["unlabelled"].image_ids]
+        empty = [pf.as_pseudo(Target.empty(i), regress=self.regress) for i in ids]
+        confident = [self.confident.get(i, e) for i, e in zip(ids, empty)]
+        ignored = [self.ignored.get(i, Target.empty(i)) for i in ids] if self.ignored else None
+        known = [Target.empty(i) for i in ids]
+        return [Mined("teacher", "unlabelled", tuple(ids), [BoxMap()] * len(ids), known, confident,
+                      PseudoLabels(confident, confident, ignored), fresh=False)]
+
+
 class Stac(SelfTraining):
     """Supervised + fixed pseudo-labels under strong augmentation.
 
@@ -60,13 +92,13 @@ class Stac(SelfTraining):
         options: :class:`StacOptions`.
         teacher: a detector to pseudo-label with instead of loading ``options.teacher``
             (tests, library use).
-        rebalancer: ACRST's parts (Table 7: STAC + ACRST), or None.
+        parts: ACRST's parts (Table 7: STAC + ACRST), none by default.
     """
 
     name = "stac"
 
     def __init__(self, detector: DetectorAdapter, options: StacOptions | None = None, *,
-                 teacher: DetectorAdapter | None = None, rebalancer=None) -> None:
+                 teacher: DetectorAdapter | None = None, parts=()) -> None:
         o = options or StacOptions()
         if o.adaptive:
             raise MinedetError("method.adaptive applies to mean_teacher, acrst and co_mining (STAC labels once, before "
@@ -77,12 +109,17 @@ class Stac(SelfTraining):
                                    "supervised run: minedet train ... --out RUN, then method.teacher=RUN/model.pt)")
             if not Path(o.teacher).is_file():
                 raise MinedetError("teacher model file not found (method.teacher)", file=o.teacher)
-        super().__init__(detector, o, rebalancer=rebalancer)
+        super().__init__(detector, o, FixedTable(o.unsup_regression), parts=parts)
         self.options: StacOptions = o
         self._given = (teacher,)  # a tuple: not registered as a submodule (not part of the state)
-        self.pseudo: dict[int, Target] = {}  # confident pseudo-labels per image id, file pixels
-        self.ignored: dict[int, Target] = {}  # the ignored band per image id (with ignore_below)
-        self.labelled_once = False
+
+    def streams(self) -> dict[str, dict[str, Compose]]:
+        return {"labelled": {"strong": self.student_view("labelled")},
+                "unlabelled": {"strong": self.student_view("unlabelled")}}
+
+    def groups(self, batch: dict) -> tuple[Group, ...]:
+        return (Group("labelled", ("strong",), "sup"),
+                Group("unlabelled", ("strong",), "unsup", self.options.lambda_unsup, source="teacher"))
 
     # ------------------------------------------------------------------ pseudo-labelling, once
     def _load_teacher(self) -> DetectorAdapter:
@@ -119,55 +156,30 @@ class Stac(SelfTraining):
         teacher.to(was_device)
         return [(int(i), t) for i, t in dets]
 
-    def label(self, dataset: DetectionDataset) -> PseudoLabels:
-        """The rule over the teacher's detections on every image of ``dataset`` (file pixels)."""
-        floor = self.rule.floor if self.rb is None else min(self.rule.floor, self.rb.o.pr_thresh)
-        pairs = self.detect(dataset, floor)
-        if self.rb is not None:
-            for _, d in pairs:  # Pseudo Recall (Eq. 8), image by image as the pass goes
-                self.rb.add_detections([d])
-        return self.rule([d for _, d in pairs], [i for i, _ in pairs])
+    def labels_wait(self) -> bool:
+        """Whether the one labelling pass waits for a pre-stage (STAC + ACRST's classifier)."""
+        return False
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        ds = datasets.get("unlabelled")
-        if ds is None:
+        if datasets.get("unlabelled") is None:
             raise MinedetError("method stac needs data.unlabelled (a COCO JSON of unlabelled images)")
         super().bind(datasets, out_dir)
-        if self.rb is None or not self.rb.needs_classifier:
+        if not self.labels_wait():
             self.label_once()
 
-    def label_once(self) -> None:
-        """The one labelling pass over the unlabelled images: the stored pseudo-labels, measured
-        (and banked with ACRST's parts). Run by :meth:`bind`, or after the pre-stage that trains
-        stage two's classifier."""
+    def label_once(self) -> StepRecord:
+        """The one labelling pass over the unlabelled images: the rule over the teacher's detections (file pixels),
+        stored in the source and handed once to the parts and hooks (measured; banked with ACRST's parts). Run by
+        :meth:`bind`, or after the pre-stage that trains stage two's classifier."""
         ds = self.datasets["unlabelled"]
-        labels = self.label(ds)
-        ids = [d.image_id for d in labels.detections]
-        self.pseudo = dict(zip(ids, labels.confident))
-        self.ignored = dict(zip(ids, labels.ignored)) if labels.ignored is not None else {}
-        self.labelled_once = True
+        pairs = self.detect(ds, self.floor)
+        ids = [i for i, _ in pairs]
+        raw = [d for _, d in pairs]
+        known = [Target.empty(i) for i in ids]
+        inp = StepInput({}, (), {}, self.rule, self.keep, self.datasets, self.floor)
+        _, labels = split_labels(inp, raw, known, [Target.empty(i) for i in ids], ids)
+        self.source.fill(labels)
         self._given = (None,)  # the teacher is not needed any more
-        maps = [BoxMap()] * len(ids)
-        q = self.measure(ids, labels.confident, maps)
-        if q is not None:
-            self.metrics.update(self.quality.as_dict(prefix="quality/"))
-        if self.rb is not None:
-            self.rb.observe(ids, labels, maps, ds, self.metrics, self.rule)
-            self.rb.refresh(self.metrics)  # mu from the labelling pass; the pseudo bank is published
-
-    # ------------------------------------------------------------------ the step
-    def teacher_ready(self) -> bool:
-        if not self.labelled_once:
-            raise RuntimeError("Stac.bind(datasets) must run before training (it makes the pseudo-labels)")
-        return True
-
-    def observe(self, batch: dict, labels: PseudoLabels, maps: list[BoxMap]) -> None:
-        """Nothing per step: the one labelling pass was measured (and banked) in :meth:`bind`."""
-
-    def pseudo_labels(self, batch: dict) -> tuple[PseudoLabels, list[BoxMap]]:
-        """The stored pseudo-labels of this batch's unlabelled images (file-image frame)."""
-        ids = [int(i) for i in batch["unlabelled"].image_ids]
-        empty = [pf.as_pseudo(Target.empty(i), regress=self.rule.regress) for i in ids]
-        confident = [self.pseudo.get(i, e) for i, e in zip(ids, empty)]
-        ignored = [self.ignored.get(i, Target.empty(i)) for i in ids] if self.ignored else None
-        return PseudoLabels(confident, confident, ignored), [BoxMap()] * len(ids)
+        record = StepRecord((Mined("teacher", "unlabelled", tuple(ids), [BoxMap()] * len(ids), known, raw, labels),))
+        self.observe(record)
+        return record
