@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench_co_mining import meaning as column_meaning
+from bench_co_mining import BY_LABEL as CO_MINING_COLUMNS
 from bench_mixed import COLUMNS as MIXED_COLUMNS
 from common import RESULTS, ROOT, latest, record_key, twice_the_batch
 
@@ -167,7 +167,7 @@ def section_runs(res: dict, title: str) -> list[str]:
     out = [f"## {title}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
-    legend = [f"`{m}`: {text}" for m in methods if (text := column_meaning(m))]
+    legend = [f"`{m}`: {CO_MINING_COLUMNS[m].meaning}" for m in methods if m in CO_MINING_COLUMNS]
     if legend and res.get("name", "").startswith("co_mining"):
         out += ["Columns: " + "; ".join(legend) + ".", ""]
     if "easy" in splits and "hard" in splits:
@@ -845,10 +845,8 @@ def _mined_cells(res: dict | None, names: dict[str, str]) -> str:
     return ", ".join(cells)
 
 
-#: the digits `hard` columns of the README's sparse-labels and mining rows (co_mining_baselines), with their names
-SPARSE_README = {"original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
-                 "co_mining_brl_noib": "co-mining on BRL's loss (the `digits_co_mining` preset)",
-                 "joint_brl": "`joint` on BRL's loss (two views, no mining)"}
+#: the digits `hard` columns of the README's sparse-labels and mining rows (co_mining_baselines), by their short names
+SPARSE_README = {m: CO_MINING_COLUMNS[m].short for m in ("original", "brl", "brl_2x", "co_mining_brl_noib", "joint_brl")}
 #: the nuclei columns of the README's real-images and mining rows, with their names
 REAL_README = {"full": "full labels", "original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
                "joint_brl": "joint on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the preset)",
