@@ -172,8 +172,9 @@ def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
 
 
 def test_a_column_on_another_second_view_runs_its_base_and_meets_joint_on_that_view(monkeypatch):
-    """``LABEL_view_V`` trains column LABEL with the second view V; a co-mining column on a view also meets
-    ``joint`` on the same view (so a gain from the view alone is not credited to co-generation)."""
+    """A column declared on another second view (``LABEL_view_V``) trains column LABEL with the second view V; a
+    co-mining column on a view also meets ``joint`` on the same view (so a gain from the view alone is not credited to
+    co-generation)."""
     monkeypatch.syspath_prepend(str(BENCH))
     from bench_co_mining import BY_LABEL, beats_rivals, method_cfg
 
