@@ -11,25 +11,30 @@ Usage:
   python benchmarks/bench_co_mining.py --table frcnn        # Faster R-CNN original vs co-mining (the paper's future work)
   python benchmarks/bench_co_mining.py --table baselines    # BRL and pseudo-label retraining vs co-mining (Table 6's rivals)
   python benchmarks/bench_co_mining.py --table gt_match     # beyond the paper: drop pseudo boxes on labelled objects of any class
+  python benchmarks/bench_co_mining.py --list               # the declared columns and what each trains
 
 Scale-down (stated in docs/benchmarks.md): the digits scenes stand in for COCO; the sparse
 splits follow the papers' protocols exactly (minedet data sparsify); each split is re-drawn per seed.
 The schedule is the demo preset's with fewer steps (--steps) so the headline fits 60 CPU minutes.
+
+Columns: every column is declared once in ``COLUMNS`` (a ``CoMiningColumn``: label, meaning, method block, tau,
+model.extra, batch); the runner and ``report.py`` read the declaration, never the label's spelling. Records are keyed
+by the label, so a declared column is never changed: another setting is another column.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import statistics
 import sys
-from collections import defaultdict
 import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
-import json
-
-from common import add_test_arg, append_results, finished_run, latest, load_results, train_record, twice_the_batch, write_json
+from common import Column, add_test_arg, append_results, finished_run, latest, load_results, train_record, write_json
 
 #: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran;
 #: with mined boxes regressing, as every guarded record so far ran (the default on RetinaNet and Faster R-CNN;
@@ -37,101 +42,158 @@ from common import add_test_arg, append_results, finished_run, latest, load_resu
 #: rule (Faster R-CNN's default, method.part=0.5, is ``co_mining_guarded_part0.5``)
 GUARDS = {"ignore_below": 0.3, "contain": 0.8, "cap_ratio": 1.0, "mine_after": 100, "pseudo_regress": True,
           "part": None}
+#: a column's tau is the digits_co_mining preset's (the release's 0.6), 0.1 lower on the extreme split as in the
+#: release (0.5) ...
+SPLIT_TAU = "preset, 0.1 lower on extreme"
+#: ... or the preset's on every split (the second-view columns of Table 4, as they ran), or a number (every split)
+PRESET_TAU = "preset"
+#: the model.extra of the columns on BRL's loss (background recalibration, Zhang et al. 2020)
+BRL = {"cls_loss": "brl"}
+#: what a column on Unbiased Teacher's strong view adds to its meaning
+STRONG_VIEW = " (colour jitter, blur and cutout: Unbiased Teacher's strong view)"
 
-# the paper's rows pin the release's behaviour (method.paper=true); the guards beyond it are minedet's defaults
-METHODS = {
-    "original": {"name": "supervised", "view": "none"},
+
+@dataclass(frozen=True)
+class CoMiningColumn(Column):
+    """A column of the co-mining tables: a declared :class:`common.Column` with the run settings this script reads.
+
+    Attributes:
+        settings: the method block beyond its ``name`` and ``tau``, exactly as the column's records ran (the paper's
+            columns pin the release's behaviour with ``paper: True``; the guards beyond it are spelled out);
+        tau: :data:`SPLIT_TAU`, :data:`PRESET_TAU`, a number (the same on every split), or None (a block without
+            tau: no co-generation);
+        model_extra: model.extra beyond ``--model-extra`` (BRL's loss and its options);
+        completed_by: the column whose model, mining at score 0.6, completes the labels this one trains on (pseudo-label
+            retraining); its run of the same table, split and seed must exist;
+        view_of: the column this one re-runs on another second view (``settings["view"]``); a co-mining column on a
+            view also meets ``joint`` on that view.
+    """
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    tau: float | str | None = None
+    model_extra: Mapping[str, Any] = field(default_factory=dict)
+    completed_by: str | None = None
+    view_of: str | None = None
+
+    @property
+    def on_brl(self) -> bool:
+        """Whether the column trains on BRL's loss: it then meets the rivals on that loss."""
+        return self.model_extra.get("cls_loss") == "brl"
+
+    def method_block(self, split: str, preset_tau: float) -> dict:
+        """The run's method block on ``split``; ``preset_tau``: the digits_co_mining preset's tau (:func:`preset_tau`)."""
+        if self.tau == SPLIT_TAU:
+            tau = round(preset_tau - 0.1, 2) if split == "extreme" else preset_tau
+        else:
+            tau = preset_tau if self.tau == PRESET_TAU else self.tau
+        return {"name": self.method, **self.settings, **({} if tau is None else {"tau": tau})}
+
+
+def view_label(label: str, view: str) -> str:
+    """The label of column ``label`` on the second view ``view`` (``joint_brl`` on ``strong``: ``joint_brl_view_strong``)."""
+    return f"{label}_view_{view}"
+
+
+def on_view(col: CoMiningColumn, view: str) -> CoMiningColumn:
+    """Column ``col`` with another second view (``method.view``), everything else as declared."""
+    return replace(col, label=view_label(col.label, view), short=None, view_of=col.label,
+                   meaning=f"{col.meaning}, the second view {view}" + (STRONG_VIEW if view == "strong" else ""),
+                   settings={**col.settings, "view": view})
+
+
+def paper_at_tau(tau: float) -> CoMiningColumn:
+    """The paper's co-mining at another tau, on every split (Table 3)."""
+    return CoMiningColumn(f"tau{tau:g}", f"the paper's co-mining at tau {tau:g}", "co_mining",
+                          settings={"paper": True}, tau=tau)
+
+
+def paper_on_view(view: str) -> CoMiningColumn:
+    """The paper's co-mining with another second view, at the preset's tau on every split (Table 4)."""
+    return CoMiningColumn(f"view_{view}", f"the paper's co-mining with the second view {view}", "co_mining",
+                          settings={"view": view, "paper": True}, tau=PRESET_TAU)
+
+
+ORIGINAL = CoMiningColumn("original", "the detector on the split's labels alone", "supervised",
+                          settings={"view": "none"}, short="original")
+JOINT = CoMiningColumn("joint", "the Siamese detector on two views, no co-generation (Table 1's joint)", "co_mining",
+                       settings={"cogeneration": False, "paper": True})
+#: beyond the paper: uncertain detections ignored, containment rule, drift cap at the labelled density, warm-up
+GUARDED = CoMiningColumn("co_mining_guarded",
+                         "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
+                         "co_mining", settings=GUARDS, tau=SPLIT_TAU)
+BRL_ALONE = CoMiningColumn("brl", "original on BRL's loss (model.extra.cls_loss=brl)", "supervised",
+                           settings={"view": "none"}, model_extra=BRL, short="BRL's loss")
+#: the two views without co-generation on BRL's loss: what the second view alone does to BRL
+JOINT_BRL = CoMiningColumn("joint_brl", "joint on BRL's loss", "co_mining", settings={"cogeneration": False, "paper": True},
+                           model_extra=BRL, short="`joint` on BRL's loss (two views, no mining)")
+#: the guards on BRL's loss without the ignored band: BRL already treats the uncertain far negatives (its mirrored
+#: branch), which the band would take out of the loss; the digits_co_mining preset
+PRESET = CoMiningColumn("co_mining_brl_noib",
+                        "the guards on BRL's loss without the ignored band (the digits_co_mining preset)", "co_mining",
+                        settings={**GUARDS, "ignore_below": None}, tau=SPLIT_TAU, model_extra=BRL,
+                        short="co-mining on BRL's loss (the `digits_co_mining` preset)")
+
+#: every column the co-mining tables train, each declared once (its label keys its records for good)
+COLUMNS: tuple[CoMiningColumn, ...] = (
+    ORIGINAL,
     # the equal-compute rival: twice the batch, so it sees as many images per step as co-mining's two views
-    "original_2x": {"name": "supervised", "view": "none"},
-    "augmented": {"name": "supervised", "view": "color"},
-    "joint": {"name": "co_mining", "cogeneration": False, "paper": True},
-    "co_mining": {"name": "co_mining", "paper": True},
-    "co_mining_any": {"name": "co_mining", "gt_match": "any", "paper": True},  # beyond the paper: drop pseudo boxes on GT of any class
-    # beyond the paper: uncertain detections ignored, containment rule, drift cap at the labelled density, warm-up
-    "co_mining_guarded": {"name": "co_mining", **GUARDS},
+    CoMiningColumn("original_2x", "original on twice the batch (as many images per step as the two-view methods: "
+                   "equal compute)", "supervised", settings={"view": "none"}, batch=2),
+    CoMiningColumn("augmented", "original trained on the colour-jittered view", "supervised", settings={"view": "color"}),
+    JOINT,
+    CoMiningColumn("co_mining", "the paper's co-mining (the release's rule, method.paper=true)", "co_mining",
+                   settings={"paper": True}, tau=SPLIT_TAU),
+    # beyond the paper: drop pseudo boxes on GT of any class
+    CoMiningColumn("co_mining_any", "co-mining dropping mined boxes on labelled objects of any class", "co_mining",
+                   settings={"gt_match": "any", "paper": True}, tau=SPLIT_TAU),
+    *(paper_at_tau(t) for t in (0.4, 0.5, 0.6, 0.7, 0.8)),
+    CoMiningColumn("tau0.5_any", "co-mining at tau 0.5, dropping mined boxes on labelled objects of any class",
+                   "co_mining", settings={"paper": True, "gt_match": "any"}, tau=0.5),
+    *(paper_on_view(v) for v in ("none", "blur", "color")),
+    GUARDED,
+    *(replace(GUARDED, label=f"co_mining_guarded_tau{t:g}", meaning=f"the guards at tau {t:g}", tau=t) for t in (0.4, 0.5)),
     # the guards with the mined boxes teaching classification only: a mined box's localisation is the model's own
     # guess, and regressing towards it cannot sharpen the boxes (FCOS hard: the guards gained AP50, not AP)
-    "co_mining_guarded_noreg": {"name": "co_mining", **GUARDS, "pseudo_regress": False},
+    replace(GUARDED, label="co_mining_guarded_noreg", meaning="the guards, mined boxes teaching no box regression",
+            settings={**GUARDS, "pseudo_regress": False}),
+    replace(GUARDED, label="co_mining_guarded_ib0.1", meaning="the guards ignoring detections from score 0.1 up to tau",
+            settings={**GUARDS, "ignore_below": 0.1}),
+    # the part rule as Faster R-CNN's default runs it
+    replace(GUARDED, label="co_mining_guarded_part0.5", settings={**GUARDS, "part": 0.5},
+            meaning="the guards, dropping mined boxes with a share >= 0.5 of their area on labelled boxes"),
     # the guards with per-class thresholds from the scores the model gives labelled boxes (method.adaptive)
-    "co_mining_adaptive": {"name": "co_mining", **GUARDS, "adaptive": True},
-    "brl": {"name": "supervised", "view": "none"},  # + model.extra.cls_loss=brl (Zhang et al. 2020)
+    replace(GUARDED, label="co_mining_adaptive", meaning="the guards with per-class thresholds (method.adaptive)",
+            settings={**GUARDS, "adaptive": True}),
+    BRL_ALONE,
     # the equal-compute rival on BRL's loss: twice the batch, as original_2x on the focal loss
-    "brl_2x": {"name": "supervised", "view": "none"},
+    replace(BRL_ALONE, label="brl_2x", meaning="BRL's loss on twice the batch (equal compute)", batch=2,
+            short="BRL's loss on twice the batch"),
+    JOINT_BRL,
+    on_view(JOINT_BRL, "strong"),
     # co-mining with the guards on the BRL loss: confusing anchors of the second view's negatives recalibrated too
-    "co_mining_brl": {"name": "co_mining", **GUARDS},
-    # the two views without co-generation on BRL's loss: what the second view alone does to BRL
-    "joint_brl": {"name": "co_mining", "cogeneration": False, "paper": True},
+    replace(GUARDED, label="co_mining_brl", meaning="the guards on BRL's loss", model_extra=BRL),
     # co-mining on BRL's loss with the release's rule: what co-generation itself does to BRL
-    "co_mining_brl_paper": {"name": "co_mining", "paper": True},
-    # the guards on BRL's loss without the ignored band: BRL already treats the uncertain far negatives
-    # (its mirrored branch), which the band would take out of the loss
-    "co_mining_brl_noib": {"name": "co_mining", **GUARDS, "ignore_below": None},
-    # the same with a mined box's positives out of BRL's per-image normaliser (model.extra.brl_pseudo=no_norm), and
-    # with a mined box adding only its positives, the anchors near it left to BRL's recalibration (=positive)
-    "co_mining_brl_nonorm": {"name": "co_mining", **GUARDS, "ignore_below": None},
-    "co_mining_brl_pos": {"name": "co_mining", **GUARDS, "ignore_below": None},
-    # the preset's co-mining with per-class thresholds from the scores the model gives labelled boxes
-    "co_mining_brl_adaptive": {"name": "co_mining", **GUARDS, "ignore_below": None, "adaptive": True},
+    CoMiningColumn("co_mining_brl_paper", "the release's co-mining on BRL's loss", "co_mining", settings={"paper": True},
+                   tau=SPLIT_TAU, model_extra=BRL),
+    PRESET,
+    replace(PRESET, label="co_mining_brl_noib_tau0.5", meaning="the preset at tau 0.5", tau=0.5, short=None),
+    on_view(PRESET, "strong"),
+    # the preset with a mined box's positives out of BRL's per-image normaliser, and with a mined box adding only its
+    # positives, the anchors near it left to BRL's recalibration
+    replace(PRESET, label="co_mining_brl_nonorm", short=None, model_extra={**BRL, "brl_pseudo": "no_norm"},
+            meaning="the preset, mined boxes out of BRL's normaliser (model.extra.brl_pseudo=no_norm)"),
+    replace(PRESET, label="co_mining_brl_pos", short=None, model_extra={**BRL, "brl_pseudo": "positive"},
+            meaning="the preset, mined boxes adding positives only (model.extra.brl_pseudo=positive)"),
+    replace(PRESET, label="co_mining_brl_adaptive", short=None, settings={**PRESET.settings, "adaptive": True},
+            meaning="the preset with per-class thresholds (method.adaptive)"),
     # the preset with a mined box another class contests (in either view, at >= half its score) ignored, not taught
-    "co_mining_brl_dispute": {"name": "co_mining", **GUARDS, "ignore_below": None, "dispute": 0.5},
-    "retrain": {"name": "supervised", "view": "none"},  # on the 'original' model's mined completion (Niitani et al. 2019)
-}
-
-#: what each column is, for --help and the page's legend (the parametrised labels: PATTERN_MEANING)
-MEANING = {
-    "original": "the detector on the split's labels alone",
-    "original_2x": "original on twice the batch (as many images per step as the two-view methods: equal compute)",
-    "augmented": "original trained on the colour-jittered view",
-    "joint": "the Siamese detector on two views, no co-generation (Table 1's joint)",
-    "co_mining": "the paper's co-mining (the release's rule, method.paper=true)",
-    "co_mining_any": "co-mining dropping mined boxes on labelled objects of any class",
-    "co_mining_guarded": "co-mining with the guards beyond the paper (ignored band, containment, cap, warm-up)",
-    "co_mining_guarded_noreg": "the guards, mined boxes teaching no box regression",
-    "co_mining_adaptive": "the guards with per-class thresholds (method.adaptive)",
-    "brl": "original on BRL's loss (model.extra.cls_loss=brl)",
-    "brl_2x": "BRL's loss on twice the batch (equal compute)",
-    "co_mining_brl": "the guards on BRL's loss",
-    "co_mining_brl_noib": "the guards on BRL's loss without the ignored band (the digits_co_mining preset)",
-    "co_mining_brl_nonorm": "the preset, mined boxes out of BRL's normaliser (model.extra.brl_pseudo=no_norm)",
-    "co_mining_brl_pos": "the preset, mined boxes adding positives only (model.extra.brl_pseudo=positive)",
-    "co_mining_brl_adaptive": "the preset with per-class thresholds (method.adaptive)",
-    "co_mining_brl_dispute": "the preset, a mined box another class contests ignored (method.dispute=0.5)",
-    "co_mining_brl_paper": "the release's co-mining on BRL's loss",
-    "joint_brl": "joint on BRL's loss",
-    "retrain": "pseudo-label retraining: original's boxes mined at score 0.6 added to the labels, trained again",
-}
-PATTERN_MEANING = [
-    (r"tau([\d.]+)", "the paper's co-mining at tau {0}"),
-    (r"tau([\d.]+)_any", "co-mining at tau {0}, dropping mined boxes on labelled objects of any class"),
-    (r"co_mining_guarded_tau([\d.]+)", "the guards at tau {0}"),
-    (r"co_mining_brl_noib_tau([\d.]+)", "the preset at tau {0}"),
-    (r"co_mining_guarded_ib([\d.]+)", "the guards ignoring detections from score {0} up to tau"),
-    (r"co_mining_guarded_part([\d.]+)", "the guards, dropping mined boxes with a share >= {0} of their area on labelled boxes"),
-    (r"view_(\w+)", "the paper's co-mining with the second view {0}"),
-]
-
-
-def split_view(label: str) -> tuple[str, str] | None:
-    """``joint_brl_view_strong`` -> (``joint_brl``, ``strong``): a column of METHODS on another second view."""
-    base, sep, view = label.rpartition("_view_")
-    return (base, view) if sep and base in METHODS else None
-
-
-def meaning(label: str) -> str | None:
-    """What column ``label`` trains, in a few words (None for a label this script does not know)."""
-    if label in MEANING:
-        return MEANING[label]
-    if (split := split_view(label)) and split[0] in MEANING:
-        return f"{MEANING[split[0]]}, the second view {split[1]}" + (
-            " (colour jitter, blur and cutout: Unbiased Teacher's strong view)" if split[1] == "strong" else "")
-    for pattern, text in PATTERN_MEANING:
-        if m := re.fullmatch(pattern, label):
-            return text.format(*m.groups())
-    return None
-
-
-#: model.extra beyond cls_loss=brl, per column
-MODEL_EXTRA = {"co_mining_brl_nonorm": {"brl_pseudo": "no_norm"}, "co_mining_brl_pos": {"brl_pseudo": "positive"}}
+    replace(PRESET, label="co_mining_brl_dispute", short=None, settings={**PRESET.settings, "dispute": 0.5},
+            meaning="the preset, a mined box another class contests ignored (method.dispute=0.5)"),
+    # on the 'original' model's mined completion (Niitani et al. 2019)
+    replace(ORIGINAL, label="retrain", short=None, completed_by="original",
+            meaning="pseudo-label retraining: original's boxes mined at score 0.6 added to the labels, trained again"),
+)
+BY_LABEL = {c.label: c for c in COLUMNS}
 
 TABLES = {
     "headline": (["full", "hard"], ["original", "co_mining"]),
@@ -155,46 +217,34 @@ FULL_METHODS = {"headline": ("original",)}
 FRCNN_COGEN_PROPOSALS = 300
 
 
-def method_cfg(label: str, split: str) -> dict:
-    """The method block of one run. Co-mining's tau comes from the digits_co_mining preset (the
-    release's 0.6); on the extreme split it is 0.1 lower, as in the release (0.5)."""
+def preset_tau() -> float:
+    """The digits_co_mining preset's tau (the release's 0.6): the tau of a column that names none."""
     from minedet.config import load_config, preset_path
 
-    tau = float(load_config(preset_path("digits_co_mining")).method["tau"])
-    if label.startswith("tau"):  # tau0.5, or tau0.5_any (with method.gt_match=any)
-        t, _, any_ = label[3:].partition("_")
-        return {"name": "co_mining", "tau": float(t), "paper": True, **({"gt_match": "any"} if any_ == "any" else {})}
-    if label.startswith("co_mining_guarded_tau"):  # the guards at another tau, the same on every split
-        return {"name": "co_mining", **GUARDS, "tau": float(label.rpartition("tau")[2])}
-    if label.startswith("co_mining_brl_noib_tau"):  # the digits_co_mining preset's co-mining at another tau
-        return {**METHODS["co_mining_brl_noib"], "tau": float(label.rpartition("tau")[2])}
-    if label.startswith("co_mining_guarded_part"):  # the guards with method.part: no mined piece of a labelled box
-        return {**method_cfg("co_mining_guarded", split), "part": float(label.rpartition("_part")[2])}
-    if label.startswith("co_mining_guarded_ib"):  # the guards with another lower end of the ignored band
-        m = method_cfg("co_mining_guarded", split)
-        return {**m, "ignore_below": min(float(label.rpartition("_ib")[2]), m["tau"])}
-    if label.startswith("view_"):
-        return {"name": "co_mining", "view": label[5:], "tau": tau, "paper": True}
-    if on_view := split_view(label):  # a column on another second view: joint_brl_view_strong
-        return {**method_cfg(on_view[0], split), "view": on_view[1]}
-    m = dict(METHODS[label])
-    if m["name"] == "co_mining" and m.get("cogeneration", True):
-        m["tau"] = round(tau - 0.1, 2) if split == "extreme" else tau
-    return m
+    return float(load_config(preset_path("digits_co_mining")).method["tau"])
 
 
-def main() -> int:
+def method_cfg(label: str, split: str) -> dict:
+    """The method block declared column ``label`` trains with on ``split`` (other benchmarks train these columns too)."""
+    return BY_LABEL[label].method_block(split, preset_tau())
+
+
+def run_name(table: str, split: str, label: str, seed: int) -> str:
+    """The work folder of one run: its table, split, column and seed."""
+    return f"{table}_{split}_{label}_s{seed}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--model-extra`` pairs read into a dict (a bad pair is refused before anything trains)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", default="headline", choices=list(TABLES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=900, help="training steps per run (default: 900, so the headline fits 60 CPU minutes)")
     ap.add_argument("--train-images", type=int, default=4000)
     ap.add_argument("--splits", nargs="+", default=None, help="these splits (default: the table's; may name one it lacks, e.g. --table baselines --splits full --methods brl)")
-    ap.add_argument("--methods", nargs="+", default=None,
-                    help="these methods instead of the table's: " + "; ".join(f"{k}: {v}" for k, v in MEANING.items())
-                         + "; tauT, tauT_any, co_mining_guarded_tauT, co_mining_brl_noib_tauT: at tau T; "
-                           "co_mining_guarded_ibX: the ignored band from score X; co_mining_guarded_partS: method.part=S; view_none|blur|color: the second view; "
-                           "LABEL_view_V: column LABEL on the second view V (joint_brl_view_strong)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(BY_LABEL), metavar="COLUMN",
+                    help="these columns instead of the table's: any declared column (--list shows each and what it trains)")
+    ap.add_argument("--list", action="store_true", help="print the declared columns and exit")
     ap.add_argument("--model-extra", nargs="+", default=[], metavar="KEY=VALUE",
                     help="model.extra settings for every column (a cheaper detector, stated in the page's note), e.g. "
                          "--table frcnn --model-extra box_batch_size_per_image=128 rpn_post_nms_top_n_train=500 "
@@ -216,96 +266,134 @@ def main() -> int:
                          "(after a change to minedet mine); each re-measured run is a new record")
     ap.add_argument("--rederive", action="store_true",
                     help="do not train: recompute the derived lines (recovery, ratios, wall time) of the results file")
-    args = ap.parse_args()
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    args = ap.parse_args(argv)
     args.model_extra = model_extras(ap, args.model_extra)
-    from minedet.data.split_files import sparse_copy
-    from minedet.run import resolve_data
-    from minedet.config import load_config, preset_path
+    return args
 
+
+def print_columns() -> None:
+    """--list: each declared column, the method block it trains on ``hard`` and what it means."""
+    tau = preset_tau()
+    for c in COLUMNS:
+        extra = "".join(f" model.extra.{k}={v}" for k, v in c.model_extra.items())
+        print(f"{c.label:32s} {json.dumps(c.method_block('hard', tau))}{extra}{' (x2 batch)' if c.batch > 1 else ''}\n"
+              f"{'':32s} {c.meaning}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        print_columns()
+        return 0
     splits, methods = TABLES[args.table]
     splits = splits if args.splits is None else args.splits  # --splits may add one the table lacks (brl on full)
-    methods = methods if args.methods is None else args.methods  # any label method_cfg knows (tau0.5, view_blur, ...)
+    methods = methods if args.methods is None else args.methods  # any declared column (tau0.5, view_blur, ...)
     detector = {"fcos": "fcos", "frcnn": "faster_rcnn"}.get(args.table, "retinanet")
-    steps = args.steps
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-cm-"))
     # headline, extreme and Table 1 share one RetinaNet setting and seeds: one results file, Table 1 grows in it
     name = args.name or ("co_mining" if args.table in ("headline", "extreme", "table1") else f"co_mining_{args.table}")
-    old = load_results(name)
     if args.rederive:
-        if old is None:
-            raise SystemExit(f"no results file {name}.json")
-        write_json(name, {**old, "derived": derived(latest(old["records"]))})
-        print("\n".join(derived(latest(old["records"]))))
-        return 0
+        return rederive(name)
     if args.remine:
-        if not args.out:
-            raise SystemExit("--remine needs --out, the work folder of the runs")
-        from minedet.config import build_config
-
-        fresh = []
-        for rec in latest(old["records"] if old else []):
-            run = work / rec.get("run", f"{args.table}_{rec['split']}_{rec['method']}_s{rec['seed']}")
-            if not (run / "model.pt").exists():
-                continue
-            cfg = build_config(json.loads((run / "config.json").read_text()))
-            # latency pairs co-mining with the original; mining is scored on a sparse split with hidden truth
-            # (retrain's completed file has none)
-            if args.latency_only:
-                wanted = rec["method"] in ("original", "co_mining")
-            else:
-                wanted = rec["split"] != "full" and bool(cfg.data.hidden)
-            if not wanted:
-                continue
-            print(f"[remine] {run.name}", file=sys.stderr, flush=True)
-            made_at = (rec.get("origin") or old).get("git_commit") or "?"
-            rec = {k: v for k, v in rec.items() if k not in ("origin", "predict_s")}
-            rec["remeasure_of"] = made_at[:10]  # the training run's commit; this record's origin is now
-            if not args.latency_only:
-                rec.update(mining_quality(run, cfg))
-            fresh.append(rec)
-        add_latency(fresh, work, args.table)
-        append_results(name, fresh, note=note(args, steps), derive=derived)
-        return 0
+        return remine(args, work, name)
     for seed in args.seeds:
         for split in splits:
             for label in methods:
                 if split == "full" and args.methods is None and label not in FULL_METHODS.get(args.table, ("original", "co_mining")):
                     continue
-                over = [f"train.max_steps={steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
-                        f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
-                        f"data.digits.n_test={args.test_images}", f"data.cache_dir={work / 'cache'}"]
-                cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
-                if split != "full":
-                    cfg.data.train, cfg.data.hidden = sparse_copy(cfg, split, seed)
-                cfg.method = method_cfg(label, split)
-                if detector == "faster_rcnn" and cfg.method["name"] == "co_mining":
-                    cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
-                if twice_the_batch(label):
-                    cfg.data.batch_size *= 2
-                cfg.model.extra = {**cfg.model.extra, **args.model_extra}
-                if on_brl(label):
-                    cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", **MODEL_EXTRA.get(label, {})}
-                if label == "retrain":
-                    cfg.data.train, mined = completed_by_mining(work / f"{args.table}_{split}_original_s{seed}", cfg)
-                    # the mined boxes' new ids may equal erased boxes' ids: no hidden truth for the completed file
-                    cfg.data.hidden = None
-                out = work / f"{args.table}_{split}_{label}_s{seed}"
-                print(f"[{args.table}] seed {seed} {split:<8} {label:<10} ...", file=sys.stderr, flush=True)
-                done = finished_run(out, steps) if args.reuse_finished else None
-                rec = train_record(cfg, label={"method": label, "split": split, "seed": seed, "detector": detector,
-                                               "run": out.name, **({"model_extra": args.model_extra} if args.model_extra else {})},
-                                   out_dir=out, resume=done)
-                if split != "full" and cfg.data.hidden:  # every sparse run but retrain (its file has no hidden truth)
-                    rec.update(mining_quality(out, cfg))
-                if label == "retrain":
-                    rec["retrain_mined"] = mined
-                if label == "co_mining":
-                    add_latency([rec], work, args.table)
-                print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
-                append_results(name, [rec], note=note(args, steps), derive=derived)
+                rec = run_column(args, work, BY_LABEL[label], split, seed, detector)
+                append_results(name, [rec], note=note(args, args.steps), derive=derived)
     return 0
+
+
+def rederive(name: str) -> int:
+    """--rederive: recompute the derived lines of results file ``name`` from its records."""
+    old = load_results(name)
+    if old is None:
+        raise SystemExit(f"no results file {name}.json")
+    write_json(name, {**old, "derived": derived(latest(old["records"]))})
+    print("\n".join(derived(latest(old["records"]))))
+    return 0
+
+
+def remine(args, work: Path, name: str) -> int:
+    """--remine: measure mining quality and predict latency again with the models kept in ``work``, without training;
+    each re-measured run is a new record naming the commit of its training run."""
+    from minedet.config import build_config
+
+    if not args.out:
+        raise SystemExit("--remine needs --out, the work folder of the runs")
+    old = load_results(name)
+    fresh = []
+    for rec in latest(old["records"] if old else []):
+        run = work / rec.get("run", run_name(args.table, rec["split"], rec["method"], rec["seed"]))
+        if not (run / "model.pt").exists():
+            continue
+        cfg = build_config(json.loads((run / "config.json").read_text()))
+        # latency pairs co-mining with the original; mining is scored on a sparse split with hidden truth
+        # (retrain's completed file has none)
+        if args.latency_only:
+            wanted = rec["method"] in ("original", "co_mining")
+        else:
+            wanted = rec["split"] != "full" and bool(cfg.data.hidden)
+        if not wanted:
+            continue
+        print(f"[remine] {run.name}", file=sys.stderr, flush=True)
+        made_at = (rec.get("origin") or old).get("git_commit") or "?"
+        rec = {k: v for k, v in rec.items() if k not in ("origin", "predict_s")}
+        rec["remeasure_of"] = made_at[:10]  # the training run's commit; this record's origin is now
+        if not args.latency_only:
+            rec.update(mining_quality(run, cfg))
+        fresh.append(rec)
+    add_latency(fresh, work, args.table)
+    append_results(name, fresh, note=note(args, args.steps), derive=derived)
+    return 0
+
+
+def column_config(args, work: Path, col: CoMiningColumn, split: str, seed: int, detector: str):
+    """The config of one run: the digits_retinanet preset at the benchmark's scale and seed, the split's labels (drawn
+    with the seed), then the column's method block, batch multiplier and model.extra (after ``--model-extra``)."""
+    from minedet.config import load_config, preset_path
+    from minedet.data.split_files import sparse_copy
+    from minedet.run import resolve_data
+
+    over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"model.name={detector}", f"train.threads={args.threads}",
+            f"data.digits.n_train={args.train_images}", f"data.digits.n_val={args.val_images}",
+            f"data.digits.n_test={args.test_images}", f"data.cache_dir={work / 'cache'}"]
+    cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
+    if split != "full":
+        cfg.data.train, cfg.data.hidden = sparse_copy(cfg, split, seed)
+    cfg.method = col.method_block(split, preset_tau())
+    if detector == "faster_rcnn" and cfg.method["name"] == "co_mining":
+        cfg.method["topk"] = FRCNN_COGEN_PROPOSALS
+    cfg.data.batch_size *= col.batch
+    cfg.model.extra = {**cfg.model.extra, **args.model_extra, **col.model_extra}
+    return cfg
+
+
+def run_column(args, work: Path, col: CoMiningColumn, split: str, seed: int, detector: str) -> dict:
+    """Train column ``col`` on ``split`` with ``seed`` and measure it: its record (mining quality on a sparse split with
+    hidden truth, predict latency for co_mining against original)."""
+    cfg = column_config(args, work, col, split, seed, detector)
+    mined = None
+    if col.completed_by:
+        cfg.data.train, mined = completed_by_mining(work / run_name(args.table, split, col.completed_by, seed), cfg)
+        # the mined boxes' new ids may equal erased boxes' ids: no hidden truth for the completed file
+        cfg.data.hidden = None
+    out = work / run_name(args.table, split, col.label, seed)
+    print(f"[{args.table}] seed {seed} {split:<8} {col.label:<10} ...", file=sys.stderr, flush=True)
+    done = finished_run(out, args.steps) if args.reuse_finished else None
+    rec = train_record(cfg, label={"method": col.label, "split": split, "seed": seed, "detector": detector,
+                                   "run": out.name, **({"model_extra": args.model_extra} if args.model_extra else {})},
+                       out_dir=out, resume=done)
+    if split != "full" and cfg.data.hidden:  # every sparse run but retrain (its file has no hidden truth)
+        rec.update(mining_quality(out, cfg))
+    if mined is not None:
+        rec["retrain_mined"] = mined
+    if col.label == "co_mining":
+        add_latency([rec], work, args.table)
+    print(f"    AP {100 * rec['ap']:.1f} AP50 {100 * rec['ap50']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
+    return rec
 
 
 def completed_by_mining(original_run: Path, cfg) -> tuple[str, int]:
@@ -373,8 +461,8 @@ def add_latency(records: list[dict], work: Path, table: str) -> None:
     for rec in records:
         if rec["method"] != "co_mining":
             continue
-        base = work / f"{table}_{rec['split']}_original_s{rec['seed']}" / "model.pt"
-        run = work / f"{table}_{rec['split']}_co_mining_s{rec['seed']}"
+        base = work / run_name(table, rec["split"], "original", rec["seed"]) / "model.pt"
+        run = work / run_name(table, rec["split"], "co_mining", rec["seed"])
         if not (base.exists() and (run / "model.pt").exists()):
             continue
         cfg = build_config(json.loads((run / "config.json").read_text()))
@@ -406,13 +494,24 @@ def note(args, steps: int) -> str:
             f"more than once).{extra}")
 
 
-def on_brl(label: str) -> bool:
-    """Whether a column trains on BRL's loss (brl, brl_2x, joint_brl, co_mining_brl*)."""
-    return "brl" in label.split("_")
-
-
-#: the rivals a co-mining column must beat, on its own loss
+#: the rivals a co-mining column must beat, on its own loss (keyed by :attr:`CoMiningColumn.on_brl`)
 RIVALS = {False: ("original", "original_2x", "augmented", "joint"), True: ("brl", "brl_2x", "joint_brl")}
+#: the two views without co-generation, on each loss: a co-mining column on another second view also meets it on that view
+JOINT_ON = {False: JOINT.label, True: JOINT_BRL.label}
+
+
+def rivals_of(col: CoMiningColumn) -> tuple[str, ...]:
+    """The labels co-mining column ``col`` is checked against: the rivals on its loss, and joint on its second view
+    where it runs on another one (so a gain from the view alone is not credited to co-generation)."""
+    view = (view_label(JOINT_ON[col.on_brl], col.settings["view"]),) if col.view_of else ()
+    return RIVALS[col.on_brl] + view
+
+
+def checked_against_rivals(col: CoMiningColumn) -> bool:
+    """Whether column ``col`` is a co-mining variant checked against the rivals: it runs co-mining and is no rival
+    itself (nor a rival on another second view)."""
+    every_rival = RIVALS[False] + RIVALS[True]
+    return col.method == "co_mining" and (col.view_of or col.label) not in every_rival
 
 
 def beats_rivals(records: list[dict]) -> list[str]:
@@ -421,17 +520,13 @@ def beats_rivals(records: list[dict]) -> list[str]:
     deviation over seeds (the larger of the two methods' stds), on the seeds both methods ran. A
     column on BRL's loss meets the rivals on that loss (BRL alone, on twice the batch, two views)."""
     lines = []
-    every_rival = RIVALS[False] + RIVALS[True]
     for split in ("full", "easy", "hard", "extreme"):
         aps: dict[str, dict[int, float]] = defaultdict(dict)
         for r in records:
             if r["split"] == split:
                 aps[r["method"]][r["seed"]] = r["ap"]
-        for c in [m for m in aps if (split_view(m) or (m,))[0] not in every_rival
-                  and METHODS.get(m, {"name": "co_mining"})["name"] == "co_mining"]:
-            # a column on another second view also meets joint on that view
-            view = [f"joint{'_brl' * on_brl(c)}_view_{v[1]}"] if (v := split_view(c)) else []
-            for m in RIVALS[on_brl(c)] + tuple(view):
+        for c in [m for m in aps if checked_against_rivals(BY_LABEL[m])]:
+            for m in rivals_of(BY_LABEL[c]):
                 seeds = sorted(set(aps[c]) & set(aps.get(m, {})))
                 if not seeds:
                     continue
@@ -462,14 +557,15 @@ def derived(records: list[dict]) -> list[str]:
         for m in dict.fromkeys(r["method"] for r in records if r["split"] == split and r["method"] != "original"):
             o, c = ap("original", split, seeds), ap(m, split, seeds)
             # a twice-the-batch column against the full-label run at twice the batch where the file has it
-            paired_2x = twice_the_batch(m) and full_2x is not None
+            twice = BY_LABEL[m].batch == 2
+            paired_2x = twice and full_2x is not None
             ceiling, name = (full_2x, "AP_full_2x") if paired_2x else (full, "AP_full")
             if None not in (ceiling, o, c) and ceiling > o:
                 lines.append(f"{split}: {m} recovers {100 * (c - o) / (ceiling - o):.0f}% of the AP lost to missing labels "
                              f"((AP_{m} {100 * c:.1f} - AP_orig {100 * o:.1f}) / ({name} {100 * ceiling:.1f} - AP_orig {100 * o:.1f})"
                              + (f", seeds {sorted(seeds)} only)" if seeds else ")")
                              # the ceiling trained on the table's batch: twice the batch may pass it
-                             + ("; the full-label run trains on half its batch" if twice_the_batch(m) and not paired_2x else ""))
+                             + ("; the full-label run trains on half its batch" if twice and not paired_2x else ""))
     lines += beats_rivals(records)
     for split in ("easy", "hard", "extreme"):
         added = {r["seed"]: r["retrain_mined"] for r in records if r["split"] == split and "retrain_mined" in r}

@@ -125,7 +125,7 @@ def curve(cum: list[int], n_hidden: int, budgets) -> list[dict]:
 
 
 def config(args, work: Path, seed: int):
-    from bench_co_mining import method_cfg
+    from bench_co_mining import BY_LABEL, method_cfg
     from minedet.config import load_config, preset_path
     from minedet.data.split_files import sparse_copy
     from minedet.run import resolve_data
@@ -136,7 +136,7 @@ def config(args, work: Path, seed: int):
     cfg = resolve_data(load_config(preset_path("digits_retinanet"), over), quiet=True)
     cfg.data.train, cfg.data.hidden = sparse_copy(cfg, "hard", seed)
     cfg.method = method_cfg("brl", "hard")
-    cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl"}
+    cfg.model.extra = {**cfg.model.extra, **BY_LABEL["brl"].model_extra}
     return cfg
 
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import ROOT
+from common import ROOT, Column
 
 NAME = "real_trees"
 DEEPFOREST = "2.1.0"
@@ -85,50 +85,44 @@ HURRIED_CELLS, HURRIED_KEEP = 0.25, 1 / 3
 
 
 @dataclass(frozen=True)
-class Column:
-    """One declared benchmark column: what the runner trains and what the report says it means.
+class TreeColumn(Column):
+    """A tree-crown column: a declared :class:`common.Column` with what this benchmark's runner reads besides.
 
     Attributes:
-        label: the record's ``column``; meaning: one line for the page;
-        method: the ``minedet train METHOD`` it runs; overrides: its ``KEY=VALUE`` beyond the budget;
+        overrides: its ``KEY=VALUE`` beyond the budget;
         labels: ``sparse`` (the protocol's) or ``full`` (every training crown: the ceiling);
-        batch: the batch multiplier (2: the compute of a two-view step, the equal-compute rival);
         flag_sparse: image records flagged ``"labels": "sparse"`` (the mixed method's own-data input);
         default: what ``minedet train`` does on sparse own data when the user says nothing;
         final: a page column (test is scored); exploratory columns are scored on dev only.
     """
 
-    label: str
-    meaning: str
-    method: str
     overrides: tuple[str, ...] = ()
     labels: str = "sparse"
-    batch: int = 1
     flag_sparse: bool = False
     default: bool = False
     final: bool = True
 
 
-COLUMNS: tuple[Column, ...] = (
-    Column("full", "every training crown labelled (the ceiling)", "supervised", labels="full"),
-    Column("original", "plain training on the sparse labels (focal loss)", "supervised"),
-    Column("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2),
-    Column("brl", "BRL's loss (background recalibration) on the sparse labels", "supervised",
-           ("model.extra.cls_loss=brl",)),
-    Column("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2),
-    Column("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",)),
-    Column("co_mining", "`minedet train co_mining` as shipped (co-mining on BRL's loss, the guards)", "co_mining",
-           default=True),
-    Column("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
-           "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
-           ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True),
+COLUMNS: tuple[TreeColumn, ...] = (
+    TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", labels="full"),
+    TreeColumn("original", "plain training on the sparse labels (focal loss)", "supervised"),
+    TreeColumn("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2),
+    TreeColumn("brl", "BRL's loss (background recalibration) on the sparse labels", "supervised",
+               ("model.extra.cls_loss=brl",)),
+    TreeColumn("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2),
+    TreeColumn("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",)),
+    TreeColumn("co_mining", "`minedet train co_mining` as shipped (co-mining on BRL's loss, the guards)", "co_mining",
+               default=True),
+    TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
+               "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
+               ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True),
 )
 #: exploratory columns: scored on dev only, to make a choice there
-PROBES: tuple[Column, ...] = (
-    Column("full_anchor2", "every training crown, anchor scale 2 instead of the proposed 1 (a probe)", "supervised",
-           ("model.anchor_scale=2",), labels="full", final=False),
-    Column("full_anchor2_lr3", "every training crown, anchor scale 2, learning rate 0.003 instead of 0.001 (a probe)",
-           "supervised", ("model.anchor_scale=2", "train.lr=0.003"), labels="full", final=False),
+PROBES: tuple[TreeColumn, ...] = (
+    TreeColumn("full_anchor2", "every training crown, anchor scale 2 instead of the proposed 1 (a probe)", "supervised",
+               ("model.anchor_scale=2",), labels="full", final=False),
+    TreeColumn("full_anchor2_lr3", "every training crown, anchor scale 2, learning rate 0.003 instead of 0.001 (a probe)",
+               "supervised", ("model.anchor_scale=2", "train.lr=0.003"), labels="full", final=False),
 )
 BY_LABEL = {c.label: c for c in COLUMNS + PROBES}
 
@@ -295,7 +289,7 @@ def training_files(info: dict, protocol: str, seed: int, flag_sparse: bool) -> t
 
 
 # --------------------------------------------------------------------------------------------- runs
-def make_config(info: dict, col: Column, protocol: str, seed: int, steps: int = STEPS):
+def make_config(info: dict, col: TreeColumn, protocol: str, seed: int, steps: int = STEPS):
     """What ``minedet train METHOD --train ... --val dev ...`` builds, with the budget and the column's overrides."""
     from minedet.run import own_data_config
 
@@ -348,7 +342,7 @@ def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:
     return work / protocol / label / f"s{seed}" / f"{cfg.train.max_steps}steps_anchor{cfg.model.anchor_scale:g}"
 
 
-def run_one(info: dict, col: Column, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS) -> list[dict]:
+def run_one(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS) -> list[dict]:
     """Train one column on one protocol and seed; its records (dev, test for final columns, train for mining)."""
 
     cfg = make_config(info, col, protocol, seed, steps)

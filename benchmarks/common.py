@@ -16,12 +16,37 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # MINEDET_BENCH_RESULTS redirects the result files (the benchmark smoke tests write to a temporary folder)
 RESULTS = Path(os.environ.get("MINEDET_BENCH_RESULTS") or ROOT / "benchmarks" / "results")
 sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared benchmark column: what a runner trains and what the report says it is, in one place.
+
+    A benchmark extends it with the settings its runner reads (``bench_trees.TreeColumn``,
+    ``bench_co_mining.CoMiningColumn``); the runner and the report both read the declaration, never the label's spelling.
+
+    Attributes:
+        label: the name its records carry (their ``method`` or ``column``): results files are keyed by it, so a label
+            keeps its meaning for good;
+        meaning: one sentence for the page's reader: what the column trains;
+        method: the minedet method it trains (``minedet train METHOD``);
+        batch: the batch multiplier (2: as many images per step as a two-view step, the equal-compute rival);
+        short: the name the README's results rows give it (None: the README does not quote it).
+    """
+
+    label: str
+    meaning: str
+    method: str
+    _: KW_ONLY
+    batch: int = 1
+    short: str | None = None
 
 
 def git_commit() -> str | None:

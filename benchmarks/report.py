@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench_co_mining import meaning as column_meaning
+from bench_co_mining import BY_LABEL as CO_MINING_COLUMNS
 from bench_mixed import COLUMNS as MIXED_COLUMNS
 from common import RESULTS, ROOT, latest, record_key, twice_the_batch
 
@@ -167,7 +167,7 @@ def section_runs(res: dict, title: str) -> list[str]:
     out = [f"## {title}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
-    legend = [f"`{m}`: {text}" for m in methods if (text := column_meaning(m))]
+    legend = [f"`{m}`: {CO_MINING_COLUMNS[m].meaning}" for m in methods if m in CO_MINING_COLUMNS]
     if legend and res.get("name", "").startswith("co_mining"):
         out += ["Columns: " + "; ".join(legend) + ".", ""]
     if "easy" in splits and "hard" in splits:
@@ -323,72 +323,108 @@ def section_semi(res: dict, title: str) -> list[str]:
         out += [res["note"], ""]
     seeds = sorted({r["seed"] for r in recs})
     for det in detectors:
-        rows = [r for r in recs if r.get("detector", "retinanet") == det]
-
-        def cell(f, m, key="ap", rows=rows):
-            return [r.get(key) for r in rows if r.get("fraction") == f and r["method"] == m]
-
-        def ap_cell(f, m, rows=rows):
-            return seed_cell([r for r in rows if r.get("fraction") == f and r["method"] == m], "ap", seeds)
-
         label = f" ({det})" if len(detectors) > 1 else ""
-        out += [f"**AP{label}** of the saved model (teacher for mean_teacher / acrst), mean ± std over seeds {seeds}", "",
-                "| labelled | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        out += _semi_detector_tables([r for r in recs if r.get("detector", "retinanet") == det], label, fractions,
+                                     methods, seeds)
+    out += _semi_step_times(recs, methods)
+    out += _semi_filter_quality(recs, methods, fractions)
+    out += _semi_pseudo_counts(recs, methods, fractions)
+    out += _semi_multilabel(recs)
+    out += _semi_quality_plot(res, recs, seeds)
+    out += reruns(res, lambda r: f"{r['method']} {r.get('fraction'):g}% seed {r['seed']}")
+    nonfinite = sum(r.get("nonfinite_steps", 0) or 0 for r in recs)
+    out.append(f"- non-finite steps skipped by the trainer's guard: {nonfinite} over {len(recs)} runs")
+    for line in res.get("derived", []):
+        out.append(f"- {line}")
+    return out + [""]
+
+
+def _semi_detector_tables(rows: list[dict], label: str, fractions: list[float], methods: list[str],
+                          seeds: list[int]) -> list[str]:
+    """One detector's records of a semi-supervised table (``label``: its name in the headings, where the table has
+    several): AP of the saved model per labelled fraction and method, the student's AP, and the per-class AP of the
+    three most frequent and the three rarest classes (ACRST Fig. 6)."""
+    def cell(f, m, key="ap"):
+        return [r.get(key) for r in rows if r.get("fraction") == f and r["method"] == m]
+
+    def ap_cell(f, m):
+        return seed_cell([r for r in rows if r.get("fraction") == f and r["method"] == m], "ap", seeds)
+
+    out = [f"**AP{label}** of the saved model (teacher for mean_teacher / acrst), mean ± std over seeds {seeds}", "",
+           "| labelled | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for f in fractions:
+        out.append(f"| {f:g}% | " + " | ".join(ap_cell(f, m) for m in methods) + " |")
+    out.append("")
+    students = [m for m in methods if any(r.get("student_ap") is not None for r in rows if r["method"] == m)]
+    if students:
+        out += ["Student AP (the other evaluated model): " + "; ".join(
+            f"{m} {f:g}%: {mean_std(cell(f, m, 'student_ap'))}" for f in fractions for m in students if cell(f, m, 'student_ap')), ""]
+    names = None
+    for r in rows:
+        if r.get("per_class"):
+            names = list(r["per_class"])
+            break
+    if names and len(names) >= 6:
+        freq, rare = names[:3], names[-3:]
+        out += [f"Per-class AP{label} (ACRST Fig. 6): the three most frequent classes {', '.join(freq)} and the three "
+                f"rarest {', '.join(rare)}", "",
+                "| labelled | method | " + " | ".join(freq + rare) + " | mean rare |", "|---|---|" + "---|" * 7]
         for f in fractions:
-            out.append(f"| {f:g}% | " + " | ".join(ap_cell(f, m) for m in methods) + " |")
+            for m in methods:
+                rs = [r for r in rows if r.get("fraction") == f and r["method"] == m and r.get("per_class")]
+                if not rs:
+                    continue
+                vals = [mean_std([r["per_class"].get(c) for r in rs]) for c in freq + rare]
+                mr = [statistics.mean([r["per_class"][c] for c in rare if r["per_class"].get(c) is not None]) for r in rs]
+                out.append(f"| {f:g}% | {m} | " + " | ".join(vals) + f" | {mean_std(mr)} |")
         out.append("")
-        students = [m for m in methods if any(r.get("student_ap") is not None for r in rows if r["method"] == m)]
-        if students:
-            out += ["Student AP (the other evaluated model): " + "; ".join(
-                f"{m} {f:g}%: {mean_std(cell(f, m, 'student_ap'))}" for f in fractions for m in students if cell(f, m, 'student_ap')), ""]
-        names = None
-        for r in rows:
-            if r.get("per_class"):
-                names = list(r["per_class"])
-                break
-        if names and len(names) >= 6:
-            freq, rare = names[:3], names[-3:]
-            out += [f"Per-class AP{label} (ACRST Fig. 6): the three most frequent classes {', '.join(freq)} and the three "
-                    f"rarest {', '.join(rare)}", "",
-                    "| labelled | method | " + " | ".join(freq + rare) + " | mean rare |", "|---|---|" + "---|" * 7]
-            for f in fractions:
-                for m in methods:
-                    rs = [r for r in rows if r.get("fraction") == f and r["method"] == m and r.get("per_class")]
-                    if not rs:
-                        continue
-                    vals = [mean_std([r["per_class"].get(c) for r in rs]) for c in freq + rare]
-                    mr = [statistics.mean([r["per_class"][c] for c in rare if r["per_class"].get(c) is not None]) for r in rs]
-                    out.append(f"| {f:g}% | {m} | " + " | ".join(vals) + f" | {mean_std(mr)} |")
-            out.append("")
+    return out
+
+
+def _semi_step_times(recs: list[dict], methods: list[str]) -> list[str]:
+    """Mean step time of each method, with and without the data wait, as ratios to Mean Teacher's (or the first
+    method's where Mean Teacher did not run)."""
     times = {m: [r["step_time_s"] for r in recs if r["method"] == m and r.get("step_time_s")] for m in methods}
     comp = {m: [r["compute_time_s"] for r in recs if r["method"] == m and r.get("compute_time_s")] for m in methods}
-    if any(times.values()):
-        base = "mean_teacher" if times.get("mean_teacher") else methods[0]
-        out += [f"| method | step time (s) | ratio to {base} | without data wait (s) | ratio |", "|---|---|---|---|---|"]
-        for m in methods:
-            if times[m] and times[base]:
-                t, b = statistics.mean(times[m]), statistics.mean(times[base])
-                c, cb = (statistics.mean(comp[m]), statistics.mean(comp[base])) if comp[m] and comp[base] else (None, None)
-                out.append(f"| {m} | {t:.3f} | {t / b:.2f}× | {'–' if c is None else f'{c:.3f}'} | "
-                           f"{'–' if c is None else f'{c / cb:.2f}×'} |")
-        out += ["", "Step times average every logged step, burn-in included (half of each semi-supervised run).", ""]
+    if not any(times.values()):
+        return []
+    base = "mean_teacher" if times.get("mean_teacher") else methods[0]
+    out = [f"| method | step time (s) | ratio to {base} | without data wait (s) | ratio |", "|---|---|---|---|---|"]
+    for m in methods:
+        if times[m] and times[base]:
+            t, b = statistics.mean(times[m]), statistics.mean(times[base])
+            c, cb = (statistics.mean(comp[m]), statistics.mean(comp[base])) if comp[m] and comp[base] else (None, None)
+            out.append(f"| {m} | {t:.3f} | {t / b:.2f}× | {'–' if c is None else f'{c:.3f}'} | "
+                       f"{'–' if c is None else f'{c / cb:.2f}×'} |")
+    return out + ["", "Step times average every logged step, burn-in included (half of each semi-supervised run).", ""]
+
+
+def _semi_filter_quality(recs: list[dict], methods: list[str], fractions: list[float]) -> list[str]:
+    """The teacher's pseudo-labels against the hidden truth, cumulative over training, for single-stage filtering,
+    two-stage filtering and two-stage mining (ACRST Table 10)."""
     variants = [("quality_single", "single-stage"), ("quality_two_stage", "two-stage filtering"), ("quality_mining", "two-stage mining")]
     qrows = [r for r in recs if r.get("quality_single_precision") is not None]
-    if qrows:
-        out += ["Pseudo-labels of the teacher against the hidden truth, cumulative over training (ACRST Table 10):", "",
-                "| method | labelled | " + " | ".join(f"{v} precision | {v} recall" for _, v in variants) + " |",
-                "|---|---|" + "---|---|" * len(variants)]
-        for m in methods:
-            for f in fractions:
-                rs = [r for r in qrows if r["method"] == m and r.get("fraction") == f]
-                if rs:
-                    vals = []
-                    for k, _ in variants:
-                        for q in ("precision", "recall"):
-                            xs = [r.get(f"{k}_{q}") for r in rs if r.get(f"{k}_{q}") is not None]
-                            vals.append(f"{statistics.mean(xs):.3f}" if xs else "–")
-                    out.append(f"| {m} | {f:g}% | " + " | ".join(vals) + " |")
-        out.append("")
+    if not qrows:
+        return []
+    out = ["Pseudo-labels of the teacher against the hidden truth, cumulative over training (ACRST Table 10):", "",
+           "| method | labelled | " + " | ".join(f"{v} precision | {v} recall" for _, v in variants) + " |",
+           "|---|---|" + "---|---|" * len(variants)]
+    for m in methods:
+        for f in fractions:
+            rs = [r for r in qrows if r["method"] == m and r.get("fraction") == f]
+            if rs:
+                vals = []
+                for k, _ in variants:
+                    for q in ("precision", "recall"):
+                        xs = [r.get(f"{k}_{q}") for r in rs if r.get(f"{k}_{q}") is not None]
+                        vals.append(f"{statistics.mean(xs):.3f}" if xs else "–")
+                out.append(f"| {m} | {f:g}% | " + " | ".join(vals) + " |")
+    return out + [""]
+
+
+def _semi_pseudo_counts(recs: list[dict], methods: list[str], fractions: list[float]) -> list[str]:
+    """How many pseudo-labels the teacher gives per hidden object after burn-in: over the whole run per seed, and
+    its first against its last 10 logged steps (a shrinking count: objects taught as background)."""
     shrink = []
     for m in methods:
         for f in fractions:
@@ -410,6 +446,7 @@ def section_semi(res: dict, title: str) -> list[str]:
                     vals.append(f"{sum(c['quality/n_pseudo'] for c in pts) / sum(c['quality/n_hidden'] for c in pts):.3f}")
             if vals:
                 per_run.append(f"{m} {f:g}%: {', '.join(vals)}")
+    out = []
     if per_run:
         out += ["Teacher pseudo-labels per hidden object over all logged steps after burn-in, one number per seed in seed "
                 "order: " + "; ".join(per_run) + ".", ""]
@@ -417,33 +454,39 @@ def section_semi(res: dict, title: str) -> list[str]:
         out += ["Teacher pseudo-labels per hidden object on the unlabelled batches, first vs last 10 logged steps after "
                 "burn-in (all seeds): " + "; ".join(shrink) + ". Objects the teacher does not label are taught as "
                 "background to the student (`method.ignore_below` is the switch that ignores the uncertain ones).", ""]
+    return out
+
+
+def _semi_multilabel(recs: list[dict]) -> list[str]:
+    """The multi-label classifier's accuracy and recall on the unlabelled images, mean over runs (ACRST Table 9)."""
     ml = [r["multilabel"] for r in recs if r.get("multilabel")]
-    if ml:
-        def avg(k):
-            xs = [d[k] for d in ml if d.get(k) is not None and d[k] == d[k]]
-            return f"{statistics.mean(xs):.3f}" if xs else "–"
-        out += [f"Multi-label classifier (SSMLL) on the unlabelled images, mean of {len(ml)} runs (ACRST Table 9): negative labels "
-                f"(p < {ml[0].get('tau_ml')}) accuracy {avg('neg_accuracy')}, recall {avg('neg_recall')}; positive labels "
-                f"(p >= {ml[0].get('pos_thresh')}) accuracy {avg('pos_accuracy')}, recall {avg('pos_recall')}.", ""]
+    if not ml:
+        return []
+
+    def avg(k):
+        xs = [d[k] for d in ml if d.get(k) is not None and d[k] == d[k]]
+        return f"{statistics.mean(xs):.3f}" if xs else "–"
+    return [f"Multi-label classifier (SSMLL) on the unlabelled images, mean of {len(ml)} runs (ACRST Table 9): negative labels "
+            f"(p < {ml[0].get('tau_ml')}) accuracy {avg('neg_accuracy')}, recall {avg('neg_recall')}; positive labels "
+            f"(p >= {ml[0].get('pos_thresh')}) accuracy {avg('pos_accuracy')}, recall {avg('pos_recall')}.", ""]
+
+
+def _semi_quality_plot(res: dict, recs: list[dict], seeds: list[int]) -> list[str]:
+    """The teacher's pseudo-label precision and recall per logged step, first seed, as a PNG under IMG; its link."""
     curves = {}
     for r in recs:
         for key in ("quality/precision", "quality/recall"):
             pts = [(c["step"], c[key]) for c in r.get("curve", []) if c.get(key) is not None]
             if pts and r["seed"] == seeds[0]:
                 curves[f"{r['method']} {r.get('fraction'):g}% {key.split('/')[1]}"] = ([p[0] for p in pts], [p[1] for p in pts])
-    if curves:
-        from minedet.viz import plot_curves
+    if not curves:
+        return []
+    from minedet.viz import plot_curves
 
-        path = IMG / f"{res['name']}_pseudo_quality.png"
-        plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
-                    title=f"Teacher pseudo-labels per logged step (seed {seeds[0]})")
-        out += [f"![pseudo-label quality](img/{path.name})", ""]
-    out += reruns(res, lambda r: f"{r['method']} {r.get('fraction'):g}% seed {r['seed']}")
-    nonfinite = sum(r.get("nonfinite_steps", 0) or 0 for r in recs)
-    out.append(f"- non-finite steps skipped by the trainer's guard: {nonfinite} over {len(recs)} runs")
-    for line in res.get("derived", []):
-        out.append(f"- {line}")
-    return out + [""]
+    path = IMG / f"{res['name']}_pseudo_quality.png"
+    plot_curves(curves, path, xlabel="step", ylabel="precision / recall vs hidden truth",
+                title=f"Teacher pseudo-labels per logged step (seed {seeds[0]})")
+    return [f"![pseudo-label quality](img/{path.name})", ""]
 
 
 def section_cropbank(res: dict) -> list[str]:
@@ -487,7 +530,39 @@ def section_real(res: dict) -> list[str]:
     for r in res["records"]:  # a re-run of a (method, seed) replaces it in the tables; every run stays in the file
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
-    # the columns in page order, each with the name it is shown by
+    cols, names = _nuclei_columns(recs)
+    seeds = sorted({r["seed"] for r in recs})
+    by = {m: sorted((r for r in recs if r["method"] == m), key=lambda r: r["seed"]) for m in cols}
+    d = res.get("data", {})
+    out = [f"## {TITLES['real_nuclei']}", "", *header(res)]
+    if res.get("note"):
+        out += [res["note"], ""]
+    out += _nuclei_table(recs, by, cols, names, seeds)
+    out += _nuclei_column_notes(by, cols, d)
+    out += ["AP per seed (the seed draws both the erased nuclei and the training run):", "",
+            "| seed | " + " | ".join(names[m] for m in cols) + " |", "|---|" + "---|" * len(cols)]
+    for s in seeds:
+        cell = {r["method"]: r for r in recs if r["seed"] == s}
+        out.append(f"| {s} | " + " | ".join(pct(cell[m]["ap"]) if m in cell else "–" for m in cols) + " |")
+    out.append("")
+    out += _nuclei_recovery(by, cols, names)
+    n_val = int(d.get("val_boxes") or 0)
+    out += [f"**One image is a small sample.** Every number above comes from one {d.get('image', ['?'])[0]} px image: "
+            f"{d.get('train_boxes', '?')} training nuclei (about half of them labelled per seed) and {n_val} val nuclei. "
+            "The ± is the spread over training seeds and erasure draws on these same val nuclei; it says nothing about "
+            "how the methods vary between images, slides, stains or microscopes, which one image cannot measure, so "
+            "the true uncertainty of a comparison is larger than the ± shown. With "
+            f"{n_val} val nuclei one nucleus found or missed moves AP50 by about {100 / max(1, n_val):.0f} points: treat "
+            "differences smaller than that, or than the spread, as no difference.", ""]
+    if res.get("figure"):
+        out += ["![mined boxes on a training tile](img/real_nuclei_mined.png)", "",
+                f"Co-mining (paper) model, {res['figure']}.", ""]
+    return out
+
+
+def _nuclei_columns(recs: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The nuclei columns the records hold, in page order, and the name the page gives each (a held-out fold column
+    retrained at another score right after its base column)."""
     names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss",
              "full_2x": "full labels, twice the batch", "original_2x": "original, twice the batch (equal compute)",
              "brl_2x": "original on BRL's loss, twice the batch (equal compute)", "joint": "joint",
@@ -504,14 +579,12 @@ def section_real(res: dict) -> list[str]:
         base, score = RETRAINED.fullmatch(m).groups()
         cols.insert(cols.index(base) + 1 if base in cols else len(cols), m)
         names[m] = f"{names[base]} on boxes mined at score > {int(score) / 100:g}"
-    cols = [m for m in cols if any(r["method"] == m for r in recs)]
-    seeds = sorted({r["seed"] for r in recs})
-    by = {m: sorted((r for r in recs if r["method"] == m), key=lambda r: r["seed"]) for m in cols}
-    d = res.get("data", {})
-    out = [f"## {TITLES['real_nuclei']}", "", *header(res)]
-    if res.get("note"):
-        out += [res["note"], ""]
+    return [m for m in cols if any(r["method"] == m for r in recs)], names
 
+
+def _nuclei_table(recs: list[dict], by: dict[str, list[dict]], cols: list[str], names: dict[str, str],
+                  seeds: list[int]) -> list[str]:
+    """The nuclei table: one row per measure (AP, mining quality, minutes, steps), one column per nuclei column."""
     def row(name: str, fn) -> str:
         return f"| {name} | " + " | ".join(by_threads(by[m], fn) if by[m] else "–" for m in cols) + " |"
 
@@ -532,7 +605,7 @@ def section_real(res: dict) -> list[str]:
         q = [r.get("quality_o_total_recall") for r in rs if r.get("quality_o_total_recall") is not None]
         return f"{mean_std(p)} / {mean_std(q)}" if (p or q) else "–"
 
-    out += [f"Mean ± std over seeds {seeds} (val: the right quarter of the image, predicted tile by tile):", "",
+    return [f"Mean ± std over seeds {seeds} (val: the right quarter of the image, predicted tile by tile):", "",
             "| | " + " | ".join(names[m] for m in cols) + " |", "|---|" + "---|" * len(cols),
             row("AP", lambda rs: mean_std([r["ap"] for r in rs])),
             row("AP50", lambda rs: mean_std([r["ap50"] for r in rs])),
@@ -550,6 +623,12 @@ def section_real(res: dict) -> list[str]:
             row("training steps (a column trained longer is not comparable)",
                 lambda rs: " / ".join(str(n) for n in sorted({r["steps"] for r in rs}))),
             ""]
+
+
+def _nuclei_column_notes(by: dict[str, list[dict]], cols: list[str], d: dict) -> list[str]:
+    """What the held-out fold, BRL and twice-the-batch columns are, where the records hold them; why co-mining (best
+    defaults) is missing, where it is."""
+    out = []
     if any(by.get(m) for m in ("folds_original", "folds_co_mining")):
         out += ["**Held-out folds** (`minedet data folds` + `minedet mine --folds`): the training region is cut into two "
                 "vertical bands, each tiled on its own; the model of each fold trains on the other band's sparse tiles and "
@@ -578,35 +657,25 @@ def section_real(res: dict) -> list[str]:
         out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
                 "block resolved to the paper's setting, so it would repeat the co-mining (paper) column. Once the "
                 "defaults change, add the column with `python benchmarks/bench_real.py --methods co_mining_best`.", ""]
-    out += ["AP per seed (the seed draws both the erased nuclei and the training run):", "",
-            "| seed | " + " | ".join(names[m] for m in cols) + " |", "|---|" + "---|" * len(cols)]
-    for s in seeds:
-        cell = {r["method"]: r for r in recs if r["seed"] == s}
-        out.append(f"| {s} | " + " | ".join(pct(cell[m]["ap"]) if m in cell else "–" for m in cols) + " |")
-    out.append("")
-    full, orig = [r["ap"] for r in by["full"]], [r["ap"] for r in by["original"]]
-    if full and orig and statistics.mean(full) > statistics.mean(orig):
-        gap = statistics.mean(full) - statistics.mean(orig)
-        gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
-        for m in cols:
-            if m not in ("full", "original", "full_2x") and by.get(m):
-                got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
-                ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if twice_the_batch(m) and gap_2x is not None else ""
-                out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
-                           f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
-        out.append("")
-    n_val = int(d.get("val_boxes") or 0)
-    out += [f"**One image is a small sample.** Every number above comes from one {d.get('image', ['?'])[0]} px image: "
-            f"{d.get('train_boxes', '?')} training nuclei (about half of them labelled per seed) and {n_val} val nuclei. "
-            "The ± is the spread over training seeds and erasure draws on these same val nuclei; it says nothing about "
-            "how the methods vary between images, slides, stains or microscopes, which one image cannot measure, so "
-            "the true uncertainty of a comparison is larger than the ± shown. With "
-            f"{n_val} val nuclei one nucleus found or missed moves AP50 by about {100 / max(1, n_val):.0f} points: treat "
-            "differences smaller than that, or than the spread, as no difference.", ""]
-    if res.get("figure"):
-        out += ["![mined boxes on a training tile](img/real_nuclei_mined.png)", "",
-                f"Co-mining (paper) model, {res['figure']}.", ""]
     return out
+
+
+def _nuclei_recovery(by: dict[str, list[dict]], cols: list[str], names: dict[str, str]) -> list[str]:
+    """The share of the AP lost to the erased labels each column recovers (against full labels, and full labels at
+    twice the batch for a twice-the-batch column)."""
+    full, orig = [r["ap"] for r in by["full"]], [r["ap"] for r in by["original"]]
+    if not (full and orig and statistics.mean(full) > statistics.mean(orig)):
+        return []
+    out = []
+    gap = statistics.mean(full) - statistics.mean(orig)
+    gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
+    for m in cols:
+        if m not in ("full", "original", "full_2x") and by.get(m):
+            got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
+            ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if twice_the_batch(m) and gap_2x is not None else ""
+            out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
+                       f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
+    return out + [""]
 
 
 def section_export(res: dict) -> list[str]:
@@ -845,10 +914,8 @@ def _mined_cells(res: dict | None, names: dict[str, str]) -> str:
     return ", ".join(cells)
 
 
-#: the digits `hard` columns of the README's sparse-labels and mining rows (co_mining_baselines), with their names
-SPARSE_README = {"original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
-                 "co_mining_brl_noib": "co-mining on BRL's loss (the `digits_co_mining` preset)",
-                 "joint_brl": "`joint` on BRL's loss (two views, no mining)"}
+#: the digits `hard` columns of the README's sparse-labels and mining rows (co_mining_baselines), by their short names
+SPARSE_README = {m: CO_MINING_COLUMNS[m].short for m in ("original", "brl", "brl_2x", "co_mining_brl_noib", "joint_brl")}
 #: the nuclei columns of the README's real-images and mining rows, with their names
 REAL_README = {"full": "full labels", "original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
                "joint_brl": "joint on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the preset)",

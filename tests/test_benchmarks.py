@@ -115,17 +115,18 @@ def test_bench_co_mining_model_extra_reaches_every_column(tmp_path):
 
 def test_every_co_mining_column_on_the_page_is_explained():
     """The page's legend names what each column trains: every label a co-mining results file holds (and every label
-    the script accepts) has a meaning, the parametrised ones with their parameter."""
+    a table trains) is declared once, with a meaning, the parametrised ones with their parameter."""
     sys.path.insert(0, str(BENCH))
-    from bench_co_mining import METHODS, meaning
+    from bench_co_mining import BY_LABEL, COLUMNS, TABLES
 
     labels = {r["method"] for f in (ROOT / "benchmarks" / "results").glob("co_mining*.json")
               for r in json.loads(f.read_text())["records"]}
-    assert "original" in labels and not [m for m in labels | set(METHODS) if not meaning(m)]
-    assert meaning("co_mining_guarded_tau0.45") == "the guards at tau 0.45"
-    assert meaning("tau0.5_any").startswith("co-mining at tau 0.5,") and meaning("co_mining_typo") is None
+    assert "original" in labels and labels | {m for _, ms in TABLES.values() for m in ms} <= set(BY_LABEL)
+    assert len(BY_LABEL) == len(COLUMNS) and all(c.meaning for c in COLUMNS)
+    assert BY_LABEL["co_mining_guarded_tau0.5"].meaning == "the guards at tau 0.5"
+    assert BY_LABEL["tau0.5_any"].meaning.startswith("co-mining at tau 0.5,")
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert f"`co_mining_brl_pos`: {meaning('co_mining_brl_pos')}" in page
+    assert f"`co_mining_brl_pos`: {BY_LABEL['co_mining_brl_pos'].meaning}" in page
 
 
 def test_co_mining_target_check_compares_means_against_one_std(monkeypatch):
@@ -157,10 +158,10 @@ def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
     """A co-mining column on BRL's loss is checked against BRL alone, BRL on twice the batch and the two
     views on BRL's loss (joint_brl is a rival there, not a candidate), never against the focal-loss rows."""
     monkeypatch.syspath_prepend(str(BENCH))
-    from bench_co_mining import beats_rivals, on_brl
+    from bench_co_mining import BY_LABEL, beats_rivals
 
-    assert [on_brl(m) for m in ("brl", "brl_2x", "joint_brl", "co_mining_brl_noib_tau0.5", "original_2x", "co_mining")] \
-        == [True, True, True, True, False, False]
+    assert [BY_LABEL[m].on_brl for m in ("brl", "brl_2x", "joint_brl", "co_mining_brl_noib_tau0.5", "original_2x",
+                                         "co_mining")] == [True, True, True, True, False, False]
     records = [{"method": m, "split": "hard", "seed": i, "ap": ap}
                for m, aps in {"co_mining_brl_noib": [0.74, 0.75], "brl_2x": [0.70, 0.72], "joint_brl": [0.75, 0.76],
                               "original": [0.6, 0.6]}.items() for i, ap in enumerate(aps)]
@@ -171,16 +172,17 @@ def test_co_mining_on_brl_meets_the_rivals_on_brls_loss(monkeypatch):
 
 
 def test_a_column_on_another_second_view_runs_its_base_and_meets_joint_on_that_view(monkeypatch):
-    """``LABEL_view_V`` trains column LABEL with the second view V; a co-mining column on a view also meets
-    ``joint`` on the same view (so a gain from the view alone is not credited to co-generation)."""
+    """A column declared on another second view (``LABEL_view_V``) trains column LABEL with the second view V; a
+    co-mining column on a view also meets ``joint`` on the same view (so a gain from the view alone is not credited to
+    co-generation)."""
     monkeypatch.syspath_prepend(str(BENCH))
-    from bench_co_mining import beats_rivals, meaning, method_cfg
+    from bench_co_mining import BY_LABEL, beats_rivals, method_cfg
 
     assert method_cfg("co_mining_brl_noib_view_strong", "extreme") == {**method_cfg("co_mining_brl_noib", "extreme"),
                                                                          "view": "strong"}
     assert method_cfg("joint_brl_view_strong", "hard") == {**method_cfg("joint_brl", "hard"), "view": "strong"}
-    assert meaning("joint_brl_view_strong").startswith("joint on BRL's loss, the second view strong")
-    assert meaning("co_mining_typo_view_strong") is None
+    assert BY_LABEL["joint_brl_view_strong"].meaning.startswith("joint on BRL's loss, the second view strong")
+    assert BY_LABEL["joint_brl_view_strong"].model_extra == BY_LABEL["joint_brl"].model_extra
     records = [{"method": m, "split": "hard", "seed": i, "ap": ap}
                for m, aps in {"co_mining_brl_noib_view_strong": [0.78, 0.79], "joint_brl": [0.75, 0.76],
                               "joint_brl_view_strong": [0.78, 0.80]}.items() for i, ap in enumerate(aps)]
@@ -319,14 +321,15 @@ def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
 
 
 def test_the_ignored_band_label_and_another_detectors_step_cost_section(monkeypatch):
-    """``co_mining_guarded_ibX`` is the guards with the band from X (at most tau); a ``bench_loader.py --detector``
-    results file (``loader_DETECTOR``) renders as its own section of the page."""
+    """``co_mining_guarded_ibX`` is the guards with the band from X (below tau, in every declared column); a
+    ``bench_loader.py --detector`` results file (``loader_DETECTOR``) renders as its own section of the page."""
     monkeypatch.syspath_prepend(str(BENCH))
     import report
-    from bench_co_mining import GUARDS, method_cfg
+    from bench_co_mining import COLUMNS, GUARDS, method_cfg
 
     assert method_cfg("co_mining_guarded_ib0.1", "extreme") == {"name": "co_mining", **GUARDS, "tau": 0.5, "ignore_below": 0.1}
-    assert method_cfg("co_mining_guarded_ib0.9", "hard")["ignore_below"] == 0.6  # never above tau
+    blocks = [method_cfg(c.label, split) for c in COLUMNS for split in ("full", "easy", "hard", "extreme")]
+    assert all(b["ignore_below"] < b["tau"] for b in blocks if b.get("ignore_below") is not None)
     rec = {"method": "co_mining_guarded", "what": "training step, batch 16", "workers": None, "images_per_s": 1.5, "step_s": 10.8}
     res = {"name": "loader_fcos", "command": "python benchmarks/bench_loader.py --detector fcos", "date": "2026-12-01",
            "git_commit": "0" * 40, "machine": {}, "note": "digits, fcos", "records": [rec],
