@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from minedet.errors import MinedetError
+from minedet.models.spec import DetectorSettings
 
 
 @dataclass
@@ -56,21 +57,22 @@ class DataConfig:
     strict: bool = False
 
 
-@dataclass
-class ModelConfig:
+@dataclass(kw_only=True)
+class ModelConfig(DetectorSettings):
+    """The detector to train: its settings (:class:`~minedet.models.spec.DetectorSettings`, whose defaults every
+    spec shares) and where its weights come from.
+
+    Attributes (besides the settings'):
+        name: the detector ("retinanet" | "fcos" | "faster_rcnn").
+        pretrained: load the backbone's ImageNet weights (shipped, offline).
+        weights: a backbone weights file to load instead of the shipped ones.
+        init: start from the weights of an exported ``model.pt`` (train again after a review).
+    """
+
     name: str = "retinanet"
-    backbone: str = "effnet_lite0"
     pretrained: bool = True
     weights: str | None = None
-    levels: str | None = None
-    fpn_channels: int = 64
-    anchor_scale: float = 4.0
-    score_thresh: float = 0.05
-    nms_thresh: float | None = None
-    detections_per_img: int = 100
-    topk_candidates: int = 1000
-    extra: dict = field(default_factory=dict)
-    init: str | None = None  # start from the weights of an exported model.pt (train again after a review)
+    init: str | None = None
 
 
 @dataclass

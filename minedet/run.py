@@ -26,7 +26,8 @@ from minedet.engine.inference import evaluate_detector
 from minedet.engine.trainer import Trainer
 from minedet.errors import MinedetError
 from minedet.methods.base import Method, PreStage
-from minedet.models.build import DetectorSpec, build_detector
+from minedet.models.build import build_detector
+from minedet.models.spec import DetectorSpec
 from minedet.seeding import seeded
 
 
@@ -171,13 +172,10 @@ def _hidden_for(data: CocoData, hidden: str | CocoData | None) -> CocoData | Non
 
 
 def build_spec(cfg: Config, data: CocoData) -> DetectorSpec:
+    """The detector's spec: the ``model`` section's settings, the classes of ``data`` and ``data.image_size``."""
     m = cfg.model
-    return DetectorSpec(
-        name=m.name, num_classes=data.num_classes, class_names=data.class_names, backbone=m.backbone,
-        image_size=cfg.data.image_size, levels=m.levels, fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale,
-        score_thresh=m.score_thresh, nms_thresh=m.nms_thresh, detections_per_img=m.detections_per_img,
-        topk_candidates=m.topk_candidates, extra=dict(m.extra),
-    )
+    return DetectorSpec.from_settings(m, name=m.name, num_classes=data.num_classes, class_names=data.class_names,
+                                      image_size=cfg.data.image_size)
 
 
 # --------------------------------------------------------------------------------------------- own data
