@@ -43,7 +43,7 @@ def main() -> int:
     from minedet.config import load_config, preset_path
     from minedet.data.coco import load_coco
     from minedet.data.datasets import infinite_loader
-    from minedet.engine.trainer import build_optimizer
+    from minedet.engine.optim import build_optimizer
     from minedet.models.build import build_detector
 
     cfg = resolve_data(load_config(preset_path("digits_retinanet"), [f"model.name={args.detector}"]), quiet=True)
