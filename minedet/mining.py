@@ -168,15 +168,11 @@ def _check_pos_int(name: str, v: int) -> int:
 
 
 def gt_target(data: CocoData, image_id: int, *, rejected: bool = False) -> Target:
-    """Every annotation of an image as a Target (crowd boxes included), xyxy file-image pixels;
-    ``rejected``: the boxes a reviewer rejected instead (the top-level ``"rejected"`` list)."""
-    anns = data.rejected_by_image.get(image_id, []) if rejected else data.anns_by_image.get(image_id, [])
-    if not anns:
-        return Target.empty(image_id)
-    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    labels = torch.tensor([data.label_of(a["category_id"]) for a in anns], dtype=torch.int64)
-    return Target(boxes, labels, image_id=image_id)
+    """What mining counts as known on an image: every annotation as a Target (crowd regions included: a box over
+    a crowd is not a missing instance), xyxy file-image pixels; ``rejected``: the boxes a reviewer rejected
+    instead (the top-level ``"rejected"`` list). :func:`~minedet.data.datasets.coco_target` of those records."""
+    anns = data.rejected_by_image.get(image_id, []) if rejected else None
+    return coco_target(data, image_id, anns, crowd=True)
 
 
 def _view_seed(seed: int, image_id: int) -> int:
@@ -526,7 +522,7 @@ def pr_against_hidden(
     else:
         boxes = dict(mined)
         gates = {k: (v.scores if v.scores is not None else torch.ones(len(v))) for k, v in boxes.items()}
-    truth = {iid: coco_target(hidden, iid, hidden.anns_by_image.get(iid, [])) for iid in ids}
+    truth = {iid: coco_target(hidden, iid) for iid in ids}
     rows = []
     for t in thresholds:
         q = QualityCounts()
@@ -735,7 +731,8 @@ def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *
                                       nms_thresh=nms, detections_per_img=max_dets)
                 for r, o in zip(batch, out):
                     dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu()})
-                    targets.append(_labelled_boxes(data, int(r["id"])))
+                    gt = coco_target(data, int(r["id"]))  # crowd regions left out
+                    targets.append({"boxes": gt.boxes, "labels": gt.labels})
         finally:
             det.train(was)
     return propose_score(dets, targets, target_precision=target_precision)
@@ -754,14 +751,6 @@ def nothing_mined_hint(result: MineResult) -> str:
     t = round(t - 0.05 if t >= best else t, 2)
     return (f"nothing mined: no detection off the labelled boxes scored above {s.score:g} (the best scored {best:.2f}); "
             f"try --score {t:g}, or train longer")
-
-
-def _labelled_boxes(data: CocoData, image_id: int) -> dict[str, torch.Tensor]:
-    """An image's labelled boxes, crowd boxes left out, as :func:`propose_score` reads them (xyxy file-image pixels)."""
-    anns = [a for a in data.anns_by_image.get(image_id, []) if not a.get("iscrowd")]
-    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    return {"boxes": boxes, "labels": torch.tensor([data.label_of(a["category_id"]) for a in anns], dtype=torch.int64)}
 
 
 # --------------------------------------------------------------------------------------------------
