@@ -448,7 +448,8 @@ def test_presets_load_and_name_valid_options(preset):
     import dataclasses
 
     from minedet.registry import METHODS
-    from minedet.config import from_dict, load_config, preset_path
+    from minedet.config import load_config, preset_path
+    from minedet.options import from_dict
 
     cfg = load_config(preset_path(preset), [])
     cls, opts_cls = METHODS[cfg.method["name"]]

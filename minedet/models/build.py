@@ -25,10 +25,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from minedet.config import from_dict
 from minedet.errors import MinedetError
 from minedet.models.detector import DetectorAdapter, FasterRCNNAdapter, FCOSAdapter, RetinaNetAdapter
 from minedet.models.spec import DetectorSpec
+from minedet.options import from_dict
 
 
 def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
