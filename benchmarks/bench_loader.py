@@ -70,7 +70,7 @@ def runner(args, cfg, label: str, method_cfg: dict, batch: int, records: list[di
     from bench_co_mining import FRCNN_COGEN_PROPOSALS
     from minedet.data.coco import load_coco
     from minedet.data.datasets import infinite_loader
-    from minedet.engine.trainer import build_optimizer
+    from minedet.engine.optim import build_optimizer
     from minedet.models.build import build_detector
     from minedet.registry import build_method
     from minedet.run import build_spec, init_from, make_dataset

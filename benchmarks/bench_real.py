@@ -187,8 +187,8 @@ def sparse_tiles(info: dict, seed: int) -> tuple[str, str, int, int]:
 def resolved(method: dict) -> dict:
     """The method block with every option filled in (to tell whether two columns are one setting)."""
     try:
+        from minedet.options import from_dict
         from minedet.registry import METHODS as REG
-        from minedet.config import from_dict
 
         opts = from_dict(REG[method["name"]][1], {k: v for k, v in method.items() if k != "name"}, where="method")
         d = {"name": method["name"], **dataclasses.asdict(opts)}

@@ -175,7 +175,8 @@ def predictions(det, data, root: str) -> tuple[list[dict], list[dict]]:
     """The model's detections (down to PRED_FLOOR, as propose_score_for decodes) and the labelled boxes, per image."""
     import torch
 
-    from minedet.mining import _labelled_boxes, _load
+    from minedet.data.datasets import coco_target
+    from minedet.mining import _load
 
     preds, targets = [], []
     det.eval()
@@ -187,7 +188,8 @@ def predictions(det, data, root: str) -> tuple[list[dict], list[dict]]:
                               detections_per_img=100)
         for r, o in zip(batch, out):
             preds.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu(), "id": int(r["id"])})
-            targets.append({**_labelled_boxes(data, int(r["id"])), "image_name": r["file_name"]})
+            gt = coco_target(data, int(r["id"]))  # crowd regions left out
+            targets.append({"boxes": gt.boxes, "labels": gt.labels, "image_name": r["file_name"]})
     return preds, targets
 
 
@@ -227,8 +229,7 @@ def measure(det, cfg, n_classes: int) -> list[dict]:
     from minedet.mining import pr_against_hidden
 
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
-    truth = {int(im["id"]): coco_target(hidden, int(im["id"]), hidden.anns_by_image.get(int(im["id"]), []))
-             for im in data.images}
+    truth = {int(im["id"]): coco_target(hidden, int(im["id"])) for im in data.images}
     n_hidden = sum(len(t) for t in truth.values())
     print("[review_cost] minedet's list ...", file=sys.stderr, flush=True)
     m_shown, m_info = minedet_list(det, data, cfg.data.train_images)

@@ -9,14 +9,15 @@ as YAML scalars (``true``, ``0.1``, ``[60, 80]``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
 
 from minedet.errors import MinedetError
+from minedet.models.spec import DetectorSettings
+from minedet.options import from_dict, suggest_key
 
 
 @dataclass
@@ -56,21 +57,22 @@ class DataConfig:
     strict: bool = False
 
 
-@dataclass
-class ModelConfig:
+@dataclass(kw_only=True)
+class ModelConfig(DetectorSettings):
+    """The detector to train: its settings (:class:`~minedet.models.spec.DetectorSettings`, whose defaults every
+    spec shares) and where its weights come from.
+
+    Attributes (besides the settings'):
+        name: the detector ("retinanet" | "fcos" | "faster_rcnn").
+        pretrained: load the backbone's ImageNet weights (shipped, offline).
+        weights: a backbone weights file to load instead of the shipped ones.
+        init: start from the weights of an exported ``model.pt`` (train again after a review).
+    """
+
     name: str = "retinanet"
-    backbone: str = "effnet_lite0"
     pretrained: bool = True
     weights: str | None = None
-    levels: str | None = None
-    fpn_channels: int = 64
-    anchor_scale: float = 4.0
-    score_thresh: float = 0.05
-    nms_thresh: float | None = None
-    detections_per_img: int = 100
-    topk_candidates: int = 1000
-    extra: dict = field(default_factory=dict)
-    init: str | None = None  # start from the weights of an exported model.pt (train again after a review)
+    init: str | None = None
 
 
 @dataclass
@@ -112,48 +114,6 @@ class Config:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
-
-
-def from_dict(cls: type, values: dict, *, where: str, file: str | None = None) -> Any:
-    """Build dataclass ``cls`` from ``values``; an unknown key is a MinedetError naming the nearest key."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise MinedetError(f"section {where!r} must be a mapping, got {type(values).__name__}", file=file)
-    names = [f.name for f in dataclasses.fields(cls)]
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise MinedetError(f"unknown key {where}.{key}{_suggest(str(key), names)}", file=file)
-        sub = hints[key]
-        if dataclasses.is_dataclass(sub):
-            value = from_dict(sub, value, where=f"{where}.{key}", file=file)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}", file)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str, file: str | None) -> Any:
-    """Light type checking of scalars (int given for float is fine; a string for a number is not)."""
-    text = str(hint)
-    if value is None:
-        if "None" in text or hint is Any:
-            return None
-        raise MinedetError(f"{where} must not be empty", file=file)
-    if (hint is bool or text in ("bool | None", "typing.Optional[bool]")) and not isinstance(value, bool):
-        raise MinedetError(f"{where} must be true or false, got {value!r}", file=file)
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise MinedetError(f"{where} must be an integer, got {value!r}", file=file)
-    if hint is float or text in ("float | None", "typing.Optional[float]"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise MinedetError(f"{where} must be a number, got {value!r}", file=file)
-        return float(value)
-    return value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -204,7 +164,7 @@ def build_config(d: dict, *, file: str | None = None) -> Config:
     known = [f.name for f in dataclasses.fields(Config)]
     for key in d:
         if key not in known:
-            raise MinedetError(f"unknown section {key!r}{_suggest(str(key), known)}", file=file)
+            raise MinedetError(f"unknown section {key!r}{suggest_key(str(key), known)}", file=file)
     method = d.get("method") or {"name": "supervised"}
     if not isinstance(method, dict) or "name" not in method:
         raise MinedetError("section 'method' needs a 'name'", file=file)
@@ -236,4 +196,4 @@ def preset_path(name: str) -> Path:
     if q.exists():
         return q
     known = sorted(x.stem for x in PRESETS_DIR.glob("*.yaml"))
-    raise MinedetError(f"no config file or preset named {name!r}{_suggest(name, known)}")
+    raise MinedetError(f"no config file or preset named {name!r}{suggest_key(name, known)}")

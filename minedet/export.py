@@ -346,19 +346,19 @@ class OnnxDetector:
 
     Attributes:
         model: the :class:`~minedet.onnx_runtime.OnnxModel`.
-        spec: the :class:`~minedet.models.build.DetectorSpec` of the exported detector.
+        spec: the :class:`~minedet.models.spec.DetectorSpec` of the exported detector.
         kind, metadata, input_shape, score_thresh, path: the model's.
     """
 
     training = False
 
     def __init__(self, path: str | Path, *, device: str = "cpu", threads: int = 0) -> None:
-        from minedet.models.build import DetectorSpec
+        from minedet.models.spec import DetectorSpec
         from minedet.onnx_runtime import OnnxModel
 
         self.model = OnnxModel(path, device=device, threads=threads)
         try:
-            self.spec = DetectorSpec(**self.model.spec)
+            self.spec = DetectorSpec.from_saved(self.model.spec)
         except (TypeError, ValueError) as e:
             raise MinedetError(f"the minedet metadata of this ONNX model is not understood ({e.__class__.__name__}: {e})",
                                file=str(self.model.path)) from None

@@ -2,7 +2,8 @@
 confident detections that do not duplicate ground truth, for human review (``minedet mine``).
 
 The filters are Co-mining's co-generation rules (Wang et al., AAAI 2021, Alg. 1), applied at test
-time to one exported detector instead of a Siamese branch:
+time to one exported detector instead of a Siamese branch; 1-3 are one pseudo-label rule
+(:class:`~minedet.pseudo.semantics.PseudoRule`, :func:`mine_rule`):
 
 1. score > ``score`` (tau), class-wise NMS at ``nms`` (theta1), at most ``max_dets`` per image;
 2. a box whose IoU with a ground-truth box is > ``iou_gt`` (theta2) is dropped (crowd boxes count
@@ -38,7 +39,7 @@ import html
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,8 +50,9 @@ from minedet.data.coco import CocoData
 from minedet.data.datasets import coco_target, load_image
 from minedet.data.transforms import BoxMap, ColorJitter
 from minedet.errors import MinedetError
-from minedet.pseudo.filters import cogeneration, drop_known, min_size
+from minedet.pseudo.filters import drop_known, min_size, top_k
 from minedet.pseudo.quality import QualityCounts, _greedy, _overlaps
+from minedet.pseudo.semantics import PseudoRule
 from minedet.structures import Target
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "augmented_view",
     "gt_target",
     "mine_dataset",
+    "mine_rule",
     "nothing_mined_hint",
     "pr_against_hidden",
     "propose_score",
@@ -168,15 +171,11 @@ def _check_pos_int(name: str, v: int) -> int:
 
 
 def gt_target(data: CocoData, image_id: int, *, rejected: bool = False) -> Target:
-    """Every annotation of an image as a Target (crowd boxes included), xyxy file-image pixels;
-    ``rejected``: the boxes a reviewer rejected instead (the top-level ``"rejected"`` list)."""
-    anns = data.rejected_by_image.get(image_id, []) if rejected else data.anns_by_image.get(image_id, [])
-    if not anns:
-        return Target.empty(image_id)
-    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    labels = torch.tensor([data.label_of(a["category_id"]) for a in anns], dtype=torch.int64)
-    return Target(boxes, labels, image_id=image_id)
+    """What mining counts as known on an image: every annotation as a Target (crowd regions included: a box over
+    a crowd is not a missing instance), xyxy file-image pixels; ``rejected``: the boxes a reviewer rejected
+    instead (the top-level ``"rejected"`` list). :func:`~minedet.data.datasets.coco_target` of those records."""
+    anns = data.rejected_by_image.get(image_id, []) if rejected else None
+    return coco_target(data, image_id, anns, crowd=True)
 
 
 def _view_seed(seed: int, image_id: int) -> int:
@@ -351,6 +350,29 @@ def _fold_detectors(detector, folds: Mapping[int, int] | None, data: CocoData) -
     return detectors
 
 
+def mine_rule(data: CocoData, settings: MineSettings) -> PseudoRule:
+    """The filters of ``minedet mine`` (module docstring, 1-3) as the one pseudo-label rule over an image's detections
+    (boxes xyxy in the file image's pixels): confident = scoring above ``settings.floor``, class-wise NMS at
+    ``settings.nms``; then, in this order, at most ``settings.max_dets`` boxes, clipped to the image and rounded to
+    0.01 px, at least :data:`MIN_BOX_SIDE` wide and high, and none the image's labelled boxes (crowd regions
+    included) or its rejected boxes account for (IoU > ``settings.iou_gt``). No ignored band: a box is a candidate
+    or nothing; the mined boxes are the candidates whose gate is above ``settings.score``."""
+
+    def at_most(t: Target, image_id: int) -> Target:
+        return top_k(t, settings.max_dets)
+
+    def reviewable(t: Target, image_id: int) -> Target:
+        rec = data.image(image_id)
+        return min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
+
+    def unknown(t: Target, image_id: int) -> Target:  # a reviewer's rejected boxes are never offered again
+        return drop_known(t, gt_target(data, image_id), settings.iou_gt, same_class=settings.gt_match == "same",
+                          part=settings.part, rejected=gt_target(data, image_id, rejected=True),
+                          rejected_iou=settings.iou_gt)
+
+    return PseudoRule(tau=settings.floor, nms=settings.nms, regress=True, stages=(at_most, reviewable, unknown))
+
+
 def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, root: Path, settings: MineSettings, *,
              batch_size: int, device: str | torch.device, progress: bool) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
     """Run each fold's detector over its images in batches (one detector: every image); (candidates,
@@ -362,10 +384,11 @@ def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, r
         bar = tqdm(total=len(data.images), desc="mine", unit="img", leave=False, file=sys.stderr)
     candidates: dict[int, Target] = {}
     gates: dict[int, torch.Tensor] = {}
+    rule = mine_rule(data, settings)
     try:
         for f, detector in enumerate(detectors):
             images = [r for r in data.images if folds is None or folds[int(r["id"])] == f]
-            _collect_one(detector, images, data, root, settings, candidates, gates, batch_size=batch_size,
+            _collect_one(detector, images, data, root, settings, rule, candidates, gates, batch_size=batch_size,
                          device=device, bar=bar)
     finally:
         if bar is not None:
@@ -373,10 +396,11 @@ def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, r
     return candidates, gates
 
 
-def _collect_one(detector, images: list[dict], data: CocoData, root: Path, settings: MineSettings,
+def _collect_one(detector, images: list[dict], data: CocoData, root: Path, settings: MineSettings, rule: PseudoRule,
                  candidates: dict[int, Target], gates: dict[int, torch.Tensor], *, batch_size: int,
                  device: str | torch.device, bar) -> None:
-    """One detector over ``images``: fills ``candidates`` and ``gates`` (see :func:`_collect`)."""
+    """One detector over ``images``: its detections through ``rule`` (:func:`mine_rule`) and the agreement, if any;
+    fills ``candidates`` (best first) and ``gates`` (see :func:`_collect`)."""
     decode_kw = dict(score_thresh=settings.floor, nms_thresh=settings.nms, detections_per_img=settings.max_dets)
     dev = torch.device(device)
     was = detector.training
@@ -384,15 +408,18 @@ def _collect_one(detector, images: list[dict], data: CocoData, root: Path, setti
     try:
         for start in range(0, len(images), batch_size):
             recs = images[start : start + batch_size]
+            ids = [int(r["id"]) for r in recs]
             imgs = [_load(data, root, r) for r in recs]
             with torch.no_grad():
                 dets = detector.predict([im.to(dev) for im in imgs], **decode_kw)
                 others = _agreement_views(detector, imgs, recs, settings, dev, decode_kw)
-            for k, r in enumerate(recs):
-                iid = int(r["id"])
-                t, gate = _filter_image(dets[k], data, r, settings, None if others is None else others[k])
+            on_cpu = [Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(),
+                             image_id=iid) for d, iid in zip(dets, ids)]
+            found = rule(on_cpu, ids).confident
+            for k, iid in enumerate(ids):
+                t, gate = _gated(found[k], settings, None if others is None else others[k])
                 order = torch.argsort(t.scores, descending=True, stable=True) if len(t) else torch.zeros(0, dtype=torch.long)
-                candidates[iid] = t.select(order).with_flags(pseudo=True)
+                candidates[iid] = t.select(order)
                 gates[iid] = gate[order].clone()
             if bar is not None:
                 bar.update(len(recs))
@@ -410,19 +437,12 @@ def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], setti
     return [Target(m.apply(o.boxes.cpu().float()), o.labels.cpu(), o.scores.cpu()) for o, (_, m) in zip(raw, views)]
 
 
-def _filter_image(d, data: CocoData, rec: dict, settings: MineSettings, other: Target | None) -> tuple[Target, torch.Tensor]:
-    """The co-generation filters (module docstring) on one image's detections: (kept boxes, their gates)."""
-    iid = int(rec["id"])
-    t = Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(), image_id=iid)
-    t = cogeneration(settings.floor, settings.nms, settings.max_dets)(t)
-    t = min_size(_round_clip(t, int(rec["width"]), int(rec["height"])), MIN_BOX_SIDE)
-    # a reviewer's rejected boxes ("no object here") are never offered again
-    rejected = gt_target(data, iid, rejected=True) if data.rejected_by_image.get(iid) else None
-    t = drop_known(t, gt_target(data, iid), settings.iou_gt, same_class=settings.gt_match == "same", part=settings.part,
-                   rejected=rejected, rejected_iou=settings.iou_gt)
+def _gated(t: Target, settings: MineSettings, other: Target | None) -> tuple[Target, torch.Tensor]:
+    """(candidates, their gates) of one image's boxes the rule kept: with an agreement view (``other``), the boxes
+    it agrees with, reporting the mean score of the pair and gated by the lower; else every box, gated by its score."""
     if other is not None:
-        t, gate, reported = _agreement(t, other, settings.agree_iou)
-        return Target(t.boxes, t.labels, reported, image_id=iid), gate
+        kept, gate, reported = _agreement(t, other, settings.agree_iou)
+        return replace(kept, scores=reported), gate
     return t, (t.scores if t.scores is not None else torch.zeros(0))
 
 
@@ -526,7 +546,7 @@ def pr_against_hidden(
     else:
         boxes = dict(mined)
         gates = {k: (v.scores if v.scores is not None else torch.ones(len(v))) for k, v in boxes.items()}
-    truth = {iid: coco_target(hidden, iid, hidden.anns_by_image.get(iid, [])) for iid in ids}
+    truth = {iid: coco_target(hidden, iid) for iid in ids}
     rows = []
     for t in thresholds:
         q = QualityCounts()
@@ -735,7 +755,8 @@ def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *
                                       nms_thresh=nms, detections_per_img=max_dets)
                 for r, o in zip(batch, out):
                     dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu()})
-                    targets.append(_labelled_boxes(data, int(r["id"])))
+                    gt = coco_target(data, int(r["id"]))  # crowd regions left out
+                    targets.append({"boxes": gt.boxes, "labels": gt.labels})
         finally:
             det.train(was)
     return propose_score(dets, targets, target_precision=target_precision)
@@ -754,14 +775,6 @@ def nothing_mined_hint(result: MineResult) -> str:
     t = round(t - 0.05 if t >= best else t, 2)
     return (f"nothing mined: no detection off the labelled boxes scored above {s.score:g} (the best scored {best:.2f}); "
             f"try --score {t:g}, or train longer")
-
-
-def _labelled_boxes(data: CocoData, image_id: int) -> dict[str, torch.Tensor]:
-    """An image's labelled boxes, crowd boxes left out, as :func:`propose_score` reads them (xyxy file-image pixels)."""
-    anns = [a for a in data.anns_by_image.get(image_id, []) if not a.get("iscrowd")]
-    boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    return {"boxes": boxes, "labels": torch.tensor([data.label_of(a["category_id"]) for a in anns], dtype=torch.int64)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class OnnxModel:
 
     Attributes:
         metadata: the model's ``metadata_props`` (strings).
-        spec: the exported detector's spec as a dict (``minedet.models.build.DetectorSpec`` fields).
+        spec: the exported detector's spec as a dict (``minedet.models.spec.DetectorSpec`` fields).
         class_names, kind: from the metadata.
         input_shape: [3, N, N] (static export) or [3, "height", "width"] (dynamic).
         score_thresh: the graph drops detections scoring at or below it.

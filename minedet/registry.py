@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from minedet.config import from_dict
 from minedet.errors import MinedetError
 from minedet.methods.base import Method
 from minedet.methods.acrst import Acrst, AcrstOptions, StacAcrst, StacAcrstOptions
@@ -18,6 +17,7 @@ from minedet.methods.mixed import Mixed, MixedOptions
 from minedet.methods.stac import Stac, StacOptions
 from minedet.methods.supervised import Supervised, SupervisedOptions
 from minedet.models.detector import DetectorAdapter
+from minedet.options import from_dict
 
 METHODS: dict[str, tuple[type[Method], type]] = {
     "supervised": (Supervised, SupervisedOptions),

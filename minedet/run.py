@@ -23,10 +23,12 @@ from minedet.data.transforms import Compose, RandomHorizontalFlip
 from minedet.engine.checkpoint import export_model
 from minedet.engine.dist import DistInfo, setup_device, write_json_main
 from minedet.engine.inference import evaluate_detector
+from minedet.engine.optim import optimizer_and_schedule
 from minedet.engine.trainer import Trainer
 from minedet.errors import MinedetError
 from minedet.methods.base import Method, PreStage
-from minedet.models.build import DetectorSpec, build_detector
+from minedet.models.build import build_detector
+from minedet.models.spec import DetectorSpec
 from minedet.seeding import seeded
 
 
@@ -171,13 +173,10 @@ def _hidden_for(data: CocoData, hidden: str | CocoData | None) -> CocoData | Non
 
 
 def build_spec(cfg: Config, data: CocoData) -> DetectorSpec:
+    """The detector's spec: the ``model`` section's settings, the classes of ``data`` and ``data.image_size``."""
     m = cfg.model
-    return DetectorSpec(
-        name=m.name, num_classes=data.num_classes, class_names=data.class_names, backbone=m.backbone,
-        image_size=cfg.data.image_size, levels=m.levels, fpn_channels=m.fpn_channels, anchor_scale=m.anchor_scale,
-        score_thresh=m.score_thresh, nms_thresh=m.nms_thresh, detections_per_img=m.detections_per_img,
-        topk_candidates=m.topk_candidates, extra=dict(m.extra),
-    )
+    return DetectorSpec.from_settings(m, name=m.name, num_classes=data.num_classes, class_names=data.class_names,
+                                      image_size=cfg.data.image_size)
 
 
 # --------------------------------------------------------------------------------------------- own data
@@ -394,9 +393,11 @@ def train_prestage(st: PreStage, train: TrainConfig, out: Path, info: DistInfo):
         return st.load(result)
     cfg = replace(train, max_steps=st.steps, optimizer="adamw", lr=st.lr, weight_decay=0.0, warmup_steps=0,
                   schedule="constant", clip_grad=None, accumulate=1, eval_every=0)
+    optimizer, scheduler = optimizer_and_schedule(st.module, cfg)
     with seeded(st.seed + info.rank, info.device):
-        trainer = Trainer(st.module, cfg, lambda start: st.batches(start, info.rank, info.world),
-                          out_dir=Path(out) / st.name, info=info, meta={"prestage": st.name, **st.meta}, name=st.name)
+        trainer = Trainer(st.module, cfg, lambda start: st.batches(start, info.rank, info.world), optimizer=optimizer,
+                          scheduler=scheduler, out_dir=Path(out) / st.name, info=info,
+                          meta={"prestage": st.name, **st.meta}, name=st.name)
         last = trainer.ckpt_dir / "last.pt"
         if last.is_file() and load_training_checkpoint(last).get("meta") == trainer.meta:
             trainer.resume(last)
@@ -561,8 +562,9 @@ def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str 
     cfg, info, out, method = run.cfg, run.info, run.out, run.method
     reports: dict = {}
     meta = {"config": cfg.as_dict(), "spec": run.spec.as_dict(), "method": method.name}
-    trainer = Trainer(method, cfg.train, batch_stream(run), out_dir=out, info=info,
-                      evaluate=evaluator(run, reports, quiet=quiet), meta=meta)
+    optimizer, scheduler = optimizer_and_schedule(method, cfg.train)
+    trainer = Trainer(method, cfg.train, batch_stream(run), optimizer=optimizer, scheduler=scheduler, out_dir=out,
+                      info=info, evaluate=evaluator(run, reports, quiet=quiet), meta=meta)
     if resume:
         trainer.resume(resume)
     if info.main:

@@ -52,9 +52,9 @@ def test_filters_on_empty_inputs():
     assert len(pf.drop_overlapping(t, Target.empty(), 0.4)) == 1
 
 
-def test_compose_order_and_cogeneration():
+def test_score_then_nms_then_top_k():
     t = T([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 0, 1], [0.9, 0.8, 0.3, 0.7])
-    out = pf.cogeneration(0.6, 0.5, 1)(t)
+    out = pf.top_k(pf.nms(pf.by_score(t, 0.6), 0.5), 1)
     assert len(out) == 1 and float(out.scores[0]) == 0.8999999761581421
 
 

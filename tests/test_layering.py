@@ -1,4 +1,5 @@
-"""Layering: the library and the benchmarks never import the command (``minedet.cli``).
+"""Layering: the library and the benchmarks never import the command (``minedet.cli``), and the detector layer
+(``minedet/models/``) imports no config, method, engine or command.
 
 The method registry lives in the library (``minedet/registry.py``); ``minedet/cli/`` parses arguments and
 calls the library. The source is walked with ``ast``, so an import inside a function counts too.
@@ -16,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {ROOT / "minedet" / "__main__.py"}
 
 
-def cli_imports(source: str, package: str = "") -> list[str]:
-    """Each import of ``minedet.cli`` in ``source`` as ``LINE: statement``, in every form: ``import minedet.cli.x``,
-    ``from minedet.cli.x import y``, ``from minedet import cli`` and relative imports (resolved against
-    ``package``, the dotted package the file sits in)."""
+def imports_of(source: str, modules: tuple[str, ...], package: str = "") -> list[str]:
+    """Each import of one of ``modules`` (dotted names; their submodules count too) in ``source`` as
+    ``LINE: statement``, in every form: ``import minedet.cli.x``, ``from minedet.cli.x import y``,
+    ``from minedet import cli`` and relative imports (resolved against ``package``, the dotted package the
+    file sits in)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         names: list[str] = []
@@ -31,9 +33,14 @@ def cli_imports(source: str, package: str = "") -> list[str]:
                 parts = package.split(".") if package else []
                 base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
             names = [base] + [f"{base}.{a.name}" for a in node.names]
-        if any(n == "minedet.cli" or n.startswith("minedet.cli.") for n in names):
+        if any(n == m or n.startswith(m + ".") for n in names for m in modules):
             found.append(f"{node.lineno}: {ast.unparse(node)}")
     return found
+
+
+def cli_imports(source: str, package: str = "") -> list[str]:
+    """Each import of ``minedet.cli`` in ``source`` (:func:`imports_of`)."""
+    return imports_of(source, ("minedet.cli",), package)
 
 
 def checked_files() -> list[Path]:
@@ -75,3 +82,20 @@ def test_nothing_outside_cli_imports_cli():
 def test_the_registry_is_in_the_library():
     assert (ROOT / "minedet" / "registry.py").is_file()
     assert not (ROOT / "minedet" / "cli" / "registry.py").exists()
+
+
+#: what the detector layer (``minedet/models/``) may not import: it is built from plain values (a spec, options)
+#: and knows no config, method, training loop or command
+NOT_FOR_MODELS = ("minedet.config", "minedet.run", "minedet.registry", "minedet.methods", "minedet.engine",
+                  "minedet.cli")
+
+
+def test_the_models_layer_knows_no_config_method_engine_or_command():
+    files = sorted((ROOT / "minedet" / "models").rglob("*.py"))
+    assert any(p.name == "build.py" for p in files)
+    bad = {}
+    for p in files:
+        package = ".".join(p.relative_to(ROOT).parts[:-1])
+        if hits := imports_of(p.read_text(encoding="utf-8"), NOT_FOR_MODELS, package):
+            bad[str(p.relative_to(ROOT))] = hits
+    assert not bad, f"minedet/models imports a layer above it: {bad}"

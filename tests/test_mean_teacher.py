@@ -451,7 +451,8 @@ def test_presets_load_and_name_valid_options(preset):
     import dataclasses
 
     from minedet.registry import METHODS
-    from minedet.config import from_dict, load_config, preset_path
+    from minedet.config import load_config, preset_path
+    from minedet.options import from_dict
 
     cfg = load_config(preset_path(preset), [])
     cls, opts_cls = METHODS[cfg.method["name"]]
@@ -471,6 +472,7 @@ def test_trainer_resume_after_burn_in_reproduces_the_teacher(tmp_path):
     uninterrupted run's."""
     from minedet.config import TrainConfig
     from minedet.engine.checkpoint import load_checkpoint
+    from minedet.engine.optim import optimizer_and_schedule
     from minedet.engine.trainer import Trainer
 
     def batches(start):
@@ -482,7 +484,8 @@ def test_trainer_resume_after_burn_in_reproduces_the_teacher(tmp_path):
     def run(out, steps, resume=None):
         m = MeanTeacher(tiny_detector("retinanet", seed=0), MeanTeacherOptions(burn_in=1, ema_decay=0.9, tau=0.3))
         cfg = TrainConfig(max_steps=steps, lr=0.05, warmup_steps=0, ckpt_every=1, progress=False, schedule="constant")
-        tr = Trainer(m, cfg, batches, out_dir=out)
+        optimizer, scheduler = optimizer_and_schedule(m, cfg)
+        tr = Trainer(m, cfg, batches, optimizer=optimizer, scheduler=scheduler, out_dir=out)
         if resume:
             tr.resume(resume)
         tr.fit()

@@ -250,7 +250,8 @@ def test_split_semi_cli_writes_a_mixed_file(tiny_digits, tmp_path):
 
 def test_the_digits_mixed_preset_names_valid_options():
     from minedet.registry import METHODS
-    from minedet.config import from_dict, load_config, preset_path
+    from minedet.config import load_config, preset_path
+    from minedet.options import from_dict
 
     cfg = load_config(preset_path("digits_mixed"), [])
     cls, opts_cls = METHODS[cfg.method["name"]]

@@ -12,7 +12,8 @@ import torch
 from minedet.run import run_training
 from minedet.config import TrainConfig
 from minedet.engine.checkpoint import load_checkpoint, load_model
-from minedet.engine.trainer import Trainer, lr_factor
+from minedet.engine.optim import lr_factor, optimizer_and_schedule
+from minedet.engine.trainer import Trainer
 from minedet.errors import MinedetError
 from minedet.methods.base import Method
 from tests.conftest import tiny_config
@@ -91,10 +92,16 @@ def _batches(start):
         yield {}
 
 
+def _trainer(method, cfg, out_dir):
+    """A Trainer of ``method`` with the optimiser and schedule ``cfg`` names, as a run assembles it."""
+    optimizer, scheduler = optimizer_and_schedule(method, cfg)
+    return Trainer(method, cfg, _batches, optimizer=optimizer, scheduler=scheduler, out_dir=out_dir)
+
+
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path):
     m = _Flaky(bad_steps={2, 3})
     cfg = TrainConfig(max_steps=5, lr=0.1, warmup_steps=0, ckpt_every=0, progress=False, max_nonfinite=3, schedule="constant")
-    res = Trainer(m, cfg, _batches, out_dir=tmp_path).fit()
+    res = _trainer(m, cfg, tmp_path).fit()
     assert res["nonfinite_steps"] == 2
     assert torch.isfinite(m.w).all()
     # three good steps of SGD with momentum moved the weights
@@ -105,10 +112,41 @@ def test_k_nonfinite_in_a_row_stop_with_clear_message(tmp_path):
     m = _Flaky(bad_steps=set(range(3, 100)))
     cfg = TrainConfig(max_steps=50, lr=0.1, warmup_steps=0, ckpt_every=1, progress=False, max_nonfinite=4)
     with pytest.raises(MinedetError, match="4 non-finite steps in a row.*last good checkpoint"):
-        Trainer(m, cfg, _batches, out_dir=tmp_path).fit()
+        _trainer(m, cfg, tmp_path).fit()
     ck = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert ck["step"] == 2
     assert torch.isfinite(ck["method"]["w"]).all()
+
+
+def test_the_trainer_steps_the_optimiser_and_schedule_it_is_given(tmp_path):
+    m = _Flaky(bad_steps=set())
+    optimizer = torch.optim.SGD(m.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 / (s + 1))
+    cfg = TrainConfig(max_steps=2, lr=7.0, momentum=0.5, warmup_steps=0, ckpt_every=0, log_every=1, progress=False)
+    Trainer(m, cfg, _batches, optimizer=optimizer, scheduler=scheduler, out_dir=tmp_path).fit()
+    # loss = sum(w^2): w <- w - lr * 2w at lr 0.1 then 0.05 (not train.lr, train.momentum nor its schedule)
+    assert m.w.tolist() == pytest.approx([0.72] * 3)
+    logged = [json.loads(x)["lr"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([0.05, 0.1 / 3])
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["optimizer_name"] == "sgd"
+
+
+def test_resume_takes_only_a_checkpoint_of_the_optimiser_kind_it_is_given(tmp_path):
+    cfg = TrainConfig(max_steps=1, warmup_steps=0, ckpt_every=0, progress=False, schedule="constant")  # says sgd
+    m = _Flaky(bad_steps=set())
+    adamw = torch.optim.AdamW(m.parameters(), lr=0.1)
+    Trainer(m, cfg, _batches, optimizer=adamw, scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lambda s: 1.0),
+            out_dir=tmp_path / "a").fit()
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["optimizer_name"] == "adamw"
+    with pytest.raises(MinedetError, match="trained with train.optimizer=adamw, this run uses sgd"):
+        _trainer(_Flaky(bad_steps=set()), cfg, tmp_path / "b").resume(last)
+    again = _Flaky(bad_steps=set())
+    adamw = torch.optim.AdamW(again.parameters(), lr=0.1)
+    tr = Trainer(again, cfg, _batches, optimizer=adamw, scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lambda s: 1.0),
+                 out_dir=tmp_path / "c")
+    tr.resume(last)
+    assert tr.step == 1 and torch.equal(again.w, m.w)
 
 
 def test_lr_schedule_warmup_then_decay():
@@ -122,9 +160,9 @@ def test_lr_schedule_warmup_then_decay():
 
 def test_progress_prints_the_runs_estimated_wall_time_after_its_first_steps(tmp_path, capsys):
     cfg = TrainConfig(max_steps=40, lr=0.1, warmup_steps=0, ckpt_every=0, progress=True, schedule="constant")
-    Trainer(_Flaky(bad_steps=set()), cfg, _batches, out_dir=tmp_path).fit()
+    _trainer(_Flaky(bad_steps=set()), cfg, tmp_path).fit()
     err = capsys.readouterr().err
     assert re.search(r"train: about \d+ s for 40 steps \([0-9.e-]+ s a step\)", err), err
     short = TrainConfig(max_steps=5, lr=0.1, warmup_steps=0, ckpt_every=0, progress=True, schedule="constant")
-    Trainer(_Flaky(bad_steps=set()), short, _batches, out_dir=tmp_path / "short").fit()
+    _trainer(_Flaky(bad_steps=set()), short, tmp_path / "short").fit()
     assert "about" not in capsys.readouterr().err  # a run over before the estimate needs none

@@ -40,10 +40,23 @@ class View:
     map: BoxMap
 
 
-def coco_target(data: CocoData, image_id: int, anns: Sequence[dict] | None = None) -> Target:
-    """The Target of an image from its COCO annotations (xywh → xyxy pixels, category → label)."""
+def coco_target(data: CocoData, image_id: int, anns: Sequence[dict] | None = None, *, crowd: bool = False) -> Target:
+    """The one conversion of COCO annotation records to a :class:`Target`: boxes xywh -> xyxy in the pixels of the
+    image file, ``category_id`` -> label ``0..K-1`` (``data``'s categories).
+
+    Args:
+        data: the dataset whose categories name the labels (and whose annotations are the default records).
+        image_id: the image the records belong to (the Target's ``image_id``).
+        anns: the records to convert (e.g. a hidden truth's, or the boxes a reviewer rejected); default: the
+            image's annotations in ``data``.
+        crowd: keep crowd regions (``iscrowd=1``). Training targets and hidden truth leave them out (a crowd is
+            no instance to learn or to find); mining keeps them as known boxes (a box over a crowd region is not
+            a missing instance).
+
+    A record with a ``score`` (a mined box) sets the ``pseudo`` flag: ``True`` on the boxes marked ``"mined"``.
+    """
     anns = data.anns_by_image.get(image_id, []) if anns is None else anns
-    anns = [a for a in anns if not a.get("iscrowd", 0)]
+    anns = [a for a in anns if crowd or not a.get("iscrowd", 0)]
     if not anns:
         return Target.empty(image_id)
     boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
@@ -120,7 +133,7 @@ class DetectionDataset(Dataset):
         """The erased annotations of an image (measurement only; never fed to training)."""
         if self.hidden is None:
             return Target.empty(image_id)
-        return coco_target(self.hidden, image_id, self.hidden.anns_by_image.get(image_id, []))
+        return coco_target(self.hidden, image_id)
 
     def rejected_target(self, image_id: int) -> Target:
         """The boxes a reviewer rejected on an image (the file's top-level ``"rejected"`` list): known

@@ -55,7 +55,8 @@ def export_model(path: str | Path, detector, meta: dict | None = None) -> None:
 def load_model(path: str | Path, *, device: str | torch.device = "cpu"):
     """Rebuild a detector from an exported model file (or from a training checkpoint's
     exported copy). A file for another model or class count is a one-line MinedetError."""
-    from minedet.models.build import DetectorSpec, build_detector
+    from minedet.models.build import build_detector
+    from minedet.models.spec import DetectorSpec
 
     obj = load_checkpoint(path)
     if obj.get("format") != MODEL_FORMAT:
@@ -65,7 +66,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu"):
     if not isinstance(obj.get("spec"), dict) or not isinstance(obj.get("model"), dict):
         raise MinedetError("exported model lacks its spec or its weights (keys 'spec' and 'model')", file=str(path))
     try:
-        spec = DetectorSpec(**obj["spec"])
+        spec = DetectorSpec.from_saved(obj["spec"])
         names = list(spec.class_names)
         if names and len(names) != spec.num_classes:
             raise MinedetError(f"num_classes={spec.num_classes} but {len(names)} class names")

@@ -1,6 +1,6 @@
-"""One training loop for every method: SGD/AdamW + warmup + cosine/step decay, gradient clipping and
-accumulation, a non-finite guard, periodic evaluation, atomic checkpoints with exact resume,
-TensorBoard + JSONL metrics, a progress bar, AMP and PyTorch DDP (``torchrun``).
+"""One training loop for every method: the optimiser and schedule it is given (:mod:`minedet.engine.optim`
+builds them), gradient clipping and accumulation, a non-finite guard, periodic evaluation, atomic checkpoints
+with exact resume, TensorBoard + JSONL metrics, a progress bar, AMP and PyTorch DDP (``torchrun``).
 
 The loop knows nothing about teachers or branches::
 
@@ -28,40 +28,10 @@ from torch import nn
 
 from minedet.config import TrainConfig
 from minedet.engine.checkpoint import load_training_checkpoint, save_checkpoint
+from minedet.engine.optim import optimizer_name
 from minedet.errors import MinedetError
 from minedet.engine.dist import DistInfo, all_reduce_flag
 from minedet.methods.base import Method
-
-
-# ------------------------------------------------------------------------------------------- optim
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in params:
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise MinedetError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-
-
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from ``warmup_factor`` to 1, then cosine to 0 or step decay at ``milestones``."""
-    if step < cfg.warmup_steps:
-        a = step / max(1, cfg.warmup_steps)
-        warm = cfg.warmup_factor * (1 - a) + a
-    else:
-        warm = 1.0
-    if cfg.schedule == "cosine":
-        decay = 0.5 * (1 + math.cos(math.pi * min(step, cfg.max_steps) / max(1, cfg.max_steps)))
-    elif cfg.schedule == "step":
-        decay = cfg.gamma ** sum(step >= m for m in cfg.milestones)
-    elif cfg.schedule == "constant":
-        decay = 1.0
-    else:
-        raise MinedetError(f"train.schedule must be cosine, step or constant, got {cfg.schedule!r}")
-    return warm * decay
 
 
 ESTIMATE_AFTER = 10  # steps timed (after the first) before the progress prints the run's estimated wall time
@@ -128,7 +98,11 @@ class Trainer:
 
     Args:
         method: the training method (an ``nn.Module``); it is wrapped in DDP when ``world > 1``.
-        cfg: the ``train`` config section.
+        cfg: the ``train`` config section (steps, accumulation, clipping, AMP, intervals).
+        optimizer: over ``method``'s trainable parameters (the same parameter objects: moving the method to the
+            device and converting to SyncBatchNorm keep them); its kind is recorded in every checkpoint and a
+            checkpoint of another kind is not resumed.
+        scheduler: ``optimizer``'s learning-rate schedule, stepped once per optimiser step.
         batches: ``batches(start_step) -> iterator`` of batches; it must yield, from
             ``start_step`` on, exactly what an uninterrupted run would (micro-batches when
             ``accumulate > 1``).
@@ -146,6 +120,8 @@ class Trainer:
         cfg: TrainConfig,
         batches: Callable[[int], Iterator[dict]],
         *,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
         out_dir: str | Path,
         info: DistInfo | None = None,
         evaluate: Callable[[Method, int], dict[str, float]] | None = None,
@@ -164,9 +140,8 @@ class Trainer:
         self.method.to(self.info.device)
         if cfg.sync_bn and self.info.world > 1:
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.model: nn.Module = self.method
         if self.info.world > 1:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
@@ -190,7 +165,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "method_extra": self.method.extra_state(),
             "optimizer": self.optimizer.state_dict(),
-            "optimizer_name": self.cfg.optimizer,
+            "optimizer_name": optimizer_name(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
@@ -212,9 +187,9 @@ class Trainer:
         if saved_opt is None:  # older files: tell the optimiser by its hyper-parameter names
             groups = ck["optimizer"].get("param_groups") or [{}]
             saved_opt = "adamw" if "betas" in groups[0] else "sgd"
-        if saved_opt != self.cfg.optimizer:
+        if saved_opt != optimizer_name(self.optimizer):
             raise MinedetError(f"checkpoint was trained with train.optimizer={saved_opt}, this run uses "
-                               f"{self.cfg.optimizer}; resume with the same optimizer", file=str(path))
+                               f"{optimizer_name(self.optimizer)}; resume with the same optimizer", file=str(path))
         try:
             self.method.load_state_dict(ck["method"])
         except RuntimeError as e:

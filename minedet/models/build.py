@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 import torch
@@ -25,48 +25,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from minedet.config import from_dict
 from minedet.errors import MinedetError
 from minedet.models.detector import DetectorAdapter, FasterRCNNAdapter, FCOSAdapter, RetinaNetAdapter
-
-
-@dataclass
-class DetectorSpec:
-    """Everything needed to rebuild a detector (stored in every checkpoint).
-
-    Attributes:
-        name: "retinanet" | "fcos" | "faster_rcnn".
-        num_classes: K foreground classes.
-        class_names: names of the K classes (index = label).
-        backbone: a name in :data:`minedet.models.backbones.BACKBONES`.
-        image_size: images are resized so the short side is ``image_size`` (long side at most
-            ``max_size``, default ``image_size`` * 1333/800) inside torchvision's transform.
-        levels: FPN levels ("p3p7", "p3p5", "p2p6", "p2p5"); default per detector.
-        fpn_channels: FPN width (and head width).
-        anchor_scale: anchor side = anchor_scale * stride (RetinaNet and Faster R-CNN).
-        score_thresh, nms_thresh, detections_per_img, topk_candidates: inference settings.
-        extra: detector-specific options, the fields of this detector's options class
-            (:class:`RetinaNetOptions`, :class:`FCOSOptions`, :class:`FasterRCNNOptions`); checked
-            by :func:`build_detector`.
-    """
-
-    name: str
-    num_classes: int
-    class_names: list[str] = field(default_factory=list)
-    backbone: str = "effnet_lite0"
-    image_size: int = 800
-    max_size: int | None = None
-    levels: str | None = None
-    fpn_channels: int = 256
-    anchor_scale: float = 4.0
-    score_thresh: float = 0.05
-    nms_thresh: float | None = None
-    detections_per_img: int = 100
-    topk_candidates: int = 1000
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from minedet.models.spec import DetectorSpec
+from minedet.options import from_dict
 
 
 def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -1,21 +1,17 @@
-"""Pseudo-label filters: pure ``Target -> Target`` steps and their composition.
+"""Pseudo-label filters: pure ``Target -> Target`` steps.
 
 Shared by Co-mining's co-generation, the teacher-student methods (Mean Teacher, ACRST) and
-``minedet mine``. Boxes are ``[x1, y1, x2, y2]`` in one image's pixels; every step returns a new
-Target and never mutates its input.
+``minedet mine`` (whose order of them is one :class:`~minedet.pseudo.semantics.PseudoRule`,
+:func:`minedet.mining.mine_rule`). Boxes are ``[x1, y1, x2, y2]`` in one image's pixels; every step
+returns a new Target and never mutates its input.
 """
 
 from __future__ import annotations
-
-from functools import partial
-from typing import Callable
 
 import torch
 from torchvision.ops import batched_nms, box_iou
 
 from minedet.structures import Target
-
-Filter = Callable[[Target], Target]
 
 
 def by_score(t: Target, thresh: float) -> Target:
@@ -127,27 +123,6 @@ def multilabel_veto(t: Target, probs: torch.Tensor, thresh: float) -> Target:
     if len(t) == 0:
         return t
     return t.select(probs.to(t.labels.device)[t.labels] >= thresh)
-
-
-def compose(*steps: Filter) -> Filter:
-    """``compose(f, g)(t) == g(f(t))``."""
-
-    def run(t: Target) -> Target:
-        for s in steps:
-            t = s(t)
-        return t
-
-    return run
-
-
-def cogeneration(tau: float, nms_iou: float, max_dets: int) -> Filter:
-    """Co-mining's co-generation filter on decoded detections (score, class-wise NMS, top-k).
-
-    When detections come from :meth:`DetectorAdapter.decode` with the same parameters the
-    first three steps are already applied there; the filter is idempotent, so applying it again is
-    harmless (and makes it usable on detections from elsewhere).
-    """
-    return compose(partial(by_score, thresh=tau), partial(nms, iou=nms_iou), partial(top_k, k=max_dets))
 
 
 def as_pseudo(t: Target, *, regress: bool = True) -> Target:
