@@ -128,7 +128,7 @@ class AcrstParts:
             raise MinedetError(f"method.refresh_every must be >= 1, got {self.refresh_every}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1]:
             raise MinedetError(f"method.crop_scale must be [lo, hi] with 0 < lo <= hi, got {self.crop_scale}")
-        from minedet.config import from_dict
+        from minedet.options import from_dict
         from minedet.models.multilabel import MultiLabelOptions
 
         from_dict(MultiLabelOptions, dict(self.multilabel), where="method.multilabel")  # a typo fails now, not after burn-in
@@ -234,7 +234,7 @@ class AcrstPart(Part):
             return []
         from dataclasses import asdict
 
-        from minedet.config import from_dict
+        from minedet.options import from_dict
         from minedet.models.multilabel import (MultiLabelBatches, MultiLabelMeanTeacher, MultiLabelOptions, load_multilabel,
                                                new_classifier, save_multilabel)
 
