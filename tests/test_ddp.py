@@ -296,7 +296,7 @@ def test_two_processes_reproduce_one_process(runs, method):
         for log in (log1, log2):
             assert all(r["pseudo/boxes_per_image"] > 0 and "unsup/classification" in r for r in log), \
                 "the teacher's pseudo-labels supervise the student"
-        assert any(k.startswith("ema.") for k in _weights(one)), "the teacher is part of the compared state"
+        assert any(k.startswith("source.ema.") for k in _weights(one)), "the teacher is part of the compared state"
 
 
 def test_mean_teacher_from_scratch_under_ddp_follows_the_one_process_run(runs):

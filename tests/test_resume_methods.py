@@ -90,12 +90,12 @@ def test_mean_teacher_sigkill_after_burn_in_then_resume_reproduces_uninterrupted
     assert killed_at > 2, "the kill landed after burn-in"
     ck = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     assert ck["method_extra"]["steps_done"] == STEPS
-    teacher = {k: v for k, v in ck["method"].items() if k.startswith("ema.")}
+    teacher = {k: v for k, v in ck["method"].items() if k.startswith("source.ema.")}
     student = {k: v for k, v in ck["method"].items() if k.startswith("detector.")}
     assert teacher and student
     # the teacher is an EMA of the student, not a copy of it
-    assert any(not torch.equal(teacher["ema.module." + k[len("detector."):]], v)
-               for k, v in student.items() if v.is_floating_point() and "ema.module." + k[len("detector."):] in teacher)
+    assert any(not torch.equal(teacher["source.ema.module." + k[len("detector."):]], v)
+               for k, v in student.items() if v.is_floating_point() and "source.ema.module." + k[len("detector."):] in teacher)
 
 
 def test_mixed_sigkill_after_burn_in_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path):
