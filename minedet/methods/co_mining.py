@@ -195,8 +195,7 @@ class Drift(Hook):
     def __init__(self, rule: PseudoRule, cap: Callable[[], int | None]) -> None:
         self.rule, self.cap = rule, cap
         self.warned: set[str] = set()
-        # images through the cap, images it cut, confident detections on labels, off them, images while mining
-        self.window = [0, 0, 0, 0, 0]
+        self.window = [0, 0, 0, 0]  # images through the cap, images it cut, confident detections on labels, off them
 
     def after_step(self, step: int, records: Sequence[StepRecord], metrics: dict) -> None:
         cap = self.cap()
@@ -219,12 +218,11 @@ class Drift(Hook):
                 metrics["pseudo/offered_per_image"] = tally[1] / images
             self.window[2] += tally[0]
             self.window[3] += tally[1]
-            self.window[4] += images
         if step % DRIFT_WINDOW == 0:
             self.check(step, cap)
 
     def check(self, step: int, cap: int | None) -> None:
-        (seen, cut, on, off, _), self.window = self.window, [0, 0, 0, 0, 0]
+        (seen, cut, on, off), self.window = self.window, [0, 0, 0, 0]
         if seen and 2 * cut > seen and "cap" not in self.warned:
             self.warned.add("cap")
             print(f"minedet: warning: co-mining hit its cap of {cap} mined boxes per image (method.cap_ratio x "

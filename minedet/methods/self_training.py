@@ -537,11 +537,8 @@ class SelfTraining(Method):
             self.rule.thresholds.load_state_dict(state["thresholds"])
 
 
-def split_labels(inp: StepInput, dets: list[Target], known: list[Target], rejected: list[Target], ids: list[int],
-                 contest: list[Target] | None = None, active: bool = True) -> tuple[list[Target], PseudoLabels]:
-    """The known filter then the rule over one producer's detections; ``active=False`` (a warm-up): nothing kept."""
+def split_labels(inp: StepInput, dets: list[Target], known: list[Target], rejected: list[Target],
+                 ids: list[int]) -> tuple[list[Target], PseudoLabels]:
+    """The known filter then the rule over one producer's detections: (what the filter kept, the split)."""
     kept = [inp.keep(d.detach(), k, r) for d, k, r in zip(dets, known, rejected)]
-    if not active:
-        kept = [d.select(torch.zeros(len(d), dtype=torch.bool, device=d.boxes.device)) for d in kept]
-    return kept, inp.rule(kept, ids, contest)
-
+    return kept, inp.rule(kept, ids)
