@@ -105,3 +105,28 @@ def test_the_student_is_never_modified_by_an_update():
     ema.update(student)
     for k, v in student.state_dict().items():
         assert torch.equal(v, snapshot[k]), k
+
+
+def test_burn_in_teacher_copies_at_burn_in_then_follows_and_resumes():
+    """The one Mean Teacher schedule (detector and classifier): unused and unchanged during burn-in, an exact copy
+    at step burn_in, an EMA step after; its step count comes back through extra_state."""
+    from minedet.models.ema import BurnInTeacher
+
+    student = torch.nn.Linear(2, 1)
+    t = BurnInTeacher(student, decay=0.5, burn_in=2)
+    start = t.module.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+    t.follow(1, student)
+    assert not t.ready and torch.equal(t.module.weight, start)
+    t.follow(2, student)
+    assert t.ready and torch.equal(t.module.weight, student.weight)
+    with torch.no_grad():
+        student.weight.fill_(3.0)
+    t.follow(3, student)
+    assert torch.allclose(t.module.weight, torch.full_like(start, 2.0))
+    fresh = BurnInTeacher(student, decay=0.5, burn_in=2)
+    fresh.load_extra_state(t.extra_state())
+    assert fresh.ready and fresh.steps_done == 3
+    with pytest.raises(ValueError, match="burn-in"):
+        BurnInTeacher(student, decay=0.5, burn_in=-1)

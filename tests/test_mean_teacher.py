@@ -393,6 +393,23 @@ def test_stac_needs_a_teacher_file():
         build_method({"name": "stac", "teacher": "/nonexistent/model.pt"}, tiny_detector("retinanet"))
 
 
+def test_stac_checks_its_teacher_when_built_not_when_the_data_arrives(tmp_path, monkeypatch):
+    """The teacher file is read when the method is built: a teacher of other classes fails there, in one line."""
+    from minedet.engine.checkpoint import export_model
+    from minedet.models import backbones
+    from minedet.models.build import build_detector
+    from minedet.models.spec import DetectorSpec
+    from tests.helpers import TinyFPN
+
+    monkeypatch.setitem(backbones.BACKBONES, "test_tiny_fpn", lambda *, fpn_channels, **_: TinyFPN(fpn_channels))
+    spec = DetectorSpec(name="retinanet", num_classes=3, backbone="test_tiny_fpn", image_size=64, fpn_channels=32)
+    path = tmp_path / "model.pt"
+    export_model(path, build_detector(spec, pretrained=False))
+    with pytest.raises(MinedetError, match="teacher has 3 classes"):
+        build_method({"name": "stac", "teacher": str(path)}, tiny_detector("retinanet", num_classes=10))
+    assert build_method({"name": "stac", "teacher": str(path)}, tiny_detector("retinanet", num_classes=3)).name == "stac"
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_mean_teacher_end_to_end_reports_teacher_and_student(tiny_digits, semi_split, tmp_path, capsys):
     from minedet.run import run_training

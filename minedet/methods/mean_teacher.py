@@ -6,7 +6,7 @@ Each step sees a labelled and an unlabelled batch (1:1 by default):
 
 1. **Burn-in** (the first ``burn_in`` steps): supervised loss only; the teacher is not used.
    After step ``burn_in`` (``after_step(burn_in)``) the teacher becomes an exact copy of the
-   student, then follows it by EMA after every step (``minedet.models.ema.ModelEMA``:
+   student, then follows it by EMA after every step (``minedet.models.ema.BurnInTeacher``, the classifier's too:
    ``teacher = decay * teacher + (1 - decay) * student``).
 2. **Mutual learning**: the teacher (eval mode, no gradients) predicts on the unlabelled *weak*
    view; the template's pseudo-label rule and box transport make the student's targets on the
@@ -42,7 +42,7 @@ from minedet.errors import MinedetError
 from minedet.methods.self_training import (Group, KnownFilter, Mined, SelfTraining, SelfTrainingOptions, StepInput,
                                            TeacherSource, split_labels)
 from minedet.models.detector import DetectorAdapter
-from minedet.models.ema import ModelEMA
+from minedet.models.ema import BurnInTeacher
 
 
 @dataclass
@@ -71,9 +71,8 @@ class EmaTeacher(TeacherSource):
 
     def __init__(self, detector: DetectorAdapter, burn_in: int, decay: float, nms: float | None, max_dets: int) -> None:
         super().__init__()
-        self.ema = ModelEMA(detector, decay)
-        self.burn_in, self.nms, self.max_dets = burn_in, nms, max_dets
-        self.steps_done = 0
+        self.ema = BurnInTeacher(detector, decay, burn_in)
+        self.nms, self.max_dets = nms, max_dets
 
     @property
     def teacher(self) -> DetectorAdapter:
@@ -81,7 +80,7 @@ class EmaTeacher(TeacherSource):
 
     def ready(self, steps_done: int) -> bool:
         """True once burn-in is over (the teacher has been copied from the student)."""
-        return steps_done >= self.burn_in
+        return steps_done >= self.ema.burn_in
 
     @torch.no_grad()
     def mine(self, inp: StepInput) -> list[Mined]:
@@ -108,18 +107,17 @@ class EmaTeacher(TeacherSource):
 
     def after_step(self, step: int, student: DetectorAdapter) -> None:
         """Copy the student at the end of burn-in, follow it by EMA after."""
-        self.steps_done = step
-        if step == self.burn_in:
-            self.ema.copy_from(student)
-        elif step > self.burn_in:
-            self.ema.update(student)
+        self.ema.follow(step, student)
 
     def eval_models(self) -> dict[str, DetectorAdapter]:
         """The teacher first once burn-in is over (the exported model, as in Unbiased Teacher's evaluation)."""
-        return {"teacher": self.teacher} if self.ready(self.steps_done) else {}
+        return {"teacher": self.teacher} if self.ema.ready else {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return self.ema.extra_state()
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.steps_done = int(state.get("steps_done", 0))
+        self.ema.load_extra_state(state)
 
 
 def known_views(batch: dict) -> list:

@@ -13,7 +13,7 @@ In minedet's one training loop step (1) is a separate run and steps (2)-(3) are 
     minedet train digits_retinanet --out runs/sup data.train=LABELLED.json ...
     minedet train digits_stac method.teacher=runs/sup/model.pt
 
-:meth:`Stac.bind` runs the teacher over the whole unlabelled dataset once (no flip, no views:
+:class:`Stac` loads the teacher file when it is built (:func:`load_teacher`); :meth:`Stac.bind` runs it over the whole unlabelled dataset once (no flip, no views:
 boxes in file-image pixels), splits the detections by the template's rule and fills the source, a
 :class:`FixedTable` keyed by image id; the teacher is dropped. Each training step carries an image's stored
 pseudo-labels into its strong view. On resume the table is made again from the same teacher file
@@ -51,6 +51,26 @@ class StacOptions(SelfTrainingOptions):
     unsup_regression: bool = True
     geometric: bool = True
     label_batch_size: int = 8
+
+
+def load_teacher(path: str, detector: DetectorAdapter) -> DetectorAdapter:
+    """The exported supervised model STAC labels with, checked against the student's classes (one-line errors)."""
+    from minedet.engine.checkpoint import load_model
+
+    if not path:
+        raise MinedetError("method stac needs method.teacher=PATH/model.pt (the exported model of a "
+                           "supervised run: minedet train ... --out RUN, then method.teacher=RUN/model.pt)")
+    if not Path(path).is_file():
+        raise MinedetError("teacher model file not found (method.teacher)", file=path)
+    det, _ = load_model(path)
+    if det.num_classes != detector.num_classes:
+        raise MinedetError(f"teacher has {det.num_classes} classes, the training data has {detector.num_classes}",
+                           file=path)
+    names_t = list(getattr(det.spec, "class_names", []) or [])
+    names_s = list(getattr(detector.spec, "class_names", []) or [])
+    if names_t and names_s and names_t != names_s:
+        raise MinedetError("teacher was trained on other class names than the training data", file=path)
+    return det
 
 
 class FixedTable(TeacherSource):
@@ -103,15 +123,11 @@ class Stac(SelfTraining):
         if o.adaptive:
             raise MinedetError("method.adaptive applies to mean_teacher, acrst and co_mining (STAC labels once, before "
                                "any labelled box is seen by its teacher)")
-        if teacher is None:
-            if not o.teacher:
-                raise MinedetError("method stac needs method.teacher=PATH/model.pt (the exported model of a "
-                                   "supervised run: minedet train ... --out RUN, then method.teacher=RUN/model.pt)")
-            if not Path(o.teacher).is_file():
-                raise MinedetError("teacher model file not found (method.teacher)", file=o.teacher)
         super().__init__(detector, o, FixedTable(o.unsup_regression), parts=parts)
         self.options: StacOptions = o
-        self._given = (teacher,)  # a tuple: not registered as a submodule (not part of the state)
+        # loaded now, not when the data arrives: a wrong file fails before any data is read.
+        # A tuple: not registered as a submodule (not part of the state); dropped after the labelling pass.
+        self._given = (teacher if teacher is not None else load_teacher(o.teacher, detector),)
 
     def streams(self) -> dict[str, dict[str, Compose]]:
         return {"labelled": {"strong": self.student_view("labelled")},
@@ -122,22 +138,6 @@ class Stac(SelfTraining):
                 Group("unlabelled", ("strong",), "unsup", self.options.lambda_unsup, source="teacher"))
 
     # ------------------------------------------------------------------ pseudo-labelling, once
-    def _load_teacher(self) -> DetectorAdapter:
-        if self._given[0] is not None:
-            return self._given[0]
-        from minedet.engine.checkpoint import load_model
-
-        det, _ = load_model(self.options.teacher)
-        if det.num_classes != self.detector.num_classes:
-            raise MinedetError(f"teacher has {det.num_classes} classes, the training data has "
-                               f"{self.detector.num_classes}", file=self.options.teacher)
-        names_t = list(getattr(det.spec, "class_names", []) or [])
-        names_s = list(getattr(self.detector.spec, "class_names", []) or [])
-        if names_t and names_s and names_t != names_s:
-            raise MinedetError("teacher was trained on other class names than the training data",
-                               file=self.options.teacher)
-        return det
-
     @torch.no_grad()
     def detect(self, dataset: DetectionDataset, score_thresh: float) -> list[tuple[int, Target]]:
         """The teacher's detections (score > ``score_thresh``) on every image of ``dataset``, boxes
@@ -147,7 +147,9 @@ class Stac(SelfTraining):
         o = self.options
         plain = DetectionDataset(dataset.data, dataset.image_root, views={"o": Compose([])}, seed=dataset.seed,
                                  with_targets=False, skip_bad_images=dataset.skip_bad_images)
-        teacher = self._load_teacher()
+        teacher = self._given[0]
+        if teacher is None:
+            raise RuntimeError("STAC labels once: its teacher was dropped after the labelling pass")
         info = labelling_info()
         was_device = next(teacher.parameters()).device
         teacher.to(info.device)

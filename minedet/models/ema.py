@@ -81,3 +81,41 @@ class ModelEMA(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+
+class BurnInTeacher(ModelEMA):
+    """The Mean Teacher schedule, one for the detector and the classifier: a frozen copy of the student that is
+    not used during burn-in, becomes its exact copy at step ``burn_in`` and follows it by EMA after every later
+    step (Unbiased Teacher; ACRST Eq. 2 for the detector, its SSMLL for the classifier).
+
+    Args:
+        model: the student; decay: the EMA keep rate; burn_in: supervised-only steps (>= 0).
+
+    The steps seen are counted here (``steps_done``); the owner saves and restores them through
+    :meth:`extra_state` / :meth:`load_extra_state`, the weights through its ``state_dict`` (keys ``module.*``)."""
+
+    def __init__(self, model: nn.Module, decay: float, burn_in: int) -> None:
+        super().__init__(model, decay)
+        if burn_in < 0:
+            raise ValueError(f"burn-in must be >= 0 steps, got {burn_in}")
+        self.burn_in = int(burn_in)
+        self.steps_done = 0
+
+    @property
+    def ready(self) -> bool:
+        """True once burn-in is over: the teacher has been copied from the student."""
+        return self.steps_done >= self.burn_in
+
+    def follow(self, step: int, model: nn.Module) -> None:
+        """After optimiser step ``step``: copy ``model`` at the end of burn-in, move towards it by EMA after."""
+        self.steps_done = int(step)
+        if step == self.burn_in:
+            self.copy_from(model)
+        elif step > self.burn_in:
+            self.update(model)
+
+    def extra_state(self) -> dict:
+        return {"steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.steps_done = int(state.get("steps_done", 0))

@@ -14,7 +14,7 @@ training loop as ACRST's pre-stage, with its DDP, AMP, checkpoints and resume):
   focal binary cross-entropy (:func:`focal_bce`);
 * labelled images get a random horizontal flip (the weak view; image-level labels do not change);
 * at the end of burn-in the teacher becomes an exact copy of the student
-  (:meth:`ModelEMA.copy_from`), then follows it by EMA after every step;
+  (:class:`~minedet.models.ema.BurnInTeacher`, the detector's schedule), then follows it by EMA after every step;
 * afterwards each step also draws unlabelled images: the teacher's probabilities on the weak view
   (the image itself, no flip) become binary pseudo-labels (``p >= pos_thresh``), which supervise the
   student's strong view (flip + :func:`view_transform("strong")`: colour jitter, blur, cutout) with
@@ -40,7 +40,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from minedet.data.datasets import DetectionDataset, coco_target
 from minedet.data.transforms import Compose, RandomHorizontalFlip, view_transform
-from minedet.models.ema import ModelEMA
+from minedet.models.ema import BurnInTeacher
 from minedet.errors import MinedetError
 from minedet.io import load_checkpoint, save_torch_atomic
 from minedet.models.backbones import build_classifier
@@ -383,7 +383,7 @@ class MultiLabelMeanTeacher(nn.Module):
         options: :class:`MultiLabelOptions` (``burn_in``, ``ema_decay``, ``pos_thresh``, ``gamma``).
 
     Steps ``0 .. burn_in - 1`` see labelled images only (``sup/ml``); the step that ends burn-in
-    copies the student into the teacher (:meth:`ModelEMA.copy_from`), every later step moves the
+    copies the student into the teacher (:class:`~minedet.models.ema.BurnInTeacher`, the detector's schedule), every later step moves the
     teacher by EMA. After burn-in a batch also holds unlabelled images: the teacher's
     probabilities on the weak view, thresholded at ``pos_thresh``, supervise the student's strong
     view (``unsup/ml``, focal BCE; the two losses summed unweighted, 1:1 batches).
@@ -393,13 +393,16 @@ class MultiLabelMeanTeacher(nn.Module):
         super().__init__()
         self.options = options or MultiLabelOptions()
         self.student = student
-        self.ema = ModelEMA(student, self.options.ema_decay)  # a copy already: burn_in == 0 needs no other
-        self.steps_done = 0
+        self.ema = BurnInTeacher(student, self.options.ema_decay, self.options.burn_in)
+
+    @property
+    def steps_done(self) -> int:
+        return self.ema.steps_done
 
     @property
     def teacher(self) -> MultiLabelClassifier | None:
         """The EMA teacher once burn-in has passed, else None."""
-        return self.ema.module if self.steps_done >= self.options.burn_in else None  # type: ignore[return-value]
+        return self.ema.module if self.ema.ready else None  # type: ignore[return-value]
 
     @torch.no_grad()
     def pseudo_labels(self, weak: Tensor) -> Tensor:
@@ -418,20 +421,16 @@ class MultiLabelMeanTeacher(nn.Module):
         return {"sup/ml": focal_bce(logits[: len(lab)], y, g), "unsup/ml": focal_bce(logits[len(lab):], pseudo, g)}
 
     def after_step(self, step: int) -> None:
-        self.steps_done = step
-        if step == self.options.burn_in:
-            self.ema.copy_from(self.student)
-        elif step > self.options.burn_in:
-            self.ema.update(self.student)
+        self.ema.follow(step, self.student)
 
     def log_metrics(self) -> dict[str, float]:
         return {}
 
     def extra_state(self) -> dict:
-        return {"steps_done": self.steps_done}
+        return self.ema.extra_state()
 
     def load_extra_state(self, state: dict) -> None:
-        self.steps_done = int(state.get("steps_done", 0))
+        self.ema.load_extra_state(state)
 
     def result(self) -> MultiLabelClassifier:
         """A trainable copy in eval mode of the teacher once burn-in has passed, else of the student."""
