@@ -4,22 +4,12 @@ unlabelled; every column trains at the same number of steps (RetinaNet, Efficien
 Usage:
   python benchmarks/bench_mixed.py                       # every column, 3 seeds
   python benchmarks/bench_mixed.py --seeds 0 --methods mixed mean_teacher
+  python benchmarks/bench_mixed.py --list                # the declared columns and what each trains
 
-Columns (what each method can make of the same data):
-  supervised_complete  supervised on the complete 10 %
-  supervised_sparse    supervised on complete + sparse (missing boxes taught as background)
-  co_mining            co-mining on complete + sparse (the release's settings: tau 0.6, method.paper=true)
-  mean_teacher         complete as labelled; sparse + unlabelled images as unlabelled (their boxes unused), the papers' rule
-  mean_teacher_ignore  the same with the uncertain band (ignore_below 0.3), the mixed method's default
-  mixed                the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step),
-                       burn-in on complete + sparse images (sparse_burn_in=true, as first measured)
-  mixed_adaptive       the same with per-class thresholds from the teacher's scores on labelled boxes (adaptive)
-  mixed_late_sparse    mixed with burn-in on the complete images only (sparse_burn_in=false, the default): the sparse
-                       images' missing boxes are never taught as background before the teacher labels them
-  full                 supervised on every image with its full labels (the ceiling)
-  supervised_sparse_brl, mixed_late_sparse_brl
-                       those two on BRL's loss (model.extra.cls_loss=brl): an anchor far from every label that the
-                       model scores high is not taught as background (the co-mining preset's loss on RetinaNet)
+Columns: every column is declared once in ``COLUMNS`` (a ``MixedColumn``: label, meaning, method, the parts of the
+split it trains on, its method options and loss); the runner and ``report.py`` read the declaration, never the label's
+spelling. Records are keyed by the label, so a declared column is never changed: another setting is another column.
+``--list`` prints each column and what it trains.
 
 The split is `minedet data split-semi --percent 10 --sparse 30 --mode hard --seed SEED` (re-drawn per
 seed). Schedule: the digits_mean_teacher preset (long-tailed digits, imbalance 10) with --steps steps,
@@ -29,15 +19,97 @@ half of them burn-in for the teacher-student methods.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
-from common import add_run_args, append_results, latest, train_record
+from common import Column, add_run_args, append_results, latest, train_record
 
-COLUMNS = ["supervised_complete", "supervised_sparse", "co_mining", "mean_teacher", "mean_teacher_ignore", "mixed",
-           "mixed_adaptive", "mixed_late_sparse", "full", "supervised_sparse_brl", "mixed_late_sparse_brl"]
+#: the parts of the mixed split a column can train on (:attr:`MixedColumn.data`)
+DATA = ("full", "complete", "flagged", "split")
+#: the loss of the columns on BRL's (background recalibration), which normalises per image
+BRL = {"cls_loss": "brl", "loss_norm": "image"}
+
+
+@dataclass(frozen=True)
+class MixedColumn(Column):
+    """A column of the mixed-supervision table: a declared :class:`common.Column` with what this script's runner reads.
+
+    Every column starts from the digits_mean_teacher preset's schedule (``--steps``, burn-in half of them); its method
+    block starts from that schedule's for ``mean_teacher`` and ``mixed``, from the digits_co_mining preset's as shipped
+    for ``co_mining``, from nothing for ``supervised`` (:func:`method_block`).
+
+    Attributes:
+        data: the part of the training images it trains on: ``full`` (every image with its full labels, no split: the
+            ceiling), ``complete`` (the complete images alone), ``flagged`` (the mixed file, each image flagged
+            complete / sparse / unlabelled: a one-stream method trains on complete + sparse), ``split`` (the complete
+            images as labelled, the sparse and unlabelled ones as unlabelled, their boxes unused);
+        settings: the method options beyond the block it starts from, exactly as its records ran;
+        model_extra: model.extra beyond the preset's (BRL's loss);
+        streams: sparse and unlabelled images per step beside the labelled batch (the mixed method's streams), or None.
+    """
+
+    data: str = "flagged"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    model_extra: Mapping[str, Any] = field(default_factory=dict)
+    streams: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data not in DATA:
+            raise ValueError(f"column {self.label}: data {self.data!r} is not one of {DATA}")
+
+    @property
+    def scored(self) -> bool:
+        """Whether the run is given the erased boxes (``data.hidden``) to score the boxes it makes: every method but
+        plain supervision, which makes none."""
+        return self.method != "supervised"
+
+
+SUPERVISED_SPARSE = MixedColumn("supervised_sparse", "supervised on complete + sparse images (their missing boxes taught as "
+                                "background)", "supervised", short="supervised on complete + sparse")
+#: the mixed method as first measured: the sparse images in burn-in (``sparse_burn_in=false`` is the default since)
+MIXED = MixedColumn("mixed", "the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step), "
+                    "burn-in on complete + sparse images (sparse_burn_in=true, as first measured)", "mixed",
+                    settings={"sparse_burn_in": True}, streams=4, short="mixed")
+MIXED_LATE_SPARSE = replace(MIXED, label="mixed_late_sparse", settings={"sparse_burn_in": False},
+                            short="mixed, burn-in on complete images only",
+                            meaning="the mixed method with burn-in on the complete images only (sparse_burn_in=false, the "
+                                    "default): the sparse images' missing boxes are never taught as background before the "
+                                    "teacher labels them")
+#: every column of the mixed-supervision table, each declared once (its label keys its records for good)
+COLUMNS: tuple[MixedColumn, ...] = (
+    MixedColumn("supervised_complete", "supervised on the complete 10 % alone", "supervised", data="complete",
+                short="supervised on the complete images"),
+    SUPERVISED_SPARSE,
+    MixedColumn("co_mining", "co-mining on complete + sparse images (the release's settings: tau 0.6, method.paper=true)",
+                "co_mining", settings={"paper": True}, short="co-mining (paper)"),
+    MixedColumn("mean_teacher", "Mean Teacher with the complete images as labelled and the sparse + unlabelled images as "
+                "unlabelled (their boxes unused), the papers' rule (method.paper=true)", "mean_teacher", data="split",
+                settings={"paper": True}, short="Mean Teacher"),
+    MixedColumn("mean_teacher_ignore", "Mean Teacher on the same data with the uncertain band (ignore_below 0.3), the "
+                "mixed method's default", "mean_teacher", data="split", settings={"ignore_below": 0.3},
+                short="Mean Teacher + ignored band"),
+    MIXED,
+    replace(MIXED, label="mixed_adaptive", settings={"adaptive": True, "sparse_burn_in": True},
+            short="mixed + adaptive thresholds",
+            meaning="mixed with per-class thresholds from the teacher's scores on labelled boxes (adaptive)"),
+    MIXED_LATE_SPARSE,
+    MixedColumn("full", "supervised on every image with its full labels (the ceiling)", "supervised", data="full",
+                short="full labels"),
+    replace(SUPERVISED_SPARSE, label="supervised_sparse_brl", model_extra=BRL,
+            short="supervised on complete + sparse, BRL's loss",
+            meaning="supervised_sparse on BRL's loss (model.extra.cls_loss=brl, per-image normaliser): an anchor far from "
+                    "every label that the model scores high is not taught as background"),
+    replace(MIXED_LATE_SPARSE, label="mixed_late_sparse_brl", model_extra=BRL,
+            short="mixed, burn-in on complete images only, BRL's loss",
+            meaning="mixed_late_sparse on BRL's loss (model.extra.cls_loss=brl, per-image normaliser, the co-mining "
+                    "preset's loss on RetinaNet)"),
+)
+BY_LABEL = {c.label: c for c in COLUMNS}
 
 
 def parts(mixed_json: Path, hidden_json: Path, out: Path) -> dict[str, Path]:
@@ -59,64 +131,78 @@ def parts(mixed_json: Path, hidden_json: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=None, choices=COLUMNS, help="only these columns")
-    ap.add_argument("--steps", type=int, default=800, help="training steps per run (teacher-student methods: half burn-in)")
-    add_run_args(ap, train_images=2000)
-    args = ap.parse_args()
+def method_block(col: MixedColumn, schedule: dict, co_mining: dict) -> dict:
+    """The method block column ``col`` trains with: ``schedule`` (the digits_mean_teacher block of this run's schedule)
+    for mean_teacher and mixed, ``co_mining`` (the digits_co_mining preset's) for co_mining, nothing for supervised;
+    then the column's own settings."""
+    start = {"mean_teacher": schedule, "mixed": schedule, "co_mining": co_mining}.get(col.method, {})
+    return {**start, "name": col.method, **col.settings}
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+def config(args, work: Path, seed: int, col: MixedColumn, co_mining: dict):
+    """The run's config: the digits_mean_teacher schedule on the digits split of ``seed``, trained as ``col`` declares."""
     from minedet.config import load_config, preset_path
     from minedet.run import resolve_data
 
-    work = Path(args.out or tempfile.mkdtemp(prefix="minedet-mixed-"))
-    co_mining = load_config(preset_path("digits_co_mining")).method
-
-    def config(seed: int, label: str):
-        if label.endswith("_brl"):  # the column without the suffix, on BRL's loss (which normalises per image)
-            cfg = config(seed, label[:-len("_brl")])
-            cfg.model.extra = {**cfg.model.extra, "cls_loss": "brl", "loss_norm": "image"}
-            return cfg
-        digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "n_test": args.test_images,
-                  "image_size": 128, "imbalance": 10.0}
-        over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
-                f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}"]
-        cfg = load_config(preset_path("digits_mean_teacher"), over)
-        cfg.data.digits, cfg.data.semi = digits, None
-        if label != "full":
-            cfg.data.mixed = {"percent": 10, "sparse": 30, "mode": "hard", "seed": seed}
-        cfg = resolve_data(cfg, quiet=True)
-        mt = dict(cfg.method)
-        if label == "full":
-            cfg.method, cfg.data.hidden = {"name": "supervised"}, None
-            return cfg
+    digits = {"seed": 0, "n_train": args.train_images, "n_val": args.val_images, "n_test": args.test_images,
+              "image_size": 128, "imbalance": 10.0}
+    over = [f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
+            f"data.cache_dir={work / 'cache'}", f"method.burn_in={args.steps // 2}"]
+    cfg = load_config(preset_path("digits_mean_teacher"), over)
+    cfg.data.digits, cfg.data.semi = digits, None
+    if col.data != "full":
+        cfg.data.mixed = {"percent": 10, "sparse": 30, "mode": "hard", "seed": seed}
+    cfg = resolve_data(cfg, quiet=True)
+    cfg.method = method_block(col, dict(cfg.method), co_mining)
+    if col.data == "full":
+        cfg.data.hidden = None
+    else:
         p = parts(Path(cfg.data.train), Path(cfg.data.hidden), Path(cfg.data.train).parent)
-        if label == "supervised_complete":
-            cfg.data.train, cfg.data.hidden, cfg.method = str(p["complete"]), None, {"name": "supervised"}
-        elif label == "supervised_sparse":  # the flagged file: a one-stream method trains on complete + sparse
-            cfg.data.hidden, cfg.method = None, {"name": "supervised"}
-        elif label == "co_mining":
-            cfg.method = {**co_mining, "paper": True}  # the release's behaviour, as in the papers' tables
-        elif label.startswith("mean_teacher"):
+        if col.data == "complete":
+            cfg.data.train = str(p["complete"])
+        elif col.data == "split":  # the sparse images' kept boxes unused; the truth of both is the hidden file
             cfg.data.train, cfg.data.unlabelled, cfg.data.hidden = str(p["complete"]), str(p["unlabelled"]), str(p["unlabelled_hidden"])
             cfg.data.unlabelled_images = cfg.data.train_images
-            cfg.method = {**mt, **({"ignore_below": 0.3} if label == "mean_teacher_ignore" else {"paper": True})}
-        else:
-            # mixed and mixed_adaptive as first measured (sparse images in burn-in); sparse_burn_in=false is the default since
-            extra = {"mixed": {"sparse_burn_in": True}, "mixed_adaptive": {"adaptive": True, "sparse_burn_in": True},
-                     "mixed_late_sparse": {"sparse_burn_in": False}}.get(label, {})
-            cfg.method = {**mt, "name": "mixed", **extra}
-            cfg.data.sparse_batch_size = cfg.data.unlabelled_batch_size = 4
-        return cfg
+        if not col.scored:
+            cfg.data.hidden = None
+    if col.streams is not None:
+        cfg.data.sparse_batch_size = cfg.data.unlabelled_batch_size = col.streams
+    if col.model_extra:
+        cfg.model.extra = {**cfg.model.extra, **col.model_extra}
+    return cfg
 
+
+def print_columns() -> None:
+    """--list: each declared column, the method and options it trains with, the data it reads and what it means."""
+    for c in COLUMNS:
+        extra = "".join(f" model.extra.{k}={v}" for k, v in c.model_extra.items())
+        print(f"{c.label:22s} {c.method} {json.dumps(dict(c.settings))} data={c.data}{extra}\n{'':22s} {c.meaning}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(BY_LABEL), metavar="COLUMN",
+                    help="only these columns (--list shows each and what it trains)")
+    ap.add_argument("--list", action="store_true", help="print the declared columns and exit")
+    ap.add_argument("--steps", type=int, default=800, help="training steps per run (teacher-student methods: half burn-in)")
+    add_run_args(ap, train_images=2000)
+    args = ap.parse_args()
+    if args.list:
+        print_columns()
+        return 0
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from minedet.config import load_config, preset_path
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="minedet-mixed-"))
+    co_mining = load_config(preset_path("digits_co_mining")).method
     for seed in args.seeds:
-        for label in [c for c in COLUMNS if args.methods is None or c in args.methods]:
-            key = {"method": label, "seed": seed}
-            out = work / f"{label}-{seed}"
-            print(f"[mixed] seed {seed} {label} ...", file=sys.stderr, flush=True)
-            rec = train_record(config(seed, label), label=key, out_dir=out)
+        for col in [c for c in COLUMNS if args.methods is None or c.label in args.methods]:
+            key = {"method": col.label, "seed": seed}
+            out = work / f"{col.label}-{seed}"
+            print(f"[mixed] seed {seed} {col.label} ...", file=sys.stderr, flush=True)
+            rec = train_record(config(args, work, seed, col, co_mining), label=key, out_dir=out)
             print(f"    AP {100 * rec['ap']:.1f} ({rec['wall_s']:.0f} s)", file=sys.stderr, flush=True)
             append_results("mixed", [rec], note=note(args), derive=derived)
     return 0
@@ -139,7 +225,8 @@ def derived(records: list[dict]) -> list[str]:
 
     mixed, n = mean("mixed")
     full, _ = mean("full")
-    others = {m: mean(m)[0] for m in COLUMNS if not m.startswith("mixed") and m != "full" and mean(m)[0] is not None}
+    rivals = [c.label for c in COLUMNS if c.method != "mixed" and c.data != "full"]  # every other column but the ceiling
+    others = {m: mean(m)[0] for m in rivals if mean(m)[0] is not None}
     if mixed is None or not others:
         return []
     best = max(others, key=others.get)

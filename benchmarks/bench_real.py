@@ -3,6 +3,7 @@
 Usage:
   OMP_NUM_THREADS=1 python benchmarks/bench_real.py                     # every column, seeds 0 1 2
   python benchmarks/bench_real.py --methods co_mining_best --seeds 0 1 2  # one column again (appended)
+  python benchmarks/bench_real.py --list                                  # the declared columns and what each trains
 
 Data: the 2D nuclei image and its instance mask that ship inside the ``stardist`` wheel on PyPI
 (``stardist/data/images/img2d.tif``, ``mask2d.tif``: 512 x 512 px, 125 nuclei). On first use the
@@ -32,17 +33,11 @@ boxes mined at score > 0.5 (IoU and part rules) join the labels of the ordinary 
 model is retrained on them: the column's AP is that model's (the fold models' own AP is kept as
 ``fold_ap``). Three trainings per seed.
 
-Columns (--methods): full (every training nucleus labelled), original (supervised on the sparse
-labels), joint (Siamese, no co-generation), co_mining (the paper's / release's settings, pinned),
-co_mining_best (the digits_co_mining preset's method block as it is when run: rerun this column
-after the preset's defaults change), co_mining_part (the same with ``method.part`` 0.3: mined boxes
-lying mostly on labelled nuclei are not mined), brl / co_mining_brl / co_mining_brl_blur (BRL's loss: the original
-on it, the digits_co_mining preset whole, the same with a blurred second view), joint_brl / joint_brl_blur (those two
-views on BRL's loss without co-generation), co_mining_brl_blur_noreg (the blurred-view column with mined boxes teaching
-classification only, ``method.pseudo_regress=false``), folds_original / folds_co_mining (held-out folds, the fold
-models trained as ``original`` / as ``co_mining_part``), full_2x / original_2x / brl_2x (those columns on twice the
-tiles per step: the compute of a two-view step, so the equal-compute rivals of joint and co-mining). Every column's
-mined boxes are scored twice: with the IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as
+Columns: every column is declared once in ``COLUMNS`` (a ``NucleiColumn``: label, meaning, method, the page's
+heading, labels, method options, loss, batch, held-out folds); the runner and ``report.py`` read the declaration, never
+the label's spelling. Records are keyed by the label, so a declared column is never changed: another setting is another
+column. ``--list`` prints each column, the method block it trains with and what it means. Every column's mined
+boxes are scored twice: with the IoU rule alone (``mine_pr``) and with the part rule too (``mine_pr_part``, as
 ``minedet mine --part 0.3``).
 """
 
@@ -58,10 +53,12 @@ import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import common
-from common import ROOT, finished_run, train_record, twice_the_batch
+from common import ROOT, Column, finished_run, train_record
 
 STARDIST = "0.9.2"  # the wheel the data is read from (the two files are the same in every wheel of it)
 PLATFORM = "manylinux_2_28_x86_64"  # pinned so everyone fetches the same file, whatever their machine
@@ -75,9 +72,6 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # of minedet's defaults does not move this column
 PAPER = {"name": "co_mining", "tau": 0.6, "iou_gt": 0.4, "view": "color", "gt_match": "same", "max_dets": 100,
          "topk": 1000, "siamese": True, "cogeneration": True, "pseudo_regress": True, "paper": True}
-METHODS = ("full", "original", "brl", "full_2x", "original_2x", "brl_2x", "joint", "co_mining", "co_mining_best",
-           "co_mining_part", "co_mining_brl", "co_mining_brl_blur", "co_mining_brl_blur_noreg", "joint_brl", "joint_brl_blur",
-           "folds_original", "folds_co_mining")
 #: the classification loss of the BRL columns (background recalibration; on it co-mining's ignored band is off by
 #: default): co_mining_brl is the digits_co_mining preset whole (its method block and this model option)
 BRL_MODEL = {"cls_loss": "brl"}
@@ -91,6 +85,109 @@ BANDS = 2
 #: after held-out mining, the boxes mined above this score (IoU and part rules applied) join the labels and a
 #: supervised model is retrained on the completed tiles: the column's AP is that model's
 RETRAIN_SCORE = 0.5
+
+
+@dataclass(frozen=True)
+class NucleiColumn(Column):
+    """A column of the nuclei table: a declared :class:`common.Column` with what this script's runner and the page read.
+
+    ``method`` is what a held-out fold column's fold models train as (its retrained model is supervised).
+
+    Attributes:
+        heading: the name the page's tables give it;
+        labels: ``sparse`` (the protocol's: half the training nuclei erased) or ``full`` (every training nucleus
+            labelled: the ceiling, nothing to mine);
+        preset: a co-mining block starts from the digits_co_mining preset's as it is when run (True) or from the
+            release's settings pinned here (:data:`PAPER`; False); a supervised column's block is ``{"name": "supervised"}``;
+        settings: the method options beyond that block, exactly as the column's records ran;
+        model_extra: its model.extra (BRL's loss);
+        folds: held-out folds (:func:`held_out_folds`): the label of the column the fold models train as (then a
+            supervised model is retrained on the tiles completed with their mined boxes), or None;
+        skip_if_paper: not run while its method block resolves to the paper's setting (it would repeat co_mining);
+        figure: its model of the first seed draws the page's mined-boxes figure (docs/img/real_nuclei_mined.png).
+    """
+
+    heading: str
+    labels: str = "sparse"
+    preset: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    model_extra: Mapping[str, Any] = field(default_factory=dict)
+    folds: str | None = None
+    skip_if_paper: bool = False
+    figure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.labels not in ("sparse", "full"):
+            raise ValueError(f"column {self.label}: labels {self.labels!r} is not 'sparse' or 'full'")
+
+    @property
+    def on_brl(self) -> bool:
+        """Whether the column trains on BRL's loss."""
+        return self.model_extra.get("cls_loss") == "brl"
+
+
+FULL = NucleiColumn("full", "every training nucleus labelled (the ceiling)", "supervised", heading="full labels",
+                    labels="full", short="full labels")
+ORIGINAL = NucleiColumn("original", "supervised on the sparse labels", "supervised", heading="original", short="original")
+BRL_ALONE = NucleiColumn("brl", "original on BRL's loss (model.extra.cls_loss=brl)", "supervised",
+                         heading="original on BRL's loss", model_extra=BRL_MODEL, short="BRL's loss")
+#: the digits_co_mining preset's method block on BRL's loss: the preset whole
+CO_MINING_BRL = NucleiColumn("co_mining_brl", "the digits_co_mining preset whole: its method block on BRL's loss",
+                             "co_mining", heading="co-mining on BRL's loss (the `digits_co_mining` preset)", preset=True,
+                             model_extra=BRL_MODEL, short="co-mining on BRL's loss (the preset)")
+#: the preset's two views on BRL's loss without co-generation: what the mined boxes add on top of the second view
+JOINT_BRL = replace(CO_MINING_BRL, label="joint_brl", settings={"cogeneration": False}, short="joint on BRL's loss",
+                    heading="joint on BRL's loss (the preset, `method.cogeneration=false`)",
+                    meaning="the digits_co_mining preset's two views on BRL's loss without co-generation "
+                            "(method.cogeneration=false)")
+#: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more
+CO_MINING_BRL_BLUR = replace(CO_MINING_BRL, label="co_mining_brl_blur", settings={"view": "blur"},
+                             heading="co-mining on BRL's loss, blurred second view (`method.view=blur`)",
+                             short="co-mining on BRL's loss, blurred view",
+                             meaning="co_mining_brl with a blurred second view (method.view=blur), as a grey image's "
+                                     "colour view changes only its brightness and contrast")
+#: every column of the nuclei table, each declared once (its label keys its records for good), in the page's order;
+#: the *_2x columns train on twice the tiles per step, the compute of a two-view step (the equal-compute rivals of
+#: joint and co-mining)
+COLUMNS: tuple[NucleiColumn, ...] = (
+    FULL,
+    ORIGINAL,
+    BRL_ALONE,
+    replace(FULL, label="full_2x", heading="full labels, twice the batch", batch=2, short=None,
+            meaning="full labels on twice the tiles per step (the compute of a two-view step)"),
+    replace(ORIGINAL, label="original_2x", heading="original, twice the batch (equal compute)", batch=2, short=None,
+            meaning="original on twice the tiles per step (the compute of a two-view step: equal compute)"),
+    replace(BRL_ALONE, label="brl_2x", heading="original on BRL's loss, twice the batch (equal compute)", batch=2,
+            short="BRL's loss on twice the batch",
+            meaning="original on BRL's loss on twice the tiles per step (equal compute)"),
+    NucleiColumn("joint", "the Siamese detector on two views without co-generation, the release's settings otherwise",
+                 "co_mining", heading="joint", settings={"cogeneration": False}),
+    NucleiColumn("co_mining", "co-mining with the paper's / release's settings, pinned here (a change of minedet's "
+                 "defaults does not move it)", "co_mining", heading="co-mining (paper)", figure=True),
+    NucleiColumn("co_mining_best", "the digits_co_mining preset's method block as it is when run (rerun it after the "
+                 "preset's defaults change)", "co_mining", heading="co-mining (best defaults)", preset=True,
+                 skip_if_paper=True),
+    NucleiColumn("co_mining_part", "co_mining_best with method.part 0.3: mined boxes lying mostly on labelled nuclei are "
+                 "not mined", "co_mining", heading="co-mining (best defaults + part 0.3)", preset=True,
+                 settings={"part": PART}),
+    JOINT_BRL,
+    CO_MINING_BRL,
+    replace(JOINT_BRL, label="joint_brl_blur", settings={"cogeneration": False, "view": "blur"}, short=None,
+            heading="joint on BRL's loss, blurred second view",
+            meaning="joint_brl with a blurred second view (method.view=blur)"),
+    CO_MINING_BRL_BLUR,
+    replace(CO_MINING_BRL_BLUR, label="co_mining_brl_blur_noreg", settings={"view": "blur", "pseudo_regress": False},
+            short=None, heading="the same, mined boxes teaching no box regression (`method.pseudo_regress=false`)",
+            meaning="co_mining_brl_blur with mined boxes teaching classification only, not box regression "
+                    "(method.pseudo_regress=false, as FCOS's default)"),
+    NucleiColumn("folds_original", "held-out folds: each band mined by a model trained as original on the other band, "
+                 "then a supervised model retrained on the tiles completed with the mined boxes", "supervised",
+                 heading="held-out folds, original, retrained", folds="original"),
+    NucleiColumn("folds_co_mining", "held-out folds with the fold models trained as co_mining_part, then a supervised "
+                 "model retrained on the completed tiles", "co_mining", heading="held-out folds, co-mining + part, retrained",
+                 folds="co_mining_part"),
+)
+BY_LABEL = {c.label: c for c in COLUMNS}
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -197,58 +294,35 @@ def resolved(method: dict) -> dict:
         return dict(method)
 
 
-def method_block(label: str) -> dict:
+def method_block(col: NucleiColumn) -> dict:
+    """The method block column ``col`` trains with (a held-out fold column: its fold models')."""
     from minedet.config import load_config, preset_path
 
-    if label.removesuffix("_2x") in ("full", "original", "brl"):
-        return {"name": "supervised"}
-    if label == "joint":
-        return {**PAPER, "cogeneration": False}
-    if label == "co_mining":
-        return dict(PAPER)
-    if label.removesuffix("_noreg") in ("co_mining_best", "co_mining_part", "co_mining_brl", "co_mining_brl_blur",
-                                        "joint_brl", "joint_brl_blur"):
-        # the preset's block (the BRL columns train on its loss too); joint_*: the same two views without co-generation;
-        # *_blur: a grey fluorescence image's colour view changes only its brightness and contrast, a blur more;
-        # *_part: mined boxes lying mostly on labelled nuclei are not mined; *_noreg: mined boxes teach classification
-        # only, not box regression (as FCOS's default)
-        block = dict(load_config(preset_path("digits_co_mining")).method)
-        base = label.removesuffix("_noreg")
-        if base.startswith("joint"):
-            block["cogeneration"] = False
-        if base.endswith("_blur"):
-            block["view"] = "blur"
-        if base.endswith("_part"):
-            block["part"] = PART
-        if label.endswith("_noreg"):
-            block["pseudo_regress"] = False
-        return block
-    if label.startswith("folds_"):  # the fold models' method (the retrained model is supervised)
-        return method_block("original" if label == "folds_original" else "co_mining_part")
-    raise SystemExit(f"bench_real: unknown method {label!r}; choose from {', '.join(METHODS)}")
+    if col.folds is not None:  # the fold models' method (the retrained model is supervised)
+        return method_block(BY_LABEL[col.folds])
+    if col.method == "supervised":
+        return {"name": "supervised", **col.settings}
+    # the preset's block (the BRL columns train on its loss too) or the release's settings pinned here
+    start = dict(load_config(preset_path("digits_co_mining")).method) if col.preset else dict(PAPER)
+    return {**start, **col.settings}
 
 
-def full_labels(label: str) -> bool:
-    """The columns trained on every box (full, full_2x): nothing erased, nothing to mine."""
-    return label.removesuffix("_2x") == "full"
-
-
-def make_config(info: dict, label: str, seed: int, steps: int, batch: int):
+def make_config(info: dict, col: NucleiColumn, seed: int, steps: int, batch: int):
+    """The config of one run of column ``col`` (a held-out fold column: use its fold column, see held_out_folds)."""
     from minedet.config import load_config, preset_path
 
     cfg = load_config(preset_path("digits_retinanet"))
     root = Path(info["root"])
     cfg.data.digits = None
     cfg.data.val = cfg.data.val_images = None
-    # *_2x: twice the tiles per step, the compute of a two-view step (the equal-compute rival of co-mining and joint)
-    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * (2 if twice_the_batch(label) else 1), 0.5
+    cfg.data.image_size, cfg.data.batch_size, cfg.data.flip = TILE, batch * col.batch, 0.5  # *_2x: twice the tiles
     cfg.data.train_images = str(root / "tiles")
-    if full_labels(label):
+    if col.labels == "full":
         cfg.data.train = str(root / "tiles" / "tiles.json")
     else:
         cfg.data.train, cfg.data.hidden, _, _ = sparse_tiles(info, seed)
-    cfg.method = method_block(label)
-    cfg.model.extra = dict(BRL_MODEL if "brl" in label.split("_") else {})  # brl, co_mining_brl(_blur), joint_brl(_blur)
+    cfg.method = method_block(col)
+    cfg.model.extra = dict(col.model_extra)
     cfg.train.max_steps, cfg.train.seed = steps, seed
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, steps // 5))
     cfg.train.ckpt_every, cfg.train.log_every, cfg.train.eval_every = max(steps, 1), 10, 0
@@ -355,9 +429,16 @@ def _erased(info: dict, seed: int) -> set[int]:
     return {a["id"] for a in sparsify(whole, "missing", seed, rate=0.5).hidden["annotations"]}
 
 
-def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
+def retrain_suffix(score: float) -> str:
+    """What a held-out fold column's label and retraining folder add for a retraining on the boxes mined above
+    ``score``: nothing at :data:`RETRAIN_SCORE`, ``_rNN`` at another (NN: the score in hundredths; the same fold
+    models retrained again, recorded as another column)."""
+    return "" if score == RETRAIN_SCORE else f"_r{round(100 * score)}"
+
+
+def held_out_folds(info: dict, col: NucleiColumn, seed: int, args, out: Path) -> dict:
     """Mine each band with the model trained on the other (minedet.data.folds + minedet mine --folds, at region
-    level), score the mined boxes, retrain on the tiles completed with them; the record."""
+    level) as ``col.folds`` declares, score the mined boxes, retrain on the tiles completed with them; the record."""
     import torch
 
     from minedet.data.coco import load_coco, save_coco
@@ -380,12 +461,12 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
     fold_band = [band_of_image[ids[0]] for ids in folds]
     found, fold_ap, walls = [], [], []
     score = args.retrain_score
-    suffix = "" if score == RETRAIN_SCORE else f"_r{round(100 * score)}"  # another retraining of the same fold models
-    fold_method = "original" if label == "folds_original" else "co_mining_part"
+    suffix = retrain_suffix(score)  # another retraining of the same fold models
+    fold_method = col.folds
     for f, ids in enumerate(folds):
         train_p = out / f"fold{f}.train.json"
         save_coco(train_p, fold_training_set(kept, ids))
-        cfg = make_config(info, fold_method, seed, args.steps, args.batch_size)
+        cfg = make_config(info, BY_LABEL[fold_method], seed, args.steps, args.batch_size)
         cfg.data.train, cfg.data.train_images, cfg.data.hidden = str(train_p), str(broot / "tiles"), None
         run = out / f"fold{f}"
         r = train_record(cfg, label={}, out_dir=run, resume=finished_run(run, args.steps) if args.reuse_finished else None)
@@ -405,9 +486,9 @@ def held_out_folds(info: dict, label: str, seed: int, args, out: Path) -> dict:
     completed_p = out / "completed_tiles.json"
     sparse_p, _, _, _ = sparse_tiles(info, seed)
     save_coco(completed_p, completed_tiles(load_coco(sparse_p).raw, mined))
-    cfg = make_config(info, "original", seed, args.steps, args.batch_size)
+    cfg = make_config(info, ORIGINAL, seed, args.steps, args.batch_size)  # the retrained model: supervised
     cfg.data.train, cfg.data.hidden = str(completed_p), None
-    rec = train_record(cfg, label={"method": label + suffix, "split": "missing50", "seed": seed, "detector": "retinanet",
+    rec = train_record(cfg, label={"method": col.label + suffix, "split": "missing50", "seed": seed, "detector": "retinanet",
                                    "run": out.name}, out_dir=(retrained := out / f"retrain{suffix}"))
     rec.pop("curve", None)
     rec.update(evaluate(retrained / "model.pt", info))
@@ -481,9 +562,38 @@ def save(records: list[dict], new: list[dict], **extra) -> None:
     records.extend(new)
 
 
+def run_column(info: dict, col: NucleiColumn, seed: int, args, out: Path) -> dict:
+    """Train column ``col`` on the split of ``seed`` (held-out folds: :func:`held_out_folds`), evaluate it on val and
+    score its mined boxes; the record, without its method block and times."""
+    if col.folds is not None:
+        return held_out_folds(info, col, seed, args, out)
+    cfg = make_config(info, col, seed, args.steps, args.batch_size)
+    rec = train_record(cfg, label={"method": col.label, "split": "missing50", "seed": seed, "detector": "retinanet",
+                                   "run": out.name}, out_dir=out)
+    rec.pop("curve", None)
+    rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
+    rec["batch_size"] = cfg.data.batch_size  # tiles per step (twice --batch-size for the *_2x columns)
+    rec.update(evaluate(out / "model.pt", info))
+    if col.labels != "full":
+        rec.update(mined_quality(out / "model.pt", info, seed))
+        rec.pop("_mined_part")
+    return rec
+
+
+def print_columns() -> None:
+    """--list: each declared column, the method block it trains with and what it means."""
+    for c in COLUMNS:
+        extra = "".join(f" model.extra.{k}={v}" for k, v in c.model_extra.items())
+        how = f"held-out folds, fold models as {c.folds}: " if c.folds else ""
+        print(f"{c.label:26s} {how}{json.dumps(method_block(c))}{extra}{' (x2 batch)' if c.batch > 1 else ''}"
+              f"{' [full labels]' if c.labels == 'full' else ''}\n{'':26s} {c.meaning}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="columns to run")
+    ap.add_argument("--methods", nargs="+", default=[c.label for c in COLUMNS], choices=list(BY_LABEL), metavar="COLUMN",
+                    help="columns to run (default: every declared column; --list shows each and what it trains)")
+    ap.add_argument("--list", action="store_true", help="print the declared columns and exit")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=250, help="training steps per run (default 250, the steps of every recorded column)")
     ap.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
@@ -497,6 +607,9 @@ def main() -> int:
                          "its final checkpoint instead of retrained (the same seed trains the same model)")
     ap.add_argument("--no-figure", action="store_true", help="do not draw docs/img/real_nuclei_mined.png")
     args = ap.parse_args()
+    if args.list:
+        print_columns()
+        return 0
 
     info = build_data(Path(args.cache_dir))
     work = Path(args.out or tempfile.mkdtemp(prefix="minedet-real-"))
@@ -506,39 +619,26 @@ def main() -> int:
     docs = Path(os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs")
     paper = resolved(PAPER)
     for seed in args.seeds:
-        for label in args.methods:
-            block = method_block(label)
+        for col in (BY_LABEL[m] for m in args.methods):
+            block = method_block(col)
             res_block = resolved(block)
-            if label == "co_mining_best" and res_block == paper:
-                print(f"[real] seed {seed} co_mining_best: the preset's method block is the paper's setting; "
+            if col.skip_if_paper and res_block == paper:
+                print(f"[real] seed {seed} {col.label}: the preset's method block is the paper's setting; "
                       "not run twice", file=sys.stderr, flush=True)
                 continue
-            out = work / f"{label}_s{seed}"
-            complete = full_labels(label)
-            print(f"[real] seed {seed} {label:<15} ...", file=sys.stderr, flush=True)
+            out = work / f"{col.label}_s{seed}"
+            print(f"[real] seed {seed} {col.label:<15} ...", file=sys.stderr, flush=True)
             t0, c0 = time.perf_counter(), time.process_time()
-            if label.startswith("folds_"):
-                rec = held_out_folds(info, label, seed, args, out)
-            else:
-                cfg = make_config(info, label, seed, args.steps, args.batch_size)
-                rec = train_record(cfg, label={"method": label, "split": "missing50", "seed": seed, "detector": "retinanet",
-                                               "run": out.name}, out_dir=out)
-                rec.pop("curve", None)
-                rec["model_extra"] = dict(cfg.model.extra)  # the classification loss the column trained on
-                rec["batch_size"] = cfg.data.batch_size  # tiles per step (twice --batch-size for the *_2x columns)
-                rec.update(evaluate(out / "model.pt", info))
-                if not complete:
-                    rec.update(mined_quality(out / "model.pt", info, seed))
-                    rec.pop("_mined_part")
+            rec = run_column(info, col, seed, args, out)
             rec["method_block"] = block
             rec["method_resolved"] = res_block
-            if not complete:
+            if col.labels != "full":
                 _, _, n_kept, n_erased = sparse_tiles(info, seed)
                 rec["train_nuclei_labelled"], rec["train_nuclei_erased"] = n_kept, n_erased
             rec["wall_s"] = round(time.perf_counter() - t0, 1)
             rec["cpu_s"] = round(time.process_time() - c0, 1)  # this process's CPU time (the budget is CPU minutes)
             extra = {}
-            if label == "co_mining" and seed == min(args.seeds) and not args.no_figure:
+            if col.figure and seed == min(args.seeds) and not args.no_figure:
                 img = docs / "img" / "real_nuclei_mined.png"
                 figure_line = figure(out / "model.pt", info, seed, img)
                 extra["figure"] = figure_line

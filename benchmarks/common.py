@@ -30,7 +30,8 @@ class Column:
     """One declared benchmark column: what a runner trains and what the report says it is, in one place.
 
     A benchmark extends it with the settings its runner reads (``bench_trees.TreeColumn``,
-    ``bench_co_mining.CoMiningColumn``); the runner and the report both read the declaration, never the label's spelling.
+    ``bench_co_mining.CoMiningColumn``, ``bench_mixed.MixedColumn``, ``bench_real.NucleiColumn``); the runner and the
+    report both read the declaration, never the label's spelling.
 
     Attributes:
         label: the name its records carry (their ``method`` or ``column``): results files are keyed by it, so a label
@@ -337,8 +338,3 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None,
     rec.update(test_scores(cfg, out_dir))
     return rec
 
-
-def twice_the_batch(label: str) -> bool:
-    """Whether a benchmark column trains on twice its table's batch (original_2x, brl_2x, full_2x): the compute of a
-    two-view step, so the equal-compute rival of co-mining and joint."""
-    return label.endswith("_2x")

@@ -13,11 +13,15 @@ import re
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from bench_co_mining import BY_LABEL as CO_MINING_COLUMNS
 from bench_mixed import COLUMNS as MIXED_COLUMNS
-from common import RESULTS, ROOT, latest, record_key, twice_the_batch
+from bench_real import BY_LABEL as NUCLEI_BY_LABEL
+from bench_real import COLUMNS as NUCLEI_COLUMNS
+from bench_real import NucleiColumn, retrain_suffix
+from common import RESULTS, ROOT, latest, record_key
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
 _DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
@@ -517,11 +521,6 @@ def recall_at_p80(rec: dict, key: str = "mine_pr") -> float:
 #: the co-mining tables' row order and the README's co-mining rows: Table 1's (full labels, then the BRL protocol's
 #: easy, hard, extreme); other splits follow as recorded
 SPLIT_ORDER = ("full", "easy", "hard", "extreme")
-#: a held-out fold column retrained on the boxes mined above another score (bench_real --retrain-score): the same
-#: fold models as its base column, so the same mined boxes; NN is the score in hundredths
-RETRAINED = re.compile(r"(folds_\w+)_r(\d+)")
-
-
 
 
 def section_real(res: dict) -> list[str]:
@@ -530,22 +529,22 @@ def section_real(res: dict) -> list[str]:
     for r in res["records"]:  # a re-run of a (method, seed) replaces it in the tables; every run stays in the file
         last[(r["method"], r["seed"])] = r
     recs = list(last.values())
-    cols, names = _nuclei_columns(recs)
+    cols = _nuclei_columns(recs)
     seeds = sorted({r["seed"] for r in recs})
-    by = {m: sorted((r for r in recs if r["method"] == m), key=lambda r: r["seed"]) for m in cols}
+    by = {c.label: sorted((r for r in recs if r["method"] == c.label), key=lambda r: r["seed"]) for c in cols}
     d = res.get("data", {})
     out = [f"## {TITLES['real_nuclei']}", "", *header(res)]
     if res.get("note"):
         out += [res["note"], ""]
-    out += _nuclei_table(recs, by, cols, names, seeds)
+    out += _nuclei_table(recs, by, cols, seeds)
     out += _nuclei_column_notes(by, cols, d)
     out += ["AP per seed (the seed draws both the erased nuclei and the training run):", "",
-            "| seed | " + " | ".join(names[m] for m in cols) + " |", "|---|" + "---|" * len(cols)]
+            "| seed | " + " | ".join(c.heading for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for s in seeds:
         cell = {r["method"]: r for r in recs if r["seed"] == s}
-        out.append(f"| {s} | " + " | ".join(pct(cell[m]["ap"]) if m in cell else "–" for m in cols) + " |")
+        out.append(f"| {s} | " + " | ".join(pct(cell[c.label]["ap"]) if c.label in cell else "–" for c in cols) + " |")
     out.append("")
-    out += _nuclei_recovery(by, cols, names)
+    out += _nuclei_recovery(by, cols)
     n_val = int(d.get("val_boxes") or 0)
     out += [f"**One image is a small sample.** Every number above comes from one {d.get('image', ['?'])[0]} px image: "
             f"{d.get('train_boxes', '?')} training nuclei (about half of them labelled per seed) and {n_val} val nuclei. "
@@ -555,38 +554,34 @@ def section_real(res: dict) -> list[str]:
             f"{n_val} val nuclei one nucleus found or missed moves AP50 by about {100 / max(1, n_val):.0f} points: treat "
             "differences smaller than that, or than the spread, as no difference.", ""]
     if res.get("figure"):
+        drawn = next(c.heading for c in NUCLEI_COLUMNS if c.figure)  # the column whose model draws the figure
         out += ["![mined boxes on a training tile](img/real_nuclei_mined.png)", "",
-                f"Co-mining (paper) model, {res['figure']}.", ""]
+                f"{drawn[:1].upper()}{drawn[1:]} model, {res['figure']}.", ""]
     return out
 
 
-def _nuclei_columns(recs: list[dict]) -> tuple[list[str], dict[str, str]]:
-    """The nuclei columns the records hold, in page order, and the name the page gives each (a held-out fold column
-    retrained at another score right after its base column)."""
-    names = {"full": "full labels", "original": "original", "brl": "original on BRL's loss",
-             "full_2x": "full labels, twice the batch", "original_2x": "original, twice the batch (equal compute)",
-             "brl_2x": "original on BRL's loss, twice the batch (equal compute)", "joint": "joint",
-             "co_mining": "co-mining (paper)", "co_mining_best": "co-mining (best defaults)",
-             "co_mining_part": "co-mining (best defaults + part 0.3)",
-             "joint_brl": "joint on BRL's loss (the preset, `method.cogeneration=false`)",
-             "co_mining_brl": "co-mining on BRL's loss (the `digits_co_mining` preset)",
-             "joint_brl_blur": "joint on BRL's loss, blurred second view",
-             "co_mining_brl_blur": "co-mining on BRL's loss, blurred second view (`method.view=blur`)",
-             "co_mining_brl_blur_noreg": "the same, mined boxes teaching no box regression (`method.pseudo_regress=false`)",
-             "folds_original": "held-out folds, original, retrained", "folds_co_mining": "held-out folds, co-mining + part, retrained"}
-    cols = list(names)
-    for m in sorted({r["method"] for r in recs if RETRAINED.fullmatch(r["method"])}):
-        base, score = RETRAINED.fullmatch(m).groups()
-        cols.insert(cols.index(base) + 1 if base in cols else len(cols), m)
-        names[m] = f"{names[base]} on boxes mined at score > {int(score) / 100:g}"
-    return [m for m in cols if any(r["method"] == m for r in recs)], names
+def _nuclei_columns(recs: list[dict]) -> list[NucleiColumn]:
+    """The nuclei columns the records hold, in their declared order (``bench_real.COLUMNS``); a held-out fold column
+    retrained on the boxes mined above another score (``bench_real.py --retrain-score``: the same fold models, so the
+    same mined boxes; its records name that score) right after its base column, named after it."""
+    retrained: dict[str, tuple[NucleiColumn, NucleiColumn]] = {}
+    for r in recs:
+        score = r.get("retrain_score")
+        for base in (c for c in NUCLEI_COLUMNS if c.folds is not None and score is not None):
+            if r["method"] not in NUCLEI_BY_LABEL and r["method"] == base.label + retrain_suffix(score):
+                heading = f"{base.heading} on boxes mined at score > {round(100 * score) / 100:g}"
+                retrained[r["method"]] = base, replace(base, label=r["method"], short=None, heading=heading)
+    cols = list(NUCLEI_COLUMNS)
+    for m in sorted(retrained):
+        base, col = retrained[m]
+        cols.insert(cols.index(base) + 1, col)
+    return [c for c in cols if any(r["method"] == c.label for r in recs)]
 
 
-def _nuclei_table(recs: list[dict], by: dict[str, list[dict]], cols: list[str], names: dict[str, str],
-                  seeds: list[int]) -> list[str]:
+def _nuclei_table(recs: list[dict], by: dict[str, list[dict]], cols: list[NucleiColumn], seeds: list[int]) -> list[str]:
     """The nuclei table: one row per measure (AP, mining quality, minutes, steps), one column per nuclei column."""
     def row(name: str, fn) -> str:
-        return f"| {name} | " + " | ".join(by_threads(by[m], fn) if by[m] else "–" for m in cols) + " |"
+        return f"| {name} | " + " | ".join(by_threads(by[c.label], fn) if by[c.label] else "–" for c in cols) + " |"
 
     def mined(rs: list[dict], t: float = 0.5, key: str = "mine_pr") -> str:
         got = [x for r in rs for x in r.get(key, []) if x["threshold"] == t]
@@ -606,7 +601,7 @@ def _nuclei_table(recs: list[dict], by: dict[str, list[dict]], cols: list[str], 
         return f"{mean_std(p)} / {mean_std(q)}" if (p or q) else "–"
 
     return [f"Mean ± std over seeds {seeds} (val: the right quarter of the image, predicted tile by tile):", "",
-            "| | " + " | ".join(names[m] for m in cols) + " |", "|---|" + "---|" * len(cols),
+            "| | " + " | ".join(c.heading for c in cols) + " |", "|---|" + "---|" * len(cols),
             row("AP", lambda rs: mean_std([r["ap"] for r in rs])),
             row("AP50", lambda rs: mean_std([r["ap50"] for r in rs])),
             row("mined boxes, score > 0.5: precision / recall of the erased nuclei (%)", mined),
@@ -625,27 +620,28 @@ def _nuclei_table(recs: list[dict], by: dict[str, list[dict]], cols: list[str], 
             ""]
 
 
-def _nuclei_column_notes(by: dict[str, list[dict]], cols: list[str], d: dict) -> list[str]:
-    """What the held-out fold, BRL and twice-the-batch columns are, where the records hold them; why co-mining (best
-    defaults) is missing, where it is."""
+def _nuclei_column_notes(by: dict[str, list[dict]], cols: list[NucleiColumn], d: dict) -> list[str]:
+    """What the held-out fold, BRL and twice-the-batch columns are, where the records hold them; why a column skipped
+    while its method block is the paper's (co-mining, best defaults) is missing, where it is."""
     out = []
-    if any(by.get(m) for m in ("folds_original", "folds_co_mining")):
+    if any(by.get(c.label) for c in NUCLEI_COLUMNS if c.folds is not None):
         out += ["**Held-out folds** (`minedet data folds` + `minedet mine --folds`): the training region is cut into two "
                 "vertical bands, each tiled on its own; the model of each fold trains on the other band's sparse tiles and "
                 "mines its band, so no model mines a nucleus it was taught as background. The mined rows of these columns "
                 "score both bands' mined boxes together; then the boxes mined at score > 0.5 (IoU and part rules) join the "
                 "labels of the ordinary tiles and a supervised model is retrained on them: the AP rows are that model's. "
                 "Three trainings per seed (two fold models on half the tiles, one retraining).", ""]
-    if any(by.get(m) for m in cols if "brl" in m.split("_")):
+    if any(by.get(c.label) for c in cols if c.on_brl):
         out += ["**BRL's loss** (`model.extra.cls_loss=brl`, background recalibration): an uncertain detection far from "
                 "every label is not taught as background, so the model still scores the erased nuclei of the tiles it "
                 "trained on and can mine them. *co-mining on BRL's loss* is the `digits_co_mining` preset whole (its method "
                 "block and its loss; the ignored band is off on this loss); the blurred-view column swaps its colour view, "
                 "which on this grey image changes only brightness and contrast, for a Gaussian blur (`method.view=blur`)."
                 + (" *joint on BRL's loss* is the same two views and loss without co-generation (`method.cogeneration="
-                   "false`): what the mined boxes add on top of the second view." if by.get("joint_brl") or
-                   by.get("joint_brl_blur") else ""), ""]
-    twice = [r for m in cols if twice_the_batch(m) for r in by[m]]
+                   "false`): what the mined boxes add on top of the second view." if any(
+                   by.get(c.label) for c in NUCLEI_COLUMNS if c.on_brl and c.settings.get("cogeneration") is False)
+                   else ""), ""]
+    twice = [r for c in cols if c.batch > 1 for r in by[c.label]]
     if twice and d.get("tiles"):
         views = twice[0]["steps"] * twice[0]["batch_size"]  # tile views in one run
         out += [f"**Twice the batch** (the *_2x columns: {twice[0]['batch_size']} tiles per step, what a two-view "
@@ -653,14 +649,15 @@ def _nuclei_column_notes(by: dict[str, list[dict]], cols: list[str], d: dict) ->
                 f"{d['tiles']} training tiles is seen about {views / d['tiles']:.0f} times in a run, about "
                 f"{views / 2 / d['tiles']:.0f} at the normal batch: what more tiles per step buy on a small set trained "
                 "long.", ""]
-    if not by.get("co_mining_best"):
-        out += ["*co-mining (best defaults)* was not run: when these runs were made, the `digits_co_mining` preset's method "
-                "block resolved to the paper's setting, so it would repeat the co-mining (paper) column. Once the "
-                "defaults change, add the column with `python benchmarks/bench_real.py --methods co_mining_best`.", ""]
+    for c in (c for c in NUCLEI_COLUMNS if c.skip_if_paper and not by.get(c.label)):
+        out += [f"*{c.heading}* was not run: when these runs were made, the `digits_co_mining` preset's method "
+                f"block resolved to the paper's setting, so it would repeat the {NUCLEI_BY_LABEL['co_mining'].heading} "
+                f"column. Once the defaults change, add the column with `python benchmarks/bench_real.py --methods "
+                f"{c.label}`.", ""]
     return out
 
 
-def _nuclei_recovery(by: dict[str, list[dict]], cols: list[str], names: dict[str, str]) -> list[str]:
+def _nuclei_recovery(by: dict[str, list[dict]], cols: list[NucleiColumn]) -> list[str]:
     """The share of the AP lost to the erased labels each column recovers (against full labels, and full labels at
     twice the batch for a twice-the-batch column)."""
     full, orig = [r["ap"] for r in by["full"]], [r["ap"] for r in by["original"]]
@@ -669,11 +666,11 @@ def _nuclei_recovery(by: dict[str, list[dict]], cols: list[str], names: dict[str
     out = []
     gap = statistics.mean(full) - statistics.mean(orig)
     gap_2x = statistics.mean(r["ap"] for r in by["full_2x"]) - statistics.mean(orig) if by.get("full_2x") else None
-    for m in cols:
-        if m not in ("full", "original", "full_2x") and by.get(m):
-            got = statistics.mean(r["ap"] for r in by[m]) - statistics.mean(orig)
-            ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if twice_the_batch(m) and gap_2x is not None else ""
-            out.append(f"- {names[m]} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
+    for c in cols:  # every column but the ceilings and original itself
+        if c.labels != "full" and c.label != "original" and by.get(c.label):
+            got = statistics.mean(r["ap"] for r in by[c.label]) - statistics.mean(orig)
+            ceiling = f"; full labels at twice the batch {100 * gap_2x:+.1f}" if c.batch > 1 and gap_2x is not None else ""
+            out.append(f"- {c.heading} recovers {100 * got / gap:.0f} % of the AP lost to the erased labels "
                        f"({100 * got:+.1f} AP over original; full labels {100 * gap:+.1f}{ceiling}).")
     return out + [""]
 
@@ -708,7 +705,7 @@ def section_export(res: dict) -> list[str]:
 def section_mixed(res: dict) -> list[str]:
     """Mixed supervision: one row per metric, one column per method (bench_mixed.py's order)."""
     recs = latest(res["records"])
-    methods = [m for m in MIXED_COLUMNS if any(r["method"] == m for r in recs)]
+    methods = [c.label for c in MIXED_COLUMNS if any(r["method"] == c.label for r in recs)]
     all_seeds = sorted({r["seed"] for r in recs})
     out = [f"## {TITLES['mixed']}", "", *header(res)]
     if res.get("note"):
@@ -916,21 +913,10 @@ def _mined_cells(res: dict | None, names: dict[str, str]) -> str:
 
 #: the digits `hard` columns of the README's sparse-labels and mining rows (co_mining_baselines), by their short names
 SPARSE_README = {m: CO_MINING_COLUMNS[m].short for m in ("original", "brl", "brl_2x", "co_mining_brl_noib", "joint_brl")}
-#: the nuclei columns of the README's real-images and mining rows, with their names
-REAL_README = {"full": "full labels", "original": "original", "brl": "BRL's loss", "brl_2x": "BRL's loss on twice the batch",
-               "joint_brl": "joint on BRL's loss", "co_mining_brl": "co-mining on BRL's loss (the preset)",
-               "co_mining_brl_blur": "co-mining on BRL's loss, blurred view"}
 #: the semi-supervised columns of the README's few-labels row: results file, method, name
 FEW_LABELS_README = [("semi", "supervised", "supervised"),
                      ("semi_ignore", "mean_teacher", "Mean Teacher (its default, the ignored band)"),
                      ("semi_occlusion", "acrst", "ACRST (minedet's defaults)")]
-#: the mixed-supervision columns' names
-MIXED_README = {"supervised_complete": "supervised on the complete images", "supervised_sparse": "supervised on complete + sparse",
-                "co_mining": "co-mining (paper)", "mean_teacher": "Mean Teacher", "mean_teacher_ignore": "Mean Teacher + ignored band",
-                "mixed": "mixed", "mixed_adaptive": "mixed + adaptive thresholds",
-                "mixed_late_sparse": "mixed, burn-in on complete images only", "full": "full labels",
-                "supervised_sparse_brl": "supervised on complete + sparse, BRL's loss",
-                "mixed_late_sparse_brl": "mixed, burn-in on complete images only, BRL's loss"}
 #: the real tree-crown benchmark's report module (another script's): its section and README rows come first
 TREES_REPORT = Path(__file__).with_name("report_trees.py")
 #: the README carries at most this many result rows (one per setting a user acts on); the rest is on the page
@@ -938,7 +924,8 @@ README_MAX_ROWS = 8
 
 
 def _row_nuclei(results: dict) -> list[tuple[str, str]]:
-    cells = [(REAL_README[m], _pick(results.get("real_nuclei"), method=m)) for m in REAL_README]
+    """The nuclei columns with a README name (``short``), by that name."""
+    cells = [(c.short, _pick(results.get("real_nuclei"), method=c.label)) for c in NUCLEI_COLUMNS if c.short]
     if not any(rs for _, rs in cells):
         return []
     return [("sparse real images: StarDist's nuclei image, 50 % of training boxes erased, RetinaNet, val AP (one image: "
@@ -969,7 +956,7 @@ def _row_few_labels(results: dict) -> list[tuple[str, str]]:
 
 
 def _row_mixed(results: dict) -> list[tuple[str, str]]:
-    cells = [(MIXED_README[m], _pick(results.get("mixed"), method=m)) for m in MIXED_COLUMNS]
+    cells = [(c.short, _pick(results.get("mixed"), method=c.label)) for c in MIXED_COLUMNS if c.short]
     if not any(rs for _, rs in cells):
         return []
     return [("mixed: long-tailed digits, 10 % complete, 30 % `hard`-sparse, 60 % unlabelled, val AP",
@@ -981,8 +968,8 @@ def _row_mining(results: dict) -> list[tuple[str, str]]:
     digits = _mined_cells(results.get("co_mining_baselines"), SPARSE_README)
     if digits:
         parts.append(f"erased digits recovered at precision ≥ 0.9 (`hard`): {digits} {_link('baselines', 'co_mining_baselines')}")
-    nuclei = [(REAL_README[m], [r for r in _pick(results.get("real_nuclei"), method=m) if r.get("mine_pr_part")])
-              for m in REAL_README if m != "full"]
+    nuclei = [(c.short, [r for r in _pick(results.get("real_nuclei"), method=c.label) if r.get("mine_pr_part")])
+              for c in NUCLEI_COLUMNS if c.short and c.labels != "full"]  # a full-label column has nothing to mine
     text = ", ".join(f"{name} {mean_std([recall_at_p80(r, 'mine_pr_part') for r in rs])} % ({_seeds(rs)})"
                      for name, rs in nuclei if rs)
     if text:

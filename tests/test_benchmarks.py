@@ -273,22 +273,105 @@ def test_nuclei_twice_the_batch_columns_train_their_base_column_on_twice_the_til
 
     monkeypatch.setattr(bench_real, "sparse_tiles", lambda info, seed: ("sparse.json", "hidden.json", 5, 5))
     info = {"root": str(tmp_path)}
+    col = bench_real.BY_LABEL
     for label, loss in (("full", {}), ("original", {}), ("brl", {"cls_loss": "brl"})):
-        one, two = bench_real.make_config(info, label, 0, 10, 8), bench_real.make_config(info, f"{label}_2x", 0, 10, 8)
+        one, two = bench_real.make_config(info, col[label], 0, 10, 8), bench_real.make_config(info, col[f"{label}_2x"], 0, 10, 8)
         assert (one.data.batch_size, two.data.batch_size) == (8, 16)
         assert one.method == two.method == {"name": "supervised"}
         assert one.model.extra == two.model.extra == loss
         assert one.data.train == two.data.train
-    assert bench_real.make_config(info, "full_2x", 0, 10, 8).data.train.endswith("tiles.json")
+    assert bench_real.make_config(info, col["full_2x"], 0, 10, 8).data.train.endswith("tiles.json")
 
 
 def test_nuclei_noreg_column_is_its_base_column_with_mined_boxes_teaching_no_regression(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
-    from bench_real import method_block
+    from bench_real import BY_LABEL, method_block
 
-    base, noreg = method_block("co_mining_brl_blur"), method_block("co_mining_brl_blur_noreg")
+    base, noreg = method_block(BY_LABEL["co_mining_brl_blur"]), method_block(BY_LABEL["co_mining_brl_blur_noreg"])
     assert base["view"] == "blur" and base.get("pseudo_regress") is not False
     assert noreg == {**base, "pseudo_regress": False}
+
+
+def test_nuclei_and_mixed_columns_are_declared_once_and_the_report_reads_them(monkeypatch):
+    """Every label a results file of bench_real / bench_mixed holds is a declared column (a nuclei fold column retrained
+    at another score: its base's label and that score), with a meaning; the report's columns, names and README names
+    are the declarations' (no second list of names in report.py)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_mixed
+    import bench_real
+    import report
+
+    assert report.MIXED_COLUMNS is bench_mixed.COLUMNS and report.NUCLEI_COLUMNS is bench_real.COLUMNS
+    assert not hasattr(report, "REAL_README") and not hasattr(report, "MIXED_README")
+    for mod in (bench_mixed, bench_real):
+        assert len(mod.BY_LABEL) == len(mod.COLUMNS) and all(c.meaning and c.method for c in mod.COLUMNS)
+    stored = {name: {r["method"]: r for r in json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["records"]}
+              for name in ("mixed", "real_nuclei")}
+    assert set(stored["mixed"]) == set(bench_mixed.BY_LABEL)
+    for label, r in stored["real_nuclei"].items():
+        assert label in bench_real.BY_LABEL or any(
+            c.folds and label == c.label + bench_real.retrain_suffix(r["retrain_score"]) for c in bench_real.COLUMNS), label
+    # every declared column shows on the page under its heading, in the declared order; a retrained one after its base
+    recs = [{"method": c.label, "seed": 0} for c in bench_real.COLUMNS] + [{"method": "folds_original_r70", "seed": 0,
+                                                                            "retrain_score": 0.7}]
+    cols = report._nuclei_columns(recs)
+    labels = [c.label for c in bench_real.COLUMNS]
+    assert [c.label for c in cols] == labels[:labels.index("folds_original") + 1] + ["folds_original_r70", "folds_co_mining"]
+    assert cols[-2].heading == "held-out folds, original, retrained on boxes mined at score > 0.7"
+    readme = (ROOT / "README.md").read_text()
+    assert [c.label for c in bench_real.COLUMNS if c.short] == ["full", "original", "brl", "brl_2x", "joint_brl",
+                                                                "co_mining_brl", "co_mining_brl_blur"]
+    for c in bench_mixed.COLUMNS + tuple(c for c in bench_real.COLUMNS if c.short):
+        assert f"{c.short} " in readme, c.label
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert all(c.heading in page for c in bench_real.COLUMNS)
+
+
+def test_mixed_columns_train_what_they_declare(monkeypatch):
+    """A mixed column's method block: the schedule's (mean_teacher, mixed) or the co-mining preset's, then its options."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from bench_mixed import BY_LABEL, method_block
+
+    schedule, co_mining = {"name": "mean_teacher", "burn_in": 400, "tau": 0.7}, {"name": "co_mining", "tau": 0.6}
+    block = {label: method_block(BY_LABEL[label], schedule, co_mining) for label in BY_LABEL}
+    assert block["full"] == block["supervised_sparse_brl"] == {"name": "supervised"}
+    assert block["co_mining"] == {"name": "co_mining", "tau": 0.6, "paper": True}
+    assert block["mean_teacher_ignore"] == {**schedule, "ignore_below": 0.3}
+    assert block["mixed_late_sparse_brl"] == block["mixed_late_sparse"] == {**schedule, "name": "mixed", "sparse_burn_in": False}
+    assert BY_LABEL["mixed_late_sparse_brl"].model_extra == BY_LABEL["supervised_sparse_brl"].model_extra == {
+        "cls_loss": "brl", "loss_norm": "image"}
+    assert not BY_LABEL["mixed_late_sparse"].model_extra and BY_LABEL["mixed"].streams == 4
+    assert [c.label for c in BY_LABEL.values() if not c.scored] == ["supervised_complete", "supervised_sparse", "full",
+                                                                    "supervised_sparse_brl"]
+
+
+@pytest.mark.parametrize("script", ["bench_mixed.py", "bench_real.py"])
+def test_list_prints_every_declared_column_and_methods_take_only_declared_ones(script, tmp_path):
+    """--list prints each column's label, method and meaning without building any data; --methods refuses a label
+    that is not declared."""
+    sys.path.insert(0, str(BENCH))
+    module = __import__(script.removesuffix(".py"))
+    env = {**os.environ, "MINEDET_BENCH_RESULTS": str(tmp_path / "results")}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--list", "--cache-dir" if script == "bench_real.py" else
+                           "--out", str(tmp_path / "data")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 * len(module.COLUMNS)
+    for c, (head, meaning) in zip(module.COLUMNS, zip(lines[::2], lines[1::2])):
+        assert head.split()[0] == c.label and c.method in head and meaning.strip() == c.meaning
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    bad = subprocess.run([sys.executable, str(BENCH / script), "--methods", "no_such_column"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no_such_column" in bad.stderr
+
+
+def test_no_benchmark_function_is_longer_than_80_lines():
+    import ast
+
+    long = [f"{p.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)" for p in sorted(BENCH.glob("*.py"))
+            for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, long
 
 
 def test_co_mining_method_labels_name_the_settings_they_run(monkeypatch):
