@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from common import Column, add_test_arg, append_results, finished_run, latest, load_results, train_record, write_json
+from common import (Column, add_test_arg, append_results, finished_run, latest, load_results, threads_of, train_record,
+                    write_json)
 
 #: the guards beyond the paper, spelled out (they are also minedet's defaults) so a record names what it ran;
 #: with mined boxes regressing, as every guarded record so far ran (the default on RetinaNet and Faster R-CNN;
@@ -542,6 +543,25 @@ def beats_rivals(records: list[dict]) -> list[str]:
     return lines
 
 
+def _mining_line(split: str, m: str, rs: list[dict], threads: int | None) -> str:
+    """The derived line of one column's `minedet mine` recall at precision 0.9 over runs ``rs`` of one thread count
+    (``threads``: named when the column has runs of other counts; 0 when it has not)."""
+    xs = [(r.get("mine_recall_at_p90") or {}).get("recall", 0.0) for r in rs]
+    reached = sum(1 for r in rs if r.get("mine_recall_at_p90"))
+    best = max((row for r in rs for row in r["mine_pr"] if row["precision"] == row["precision"]),
+               key=lambda row: row["precision"], default=None)
+    count = "" if threads == 0 else ("threads not recorded; " if threads is None else
+                                     f"{threads} thread{'s' * (threads != 1)}; ")
+    seeds = ", ".join(str(s) for s in sorted(r["seed"] for r in rs))
+    line = (f"{split}: `minedet mine` with the {m} model recovers {100 * statistics.mean(xs):.1f}% of the erased boxes "
+            f"at precision >= 0.9 ({count}mean of {len(rs)} seed{'s' * (len(rs) != 1)} ({seeds}); {reached} reach that "
+            f"precision at some threshold, the others count 0)")
+    if best is not None:
+        line += (f"; its most precise threshold: {100 * best['precision']:.0f}% precision at score {best['threshold']} "
+                 f"recovering {100 * best['recall']:.1f}%")
+    return line
+
+
 def derived(records: list[dict]) -> list[str]:
     """Recovery of the AP lost to missing labels, and the step-time ratio, from the records."""
     def ap(method, split, seeds=None):
@@ -575,19 +595,9 @@ def derived(records: list[dict]) -> list[str]:
     for split in ("easy", "hard", "extreme"):
         for m in dict.fromkeys(r["method"] for r in records):
             rs = [r for r in records if r["method"] == m and r["split"] == split and r.get("mine_pr")]
-            if not rs:
-                continue
-            xs = [(r.get("mine_recall_at_p90") or {}).get("recall", 0.0) for r in rs]
-            reached = sum(1 for r in rs if r.get("mine_recall_at_p90"))
-            best = max((row for r in rs for row in r["mine_pr"] if row["precision"] == row["precision"]),
-                       key=lambda row: row["precision"], default=None)
-            line = (f"{split}: `minedet mine` with the {m} model recovers {100 * statistics.mean(xs):.1f}% of the erased boxes "
-                    f"at precision >= 0.9 (mean of {len(rs)} seeds; {reached} reach that precision at some threshold, "
-                    f"the others count 0)")
-            if best is not None:
-                line += (f"; its most precise threshold: {100 * best['precision']:.0f}% precision at score {best['threshold']} "
-                         f"recovering {100 * best['recall']:.1f}%")
-            lines.append(line)
+            counts = sorted({threads_of(r) for r in rs}, key=lambda n: (n is None, n or 0))
+            for n in counts:  # records of different thread counts never share a figure
+                lines.append(_mining_line(split, m, [r for r in rs if threads_of(r) == n], n if len(counts) > 1 else 0))
     per_seed = defaultdict(float)
     for r in records:
         if r.get("wall_s") and (r["method"], r["split"]) in (("original", "full"), ("original", "hard"), ("co_mining", "hard")):

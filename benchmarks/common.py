@@ -186,6 +186,12 @@ def record_key(rec: dict) -> tuple:
     return tuple(rec.get(k) for k in KEY_FIELDS)
 
 
+def threads_of(rec: dict) -> int | None:
+    """The torch threads a record's run used: its own ``threads`` (training records since they carry it), else its
+    origin's (the count of the process that wrote it), None for a record from before records carried an origin."""
+    return rec.get("threads") or ((rec.get("origin") or {}).get("machine") or {}).get("torch_threads")
+
+
 def latest(records: list[dict], key=None) -> list[dict]:
     """The last record of each setting (records are appended in time order): what tables average. ``key`` names a
     setting (default :func:`record_key`)."""

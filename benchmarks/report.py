@@ -21,7 +21,7 @@ from bench_mixed import COLUMNS as MIXED_COLUMNS
 from bench_real import BY_LABEL as NUCLEI_BY_LABEL
 from bench_real import COLUMNS as NUCLEI_COLUMNS
 from bench_real import NucleiColumn, retrain_suffix
-from common import RESULTS, ROOT, latest, record_key
+from common import RESULTS, ROOT, latest, record_key, threads_of
 
 # MINEDET_BENCH_DOCS redirects the generated page and its plots (used by the smoke tests)
 _DOCS_DIR = os.environ.get("MINEDET_BENCH_DOCS") or ROOT / "docs"
@@ -75,12 +75,6 @@ def header(res: dict) -> list[str]:
                    f"{m.get('device', 'cpu')}" + (f" ({m['cpu_capability']} kernels)" if m.get("cpu_capability") else "")
                    + ": " + ", ".join(f"`{c}`" for c in cmds))
     return out + [""]
-
-
-def threads_of(rec: dict) -> int | None:
-    """The torch threads a record's run used: its own ``threads`` (training records since they carry it), else its
-    origin's (the count of the process that wrote it), None for a record from before records carried an origin."""
-    return rec.get("threads") or ((rec.get("origin") or {}).get("machine") or {}).get("torch_threads")
 
 
 def _seed_list(rs: list[dict]) -> str:
@@ -888,14 +882,29 @@ def _link(text: str, name: str) -> str:
     return f"([{text}](docs/benchmarks.md#{heading_anchor(TITLES[name])}))"
 
 
+def main_group(rs: list[dict]) -> list[dict]:
+    """The records of one thread count that a README cell quotes: the count with the most seeds (a tie: the count of
+    the newest record; none for none). The page shows every count (:func:`by_threads`)."""
+    if not rs:
+        return []
+    groups: dict[int | None, list[dict]] = defaultdict(list)
+    for i, r in enumerate(rs):
+        groups[threads_of(r)].append(r)
+    newest = {n: max(rs.index(r) for r in g) for n, g in groups.items()}
+    best = max(groups, key=lambda n: (len({r["seed"] for r in groups[n]}), newest[n]))
+    return groups[best]
+
+
 def _named(cells: list[tuple[str, list[dict]]], key: str = "ap") -> str:
-    """"NAME mean ± std (n seeds)" for each (name, records) cell that has records; a cell of several thread counts names
-    each count and its seeds instead (:func:`by_threads`)."""
+    """"NAME mean ± std (n seeds[, t threads])" for each (name, records) cell that has records: one thread count's
+    records (:func:`main_group`), named when the cell holds others (the page lists those)."""
     out = []
     for name, rs in cells:
         if rs:
-            seeds = "" if len({threads_of(r) for r in rs}) > 1 else f" ({_seeds(rs)})"
-            out.append(f"{name} {_ms(rs, key)}{seeds}")
+            main = main_group(rs)
+            n = threads_of(main[0])
+            count = f", {n} thread{'s' * (n != 1)}" if len({threads_of(r) for r in rs}) > 1 and n is not None else ""
+            out.append(f"{name} {mean_std([r.get(key) for r in main])} ({_seeds(main)}{count})")
     return ", ".join(out)
 
 
@@ -904,7 +913,7 @@ def _mined_cells(res: dict | None, names: dict[str, str]) -> str:
     of erased boxes `minedet mine` recovers at precision >= 0.9 (a run that never reaches it counts 0)."""
     cells = []
     for m, name in names.items():
-        rs = [r for r in _pick(res, split="hard", method=m) if r.get("mine_pr")]
+        rs = main_group([r for r in _pick(res, split="hard", method=m) if r.get("mine_pr")])
         if rs:
             recall = statistics.mean((r.get("mine_recall_at_p90") or {}).get("recall", 0.0) for r in rs)
             cells.append(f"{name} {100 * recall:.1f} % ({_seeds(rs)})")
@@ -1053,6 +1062,38 @@ def _trees(results: dict):
     return report_trees
 
 
+#: the digits defaults minedet ships, each with the split it was chosen on and where its records are: (what the
+#: default is, where it was chosen, results file, record filter). Baselines are listed for comparison.
+DEFAULTS = [
+    ("co-mining preset (`digits_co_mining`): co-mining on BRL's loss, no ignored band",
+     "digits val, `hard` and `extreme`", "co_mining_baselines", {"split": "hard", "method": "co_mining_brl_noib"}),
+    ("baseline: BRL's loss alone", "–", "co_mining_baselines", {"split": "hard", "method": "brl"}),
+    ("baseline: original", "–", "co_mining_baselines", {"split": "hard", "method": "original"}),
+    ("Mean Teacher's ignored band (`ignore_below=0.3`)", "digits val, 2 / 5 / 10 % labelled", "semi_ignore",
+     {"fraction": 10.0, "method": "mean_teacher"}),
+    ("ACRST's defaults (the ignored band, `ema_decay=0.99`, `occlusion_ignore=0.5`)", "digits val, 10 % labelled",
+     "semi_occlusion", {"fraction": 10.0, "method": "acrst"}),
+    ("baseline: supervised", "–", "semi", {"fraction": 10.0, "method": "supervised"}),
+]
+
+
+def section_defaults(results: dict) -> list[str]:
+    """Each digits default beside the split it was chosen on: its val AP (where it was chosen) and its test AP (the
+    digits test split, scored once at the end of each run since it exists; runs from before it have none)."""
+    out = ["## Defaults: chosen on val, scored on test", "",
+           "Every digits default below was chosen on the val images; the test images (a scene stream no choice has "
+           "read) score each run at its end since the test split exists, so only runs made since then have a test "
+           "figure. Each cell: mean ± std over seeds, split by torch thread count as everywhere on this page.", "",
+           "| default | chosen on | results | val AP | test AP |", "|---|---|---|---|---|"]
+    for name, where, file, filt in DEFAULTS:
+        rs = _pick(results.get(file), **filt)
+        tested = [r for r in rs if r.get("test_ap") is not None]
+        val = seed_cell(rs, "ap", []) if rs else "–"  # [] : every cell names its seeds
+        test = seed_cell(tested, "test_ap", []) if tested else "–"
+        out.append(f"| {name} | {where} | `{file}` | {val} | {test} |")
+    return out + [""]
+
+
 def readme_text(current: str, results: dict) -> str:
     """``current`` (README.md) with the block between the markers replaced by the generated table."""
     if README_START not in current or README_END not in current:
@@ -1080,6 +1121,7 @@ def page(results: dict) -> str:
     trees = _trees(results)
     if trees:
         lines += trees.section(results["real_trees"])
+    lines += section_defaults(results)
     for name in sorted((n for n in results if n != "real_trees"),  # report_trees renders it, or nothing does
                        key=lambda n: (order.index(n) if n in order else 99, n)):
         res = results[name]

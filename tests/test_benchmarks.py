@@ -501,8 +501,8 @@ def test_the_page_says_what_the_false_mined_boxes_lay_on(monkeypatch, tmp_path):
 
 
 def test_records_of_different_thread_counts_never_share_a_figure(monkeypatch):
-    """A cell whose records ran at 1 and 2 torch threads (or did not record it) shows one figure per count, each
-    naming its count and seeds; a record's own ``threads`` wins over its origin's."""
+    """A page cell whose records ran at 1 and 2 torch threads (or did not record it) shows one figure per count, each
+    naming its count and seeds; a record's own ``threads`` wins over its origin's; a README cell quotes one count."""
     monkeypatch.syspath_prepend(str(BENCH))
     import report
 
@@ -520,7 +520,15 @@ def test_records_of_different_thread_counts_never_share_a_figure(monkeypatch):
     assert report.seed_cell(recs[:2], "ap", [0, 1, 2]) == "61.0 ± 1.4 (seeds 0, 1)"
     [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines", "records": recs}})
              if "sparse labels" in r]
-    assert "original 61.0 ± 1.4 (1 thread, seeds 0, 1) / 70.0 (2 threads, seed 2) / 50.0 (threads not recorded, seed 3)" in row
+    # the README quotes one count, the one with the most seeds, and says which (the page shows every count)
+    assert "original 61.0 ± 1.4 (2 seeds, 1 thread)" in row and "70.0" not in row
+    tie = [rec(0, 0.60, threads=1), rec(1, 0.70, threads=2)]
+    [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines", "records": tie}})
+             if "sparse labels" in r]
+    assert "original 70.0 (1 seed, 2 threads)" in row  # a tie: the count of the newest record
+    [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines", "records": recs[:1]}})
+             if "sparse labels" in r]
+    assert "original 60.0 (1 seed)" in row  # one count: not named
 
 
 def _all_results() -> dict:
@@ -631,3 +639,20 @@ def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tm
     assert erased == set(range(1, 13))  # the cell is hurried (the only one): its largest third (ids 13..18) kept
     random_half = bt.erased_crowns({"root": str(tmp_path)}, "random", seed=0)
     assert len(random_half) == 9 and random_half != bt.erased_crowns({"root": str(tmp_path)}, "random", seed=1)
+
+
+def test_the_defaults_table_sets_val_beside_test_and_names_seeds(monkeypatch):
+    """Each default's row: where it was chosen, its val AP over every run and its test AP over the runs that were
+    scored on test (none: a dash), each naming its seeds."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    recs = [{"method": "co_mining_brl_noib", "split": "hard", "seed": 0, "ap": 0.74, "test_ap": 0.72, "threads": 1},
+            {"method": "co_mining_brl_noib", "split": "hard", "seed": 1, "ap": 0.76, "threads": 1},
+            {"method": "brl", "split": "hard", "seed": 0, "ap": 0.70, "threads": 1}]
+    lines = report.section_defaults({"co_mining_baselines": {"name": "co_mining_baselines", "records": recs}})
+    [preset] = [ln for ln in lines if ln.startswith("| co-mining preset")]
+    assert preset.endswith("| digits val, `hard` and `extreme` | `co_mining_baselines` | 75.0 ± 1.4 (seeds 0, 1) | 72.0 (seed 0) |")
+    [brl] = [ln for ln in lines if ln.startswith("| baseline: BRL's loss alone")]
+    assert brl.endswith("| 70.0 (seed 0) | – |")
+    assert any(ln.startswith("| Mean Teacher's ignored band") and ln.endswith("| – | – |") for ln in lines)
