@@ -156,18 +156,20 @@ def test_scores(cfg, out_dir: Path) -> dict:
             "test_images": cfg.data.digits["n_test"]}
 
 
-def other_benchmarks() -> int:
+def other_benchmarks(*, paused: bool = False) -> int:
     """How many other benchmark processes (``python benchmarks/bench_*.py``) run on this machine now: a record says
-    what ran beside it, as its wall times depend on it (Linux ``/proc``; 0 where it cannot be read)."""
+    what ran beside it, as its wall times depend on it (Linux ``/proc``; 0 where it cannot be read). A process that is
+    stopped (``kill -STOP``: it takes no CPU) is not running; ``paused=True`` counts those instead."""
     me, n = os.getpid(), 0
     for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
         if int(pid) != me and os.getppid() != int(pid) and any(Path(a.decode(errors="replace")).name.startswith("bench_")
                                                                  and a.endswith(b".py") for a in args[1:3]):
-            n += 1
+            n += int((state in ("T", "t")) == paused)
     return n
 
 
@@ -175,7 +177,8 @@ def run_origin() -> dict:
     """Where a record comes from: the command line, date, git commit and machine of this run, and how many other
     benchmark processes ran beside it when it was written."""
     return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": machine(), "other_benchmarks": other_benchmarks()}
+            "git_commit": git_commit(), "machine": machine(), "other_benchmarks": other_benchmarks(),
+            "paused_benchmarks": other_benchmarks(paused=True)}
 
 
 #: the fields that name one setting of a benchmark run; records agreeing on them are re-runs of each other

@@ -73,8 +73,19 @@ def header(res: dict) -> list[str]:
         out.append(f"- {len(idx)} record{'s' * (len(idx) != 1)} from commit `{commit}`{note}, {o['date'][:10]}, "
                    f"{m.get('cores', '?')} cores, {m.get('torch_threads', '?')} torch thread(s), torch {m.get('torch', '?')}, "
                    f"{m.get('device', 'cpu')}" + (f" ({m['cpu_capability']} kernels)" if m.get("cpu_capability") else "")
-                   + ": " + ", ".join(f"`{c}`" for c in cmds))
+                   + _beside([origins(res)[i] for i in idx]) + ": " + ", ".join(f"`{c}`" for c in cmds))
     return out + [""]
+
+
+def _beside(group: list[dict]) -> str:
+    """", beside N other benchmark processes (M paused)" for origins that counted them, else nothing."""
+    running = sorted({o["other_benchmarks"] for o in group if o.get("other_benchmarks") is not None})
+    if not running:
+        return ""
+    paused = sorted({o.get("paused_benchmarks") or 0 for o in group})
+    n = str(running[0]) if len(running) == 1 else f"{running[0]}–{running[-1]}"
+    stopped = "" if paused == [0] else f" ({paused[0] if len(paused) == 1 else f'{paused[0]}–{paused[-1]}'} paused)"
+    return f", beside {n} other benchmark process{'es' * (running != [1])}{stopped}"
 
 
 def _seed_list(rs: list[dict]) -> str:

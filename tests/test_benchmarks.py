@@ -656,3 +656,32 @@ def test_the_defaults_table_sets_val_beside_test_and_names_seeds(monkeypatch):
     [brl] = [ln for ln in lines if ln.startswith("| baseline: BRL's loss alone")]
     assert brl.endswith("| 70.0 (seed 0) | – |")
     assert any(ln.startswith("| Mean Teacher's ignored band") and ln.endswith("| – | – |") for ln in lines)
+
+
+def test_a_record_says_what_ran_beside_it_and_what_was_paused(monkeypatch, tmp_path):
+    """``other_benchmarks`` counts running ``bench_*.py`` processes, not stopped ones (``kill -STOP``: no CPU taken);
+    those are counted apart, and the page's header says both."""
+    import signal
+    import time
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+    import report
+
+    script = tmp_path / "bench_sleeper.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    before = (common.other_benchmarks(), common.other_benchmarks(paused=True))
+    proc = subprocess.Popen([sys.executable, str(script)])
+    try:
+        time.sleep(0.5)
+        assert common.other_benchmarks() == before[0] + 1
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        assert (common.other_benchmarks(), common.other_benchmarks(paused=True)) == (before[0], before[1] + 1)
+    finally:
+        proc.kill()
+        proc.wait()
+    origin = {"command": "python benchmarks/bench_x.py", "date": "2026-12-06", "git_commit": "abc",
+              "machine": {"cores": 2, "torch_threads": 1}, "other_benchmarks": 1, "paused_benchmarks": 2}
+    [line, _] = report.header({"records": [{"origin": origin}], "date": "2026-12-06", "command": "x"})
+    assert "beside 1 other benchmark process (2 paused)" in line
