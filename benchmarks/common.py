@@ -57,6 +57,11 @@ def git_commit() -> str | None:
         return None
 
 
+#: the commit checked out when this benchmark process started: the code it runs (a commit made while a long run
+#: goes on is not the code of its records)
+STARTED_AT_COMMIT = git_commit()
+
+
 def cpu_model() -> str | None:
     """The CPU's model name (Linux), or None: runs on another CPU model may pick other float kernels."""
     try:
@@ -174,10 +179,11 @@ def other_benchmarks(*, paused: bool = False) -> int:
 
 
 def run_origin() -> dict:
-    """Where a record comes from: the command line, date, git commit and machine of this run, and how many other
-    benchmark processes ran beside it when it was written."""
+    """Where a record comes from: the command line, date, the git commit checked out when the process started (the
+    code that ran), the machine, and how many other benchmark processes ran (and were paused) beside it when it was
+    written."""
     return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine": machine(), "other_benchmarks": other_benchmarks(),
+            "git_commit": STARTED_AT_COMMIT, "machine": machine(), "other_benchmarks": other_benchmarks(),
             "paused_benchmarks": other_benchmarks(paused=True)}
 
 
