@@ -908,14 +908,16 @@ def main_group(rs: list[dict]) -> list[dict]:
 
 def _named(cells: list[tuple[str, list[dict]]], key: str = "ap") -> str:
     """"NAME mean ± std (n seeds[, t threads])" for each (name, records) cell that has records: one thread count's
-    records (:func:`main_group`), named when the cell holds others (the page lists those)."""
+    records (:func:`main_group`), named when the cell holds others (the page lists those) or when the cells compared
+    in one row ran at different counts."""
+    mains = [(name, main_group(rs), rs) for name, rs in cells if rs]
+    row_mixed = len({threads_of(m[0]) for _, m, _ in mains}) > 1
     out = []
-    for name, rs in cells:
-        if rs:
-            main = main_group(rs)
-            n = threads_of(main[0])
-            count = f", {n} thread{'s' * (n != 1)}" if len({threads_of(r) for r in rs}) > 1 and n is not None else ""
-            out.append(f"{name} {mean_std([r.get(key) for r in main])} ({_seeds(main)}{count})")
+    for name, main, rs in mains:
+        n = threads_of(main[0])
+        named = n is not None and (row_mixed or len({threads_of(r) for r in rs}) > 1)
+        count = f", {n} thread{'s' * (n != 1)}" if named else ""
+        out.append(f"{name} {mean_std([r.get(key) for r in main])} ({_seeds(main)}{count})")
     return ", ".join(out)
 
 

@@ -529,6 +529,10 @@ def test_records_of_different_thread_counts_never_share_a_figure(monkeypatch):
     [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines", "records": recs[:1]}})
              if "sparse labels" in r]
     assert "original 60.0 (1 seed)" in row  # one count: not named
+    brl = {**rec(0, 0.70, threads=2), "method": "brl"}
+    [row] = [r for r in report.readme_rows({"co_mining_baselines": {"name": "co_mining_baselines",
+                                                                    "records": [recs[0], brl]}}) if "sparse labels" in r]
+    assert "original 60.0 (1 seed, 1 thread)" in row and "70.0 (1 seed, 2 threads)" in row  # compared across counts
 
 
 def _all_results() -> dict:
