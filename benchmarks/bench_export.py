@@ -49,6 +49,17 @@ def _train(steps: int, work: Path, train_images: int, val_images: int) -> tuple[
     return work / "run" / "model.pt", cfg
 
 
+def _steps_of(model_path: Path, trained_now: int | None) -> int | None:
+    """The training steps of the model measured: those just trained, or, for a model reused from an earlier run of this
+    script, its run's ``train.max_steps`` (``config.json`` beside it; None when absent)."""
+    import json
+
+    if trained_now is not None:
+        return trained_now
+    cfg = model_path.parent / "config.json"
+    return json.loads(cfg.read_text())["train"]["max_steps"] if cfg.exists() else None
+
+
 def _parity(det, onnx_det, dataset, data) -> dict:
     """ONNX vs PyTorch on every image of ``dataset``: match counts, worst IoU / score difference, AP of both."""
     import torch
@@ -163,7 +174,8 @@ def main() -> int:
     pt_800.model.transform.min_size = (800,)
     ratio = det.model.transform.max_size / det.model.transform.min_size[-1]
     pt_800.model.transform.max_size = int(round(800 * ratio))
-    base = {"detector": det.kind, "method": "onnx_vs_eager", "model_steps": args.steps if not args.model else None, "train_size": train_size,
+    base = {"detector": det.kind, "method": "onnx_vs_eager", "model_steps": _steps_of(model_path, args.steps if not reused else None)
+            if not args.model else None, "train_size": train_size,
             "train_s": train_s, "model_reused": reused}
     for what, pt, (ox, export_s, nbytes), ds, data in () if args.only == "latency" else (
         ("digits val", det, exports[train_size], val_ds, val),
