@@ -689,3 +689,17 @@ def test_a_record_says_what_ran_beside_it_and_what_was_paused(monkeypatch, tmp_p
               "machine": {"cores": 2, "torch_threads": 1}, "other_benchmarks": 1, "paused_benchmarks": 2}
     [line, _] = report.header({"records": [{"origin": origin}], "date": "2026-12-06", "command": "x"})
     assert "beside 1 other benchmark process (2 paused)" in line
+
+
+def test_the_export_row_quotes_the_latency_of_the_model_whose_parity_it_quotes(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    par = {"what": "parity, digits val", "model_steps": 1200, "matched": 10, "compared": 10, "ap_pytorch": 0.8}
+    lat = {"what": "latency, 128 px", "image_size": 128, "onnx_threads": 1, "reps": 20, "speedup": 2.5, "onnx_ms": 8.0,
+           "pytorch_ms": 20.0}
+    old = {**lat, "model_steps": 100, "onnx_threads": 2, "speedup": 3.9}
+    res = {"name": "export", "records": [old, par, {**lat, "model_steps": 1200}]}
+    [(head, text)] = report._row_export({"export": res})
+    assert "1200-step" in head and "medians of 20 paired" in head
+    assert "2.50×" in text and "3.90×" not in text
