@@ -161,11 +161,11 @@ def test_scores(cfg, out_dir: Path) -> dict:
             "test_images": cfg.data.digits["n_test"]}
 
 
-def other_benchmarks(*, paused: bool = False) -> int:
-    """How many other benchmark processes (``python benchmarks/bench_*.py``) run on this machine now: a record says
-    what ran beside it, as its wall times depend on it (Linux ``/proc``; 0 where it cannot be read). A process that is
-    stopped (``kill -STOP``: it takes no CPU) is not running; ``paused=True`` counts those instead."""
-    me, n = os.getpid(), 0
+def other_benchmarks() -> tuple[int, int]:
+    """How many other benchmark processes (``python benchmarks/bench_*.py``) run on this machine now, and how many are
+    paused: a record says what ran beside it, as its wall times depend on it (Linux ``/proc``; 0 where it cannot be
+    read). A stopped process (``kill -STOP``: it takes no CPU) counts as paused, not running."""
+    me, running, paused = os.getpid(), 0, 0
     for pid in (p for p in os.listdir("/proc") if p.isdigit()) if os.path.isdir("/proc") else ():
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -174,17 +174,21 @@ def other_benchmarks(*, paused: bool = False) -> int:
             continue
         if int(pid) != me and os.getppid() != int(pid) and any(Path(a.decode(errors="replace")).name.startswith("bench_")
                                                                  and a.endswith(b".py") for a in args[1:3]):
-            n += int((state in ("T", "t")) == paused)
-    return n
+            if state in ("T", "t"):
+                paused += 1
+            else:
+                running += 1
+    return running, paused
 
 
 def run_origin() -> dict:
     """Where a record comes from: the command line, date, the git commit checked out when the process started (the
     code that ran), the machine, and how many other benchmark processes ran (and were paused) beside it when it was
     written."""
+    running, paused = other_benchmarks()
     return {"command": command_line(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": STARTED_AT_COMMIT, "machine": machine(), "other_benchmarks": other_benchmarks(),
-            "paused_benchmarks": other_benchmarks(paused=True)}
+            "git_commit": STARTED_AT_COMMIT, "machine": machine(), "other_benchmarks": running,
+            "paused_benchmarks": paused}
 
 
 #: the fields that name one setting of a benchmark run; records agreeing on them are re-runs of each other

@@ -899,9 +899,10 @@ def main_group(rs: list[dict]) -> list[dict]:
     if not rs:
         return []
     groups: dict[int | None, list[dict]] = defaultdict(list)
+    newest: dict[int | None, int] = {}
     for i, r in enumerate(rs):
         groups[threads_of(r)].append(r)
-    newest = {n: max(rs.index(r) for r in g) for n, g in groups.items()}
+        newest[threads_of(r)] = i
     best = max(groups, key=lambda n: (len({r["seed"] for r in groups[n]}), newest[n]))
     return groups[best]
 
