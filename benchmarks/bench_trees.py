@@ -104,18 +104,21 @@ class TreeColumn(Column):
 
 
 COLUMNS: tuple[TreeColumn, ...] = (
-    TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", labels="full"),
-    TreeColumn("original", "plain training on the sparse labels (focal loss)", "supervised"),
-    TreeColumn("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2),
+    TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", labels="full", short="full labels"),
+    TreeColumn("original", "plain training on the sparse labels (focal loss)", "supervised", short="original"),
+    TreeColumn("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2,
+               short="original on twice the batch"),
     TreeColumn("brl", "BRL's loss (background recalibration) on the sparse labels", "supervised",
-               ("model.extra.cls_loss=brl",)),
-    TreeColumn("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2),
-    TreeColumn("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",)),
+               ("model.extra.cls_loss=brl",), short="BRL's loss"),
+    TreeColumn("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2,
+               short="BRL's loss on twice the batch"),
+    TreeColumn("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",),
+               short="joint"),
     TreeColumn("co_mining", "`minedet train co_mining` as shipped (co-mining on BRL's loss, the guards)", "co_mining",
-               default=True),
+               default=True, short="co-mining (the default)"),
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
                "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
-               ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True),
+               ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
 )
 #: exploratory columns: scored on dev only, to make a choice there
 PROBES: tuple[TreeColumn, ...] = (

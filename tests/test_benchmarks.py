@@ -590,25 +590,29 @@ def _tree_rec(column, split, seed, steps, ap50, protocol="random"):
             "ap": ap50 / 2, "ap50": ap50}
 
 
-def test_tree_report_keeps_budgets_apart_and_quotes_only_three_seeds(monkeypatch):
-    """A cell is one column at one budget; the README quotes a protocol once full, original and the default hold
-    3 seeds at one budget, and the gap recovered is (column - original) / (full - original) on test AP50."""
+def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeypatch):
+    """A cell is one column at one budget; the README quotes a protocol at its budget (``STEPS``) once full, original
+    and one more column hold a test record, each cell with its seed count and the gap it recovers ((column - original)
+    / (full - original) on test AP50), and the default's mining at the score ``minedet mine`` proposed."""
     monkeypatch.syspath_prepend(str(BENCH))
     import report_trees as rt
 
+    steps = rt.STEPS
     recs = [_tree_rec("full", "dev", 0, 150, 0.9)]  # a probe at another budget
     for seed in (0, 1):
-        recs += [_tree_rec(c, s, seed, 300, v) for c, v in (("full", 0.6), ("original", 0.2), ("co_mining", 0.4))
-                 for s in ("dev", "test")]
+        recs += [_tree_rec(c, s, seed, steps, v) for c, v in (("full", 0.6), ("original", 0.2)) for s in ("dev", "test")]
     res = {"records": recs}
     table = "\n".join(rt.ap_table(res, "random"))
     assert "| full | every training crown labelled (the ceiling) | 150 | 90.0 (1 seed) |" in table
-    assert "| full | every training crown labelled (the ceiling) | 300 | 60.0 ± 0.0 |" in table
-    assert "| 50 % |" in table  # co-mining: (40 - 20) / (60 - 20) of the gap
-    assert rt.readme_rows(res) == []  # two seeds: not yet
-    res["records"] += [_tree_rec(c, "test", 2, 300, v) for c, v in (("full", 0.6), ("original", 0.2), ("co_mining", 0.4))]
+    assert f"| full | every training crown labelled (the ceiling) | {steps} | 60.0 ± 0.0 |" in table
+    assert rt.readme_rows(res) == []  # nothing beside the two baselines: not yet
+    res["records"] += [_tree_rec("co_mining", "dev", 0, steps, 0.4), _tree_rec("co_mining", "test", 0, steps, 0.4), _tree_rec("brl", "test", 0, 300, 0.5),
+                       {**_tree_rec("co_mining", "train", 0, steps, 0), "mine_at_proposed": {"recall": 0.25, "precision": 0.5}}]
+    assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
-    assert len(rows) == 1 and "300 steps" in rows[0][0] and "co_mining 40.0 ± 0.0" in rows[0][1]
+    assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
+    assert "full labels 60.0 ± 0.0, original 20.0 ± 0.0, co-mining (the default) 40.0 (1 seed; 50 % of the gap)" in rows[0][1]
+    assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
 
 
 def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tmp_path):
