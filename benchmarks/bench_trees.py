@@ -119,6 +119,9 @@ COLUMNS: tuple[TreeColumn, ...] = (
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
                "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
                ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
+    TreeColumn("co_mining_valcheck", "co-mining as shipped, its mining paused while the student's detections above tau "
+               "on the dev tiles are under 70 % right (`method.min_val_precision=0.7`: it reads the dev labels while "
+               "training)", "co_mining", ("method.min_val_precision=0.7",), short="co-mining, val check"),
 )
 #: exploratory columns: scored on dev only, to make a choice there
 PROBES: tuple[TreeColumn, ...] = (

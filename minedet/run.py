@@ -335,6 +335,7 @@ def build_run(cfg: Config, *, out_dir: str | Path | None = None, quiet: bool = F
     method.bind(datasets, out)  # every rank: ACRST's bank snapshots for its loader workers; renders check the rank
     run_prestages(method, t, out, info)
     val = make_dataset(cfg.data.val, cfg.data.val_images, cfg, train=False) if cfg.data.val else None
+    method.bind_val(val)
     return Run(cfg, spec, method, datasets, val, info, out)
 
 

@@ -624,3 +624,101 @@ def test_a_mined_box_another_class_contests_in_either_view_is_ignored(monkeypatc
     with pytest.raises(MinedetError, match="method.dispute"):
         CoMining(det, CoMiningOptions(dispute=1.5))
     assert CoMiningOptions(dispute=0.5, paper=True).dispute is None
+
+
+class _Val:
+    """A stand-in val dataset for the val check: a few 64 px images, each with two labelled boxes of class 0."""
+
+    def __init__(self, n: int = 3):
+        self.boxes = {i: Target(torch.tensor([[4.0, 4, 20, 20], [30, 30, 50, 50]]), torch.zeros(2, dtype=torch.long))
+                      for i in range(n)}
+
+    def __len__(self):
+        return len(self.boxes)
+
+    def __getitem__(self, i):
+        return {"views": {"o": View(torch.zeros(3, 64, 64), self.boxes[i], BoxMap(size=(64, 64)))}, "orig_size": (64, 64),
+                "image_id": i}
+
+    def target(self, image_id):
+        return self.boxes[image_id]
+
+
+def _predicts(det, right: int, wrong: int) -> None:
+    """Stub the detector's predict: per image ``right`` of the val boxes and ``wrong`` boxes off them, at 0.9."""
+    def predict(images, **kw):
+        boxes = torch.cat([torch.tensor([[4.0, 4, 20, 20], [30, 30, 50, 50]])[:right],
+                           torch.tensor([[55.0, 2, 62, 9]] * wrong).reshape(wrong, 4)])
+        return [Target(boxes, torch.zeros(len(boxes), dtype=torch.long), torch.full((len(boxes),), 0.9)) for _ in images]
+    det.predict = predict
+
+
+def test_val_check_pauses_the_mining_while_confident_val_detections_are_mostly_wrong(capsys):
+    """min_val_precision: at a window's end (from mine_after on) the student's detections above tau on the val images
+    are matched to their labels; below the share asked the mining pauses (nothing mined reaches the loss, one warning),
+    at or above it the mining resumes (one note); the state travels in the checkpoint."""
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    m = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100, mine_after=10, min_val_precision=0.7))
+    m.bind_val(_Val())
+    _predicts(det, right=1, wrong=1)  # 50 % right
+    m.after_step(DRIFT_WINDOW - 1)
+    assert "pseudo/val_precision" not in m.log_metrics()  # between checks nothing is measured
+    m.after_step(DRIFT_WINDOW)
+    logged = m.log_metrics()
+    assert logged["pseudo/val_precision"] == 0.5 and logged["pseudo/paused"] == 1.0
+    assert "paused its mining at step 50: only 50 %" in capsys.readouterr().err
+    m(_batch(n=2))
+    assert all(len(t) == 0 for t in m.last_step.labels("o").confident), "paused: nothing mined"
+    state = m.extra_state()
+    resumed = CoMining(det, _opts(tau=0.5, iou_gt=0.99, max_dets=100, mine_after=10, min_val_precision=0.7))
+    resumed.load_extra_state(state)
+    resumed(_batch(n=2))
+    assert all(len(t) == 0 for t in resumed.last_step.labels("o").confident), "the pause survives a resume"
+    _predicts(det, right=2, wrong=0)
+    m.after_step(2 * DRIFT_WINDOW)
+    assert m.log_metrics()["pseudo/paused"] == 0.0
+    assert "resumed its mining at step 100 (val precision 100 %)" in capsys.readouterr().err
+    m(_batch(n=2))
+    assert sum(len(t) for t in m.last_step.labels("o").confident) > 0
+    _predicts(det, right=0, wrong=2)
+    m.after_step(3 * DRIFT_WINDOW)
+    assert m.log_metrics()["pseudo/paused"] == 1.0 and "paused its mining" not in capsys.readouterr().err  # warned once
+
+
+def test_val_check_waits_for_the_warm_up_and_needs_a_val_set(capsys):
+    """No check before mine_after; without a val set a note says the mining is never paused; off by default (and
+    under method.paper)."""
+    det = tiny_detector("retinanet").train()
+    _confident(det)
+    _predicts(det, right=0, wrong=2)
+    m = CoMining(det, _opts(tau=0.5, iou_gt=0.99, mine_after=2 * DRIFT_WINDOW, min_val_precision=0.7))
+    m.bind_val(_Val())
+    m.after_step(DRIFT_WINDOW)
+    assert "pseudo/paused" not in m.log_metrics()
+    m.after_step(2 * DRIFT_WINDOW)
+    assert m.log_metrics()["pseudo/paused"] == 1.0
+    blind = CoMining(det, _opts(tau=0.5, min_val_precision=0.7))
+    blind.bind_val(None)
+    assert "never paused" in capsys.readouterr().err
+    blind.after_step(DRIFT_WINDOW)
+    assert "pseudo/paused" not in blind.log_metrics()
+    assert CoMiningOptions().min_val_precision is None and CoMiningOptions(min_val_precision=0.7, paper=True).min_val_precision is None
+    with pytest.raises(MinedetError, match="min_val_precision must be in"):
+        CoMining(det, _opts(min_val_precision=1.5))
+
+
+def test_a_run_hands_its_val_set_to_the_val_check(tiny_digits, tmp_path, capsys):
+    """build_run binds the run's val dataset: the check predicts the real val images (a detector scoring everything
+    high finds mostly wrong boxes there, so the mining pauses)."""
+    from minedet.run import build_run
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tiny_digits, tmp_path / "run", method__name="co_mining", method__mine_after=0,
+                      method__min_val_precision=0.9)
+    run = build_run(cfg, quiet=True)
+    _confident(run.method.detector)
+    run.method.after_step(DRIFT_WINDOW)
+    logged = run.method.log_metrics()
+    assert logged["pseudo/paused"] == 1.0 and 0.0 <= logged["pseudo/val_precision"] < 0.9
+    assert "paused its mining at step 50" in capsys.readouterr().err

@@ -101,6 +101,10 @@ class Method(nn.Module):
         """Called once before training, on every process, with the stream datasets and the run's output folder
         (for measurement against hidden truth, renders, ACRST's bank snapshots). Default: nothing."""
 
+    def bind_val(self, val) -> None:
+        """Called once before training, on every process, with the validation dataset (None without ``data.val``),
+        for a method that checks itself on it (co-mining's ``method.min_val_precision``). Default: nothing."""
+
     def prestages(self) -> list[PreStage]:
         """What must be trained before this method's first step (after :meth:`bind`). Default: nothing."""
         return []

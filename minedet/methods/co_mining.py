@@ -75,7 +75,12 @@ class CoMiningOptions:
     view, overlaps it (IoU >= 0.5) and scores at least ``dispute`` x its score (the detector found an object and is
     not sure which it is: on digits `extreme` most false mined boxes were a found digit named wrongly).
     rejected_iou: a detection overlapping a box a reviewer rejected (the data's ``"rejected"`` list, any
-    class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off)."""
+    class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off);
+    min_val_precision (off): with a validation set, every :data:`DRIFT_WINDOW` steps from ``mine_after`` on the
+    student's detections scoring above tau on the first :data:`CHECK_IMAGES` val images are matched to their labels
+    (same class, IoU >= 0.5); while the share matched is below this, mining pauses (the branches train on the labels
+    alone, as in ``joint``) and resumes when a later check reaches it (:class:`ValCheck`). The val labels are taken as
+    complete: a detection they miss counts as wrong."""
 
     tau: float = 0.6
     nms: float | None = detectors_own()
@@ -98,6 +103,7 @@ class CoMiningOptions:
     adaptive_quantile: float = 0.5
     rejected_iou: float | None = 0.5
     dispute: float | None = None
+    min_val_precision: float | None = None
     paper: bool = False
 
     def __post_init__(self) -> None:
@@ -108,7 +114,7 @@ class CoMiningOptions:
 
 #: what ``method.paper=true`` sets: the Co-mining release's behaviour (the guards beyond the paper off)
 PAPER_SETTINGS = {"pseudo_regress": True, "ignore_below": None, "contain": None, "part": None, "cap_ratio": None,
-                  "mine_after": 0, "adaptive": False, "dispute": None}
+                  "mine_after": 0, "adaptive": False, "dispute": None, "min_val_precision": None}
 
 
 #: the drift warning looks at the mined boxes of this many steps at a time
@@ -120,6 +126,10 @@ DRIFT_WINDOW = 50
 PROXY_FLOOR = 0.1
 #: ... over at least this many confident detections in the window (fewer is noise)
 PROXY_MIN = 20
+#: the val check (``min_val_precision``) scores the student on at most this many val images (the first ones)
+CHECK_IMAGES = 64
+#: ... and matches a detection to a val box of its class at this IoU
+CHECK_IOU = 0.5
 #: below this many passes over the training images, a plain run on twice the batch (about a two-view step's
 #: compute) trained the better detector in every measured table (digits, 2.4 to 3.6 passes: RetinaNet, FCOS and
 #: Faster R-CNN); at about 14 passes and beyond the second view paid (docs/findings.md, Sparse labels)
@@ -139,11 +149,13 @@ class Branches(TeacherSource):
         self.detectors = (detector,)  # a tuple: the student is not this module's state
         self.nms, self.topk, self.max_dets, self.mine_after = nms, topk, max_dets, mine_after
         self.steps_done = 0
+        self.paused = False  # set by the val check (:class:`ValCheck`)
 
     @property
     def mining(self) -> bool:
-        """Past the warm-up (``mine_after`` steps): mined and ignored boxes reach the loss."""
-        return self.steps_done >= self.mine_after
+        """Past the warm-up (``mine_after`` steps) and not paused by the val check: mined and ignored boxes reach
+        the loss."""
+        return self.steps_done >= self.mine_after and not self.paused
 
     @torch.no_grad()
     def mine(self, inp: StepInput) -> list[Mined]:
@@ -174,8 +186,73 @@ class Branches(TeacherSource):
     def after_step(self, step: int, student: DetectorAdapter) -> None:
         self.steps_done = step
 
+    def extra_state(self) -> dict[str, Any]:
+        return {"mining_paused": self.paused}
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.steps_done = int(state.get("steps_done", 0))
+        self.paused = bool(state.get("mining_paused", False))
+
+
+class ValCheck(Hook):
+    """``method.min_val_precision`` (beyond the paper): pauses the mining while the student's confident detections
+    on the val images are mostly wrong, and resumes it when they are right again, without hidden truth.
+
+    Every :data:`DRIFT_WINDOW` steps from ``mine_after`` on, the student (eval mode) predicts the first
+    :data:`CHECK_IMAGES` val images; of its detections scoring above tau, the share that match a val box of their class
+    (IoU >= :data:`CHECK_IOU`, greedy by score) is the precision a mined box would have if the training images were
+    like the val images. Below ``min_val_precision`` the mining pauses (the branches train on the labels alone); a
+    later check at or above it resumes it. With no detection above tau the state stays. Logs ``pseudo/val_precision``
+    and ``pseudo/paused``; the first pause is one warning line, a resume one note. Every process checks the same
+    images with the same weights, so the ranks agree."""
+
+    def __init__(self, method: "CoMining", min_precision: float) -> None:
+        self.method, self.min_precision = (method,), min_precision
+        self.val = None
+        self.warned = False
+
+    def after_step(self, step: int, records: Sequence[StepRecord], metrics: dict) -> None:
+        m = self.method[0]
+        if self.val is None or step % DRIFT_WINDOW or step < m.source.mine_after:
+            return
+        precision = self.precision(m)
+        if precision is None:
+            return
+        metrics["pseudo/val_precision"] = precision
+        was, m.source.paused = m.source.paused, precision < self.min_precision
+        metrics["pseudo/paused"] = float(m.source.paused)
+        if m.source.paused == was:
+            return
+        from minedet.engine.dist import is_main_process
+
+        if not is_main_process():
+            return
+        if m.source.paused and not self.warned:
+            self.warned = True
+            print(f"minedet: warning: co-mining paused its mining at step {step}: only {100 * precision:.0f} % of the "
+                  f"student's detections above tau={m.options.tau:g} on {min(len(self.val), CHECK_IMAGES)} val images "
+                  f"match a val box (method.min_val_precision={self.min_precision:g}), so most boxes it would mine are "
+                  "likely wrong. It trains on the labels until a check every "
+                  f"{DRIFT_WINDOW} steps reaches that precision; watch pseudo/val_precision (lower "
+                  "method.min_val_precision, or null, to mine anyway)", file=sys.stderr)
+        elif not m.source.paused:
+            print(f"minedet: note: co-mining resumed its mining at step {step} (val precision {100 * precision:.0f} %)",
+                  file=sys.stderr)
+
+    @torch.no_grad()
+    def precision(self, m: "CoMining") -> float | None:
+        from minedet.engine.dist import DistInfo
+        from minedet.engine.inference import predict_dataset
+        from minedet.pseudo.quality import QualityCounts
+
+        device = next(m.detector.parameters()).device
+        n = min(len(self.val), CHECK_IMAGES)
+        preds = predict_dataset(m.detector, self.val, info=DistInfo(device=device), indices=range(n),
+                                score_thresh=m.options.tau)
+        q = QualityCounts()
+        for image_id, p in preds:
+            q.add(p.select(p.scores > m.options.tau), self.val.target(image_id), CHECK_IOU)
+        return None if not q.n_pseudo else q.tp / q.n_pseudo
 
 
 class Drift(Hook):
@@ -311,6 +388,7 @@ class CoMining(SelfTraining):
         part = detector.mining_part if o.part == "auto" else o.part
         check_share("contain", o.contain)
         check_share("part", part, o.part, ", auto (the detector's)")
+        check_share("min_val_precision", o.min_val_precision)
         if o.cap_ratio is not None and o.cap_ratio <= 0:
             raise MinedetError(f"method.cap_ratio must be > 0, got {o.cap_ratio}")
         self.view = view_transform(o.view)
@@ -324,6 +402,7 @@ class CoMining(SelfTraining):
         self.options: CoMiningOptions = o
         self.drift = Drift(self.rule, lambda: self.cap)
         self.renders = Render(self, o.render_every, o.render_images)
+        self.val_check = None if o.min_val_precision is None else ValCheck(self, o.min_val_precision)
 
     @property
     def branches(self) -> list[str]:
@@ -345,6 +424,8 @@ class CoMining(SelfTraining):
 
     def hooks(self) -> list[Hook]:
         extra = [self.drift] if self.options.cogeneration else []
+        if self.options.cogeneration and self.val_check is not None:
+            extra.append(self.val_check)
         return super().hooks() + extra + ([self.renders] if self.options.render_every else [])
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
@@ -353,6 +434,14 @@ class CoMining(SelfTraining):
         if self.options.cap_ratio is not None and ds is not None:
             density = sum(len(ds.target(i)) for i in ds.ids) / max(1, len(ds.ids))
             self.cap = max(1, math.ceil(self.options.cap_ratio * density))
+
+    def bind_val(self, val) -> None:
+        """The validation dataset (or None): what the val check (``method.min_val_precision``) scores the student on."""
+        if self.val_check is not None:
+            self.val_check.val = val
+            if val is None and self.options.cogeneration:
+                print("minedet: note: method.min_val_precision has no val set to check on (data.val): the mining is "
+                      "never paused", file=sys.stderr)
 
     def capped(self, t: Target, image_id: int) -> Target:
         """The cap stage of the rule: at most :attr:`cap` mined boxes per image, the best first."""
