@@ -37,8 +37,9 @@ Protocol (written on docs/benchmarks.md before the first run):
     (the page's columns) at the protocol's budget (``STEPS``). Every choice is made on dev.
   * mining: ``minedet mine``'s filter (score > t, NMS 0.5, IoU <= 0.4 with any labelled box) over the sparse
     training tiles with the run's model, scored against the erased crowns (IoU >= 0.5) at t = 0.3 .. 0.9, and
-    at the score ``minedet mine`` proposes from the model itself (``minedet.mining.propose_score_for``: calibrated on
-    the labelled boxes, no hidden truth).
+    at the scores ``minedet mine`` proposes from the model itself (``minedet.mining.propose_score_for``, no hidden
+    truth): calibrated on the labelled boxes (``mine``'s default), and on the dev tiles with every detection judged
+    (``mine --calibrate dev.json``).
 
 Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, and ``train``
 for the mining curve), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
@@ -332,14 +333,18 @@ def mining_curve(model_path: Path, cfg) -> dict:
 
     det, _ = load_model(model_path)
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
-    proposal = mining.propose_score_for(det, data, cfg.data.train_images)  # no hidden truth: the model and its labels
-    floor = min(THRESHOLDS) if proposal.score is None else min(min(THRESHOLDS), proposal.score)
+    proposals = {  # no hidden truth: the model and its labels; the model and the dev tiles (`mine --calibrate`)
+        "": mining.propose_score_for(det, data, cfg.data.train_images),
+        "_dev": mining.propose_score_for(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)}
+    floor = min([*THRESHOLDS, *(p.score for p in proposals.values() if p.score is not None)])
     res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor)
-    out = {"mine_pr": mining.pr_against_hidden(res, hidden, data, THRESHOLDS), "proposed_score": proposal.score,
-           "proposal": {"precision": proposal.precision, "precision_all": proposal.precision_all,
-                        "n_region": proposal.n_region, "reason": proposal.reason}}
-    if proposal.score is not None:
-        out["mine_at_proposed"] = mining.pr_against_hidden(res, hidden, data, (proposal.score,))[0]
+    out = {"mine_pr": mining.pr_against_hidden(res, hidden, data, THRESHOLDS)}
+    for tag, p in proposals.items():
+        out[f"proposed_score{tag}"] = p.score
+        out[f"proposal{tag}"] = {"precision": p.precision, "precision_all": p.precision_all, "n_region": p.n_region,
+                                 "reason": p.reason}
+        if p.score is not None:
+            out[f"mine_at_proposed{tag}"] = mining.pr_against_hidden(res, hidden, data, (p.score,))[0]
     return out
 
 

@@ -615,7 +615,8 @@ class ScoreProposal:
 
 
 def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]], *,
-                  target_precision: float = 0.7, match_iou: float = 0.5, min_support: int = 20) -> ScoreProposal:
+                  target_precision: float = 0.7, match_iou: float = 0.5, min_support: int = 20,
+                  complete: bool = False) -> ScoreProposal:
     """The lowest score at which the model's detections are right ``target_precision`` of the time, measured where
     the labels can tell: on the labelled boxes, without any hidden truth.
 
@@ -637,6 +638,9 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
         match_iou: IoU at which a detection matches a labelled box.
         min_support: fewer detections on labelled boxes than this, in all or above the proposed score, propose
             nothing (``score`` None).
+        complete: the targets are complete (a val set labelled in full): every detection is judged, one that matches
+            no box counting as wrong, so the calibration covers detections on the background too (shadows, look-alikes),
+            which a sparse set cannot judge.
 
     Returns:
         :class:`ScoreProposal`.
@@ -645,7 +649,7 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
         raise MinedetError(f"target precision must be in (0, 1], got {target_precision!r}")
     if len(detections) != len(targets):
         raise MinedetError(f"propose_score needs one target per image: {len(detections)} detections, {len(targets)} targets")
-    per_image = [_on_labels(d, t, match_iou) for d, t in zip(detections, targets)]
+    per_image = [_on_labels(d, t, match_iou, complete) for d, t in zip(detections, targets)]
     scores = torch.cat([torch.zeros(0)] + [s for s, _, _ in per_image])
     right = torch.cat([torch.zeros(0, dtype=torch.bool)] + [m for _, m, _ in per_image])
     region = torch.cat([torch.zeros(0, dtype=torch.bool)] + [r for _, _, r in per_image])
@@ -654,24 +658,32 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
     s, fitted = scores[region][order], _isotonic(right[region][order].float())
     curve = [{"score": float(s[i]), "precision": float(fitted[i]), "n": int(n)} for i, n in _steps(fitted)]
     nan = float("nan")
+    where = "on the complete set's images" if complete else "on labelled boxes"
     if len(s) < min_support:
-        why = (f"only {len(s)} detections of the model lie on labelled boxes (at least {min_support} calibrate a score): "
+        why = (f"only {len(s)} detections of the model lie {where} (at least {min_support} calibrate a score): "
                "label more boxes or train longer")
         return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
     reach = torch.nonzero(fitted >= float(target_precision) - 1e-9).flatten()
     if len(reach) and len(s) - int(reach[0]) < min_support:
-        why = (f"only {len(s) - int(reach[0])} detections on labelled boxes score where they are right "
+        why = (f"only {len(s) - int(reach[0])} detections {where} score where they are right "
                f"{float(target_precision):.0%} of the time (above {float(s[reach[0]]):.2f}; at least {min_support} "
                "calibrate a score): train longer, or lower --target-precision")
         return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
     if not len(reach):
-        why = (f"the model's detections on labelled boxes are right at most {float(fitted.max()):.0%} of the time "
-               f"(above {curve[-1]['score']:.2f}), never {float(target_precision):.0%}: train longer")
+        why = (f"the model's detections {where} are right at most {float(fitted.max()):.0%} of the time "
+               f"(above {curve[-1]['score']:.2f}), never {float(target_precision):.0%}: train longer"
+               + (", or expect most mined boxes to be wrong" if complete else ""))
         return ScoreProposal(None, float(target_precision), nan, nan, len(s), n_images, curve, why)
     j = int(reach[0])
     score = _round_below(float(s[j]), float(s[j - 1]) if j else 0.0)
     above = scores > score
     lower = float(right[above].float().mean()) if bool(above.any()) else nan
+    if complete:
+        why = (f"of the {len(s)} detections on the complete set's {len(per_image)} images, those scoring above "
+               f"{score:.2f} match a labelled box {float(fitted[j]):.0%} of the time or more (target "
+               f"{float(target_precision):.0%}, IoU >= {match_iou:g})")
+        return ScoreProposal(score, float(target_precision), float(fitted[j]), float(fitted[j]), len(s), n_images,
+                             curve, why)
     why = (f"of the {len(s)} detections on labelled boxes ({n_images} images), those scoring above {score:.2f} match "
            f"their box {float(fitted[j]):.0%} of the time or more (target {float(target_precision):.0%}, IoU >= "
            f"{match_iou:g}); against the sparse labels {lower:.0%} of all detections above it match (a lower bound: "
@@ -679,8 +691,9 @@ def propose_score(detections: Sequence[Mapping[str, Any]], targets: Sequence[Map
     return ScoreProposal(score, float(target_precision), float(fitted[j]), lower, len(s), n_images, curve, why)
 
 
-def _on_labels(det: Mapping[str, Any], target: Mapping[str, Any], match_iou: float):
-    """One image's (scores float[N], right bool[N], on a labelled box bool[N]) of :func:`propose_score`."""
+def _on_labels(det: Mapping[str, Any], target: Mapping[str, Any], match_iou: float, complete: bool = False):
+    """One image's (scores float[N], right bool[N], judged bool[N]) of :func:`propose_score`: a detection is judged
+    when it lies on a labelled box, or always when the labels are ``complete``."""
     boxes = torch.as_tensor(det["boxes"], dtype=torch.float32).reshape(-1, 4)
     d = Target(boxes, torch.as_tensor(det["labels"], dtype=torch.int64).reshape(-1),
                torch.as_tensor(det["scores"], dtype=torch.float32).reshape(-1))
@@ -688,13 +701,27 @@ def _on_labels(det: Mapping[str, Any], target: Mapping[str, Any], match_iou: flo
                 torch.as_tensor(target["labels"], dtype=torch.int64).reshape(-1))
     on, same = _overlaps(d, gt)
     right, _ = _greedy(d, on, same, match_iou)
+    if complete:  # judged unless its centre lies in a crowd region (where the labels say nothing)
+        crowd = torch.as_tensor(target.get("crowd", torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
+        return d.scores, right, right | ~_centre_inside(boxes, crowd)
     if len(gt) == 0:
         return d.scores, right, right
+    return d.scores, right, right | _centre_inside(boxes, gt.boxes)
+
+
+def _crowd_boxes(data: CocoData, image_id: int) -> torch.Tensor:
+    """float[K, 4]: the crowd regions of an image, xyxy."""
+    xs = [a["bbox"] for a in data.anns_by_image.get(image_id, []) if a.get("iscrowd")]
+    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in xs], dtype=torch.float32).reshape(-1, 4)
+
+
+def _centre_inside(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """bool[N]: the centre of each box lies in one of ``regions`` (float[K, 4], xyxy)."""
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    g = gt.boxes
+    g = regions
     inside = (cx[:, None] >= g[None, :, 0]) & (cx[:, None] <= g[None, :, 2]) & \
              (cy[:, None] >= g[None, :, 1]) & (cy[:, None] <= g[None, :, 3])
-    return d.scores, right, right | inside.any(1)
+    return inside.any(1)
 
 
 def _round_below(hi: float, lo: float) -> float:
@@ -732,15 +759,17 @@ def _steps(fitted: torch.Tensor) -> list[tuple[int, int]]:
 
 def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *, target_precision: float = 0.7,
                       folds: Mapping[int, int] | None = None, nms: float = 0.5, max_dets: int = 100, floor: float = 0.05,
-                      batch_size: int = 8, device: str | torch.device = "cpu") -> ScoreProposal:
+                      batch_size: int = 8, device: str | torch.device = "cpu", complete: bool = False) -> ScoreProposal:
     """:func:`propose_score` of ``detector`` (with ``folds``: one per fold, each on the images it did not train on)
-    over the images of ``data`` that hold labelled boxes (crowd boxes left out), its detections decoded down to
-    ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes)."""
+    over the images of ``data`` that hold labelled boxes (crowd boxes left out; with ``complete``, a set labelled in
+    full such as a val set, every image and every detection), its detections decoded down to ``floor`` with class-wise
+    NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes)."""
     detectors = _fold_detectors(detector, folds, data)
     for d in detectors:
         _check_detector(d, list(data.class_names), data)
     root, dev = Path(image_root), torch.device(device)
-    labelled = [r for r in data.images if any(not a.get("iscrowd") for a in data.anns_by_image.get(int(r["id"]), []))]
+    labelled = list(data.images) if complete else [
+        r for r in data.images if any(not a.get("iscrowd") for a in data.anns_by_image.get(int(r["id"]), []))]
     dets: list[dict] = []
     targets: list[dict] = []
     for f, det in enumerate(detectors):
@@ -755,11 +784,11 @@ def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *
                                       nms_thresh=nms, detections_per_img=max_dets)
                 for r, o in zip(batch, out):
                     dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu()})
-                    gt = coco_target(data, int(r["id"]))  # crowd regions left out
-                    targets.append({"boxes": gt.boxes, "labels": gt.labels})
+                    gt = coco_target(data, int(r["id"]))  # crowd regions left out (given apart)
+                    targets.append({"boxes": gt.boxes, "labels": gt.labels, "crowd": _crowd_boxes(data, int(r["id"]))})
         finally:
             det.train(was)
-    return propose_score(dets, targets, target_precision=target_precision)
+    return propose_score(dets, targets, target_precision=target_precision, complete=complete)
 
 
 def nothing_mined_hint(result: MineResult) -> str:

@@ -91,3 +91,48 @@ def test_mine_without_score_proposes_one_and_says_what_to_do_when_nothing_is_min
     suggested = err.split("try --score ")[1].split(",")[0]
     assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "d.json"), "--score", suggested, *common]) == 0
     assert "nothing mined" not in capsys.readouterr().err  # the suggested score mines something
+
+
+def test_a_complete_set_judges_every_detection_so_background_boxes_lower_the_calibration():
+    """complete=True (a fully labelled set): a detection on no labelled box is wrong, so confident boxes on the
+    background keep the proposal up (or off); on sparse labels they are not judged. A detection whose centre lies in a
+    crowd region is not judged either."""
+    right = torch.linspace(0.5, 0.95, 20).tolist()
+    wrong = torch.linspace(0.05, 0.45, 20).tolist()
+    sparse_p = propose_score(*_images(right, wrong, off_scores=[0.9] * 20))
+    assert sparse_p.score == pytest.approx(0.49)
+    full = propose_score(*_images(right, wrong, off_scores=[0.99] * 20), complete=True)  # above every right one
+    assert full.score is None and full.n_region == 60 and "expect most mined boxes to be wrong" in full.reason
+    lower = propose_score(*_images(right, wrong, off_scores=[0.3] * 20), complete=True)  # background boxes score low
+    assert lower.score == pytest.approx(0.49) and "complete set's 20 images" in lower.reason
+    dets, targets = _images(right, wrong, off_scores=[0.9] * 20)
+    crowd = [{**t, "crowd": [[35.0, 35.0, 65.0, 65.0]]} for t in targets]  # OFF's centre is in it: not judged
+    assert propose_score(dets, crowd, complete=True).score == pytest.approx(0.49)
+
+
+def test_mine_calibrates_on_a_fully_labelled_set_when_asked(model_file, sparse, tiny_digits, tmp_path, capsys):
+    """--calibrate VAL.json --calibrate-images DIR: the proposal is made on the val set, every detection judged, and
+    says so; the option refuses --score, --folds and a missing image folder in one line, before any work."""
+    _, _, _, root, sp, _ = sparse
+    common = ["--images", str(root), "--device", "cpu", "--quiet"]
+    cal = ["--calibrate", str(tiny_digits.val_json), "--calibrate-images", str(tiny_digits.image_root)]
+    # a random model: on the val set none of its detections is right, so nothing is proposed, and mine says why
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "a.json"), "--target-precision", "0.02",
+                 *cal, *common]) == 0
+    err = capsys.readouterr().err
+    assert "no score proposed (the model's detections on the complete set's images are right at most 0%" in err
+    assert "expect most mined boxes to be wrong" in err
+    # on the training file (a few of its detections are right) a low target is reached, every detection judged
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "c.json"), "--target-precision", "0.001",
+                 "--calibrate", str(sp), "--calibrate-images", str(root), *common]) == 0
+    err = capsys.readouterr().err
+    assert f"proposed from the model on {sp}: of the" in err and "complete set's" in err
+    for extra, says in ((["--score", "0.5"], "--score is given"), (["--folds", str(sp)], "--folds calibrates"),
+                        (cal[:2], "needs --calibrate-images")):
+        args = ["mine", str(model_file), str(sp), "--out", str(tmp_path / "b.json"), *common]
+        args += extra if extra == cal[:2] else [*cal, *extra]
+        assert main(args) == 2
+        assert says in capsys.readouterr().err and not (tmp_path / "b.json").exists()
+    assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "b.json"), "--calibrate-images",
+                 str(root), *common]) == 2
+    assert "--calibrate-images without --calibrate" in capsys.readouterr().err

@@ -32,8 +32,11 @@ Without --score, the score is proposed from the model itself, printed with its r
 images with labelled boxes (with --folds, each by its fold's model) and calibrates its detections on
 labelled boxes (right = matches the box, IoU >= 0.5, same class); the proposal is the lowest score from
 which they are right --target-precision of the time. Precision against sparse labels is only a lower
-bound (an unlabelled object counts as wrong), so it is printed beside it, not used. When nothing is
-mined, mine says which --score would mine something, or to train longer.
+bound (an unlabelled object counts as wrong), so it is printed beside it, not used. Those detections
+never judge a box on the background (a shadow, a look-alike): with --calibrate VAL.json
+--calibrate-images DIR the proposal is made on a fully labelled set instead, where every detection is
+judged (crowd regions aside). When nothing is mined, mine says which --score would mine something, or
+to train longer.
 
 Writes OUT: the input JSON with every original annotation unchanged (same ids, same fields) plus one
 annotation per mined box (new ids after the largest one, "mined": true, "score", "iscrowd": 0,
@@ -80,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-precision", type=float, default=0.7, metavar="P",
                    help="without --score: the lowest score at which the model's detections on labelled boxes match "
                         "them P of the time (default 0.7)")
+    p.add_argument("--calibrate", metavar="VAL.json",
+                   help="without --score: propose the score on this fully labelled set (your val set) instead of the "
+                        "labelled boxes of DATA: every detection there is judged, so boxes on look-alikes and background "
+                        "count as wrong, which sparse labels cannot tell (needs --calibrate-images)")
+    p.add_argument("--calibrate-images", metavar="DIR", help="image root of --calibrate")
     p.add_argument("--nms", type=float, default=0.5, help="class-wise NMS IoU (default 0.5)")
     p.add_argument("--iou-gt", type=float, default=0.4,
                    help="drop a box whose IoU with a labelled box is above this (default 0.4)")
@@ -165,12 +173,21 @@ def _score(args: argparse.Namespace, det, data, device, folds) -> float:
 
     if args.score is not None:
         return args.score
-    p = propose_score_for(det, data, args.images, target_precision=args.target_precision, folds=folds, nms=args.nms,
-                          max_dets=args.max_dets, batch_size=args.batch_size, device=device)
+    if args.calibrate:
+        from minedet.data.coco import load_coco
+
+        p = propose_score_for(det, load_coco(args.calibrate), args.calibrate_images, complete=True,
+                              target_precision=args.target_precision, nms=args.nms, max_dets=args.max_dets,
+                              batch_size=args.batch_size, device=device)
+        source = f"the model on {args.calibrate}"
+    else:
+        p = propose_score_for(det, data, args.images, target_precision=args.target_precision, folds=folds, nms=args.nms,
+                              max_dets=args.max_dets, batch_size=args.batch_size, device=device)
+        source = "the model"
     if p.score is None:
         print(f"minedet: no score proposed ({p.reason}); mining at --score {DEFAULT_SCORE:g}", file=sys.stderr)
         return DEFAULT_SCORE
-    print(f"minedet: --score {p.score:g} proposed from the model: {p.reason}", file=sys.stderr)
+    print(f"minedet: --score {p.score:g} proposed from {source}: {p.reason}", file=sys.stderr)
     return p.score
 
 
@@ -181,6 +198,14 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     data_path, out = Path(args.data), Path(args.out)
     if args.gallery_images < 0:
         raise MinedetError(f"--gallery-images must be >= 0, got {args.gallery_images}")
+    if args.calibrate and (args.score is not None or args.folds or not args.calibrate_images):
+        why = ("--score is given, so nothing is calibrated" if args.score is not None else
+               "--folds calibrates on the held-out images already" if args.folds else "it needs --calibrate-images DIR")
+        raise MinedetError(f"--calibrate {args.calibrate}: {why}")
+    if args.calibrate_images and not args.calibrate:
+        raise MinedetError("--calibrate-images without --calibrate: give the fully labelled set it holds the images of")
+    if args.calibrate_images and not Path(args.calibrate_images).is_dir():
+        raise MinedetError("image folder not found", file=str(args.calibrate_images))
     if not Path(args.images).is_dir():
         raise MinedetError("image folder not found", file=str(args.images))
     from minedet.review import local_files_dir
@@ -189,7 +214,7 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     gallery = Path(args.gallery) if args.gallery else None
     report_dir, prefix = (gallery, "") if gallery is not None else (out.parent, f"{out.stem}.")
     reports = [report_dir / f"{prefix}{n}" for n in ("summary.json", "pr.json", "pr.png")]
-    check_outputs([data_path, args.images, args.hidden, args.folds, args.model],
+    check_outputs([data_path, args.images, args.hidden, args.folds, args.model, args.calibrate, args.calibrate_images],
                   files=[out, *review_file_paths(out).values(), *reports, *([gallery / "index.html"] if gallery else [])],
                   folders=[gallery] if gallery is not None else [])
     return data_path, out, gallery
