@@ -332,6 +332,10 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None,
     if cogen and times:
         rec["cogeneration_s"] = trimmed_mean(cogen)
         rec["cogeneration_share"] = round(rec["cogeneration_s"] / rec["step_time_s"], 4)
+    checks = [m for m in train if m.get("pseudo/val_precision") is not None]
+    if checks:  # co-mining's val check (method.min_val_precision): each check's step, precision and verdict
+        rec["val_checks"] = [{"step": m["step"], "precision": round(m["pseudo/val_precision"], 4),
+                              "paused": bool(m.get("pseudo/paused"))} for m in checks]
     for key in ("quality/o_total_precision", "quality/o_total_recall", "quality/a_total_precision", "quality/a_total_recall"):
         vals = [m[key] for m in train if m.get(key) is not None]
         if vals:  # co-mining's running totals over the run: the last logged value
