@@ -707,3 +707,26 @@ def test_the_export_row_quotes_the_latency_of_the_model_whose_parity_it_quotes(m
     [(head, text)] = report._row_export({"export": res})
     assert "1200-step" in head and "medians of 20 paired" in head
     assert "2.50×" in text and "3.90×" not in text
+
+
+def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
+    """A run that logged val checks (method.min_val_precision) carries each check's step, precision and verdict."""
+    import types
+
+    import minedet.run
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+
+    logged = [{"kind": "train", "step": 50, "pseudo/val_precision": 0.4, "pseudo/paused": 1.0},
+              {"kind": "train", "step": 60}, {"kind": "train", "step": 100, "pseudo/val_precision": 0.8, "pseudo/paused": 0.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in logged))
+    monkeypatch.setattr(minedet.run, "run_training",
+                        lambda cfg, **kw: {"steps": 100, "wall_s": 1.0, "nonfinite_steps": 0, "reports": {}})
+    monkeypatch.setattr(common, "test_scores", lambda cfg, out_dir: {})
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(progress=True, threads=1))
+    rec = common.train_record(cfg, label={"column": "x"}, out_dir=tmp_path)
+    assert rec["val_checks"] == [{"step": 50, "precision": 0.4, "paused": True},
+                                 {"step": 100, "precision": 0.8, "paused": False}]
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(logged[1]))
+    assert "val_checks" not in common.train_record(cfg, label={}, out_dir=tmp_path)
