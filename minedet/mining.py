@@ -711,8 +711,8 @@ def _on_labels(det: Mapping[str, Any], target: Mapping[str, Any], match_iou: flo
 
 def _crowd_boxes(data: CocoData, image_id: int) -> torch.Tensor:
     """float[K, 4]: the crowd regions of an image, xyxy."""
-    xs = [a["bbox"] for a in data.anns_by_image.get(image_id, []) if a.get("iscrowd")]
-    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in xs], dtype=torch.float32).reshape(-1, 4)
+    crowd = [a for a in data.anns_by_image.get(image_id, []) if a.get("iscrowd")]
+    return coco_target(data, image_id, anns=crowd, crowd=True).boxes.reshape(-1, 4)
 
 
 def _centre_inside(boxes: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -252,7 +252,7 @@ class ValCheck(Hook):
         q = QualityCounts()
         for image_id, p in preds:
             q.add(p.select(p.scores > m.options.tau), self.val.target(image_id), CHECK_IOU)
-        return None if not q.n_pseudo else q.tp / q.n_pseudo
+        return q.precision if q.n_pseudo else None
 
 
 class Drift(Hook):
