@@ -39,10 +39,11 @@ Protocol (written on docs/benchmarks.md before the first run):
     training tiles with the run's model, scored against the erased crowns (IoU >= 0.5) at t = 0.3 .. 0.9, and
     at the scores ``minedet mine`` proposes from the model itself (``minedet.mining.propose_score_for``, no hidden
     truth): calibrated on the labelled boxes (``mine``'s default), and on the dev tiles with every detection judged
-    (``mine --calibrate dev.json``).
+    (``mine --calibrate dev.json``); and, for every column, the model's own precision and recall on the dev tiles,
+    every detection judged (``minedet.mining.precision_recall``): what mining with it can show at best.
 
-Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, and ``train``
-for the mining curve), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
+Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, ``train``
+for the mining curve, and ``dev`` with ``"what": "pr"`` for the dev precision-recall), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
 column that is what ``minedet train`` does by default carry ``"default": true``.
 """
 
@@ -348,6 +349,18 @@ def mining_curve(model_path: Path, cfg) -> dict:
     return out
 
 
+def dev_pr(model_path: Path, cfg) -> dict:
+    """The model's precision and recall on the dev tiles, every detection judged (``mining.precision_recall``): what
+    mining with it can show at best, since its detections on unseen complete tiles are right no more often."""
+    import minedet.mining as mining
+    from minedet.data.coco import load_coco
+    from minedet.engine.checkpoint import load_model
+
+    det, _ = load_model(model_path)
+    dets, targets = mining.calibration_detections(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)
+    return {"dev_pr": mining.precision_recall(dets, targets, THRESHOLDS)}
+
+
 def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:
     """A run's folder names its whole budget (steps, anchors): a finished run is reused only by the same setting."""
     return work / protocol / label / f"s{seed}" / f"{cfg.train.max_steps}steps_anchor{cfg.model.anchor_scale:g}"
@@ -370,26 +383,30 @@ def run_one(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, o
     model = out_dir / "model.pt"
     if col.final and steps == STEPS:  # test: the page's columns at the protocol's budget only, never a probe
         recs.append({**base, "split": "test", "steps": rec["steps"], **score_split(model, info, "test", cfg)})
+    recs.append({**base, "split": "dev", "what": "pr", "steps": rec["steps"], **dev_pr(model, cfg)})
     if col.labels != "full":
         recs.append({**base, "split": "train", "what": "mine", "steps": rec["steps"], **mining_curve(model, cfg)})
     return recs
 
 
 def remine(info: dict, args, work: Path) -> int:
-    """A new mining record for each finished run of the columns and seeds asked (the same saved model, measured with
-    the library as it is now: e.g. after ``minedet mine`` learnt to propose its score)."""
+    """New mining and dev precision-recall records for each finished run of the columns and seeds asked (the same
+    saved model, measured with the library as it is now: e.g. after ``minedet mine`` learnt to propose its score)."""
     for seed in args.seeds:
         for label in args.columns:
             col = BY_LABEL[label]
             cfg = make_config(info, col, args.protocol, seed, args.steps)
             out_dir = run_dir(work, args.protocol, label, seed, cfg)
-            if col.labels == "full" or common.finished_run(out_dir, args.steps) is None:
+            if common.finished_run(out_dir, args.steps) is None:
                 continue
             origin = common.run_origin()
             base = {"column": label, "protocol": args.protocol, "seed": seed, "method": label, "default": col.default,
-                    "threads": cfg.train.threads, "split": "train", "what": "mine", "steps": args.steps,
-                    "remined_from_checkpoint": True}
-            common.append_records(NAME, [{**base, **mining_curve(out_dir / "model.pt", cfg), "origin": origin}])
+                    "threads": cfg.train.threads, "steps": args.steps, "remined_from_checkpoint": True,
+                    "origin": origin}
+            recs = [{**base, "split": "dev", "what": "pr", **dev_pr(out_dir / "model.pt", cfg)}]
+            if col.labels != "full":
+                recs.append({**base, "split": "train", "what": "mine", **mining_curve(out_dir / "model.pt", cfg)})
+            common.append_records(NAME, recs)
             print(f"[trees] remined {args.protocol} {label} s{seed}", file=sys.stderr)
     return 0
 

@@ -1172,10 +1172,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         import tempfile
 
-        IMG = Path(tempfile.mkdtemp(prefix="minedet-report-img-"))
-        stale = [str(DOCS)] if not DOCS.exists() or DOCS.read_text() != page(results) else []
-        if readme is not None and readme_text(readme.read_text(), results) != readme.read_text():
-            stale.append(str(readme))
+        with tempfile.TemporaryDirectory(prefix="minedet-report-img-") as tmp:  # the plots are drawn, then dropped
+            IMG = Path(tmp)
+            stale = [str(DOCS)] if not DOCS.exists() or DOCS.read_text() != page(results) else []
+            if readme is not None and readme_text(readme.read_text(), results) != readme.read_text():
+                stale.append(str(readme))
         for path in stale:
             print(f"report.py: {path} does not say what the records say; run python benchmarks/report.py", file=sys.stderr)
         return 1 if stale else 0

@@ -757,13 +757,15 @@ def _steps(fitted: torch.Tensor) -> list[tuple[int, int]]:
     return out
 
 
-def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *, target_precision: float = 0.7,
-                      folds: Mapping[int, int] | None = None, nms: float = 0.5, max_dets: int = 100, floor: float = 0.05,
-                      batch_size: int = 8, device: str | torch.device = "cpu", complete: bool = False) -> ScoreProposal:
-    """:func:`propose_score` of ``detector`` (with ``folds``: one per fold, each on the images it did not train on)
-    over the images of ``data`` that hold labelled boxes (crowd boxes left out; with ``complete``, a set labelled in
-    full such as a val set, every image and every detection), its detections decoded down to ``floor`` with class-wise
-    NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes)."""
+def calibration_detections(detector, data: CocoData, image_root: str | os.PathLike, *,
+                           folds: Mapping[int, int] | None = None, nms: float = 0.5, max_dets: int = 100,
+                           floor: float = 0.05, batch_size: int = 8, device: str | torch.device = "cpu",
+                           complete: bool = False) -> tuple[list[dict], list[dict]]:
+    """The detections and labels :func:`propose_score` and :func:`precision_recall` read: ``detector``'s detections
+    (with ``folds``: one detector per fold, each on the images it did not train on) on the images of ``data`` that
+    hold labelled boxes (with ``complete``, a set labelled in full such as a val set: every image), decoded down to
+    ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes); and
+    per image its labelled boxes (crowd boxes left out, given apart as ``"crowd"``)."""
     detectors = _fold_detectors(detector, folds, data)
     for d in detectors:
         _check_detector(d, list(data.class_names), data)
@@ -788,7 +790,46 @@ def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *
                     targets.append({"boxes": gt.boxes, "labels": gt.labels, "crowd": _crowd_boxes(data, int(r["id"]))})
         finally:
             det.train(was)
+    return dets, targets
+
+
+def propose_score_for(detector, data: CocoData, image_root: str | os.PathLike, *, target_precision: float = 0.7,
+                      complete: bool = False, **detect) -> ScoreProposal:
+    """:func:`propose_score` of ``detector`` over ``data`` (:func:`calibration_detections`, which ``detect``'s
+    options reach: ``folds``, ``nms``, ``max_dets``, ``floor``, ``batch_size``, ``device``)."""
+    dets, targets = calibration_detections(detector, data, image_root, complete=complete, **detect)
     return propose_score(dets, targets, target_precision=target_precision, complete=complete)
+
+
+def precision_recall(detections: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]],
+                     thresholds: Sequence[float], *, match_iou: float = 0.5) -> list[dict[str, float]]:
+    """A detector's precision and recall on a set labelled in full, at each score threshold: every detection is
+    judged (one whose centre lies in a ``"crowd"`` region aside), right when it matches a labelled box of its class
+    with IoU >= ``match_iou`` (greedy by descending score, one detection per box). What mining can show at best: a
+    model whose detections are right P of the time on complete images will not mine boxes right more often.
+
+    Args:
+        detections, targets: as :func:`propose_score` takes them (:func:`calibration_detections` with ``complete``).
+        thresholds: the thresholds t; a detection counts at t when its score is > t.
+
+    Returns:
+        one dict per threshold: ``threshold, n, tp, n_boxes, precision, recall`` (an undefined ratio is NaN).
+    """
+    if len(detections) != len(targets):
+        raise MinedetError(f"precision_recall needs one target per image: {len(detections)} detections, "
+                           f"{len(targets)} targets")
+    per_image = [_on_labels(d, t, match_iou, complete=True) for d, t in zip(detections, targets)]
+    scores = torch.cat([torch.zeros(0)] + [s[j] for s, _, j in per_image])
+    right = torch.cat([torch.zeros(0, dtype=torch.bool)] + [m[j] for _, m, j in per_image])
+    n_boxes = sum(len(torch.as_tensor(t["boxes"]).reshape(-1, 4)) for t in targets)
+    nan = float("nan")
+    rows = []
+    for t in thresholds:
+        above = scores > float(t)
+        n, tp = int(above.sum()), int(right[above].sum())
+        rows.append({"threshold": float(t), "n": n, "tp": tp, "n_boxes": n_boxes,
+                     "precision": tp / n if n else nan, "recall": tp / n_boxes if n_boxes else nan})
+    return rows
 
 
 def nothing_mined_hint(result: MineResult) -> str:

@@ -607,12 +607,30 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     assert f"| full | every training crown labelled (the ceiling) | {steps} | 60.0 ± 0.0 |" in table
     assert rt.readme_rows(res) == []  # nothing beside the two baselines: not yet
     res["records"] += [_tree_rec("co_mining", "dev", 0, steps, 0.4), _tree_rec("co_mining", "test", 0, steps, 0.4), _tree_rec("brl", "test", 0, 300, 0.5),
-                       {**_tree_rec("co_mining", "train", 0, steps, 0), "mine_at_proposed": {"recall": 0.25, "precision": 0.5}}]
+                       {**_tree_rec("co_mining", "train", 0, steps, 0), "what": "mine",
+                        "mine_at_proposed": {"recall": 0.25, "precision": 0.5}}]
     assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
     assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
     assert "full labels 60.0 ± 0.0, original 20.0 ± 0.0, co-mining (the default) 40.0 (1 seed; 50 % of the gap)" in rows[0][1]
     assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
+
+
+def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypatch):
+    """A dev precision-recall record (``what: pr``) fills its own table, full labels included under either protocol,
+    with the best precision and its recall; it never enters the AP cells."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    steps = rt.STEPS
+    pr = [{"threshold": t, "n": n, "tp": tp, "n_boxes": 10, "precision": tp / n if n else float("nan"), "recall": tp / 10}
+          for t, n, tp in ((0.5, 10, 5), (0.6, 8, 5), (0.7, 5, 3), (0.8, 2, 2), (0.9, 0, 0))]
+    res = {"records": [_tree_rec("full", "dev", 0, steps, 0.6), _tree_rec("brl", "dev", 0, steps, 0.4, "partial"),
+                       {**_tree_rec("full", "dev", 0, steps, 0), "what": "pr", "dev_pr": pr, "ap": None, "ap50": None}]}
+    assert "60.0 (1 seed)" in "\n".join(rt.ap_table(res, "partial"))  # the pr record is not an AP record of full
+    table = "\n".join(rt.pr_table(res, "partial"))
+    assert f"| full | {steps} | 0 | 50 % at 0.50 | 50 % at 0.62 | 30 % at 0.60 | 20 % at 1.00 | – | 20 % at 1.00, t 0.8 |" in table
+    assert "brl" not in table and rt.pr_table({"records": res["records"][:2]}, "random") == []
 
 
 def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tmp_path):

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from minedet.cli import main
 from minedet.errors import MinedetError
-from minedet.mining import propose_score
+from minedet.mining import precision_recall, propose_score
 from tests.test_mine import model_file, sparse  # noqa: F401 - fixtures
 
 LABEL = [10.0, 10.0, 30.0, 30.0]
@@ -136,3 +137,22 @@ def test_mine_calibrates_on_a_fully_labelled_set_when_asked(model_file, sparse, 
     assert main(["mine", str(model_file), str(sp), "--out", str(tmp_path / "b.json"), "--calibrate-images",
                  str(root), *common]) == 2
     assert "--calibrate-images without --calibrate" in capsys.readouterr().err
+
+
+def test_precision_recall_on_a_complete_set_judges_every_detection_and_counts_every_box():
+    """Per threshold: detections scoring above it, the share matching a box (one detection per box, a duplicate or a
+    shifted box is wrong, a background box is wrong, a box in a crowd region is not judged), and the share of boxes
+    matched; an image with no boxes and no detections changes nothing; nothing above a threshold gives NaN."""
+    dets = [{"boxes": [LABEL, LABEL, SHIFTED, OFF], "scores": [0.9, 0.8, 0.7, 0.6], "labels": [0, 0, 0, 0]},
+            {"boxes": [OFF], "scores": [0.95], "labels": [0]},
+            {"boxes": [], "scores": [], "labels": []}]
+    targets = [{"boxes": [LABEL], "labels": [0]},
+               {"boxes": [LABEL], "labels": [0], "crowd": [[35.0, 35.0, 65.0, 65.0]]},  # OFF lies in a crowd region
+               {"boxes": [], "labels": []}]
+    rows = precision_recall(dets, targets, [0.5, 0.75, 0.85, 0.99])
+    assert [r["n"] for r in rows] == [4, 2, 1, 0] and [r["tp"] for r in rows] == [1, 1, 1, 0]
+    assert all(r["n_boxes"] == 2 for r in rows)
+    assert [r["precision"] for r in rows[:3]] == [0.25, 0.5, 1.0] and math.isnan(rows[3]["precision"])
+    assert [r["recall"] for r in rows] == [0.5, 0.5, 0.5, 0.0]
+    with pytest.raises(MinedetError, match="one target per image"):
+        precision_recall(dets, targets[:2], [0.5])
