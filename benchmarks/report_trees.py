@@ -145,7 +145,7 @@ def pr_table(res: dict, protocol: str) -> list[str]:
     ts = [t for t in THRESHOLDS if t >= 0.5]
     out = ["What mining can show at best: each run's model on the dev tiles (labelled in full, unseen), every detection "
            f"judged at IoU 0.5: recall at precision per score threshold. The mined boxes are the same detector's detections "
-           "off the labelled boxes, so a model right less than {MIN_PRECISION} of the time on unseen complete tiles "
+           f"off the labelled boxes, so a model right less than {MIN_PRECISION} of the time on unseen complete tiles "
            "is not expected to mine boxes right more often (dev crowns its annotators missed count as wrong here, as "
            "unlabelled crowns do in mining).", "",
            "| column | steps | seed | " + " | ".join(f"score > {t:g}" for t in ts) + " | best precision (its recall) |",

@@ -630,6 +630,7 @@ def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypat
     assert "60.0 (1 seed)" in "\n".join(rt.ap_table(res, "partial"))  # the pr record is not an AP record of full
     table = "\n".join(rt.pr_table(res, "partial"))
     assert f"| full | {steps} | 0 | 50 % at 0.50 | 50 % at 0.62 | 30 % at 0.60 | 20 % at 1.00 | – | 20 % at 1.00, t 0.8 |" in table
+    assert "right less than 0.7 of the time" in table and "{" not in table
     assert "brl" not in table and rt.pr_table({"records": res["records"][:2]}, "random") == []
 
 
