@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -113,7 +114,8 @@ def test_a_complete_set_judges_every_detection_so_background_boxes_lower_the_cal
 
 def test_mine_calibrates_on_a_fully_labelled_set_when_asked(model_file, sparse, tiny_digits, tmp_path, capsys):
     """--calibrate VAL.json --calibrate-images DIR: the proposal is made on the val set, every detection judged, and
-    says so; the option refuses --score, --folds and a missing image folder in one line, before any work."""
+    says so (with --folds: every fold's model on every val image); the option refuses --score and a missing image
+    folder in one line, before any work."""
     _, _, _, root, sp, _ = sparse
     common = ["--images", str(root), "--device", "cpu", "--quiet"]
     cal = ["--calibrate", str(tiny_digits.val_json), "--calibrate-images", str(tiny_digits.image_root)]
@@ -128,8 +130,19 @@ def test_mine_calibrates_on_a_fully_labelled_set_when_asked(model_file, sparse, 
                  "--calibrate", str(sp), "--calibrate-images", str(root), *common]) == 0
     err = capsys.readouterr().err
     assert f"proposed from the model on {sp}: of the" in err and "complete set's" in err
-    for extra, says in ((["--score", "0.5"], "--score is given"), (["--folds", str(sp)], "--folds calibrates"),
-                        (cal[:2], "needs --calibrate-images")):
+    single, n = err.split("--score ")[1].split(" ")[0], int(err.split(": of the ")[1].split(" ")[0])
+    # with held-out folds every fold's model predicts every calibration image, calibrated together: the same model
+    # in both folds doubles every detection, so the proposal is the single model's
+    assert main(["data", "folds", str(sp), "--k", "2", "--seed", "1", "--out-dir", str(tmp_path / "folds")]) == 0
+    for f in (0, 1):
+        (tmp_path / f"run{f}").mkdir()
+        shutil.copy(model_file, tmp_path / f"run{f}" / "model.pt")
+    assert main(["mine", str(tmp_path / "run{fold}" / "model.pt"), str(sp), "--folds", str(tmp_path / "folds" / "folds.json"),
+                 "--out", str(tmp_path / "f.json"), "--target-precision", "0.001", "--calibrate", str(sp),
+                 "--calibrate-images", str(root), *common]) == 0
+    err = capsys.readouterr().err
+    assert f"--score {single} proposed from the fold models on {sp}: of the {2 * n} detections" in err
+    for extra, says in ((["--score", "0.5"], "--score is given"), (cal[:2], "needs --calibrate-images")):
         args = ["mine", str(model_file), str(sp), "--out", str(tmp_path / "b.json"), *common]
         args += extra if extra == cal[:2] else [*cal, *extra]
         assert main(args) == 2

@@ -35,7 +35,8 @@ which they are right --target-precision of the time. Precision against sparse la
 bound (an unlabelled object counts as wrong), so it is printed beside it, not used. Those detections
 never judge a box on the background (a shadow, a look-alike): with --calibrate VAL.json
 --calibrate-images DIR the proposal is made on a fully labelled set instead, where every detection is
-judged (crowd regions aside). When nothing is mined, mine says which --score would mine something, or
+judged (crowd regions aside); with --folds every fold's model predicts every image of that set (none
+trained on it) and their detections are calibrated together. When nothing is mined, mine says which --score would mine something, or
 to train longer.
 
 Writes OUT: the input JSON with every original annotation unchanged (same ids, same fields) plus one
@@ -86,7 +87,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", metavar="VAL.json",
                    help="without --score: propose the score on this fully labelled set (your val set) instead of the "
                         "labelled boxes of DATA: every detection there is judged, so boxes on look-alikes and background "
-                        "count as wrong, which sparse labels cannot tell (needs --calibrate-images)")
+                        "count as wrong, which sparse labels cannot tell (needs --calibrate-images; with --folds, "
+                        "every fold's model on every image of it, calibrated together)")
     p.add_argument("--calibrate-images", metavar="DIR", help="image root of --calibrate")
     p.add_argument("--nms", type=float, default=0.5, help="class-wise NMS IoU (default 0.5)")
     p.add_argument("--iou-gt", type=float, default=0.4,
@@ -169,17 +171,20 @@ HINT_FLOOR = 0.05  # candidates are collected down to this score, so that mining
 def _score(args: argparse.Namespace, det, data, device, folds) -> float:
     """``--score``, or the score :func:`~minedet.mining.propose_score_for` proposes from the model on the labelled
     boxes (each image by its fold's model with ``--folds``), printed with its reason; 0.6 when none can be proposed."""
-    from minedet.mining import DEFAULT_SCORE, propose_score_for
+    from minedet.mining import DEFAULT_SCORE, calibration_detections, propose_score, propose_score_for
 
     if args.score is not None:
         return args.score
     if args.calibrate:
         from minedet.data.coco import load_coco
 
-        p = propose_score_for(det, load_coco(args.calibrate), args.calibrate_images, complete=True,
-                              target_precision=args.target_precision, nms=args.nms, max_dets=args.max_dets,
-                              batch_size=args.batch_size, device=device)
-        source = f"the model on {args.calibrate}"
+        val, dets, targets = load_coco(args.calibrate), [], []
+        for d in (det if folds is not None else [det]):  # with folds: every fold's model on every val image
+            a, b = calibration_detections(d, val, args.calibrate_images, complete=True, nms=args.nms,
+                                          max_dets=args.max_dets, batch_size=args.batch_size, device=device)
+            dets, targets = dets + a, targets + b
+        p = propose_score(dets, targets, target_precision=args.target_precision, complete=True)
+        source = f"the {'fold models' if folds is not None else 'model'} on {args.calibrate}"
     else:
         p = propose_score_for(det, data, args.images, target_precision=args.target_precision, folds=folds, nms=args.nms,
                               max_dets=args.max_dets, batch_size=args.batch_size, device=device)
@@ -198,9 +203,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
     data_path, out = Path(args.data), Path(args.out)
     if args.gallery_images < 0:
         raise MinedetError(f"--gallery-images must be >= 0, got {args.gallery_images}")
-    if args.calibrate and (args.score is not None or args.folds or not args.calibrate_images):
-        why = ("--score is given, so nothing is calibrated" if args.score is not None else
-               "--folds calibrates on the held-out images already" if args.folds else "it needs --calibrate-images DIR")
+    if args.calibrate and (args.score is not None or not args.calibrate_images):
+        why = "--score is given, so nothing is calibrated" if args.score is not None else "it needs --calibrate-images DIR"
         raise MinedetError(f"--calibrate {args.calibrate}: {why}")
     if args.calibrate_images and not args.calibrate:
         raise MinedetError("--calibrate-images without --calibrate: give the fully labelled set it holds the images of")
