@@ -722,3 +722,14 @@ def test_a_run_hands_its_val_set_to_the_val_check(tiny_digits, tmp_path, capsys)
     logged = run.method.log_metrics()
     assert logged["pseudo/paused"] == 1.0 and 0.0 <= logged["pseudo/val_precision"] < 0.9
     assert "paused its mining at step 50" in capsys.readouterr().err
+
+
+def test_the_val_check_reads_images_spread_over_the_whole_val_set():
+    """Val files often list one scene after another: the check predicts CHECK_IMAGES images spread evenly over the set
+    (every image of a smaller one), not the first ones."""
+    from minedet.methods.co_mining import CHECK_IMAGES, check_indices
+
+    spread = check_indices(10 * CHECK_IMAGES)
+    assert len(spread) == len(set(spread)) == CHECK_IMAGES and spread == sorted(spread)
+    assert spread[0] == 0 and spread[-1] >= 9 * CHECK_IMAGES and spread[1] - spread[0] == 10
+    assert check_indices(7) == list(range(7)) and check_indices(0) == []

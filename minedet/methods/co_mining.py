@@ -77,7 +77,7 @@ class CoMiningOptions:
     rejected_iou: a detection overlapping a box a reviewer rejected (the data's ``"rejected"`` list, any
     class) by IoU > rejected_iou is neither mined nor ignored: that region stays background (None: off);
     min_val_precision (off): with a validation set, every :data:`DRIFT_WINDOW` steps from ``mine_after`` on the
-    student's detections scoring above tau on the first :data:`CHECK_IMAGES` val images are matched to their labels
+    student's detections scoring above tau on :data:`CHECK_IMAGES` val images (spread evenly over the val set) are matched to their labels
     (same class, IoU >= 0.5); while the share matched is below this, mining pauses (the branches train on the labels
     alone, as in ``joint``) and resumes when a later check reaches it (:class:`ValCheck`). The val labels are taken as
     complete: a detection they miss counts as wrong."""
@@ -194,12 +194,19 @@ class Branches(TeacherSource):
         self.paused = bool(state.get("mining_paused", False))
 
 
+def check_indices(n_val: int) -> list[int]:
+    """The val images :class:`ValCheck` predicts: :data:`CHECK_IMAGES` of them spread evenly over the set (all of a
+    smaller one)."""
+    n = min(n_val, CHECK_IMAGES)
+    return [i * n_val // n for i in range(n)]
+
+
 class ValCheck(Hook):
     """``method.min_val_precision`` (beyond the paper): pauses the mining while the student's confident detections
     on the val images are mostly wrong, and resumes it when they are right again, without hidden truth.
 
-    Every :data:`DRIFT_WINDOW` steps from ``mine_after`` on, the student (eval mode) predicts the first
-    :data:`CHECK_IMAGES` val images; of its detections scoring above tau, the share that match a val box of their class
+    Every :data:`DRIFT_WINDOW` steps from ``mine_after`` on, the student (eval mode) predicts :data:`CHECK_IMAGES` val
+    images spread evenly over the val set (all of a smaller one; files often list one scene after another); of its detections scoring above tau, the share that match a val box of their class
     (IoU >= :data:`CHECK_IOU`, greedy by score) is the precision a mined box would have if the training images were
     like the val images. Below ``min_val_precision`` the mining pauses (the branches train on the labels alone); a
     later check at or above it resumes it. With no detection above tau the state stays. Logs ``pseudo/val_precision``
@@ -246,8 +253,7 @@ class ValCheck(Hook):
         from minedet.pseudo.quality import QualityCounts
 
         device = next(m.detector.parameters()).device
-        n = min(len(self.val), CHECK_IMAGES)
-        preds = predict_dataset(m.detector, self.val, info=DistInfo(device=device), indices=range(n),
+        preds = predict_dataset(m.detector, self.val, info=DistInfo(device=device), indices=check_indices(len(self.val)),
                                 score_thresh=m.options.tau)
         q = QualityCounts()
         for image_id, p in preds:
