@@ -126,7 +126,7 @@ DRIFT_WINDOW = 50
 PROXY_FLOOR = 0.1
 #: ... over at least this many confident detections in the window (fewer is noise)
 PROXY_MIN = 20
-#: the val check (``min_val_precision``) scores the student on at most this many val images (the first ones)
+#: the val check (``min_val_precision``) scores the student on at most this many val images (spread over the set)
 CHECK_IMAGES = 64
 #: ... and matches a detection to a val box of its class at this IoU
 CHECK_IOU = 0.5
