@@ -185,8 +185,8 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     """The config for ``minedet train METHOD --train ... --val ...``: the ``own_data`` preset with
     ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
-    training boxes and the method's model options for the detector (``Method.own_data_model``: co-mining on
-    RetinaNet trains on BRL's loss) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise.
+    training boxes and the method's own-data options for the detector (``Method.own_data``: co-mining on
+    RetinaNet trains on BRL's loss, and checks its mining on the val set) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise.
     Data that cannot support the run is one :class:`MinedetError`."""
     from minedet.config import apply_overrides, build_config, load_yaml, preset_path
 
@@ -250,7 +250,7 @@ def _step_proposals(d: dict, n_images: int, given: set[str]) -> tuple[list[str],
 
 
 def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
-    """The method's ``own_data_model`` options for the run's detector (``d``: the config as a dict, overrides
+    """The method's ``own_data`` options for the run's detector (``d``: the config as a dict, overrides
     applied), as ``KEY=VALUE``, less those the command line sets (or a whole ``model.extra`` it sets) and none at
     all under ``method.paper=true``."""
     from minedet.registry import METHODS
@@ -259,7 +259,7 @@ def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
     cls = METHODS.get(method.get("name"), (None,))[0]
     if cls is None or method.get("paper"):
         return []
-    options = cls.own_data_model.get((d.get("model") or {}).get("name"), {})
+    options = {**cls.own_data.get("*", {}), **cls.own_data.get((d.get("model") or {}).get("name"), {})}
     return [f"{k}={v}" for k, v in options.items() if k not in given and k.rsplit(".", 1)[0] not in given]
 
 

@@ -606,13 +606,16 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     assert "| full | every training crown labelled (the ceiling) | 150 | 90.0 (1 seed) |" in table
     assert f"| full | every training crown labelled (the ceiling) | {steps} | 60.0 ± 0.0 |" in table
     assert rt.readme_rows(res) == []  # nothing beside the two baselines: not yet
-    res["records"] += [_tree_rec("co_mining", "dev", 0, steps, 0.4), _tree_rec("co_mining", "test", 0, steps, 0.4), _tree_rec("brl", "test", 0, 300, 0.5),
-                       {**_tree_rec("co_mining", "train", 0, steps, 0), "what": "mine",
+    default = next(c.label for c in rt.COLUMNS if c.default)
+    res["records"] += [_tree_rec(default, "dev", 0, steps, 0.4), _tree_rec(default, "test", 0, steps, 0.4),
+                       _tree_rec("brl", "test", 0, 300, 0.5),
+                       {**_tree_rec(default, "train", 0, steps, 0), "what": "mine",
                         "mine_at_proposed": {"recall": 0.25, "precision": 0.5}}]
     assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
     assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
-    assert "full labels 60.0 ± 0.0, original 20.0 ± 0.0, co-mining (the default) 40.0 (1 seed; 50 % of the gap)" in rows[0][1]
+    assert ("full labels 60.0 ± 0.0, original 20.0 ± 0.0, co-mining with the val check (the default) 40.0 (1 seed; 50 % "
+            "of the gap)") in rows[0][1]
     assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
 
 

@@ -65,14 +65,28 @@ def test_co_mining_proposes_brls_loss_on_retinanet_and_yields_to_the_command_lin
         return cfg.model.extra.get("cls_loss", "focal")
 
     assert loss("co_mining") == "brl"
-    assert "co_mining on retinanet trains best with model.extra.cls_loss=brl" in capsys.readouterr().err
+    assert ("co_mining on retinanet trains best with method.min_val_precision=0.7, model.extra.cls_loss=brl"
+            in capsys.readouterr().err)
     assert loss("co_mining", "model.extra.cls_loss=focal") == "focal"
+    assert "trains best with method.min_val_precision=0.7 (" in capsys.readouterr().err  # the user's loss; the check stays
     assert loss("co_mining", "method.paper=true") == "focal"  # the paper's loss with the paper's rule
     assert loss("supervised") == "focal"
     assert "trains best with" not in capsys.readouterr().err
     cfg = own_data_config("co_mining", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
                           overrides=["model.name=fcos"], quiet=True)
     assert "cls_loss" not in cfg.model.extra  # BRL is a RetinaNet loss
+    assert cfg.method.get("min_val_precision") == 0.7  # the val check on any detector: own data always has a val set
+
+
+def test_co_mining_on_own_data_checks_its_mining_on_the_val_set_unless_told_otherwise(tiny_digits):
+    def check(*overrides):
+        return own_data_config("co_mining", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                               overrides=list(overrides), quiet=True).method.get("min_val_precision")
+
+    assert check() == 0.7
+    assert check("method.min_val_precision=0.5") == 0.5
+    assert check("method.min_val_precision=null") is None  # mine whatever the val set says
+    assert check("method.paper=true") is None  # the release's rule
 
 
 def test_data_that_cannot_support_the_run_is_one_line(tiny_digits, tmp_path, capsys):

@@ -83,10 +83,10 @@ class Method(nn.Module):
     """
 
     name = "method"
-    #: model options this method trains best with on each detector (``model.name`` -> ``{key: value}``):
-    #: ``minedet train METHOD --train ...`` on the user's own data proposes them (printed) unless the command line
-    #: sets the key or ``method.paper=true``; presets name their own
-    own_data_model: dict[str, dict[str, str]] = {}
+    #: options this method trains best with on the user's own data, per detector (``model.name`` -> ``{key: value}``;
+    #: ``"*"``: on any detector, a detector's own entry winning): ``minedet train METHOD --train ...`` proposes them
+    #: (printed) unless the command line sets the key or ``method.paper=true``; presets name their own
+    own_data: dict[str, dict[str, str]] = {}
 
     def __init__(self, detector: DetectorAdapter) -> None:
         super().__init__()
