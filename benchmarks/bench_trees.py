@@ -315,30 +315,36 @@ def make_config(info: dict, col: TreeColumn, protocol: str, seed: int, steps: in
                            val_images=str(root / "tiles" / "dev"), hidden=hidden)
 
 
-def score_split(model_path: Path, info: dict, split: str, cfg) -> dict:
-    """AP, AP50, AP75 of a saved model on the dev or test tiles (pycocotools)."""
-    from minedet.engine.checkpoint import load_model
+def score_split(det, info: dict, split: str, cfg) -> dict:
+    """AP, AP50, AP75 of a run's model on the dev or test tiles (pycocotools)."""
     from minedet.engine.inference import evaluate_detector
     from minedet.run import make_dataset
 
-    det, _ = load_model(model_path)
     tiles = Path(info["root"]) / "tiles" / split
     rep = evaluate_detector(det, make_dataset(str(tiles / "tiles.json"), str(tiles), cfg, train=False)).as_dict()
     return {k: rep[k] for k in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
 
 
-def mining_curve(model_path: Path, cfg) -> dict:
-    """``minedet mine``'s filter over the sparse training tiles, scored against the erased crowns at each
-    threshold, and at the score the library proposes from the model itself (where it offers one)."""
+def dev_detections(det, cfg) -> tuple[list[dict], list[dict]]:
+    """The model's detections on the dev tiles and their labels, every detection to be judged (what ``minedet mine
+    --calibrate dev.json`` reads): shared by the dev precision-recall and the dev-calibrated mining score."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
-    from minedet.engine.checkpoint import load_model
 
-    det, _ = load_model(model_path)
+    return mining.calibration_detections(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)
+
+
+def mining_curve(det, cfg, dev: tuple[list[dict], list[dict]]) -> dict:
+    """``minedet mine``'s filter over the sparse training tiles, scored against the erased crowns at each
+    threshold, and at the score the library proposes from the model itself (where it offers one); ``dev``: its
+    :func:`dev_detections`."""
+    import minedet.mining as mining
+    from minedet.data.coco import load_coco
+
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
     proposals = {  # no hidden truth: the model and its labels; the model and the dev tiles (`mine --calibrate`)
         "": mining.propose_score_for(det, data, cfg.data.train_images),
-        "_dev": mining.propose_score_for(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)}
+        "_dev": mining.propose_score(*dev, complete=True)}
     floor = min([*THRESHOLDS, *(p.score for p in proposals.values() if p.score is not None)])
     res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor)
     out = {"mine_pr": mining.pr_against_hidden(res, hidden, data, THRESHOLDS)}
@@ -351,16 +357,26 @@ def mining_curve(model_path: Path, cfg) -> dict:
     return out
 
 
-def dev_pr(model_path: Path, cfg) -> dict:
-    """The model's precision and recall on the dev tiles, every detection judged (``mining.precision_recall``): what
-    mining with it can show at best, since its detections on unseen complete tiles are right no more often."""
+def dev_pr(dev: tuple[list[dict], list[dict]]) -> dict:
+    """The model's precision and recall on the dev tiles (its :func:`dev_detections`), every detection judged
+    (``mining.precision_recall``): what mining with it can show at best, since its detections on unseen complete tiles
+    are right no more often."""
     import minedet.mining as mining
-    from minedet.data.coco import load_coco
+
+    return {"dev_pr": mining.precision_recall(*dev, THRESHOLDS)}
+
+
+def measure_model(model_path: Path, col: TreeColumn, cfg, base: dict) -> list[dict]:
+    """The records every finished run gets from its saved model: the dev precision-recall, and for a sparse column
+    the mining curve (the model loaded once, its dev detections computed once)."""
     from minedet.engine.checkpoint import load_model
 
     det, _ = load_model(model_path)
-    dets, targets = mining.calibration_detections(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)
-    return {"dev_pr": mining.precision_recall(dets, targets, THRESHOLDS)}
+    dev = dev_detections(det, cfg)
+    recs = [{**base, "split": "dev", "what": "pr", **dev_pr(dev)}]
+    if col.labels != "full":
+        recs.append({**base, "split": "train", "what": "mine", **mining_curve(det, cfg, dev)})
+    return recs
 
 
 def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:
@@ -384,11 +400,11 @@ def run_one(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, o
     recs = [rec]
     model = out_dir / "model.pt"
     if col.final and steps == STEPS:  # test: the page's columns at the protocol's budget only, never a probe
-        recs.append({**base, "split": "test", "steps": rec["steps"], **score_split(model, info, "test", cfg)})
-    recs.append({**base, "split": "dev", "what": "pr", "steps": rec["steps"], **dev_pr(model, cfg)})
-    if col.labels != "full":
-        recs.append({**base, "split": "train", "what": "mine", "steps": rec["steps"], **mining_curve(model, cfg)})
-    return recs
+        from minedet.engine.checkpoint import load_model
+
+        recs.append({**base, "split": "test", "steps": rec["steps"],
+                     **score_split(load_model(model)[0], info, "test", cfg)})
+    return recs + measure_model(model, col, cfg, {**base, "steps": rec["steps"]})
 
 
 def remine(info: dict, args, work: Path) -> int:
@@ -405,10 +421,7 @@ def remine(info: dict, args, work: Path) -> int:
             base = {"column": label, "protocol": args.protocol, "seed": seed, "method": label, "default": col.default,
                     "threads": cfg.train.threads, "steps": args.steps, "remined_from_checkpoint": True,
                     "origin": origin}
-            recs = [{**base, "split": "dev", "what": "pr", **dev_pr(out_dir / "model.pt", cfg)}]
-            if col.labels != "full":
-                recs.append({**base, "split": "train", "what": "mine", **mining_curve(out_dir / "model.pt", cfg)})
-            common.append_records(NAME, recs)
+            common.append_records(NAME, measure_model(out_dir / "model.pt", col, cfg, base))
             print(f"[trees] remined {args.protocol} {label} s{seed}", file=sys.stderr)
     return 0
 

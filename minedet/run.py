@@ -207,7 +207,7 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     auto = [f"{k}={v}" for k, v in proposed.items() if k not in given]
     preset = preset_path("own_data")
     d = apply_overrides(load_yaml(preset), [f"method.name={method}", *auto, *overrides])
-    for_method = _method_model_proposals(d, given)
+    for_method = _method_proposals(d, given)
     steps, steps_why = _step_proposals(d, len(data.images), given)
     cfg = build_config(apply_overrides(d, for_method + steps), file=str(preset))
     if "train.out_dir" not in given:  # one folder per method, so a second method does not overwrite the first
@@ -249,7 +249,7 @@ def _step_proposals(d: dict, n_images: int, given: set[str]) -> tuple[list[str],
     return out, why
 
 
-def _method_model_proposals(d: dict, given: set[str]) -> list[str]:
+def _method_proposals(d: dict, given: set[str]) -> list[str]:
     """The method's ``own_data`` options for the run's detector (``d``: the config as a dict, overrides
     applied), as ``KEY=VALUE``, less those the command line sets (or a whole ``model.extra`` it sets) and none at
     all under ``method.paper=true``."""
