@@ -251,6 +251,7 @@ def mine_dataset(
     seed: int = 0,
     source: Mapping | None = None,
     folds: Mapping[int, int] | None = None,
+    detections: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> MineResult:
     """Run ``detector`` over every image of ``data`` and mine the boxes its labels miss.
 
@@ -274,6 +275,9 @@ def mine_dataset(
         folds: held-out mining (:mod:`minedet.data.folds`): image id -> fold, with ``detector`` a
             sequence of detectors, one per fold; each image is mined by its fold's detector (the one
             trained without that fold). None: one detector mines every image.
+        detections: image id -> the detections the same detector (its fold's) made on that image, decoded as this call
+            decodes them but down to a score at most its floor (:func:`calibration_detections` gives them, each with
+            its ``image_id``): those images are not predicted again; the others are.
 
     Returns:
         :class:`MineResult` (``completed`` dict, ``mined`` per image, candidates and gates).
@@ -292,7 +296,7 @@ def mine_dataset(
     if not root.is_dir():
         raise MinedetError("image folder not found", file=str(root))
     candidates, gates = _collect(detectors, folds, data, root, settings, batch_size=batch_size, device=device,
-                                 progress=progress)
+                                 progress=progress, known=detections or {})
     n_original = {int(im["id"]): 0 for im in data.images}
     src = data.raw if source is None else source
     for a in src.get("annotations", []):
@@ -374,9 +378,11 @@ def mine_rule(data: CocoData, settings: MineSettings) -> PseudoRule:
 
 
 def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, root: Path, settings: MineSettings, *,
-             batch_size: int, device: str | torch.device, progress: bool) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
-    """Run each fold's detector over its images in batches (one detector: every image); (candidates,
-    gates) per image id, down to ``settings.floor`` (see :class:`MineResult`). Train/eval modes are restored."""
+             batch_size: int, device: str | torch.device, progress: bool,
+             known: Mapping[int, Mapping[str, Any]]) -> tuple[dict[int, Target], dict[int, torch.Tensor]]:
+    """Run each fold's detector over its images in batches (one detector: every image; an image with ``known``
+    detections is not predicted again); (candidates, gates) per image id, down to ``settings.floor`` (see
+    :class:`MineResult`). Train/eval modes are restored."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -389,7 +395,7 @@ def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, r
         for f, detector in enumerate(detectors):
             images = [r for r in data.images if folds is None or folds[int(r["id"])] == f]
             _collect_one(detector, images, data, root, settings, rule, candidates, gates, batch_size=batch_size,
-                         device=device, bar=bar)
+                         device=device, bar=bar, known=known)
     finally:
         if bar is not None:
             bar.close()
@@ -398,9 +404,10 @@ def _collect(detectors: list, folds: Mapping[int, int] | None, data: CocoData, r
 
 def _collect_one(detector, images: list[dict], data: CocoData, root: Path, settings: MineSettings, rule: PseudoRule,
                  candidates: dict[int, Target], gates: dict[int, torch.Tensor], *, batch_size: int,
-                 device: str | torch.device, bar) -> None:
-    """One detector over ``images``: its detections through ``rule`` (:func:`mine_rule`) and the agreement, if any;
-    fills ``candidates`` (best first) and ``gates`` (see :func:`_collect`)."""
+                 device: str | torch.device, bar, known: Mapping[int, Mapping[str, Any]]) -> None:
+    """One detector over ``images`` (those with ``known`` detections read, not predicted): its detections through
+    ``rule`` (:func:`mine_rule`) and the agreement, if any; fills ``candidates`` (best first) and ``gates`` (see
+    :func:`_collect`)."""
     decode_kw = dict(score_thresh=settings.floor, nms_thresh=settings.nms, detections_per_img=settings.max_dets)
     dev = torch.device(device)
     was = detector.training
@@ -409,10 +416,13 @@ def _collect_one(detector, images: list[dict], data: CocoData, root: Path, setti
         for start in range(0, len(images), batch_size):
             recs = images[start : start + batch_size]
             ids = [int(r["id"]) for r in recs]
-            imgs = [_load(data, root, r) for r in recs]
+            needed = settings.agree != "none" or any(iid not in known for iid in ids)
+            imgs = [_load(data, root, r) for r in recs] if needed else []
             with torch.no_grad():
-                dets = detector.predict([im.to(dev) for im in imgs], **decode_kw)
+                fresh = iter(detector.predict([im.to(dev) for im, iid in zip(imgs, ids) if iid not in known], **decode_kw)
+                             if any(iid not in known for iid in ids) else [])
                 others = _agreement_views(detector, imgs, recs, settings, dev, decode_kw)
+            dets = [_as_detections(known[iid]) if iid in known else next(fresh) for iid in ids]
             on_cpu = [Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(),
                              image_id=iid) for d, iid in zip(dets, ids)]
             found = rule(on_cpu, ids).confident
@@ -425,6 +435,13 @@ def _collect_one(detector, images: list[dict], data: CocoData, root: Path, setti
                 bar.update(len(recs))
     finally:
         detector.train(was)
+
+
+def _as_detections(d: Mapping[str, Any]) -> Target:
+    """A detections dict (``boxes``, ``labels``, ``scores``) as a :class:`Target`."""
+    return Target(torch.as_tensor(d["boxes"], dtype=torch.float32).reshape(-1, 4),
+                  torch.as_tensor(d["labels"], dtype=torch.long).reshape(-1),
+                  torch.as_tensor(d["scores"], dtype=torch.float32).reshape(-1))
 
 
 def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], settings: MineSettings, dev: torch.device,
@@ -764,8 +781,9 @@ def calibration_detections(detector, data: CocoData, image_root: str | os.PathLi
     """The detections and labels :func:`propose_score` and :func:`precision_recall` read: ``detector``'s detections
     (with ``folds``: one detector per fold, each on the images it did not train on) on the images of ``data`` that
     hold labelled boxes (with ``complete``, a set labelled in full such as a val set: every image), decoded down to
-    ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes); and
-    per image its labelled boxes (crowd boxes left out, given apart as ``"crowd"``)."""
+    ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes), each
+    with its ``image_id`` (so :func:`mine_dataset` can take them instead of predicting again); and per image its
+    labelled boxes (crowd boxes left out, given apart as ``"crowd"``)."""
     detectors = _fold_detectors(detector, folds, data)
     for d in detectors:
         _check_detector(d, list(data.class_names), data)
@@ -785,7 +803,8 @@ def calibration_detections(detector, data: CocoData, image_root: str | os.PathLi
                     out = det.predict([_load(data, root, r).to(dev) for r in batch], score_thresh=floor,
                                       nms_thresh=nms, detections_per_img=max_dets)
                 for r, o in zip(batch, out):
-                    dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu()})
+                    dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu(),
+                                 "image_id": int(r["id"])})
                     gt = coco_target(data, int(r["id"]))  # crowd regions left out (given apart)
                     targets.append({"boxes": gt.boxes, "labels": gt.labels, "crowd": _crowd_boxes(data, int(r["id"]))})
         finally:

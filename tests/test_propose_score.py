@@ -169,3 +169,34 @@ def test_precision_recall_on_a_complete_set_judges_every_detection_and_counts_ev
     assert [r["recall"] for r in rows] == [0.5, 0.5, 0.5, 0.0]
     with pytest.raises(MinedetError, match="one target per image"):
         precision_recall(dets, targets[:2], [0.5])
+
+
+def test_mine_without_score_predicts_each_image_once_and_mines_as_with_the_score_given(model_file, sparse, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from minedet.models.detector import DetectorAdapter
+
+    data, _, source, root, sp, hp = sparse
+    # one image loses its labels: the proposal never sees it, so mining must predict it
+    bare = dict(source, annotations=[a for a in source["annotations"] if a["image_id"] != source["images"][0]["id"]])
+    (tmp_path / "in.json").write_text(json.dumps(bare))
+    seen = []
+    predict = DetectorAdapter.predict
+
+    def counting(self, images, **kw):
+        seen.extend(tuple(im.shape) for im in images)
+        return predict(self, images, **kw)
+
+    monkeypatch.setattr(DetectorAdapter, "predict", counting)
+    common = ["--images", str(root), "--device", "cpu", "--quiet", "--hidden", str(hp)]
+    assert main(["mine", str(model_file), str(tmp_path / "in.json"), "--out", str(tmp_path / "a.json"),
+                 "--target-precision", "0.02", *common]) == 0
+    proposed = capsys.readouterr().err.split("--score ")[1].split()[0]
+    assert len(seen) == len(source["images"])  # the proposal's detections are mined, not made again
+    seen.clear()
+    assert main(["mine", str(model_file), str(tmp_path / "in.json"), "--out", str(tmp_path / "b.json"),
+                 "--score", proposed, *common]) == 0
+    assert len(seen) == len(source["images"])
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert a["annotations"] == b["annotations"] and len(a["annotations"]) > len(bare["annotations"])
+    mined_on_bare = [x for x in a["annotations"] if x["image_id"] == source["images"][0]["id"]]
+    assert mined_on_bare == [x for x in b["annotations"] if x["image_id"] == source["images"][0]["id"]]

@@ -133,14 +133,14 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 
     data_path, out, gallery = _check_paths(args)
     source, data, hidden, det, device, folds = _load_inputs(args, data_path)
-    args.score = _score(args, det, data, device, folds)
+    args.score, known = _score(args, det, data, device, folds)
     thresholds = sorted({*DEFAULT_THRESHOLDS, round(float(args.score), 6)}) if hidden is not None else None
     res = mine_dataset(
         det, data, args.images, score=args.score, nms=args.nms, iou_gt=args.iou_gt, max_dets=args.max_dets,
         agree=args.agree, agree_iou=args.agree_iou, gt_match=args.gt_match, part=args.part, batch_size=args.batch_size,
         device=device,
         progress=not args.quiet, collect_down_to=min(thresholds) if thresholds else HINT_FLOOR, seed=args.seed,
-        source=source, folds=folds,
+        source=source, folds=folds, detections=known if args.score >= HINT_FLOOR else None,  # each image predicted once
     )
     pr_rows = None
     if hidden is not None:  # check before anything is written
@@ -168,13 +168,16 @@ def _cmd_mine(args: argparse.Namespace) -> int:
 HINT_FLOOR = 0.05  # candidates are collected down to this score, so that mining nothing can say what would mine
 
 
-def _score(args: argparse.Namespace, det, data, device, folds) -> float:
-    """``--score``, or the score :func:`~minedet.mining.propose_score_for` proposes from the model on the labelled
-    boxes (each image by its fold's model with ``--folds``), printed with its reason; 0.6 when none can be proposed."""
-    from minedet.mining import DEFAULT_SCORE, calibration_detections, propose_score, propose_score_for
+def _score(args: argparse.Namespace, det, data, device, folds) -> tuple[float, dict[int, dict]]:
+    """``--score``, or the score :func:`~minedet.mining.propose_score` proposes from the model on the labelled boxes
+    (each image by its fold's model with ``--folds``), printed with its reason; 0.6 when none can be proposed. With it,
+    the detections the proposal made on the mined images (decoded down to :data:`HINT_FLOOR`, below any score mining
+    decodes at when the score is above it) by image id, for mining to reuse."""
+    from minedet.mining import DEFAULT_SCORE, calibration_detections, propose_score
 
+    known: dict[int, dict] = {}
     if args.score is not None:
-        return args.score
+        return args.score, known
     if args.calibrate:
         from minedet.data.coco import load_coco
 
@@ -186,14 +189,16 @@ def _score(args: argparse.Namespace, det, data, device, folds) -> float:
         p = propose_score(dets, targets, target_precision=args.target_precision, complete=True)
         source = f"the {'fold models' if folds is not None else 'model'} on {args.calibrate}"
     else:
-        p = propose_score_for(det, data, args.images, target_precision=args.target_precision, folds=folds, nms=args.nms,
-                              max_dets=args.max_dets, batch_size=args.batch_size, device=device)
+        dets, targets = calibration_detections(det, data, args.images, folds=folds, nms=args.nms, max_dets=args.max_dets,
+                                               floor=HINT_FLOOR, batch_size=args.batch_size, device=device)
+        p = propose_score(dets, targets, target_precision=args.target_precision)
+        known = {d["image_id"]: d for d in dets}
         source = "the model"
     if p.score is None:
         print(f"minedet: no score proposed ({p.reason}); mining at --score {DEFAULT_SCORE:g}", file=sys.stderr)
-        return DEFAULT_SCORE
+        return DEFAULT_SCORE, known
     print(f"minedet: --score {p.score:g} proposed from {source}: {p.reason}", file=sys.stderr)
-    return p.score
+    return p.score, known
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
