@@ -335,7 +335,9 @@ def train_record(cfg, *, label: dict, out_dir: Path, resume: Path | None = None,
     checks = [m for m in train if m.get("pseudo/val_precision") is not None]
     if checks:  # co-mining's val check (method.min_val_precision): each check's step, precision and verdict
         rec["val_checks"] = [{"step": m["step"], "precision": round(m["pseudo/val_precision"], 4),
-                              "paused": bool(m.get("pseudo/paused"))} for m in checks]
+                              "paused": bool(m.get("pseudo/paused")),
+                              **({"seconds": round(m["time/val_check"], 2)} if "time/val_check" in m else {})}
+                             for m in checks]
     for key in ("quality/o_total_precision", "quality/o_total_recall", "quality/a_total_precision", "quality/a_total_recall"):
         vals = [m[key] for m in train if m.get(key) is not None]
         if vals:  # co-mining's running totals over the run: the last logged value

@@ -732,7 +732,8 @@ def test_the_export_row_quotes_the_latency_of_the_model_whose_parity_it_quotes(m
 
 
 def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
-    """A run that logged val checks (method.min_val_precision) carries each check's step, precision and verdict."""
+    """A run that logged val checks (method.min_val_precision) carries each check's step, precision, verdict and
+    seconds (runs from before the check was timed have none)."""
     import types
 
     import minedet.run
@@ -740,7 +741,7 @@ def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCH))
     import common
 
-    logged = [{"kind": "train", "step": 50, "pseudo/val_precision": 0.4, "pseudo/paused": 1.0},
+    logged = [{"kind": "train", "step": 50, "pseudo/val_precision": 0.4, "pseudo/paused": 1.0, "time/val_check": 1.234},
               {"kind": "train", "step": 60}, {"kind": "train", "step": 100, "pseudo/val_precision": 0.8, "pseudo/paused": 0.0}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in logged))
     monkeypatch.setattr(minedet.run, "run_training",
@@ -748,7 +749,7 @@ def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
     monkeypatch.setattr(common, "test_scores", lambda cfg, out_dir: {})
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(progress=True, threads=1))
     rec = common.train_record(cfg, label={"column": "x"}, out_dir=tmp_path)
-    assert rec["val_checks"] == [{"step": 50, "precision": 0.4, "paused": True},
+    assert rec["val_checks"] == [{"step": 50, "precision": 0.4, "paused": True, "seconds": 1.23},
                                  {"step": 100, "precision": 0.8, "paused": False}]
     (tmp_path / "metrics.jsonl").write_text(json.dumps(logged[1]))
     assert "val_checks" not in common.train_record(cfg, label={}, out_dir=tmp_path)

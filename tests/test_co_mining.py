@@ -666,7 +666,7 @@ def test_val_check_pauses_the_mining_while_confident_val_detections_are_mostly_w
     assert "pseudo/val_precision" not in m.log_metrics()  # between checks nothing is measured
     m.after_step(DRIFT_WINDOW)
     logged = m.log_metrics()
-    assert logged["pseudo/val_precision"] == 0.5 and logged["pseudo/paused"] == 1.0
+    assert logged["pseudo/val_precision"] == 0.5 and logged["pseudo/paused"] == 1.0 and logged["time/val_check"] >= 0
     assert "paused its mining at step 50: only 50 %" in capsys.readouterr().err
     m(_batch(n=2))
     assert all(len(t) == 0 for t in m.last_step.labels("o").confident), "paused: nothing mined"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -210,8 +211,8 @@ class ValCheck(Hook):
     images spread evenly over the val set (all of a smaller one; files often list one scene after another); of its detections scoring above tau, the share that match a val box of their class
     (IoU >= :data:`CHECK_IOU`, greedy by score) is the precision a mined box would have if the training images were
     like the val images. Below ``min_val_precision`` the mining pauses (the branches train on the labels alone); a
-    later check at or above it resumes it. With no detection above tau the state stays. Logs ``pseudo/val_precision``
-    and ``pseudo/paused``; the first pause is one warning line, a resume one note. Every process checks the same
+    later check at or above it resumes it. With no detection above tau the state stays. Logs ``pseudo/val_precision``,
+    ``pseudo/paused`` and the check's seconds, ``time/val_check``; the first pause is one warning line, a resume one note. Every process checks the same
     images with the same weights, so the ranks agree."""
 
     def __init__(self, method: "CoMining", min_precision: float) -> None:
@@ -223,7 +224,9 @@ class ValCheck(Hook):
         m = self.method[0]
         if self.val is None or step % DRIFT_WINDOW or step < m.source.mine_after:
             return
+        start = time.perf_counter()
         precision = self.precision(m)
+        metrics["time/val_check"] = time.perf_counter() - start  # its share of the wall time, on any hardware
         if precision is None:
             return
         metrics["pseudo/val_precision"] = precision
