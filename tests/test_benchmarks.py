@@ -731,6 +731,20 @@ def test_the_export_row_quotes_the_latency_of_the_model_whose_parity_it_quotes(m
     assert "2.50×" in text and "3.90×" not in text
 
 
+def test_a_readme_part_quotes_test_only_once_every_cell_has_three_test_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    def recs(seeds, test):
+        return [{"seed": s, "threads": 1, "ap": 0.5 + s / 100, **({"test_ap": 0.4} if test else {})} for s in seeds]
+
+    three = [("a", recs([0, 1, 2], True)), ("b", recs([0, 1, 2], True)), ("none", [])]
+    assert report._val_or_test(three) == "test AP: a 40.0 ± 0.0 (3 seeds), b 40.0 ± 0.0 (3 seeds)"
+    # one cell with test on one seed only (the others on val alone): the part stays on val, and says so
+    short = [("a", recs([0, 1, 2], True)), ("b", recs([0], True) + recs([1, 2], False))]
+    assert report._val_or_test(short) == "val AP: a 51.0 ± 1.0 (3 seeds), b 51.0 ± 1.0 (3 seeds)"
+
+
 def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
     """A run that logged val checks (method.min_val_precision) carries each check's step, precision, verdict and
     seconds (runs from before the check was timed have none)."""
