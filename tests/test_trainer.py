@@ -60,6 +60,23 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path)
         assert torch.equal(a[k], b[k]), k
 
 
+def test_a_resumed_or_restarted_run_logs_every_step_once(tiny_digits, tmp_path):
+    """Steps an interrupted attempt logged after its last checkpoint are trained again on resume: metrics.jsonl keeps
+    the new rows, not both; a run started again from step 0 in the same folder starts a new log."""
+    out = tmp_path / "run"
+    run_training(tiny_config(tiny_digits, out, train__max_steps=4), quiet=True)
+    log = out / "metrics.jsonl"
+    with open(log, "a") as f:  # what an attempt killed after step 6 had logged past its checkpoint at step 4
+        f.writelines(json.dumps({"step": k, "kind": "train", "lost": 1}) + "\n" for k in (5, 6))
+    run_training(tiny_config(tiny_digits, out, train__max_steps=8), quiet=True, resume=str(out / "checkpoints" / "last.pt"))
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 9))
+    assert not any("lost" in r for r in rows)
+    run_training(tiny_config(tiny_digits, out, train__max_steps=2), quiet=True)  # a new run in the same folder
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
+
+
 def test_resume_rejects_checkpoint_of_another_model(tiny_digits, tmp_path):
     run_training(tiny_config(tiny_digits, tmp_path / "a", train__max_steps=1), quiet=True)
     other = tiny_config(tiny_digits, tmp_path / "b", model__fpn_channels=16)

@@ -48,24 +48,42 @@ def _duration(seconds: float) -> str:
 
 # ------------------------------------------------------------------------------------------- logging
 class MetricLog:
-    """JSONL + TensorBoard on the main process; nothing elsewhere."""
+    """JSONL + TensorBoard on the main process; nothing elsewhere. :meth:`start` opens it at the step training starts
+    from: what an earlier attempt logged after that step (an interrupted run resumed from its last checkpoint, or
+    started again from step 0) is dropped, so every step is logged once."""
 
     def __init__(self, out_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
+        self.out_dir = out_dir
         self.path = out_dir / "metrics.jsonl"
         self.tb = None
-        if enabled:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.started = False
 
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-            except ImportError:  # tensorboard is a dependency; keep training if it is broken
-                self.tb = None
+    def start(self, step: int | None) -> None:
+        """Open the log for a run starting after ``step`` (0: a new run): earlier rows past it are dropped, and
+        TensorBoard purges its events past it (None: append to whatever is there)."""
+        if not self.enabled or self.started:
+            return
+        self.started = True
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            tmp.replace(self.path)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=step + 1 if step else None)
+        except ImportError:  # tensorboard is a dependency; keep training if it is broken
+            self.tb = None
 
     def write(self, step: int, values: dict[str, float], kind: str = "train") -> None:
         if not self.enabled:
             return
+        if not self.started:  # written outside fit (nothing trains): add to the log as it is
+            self.start(None)
         rec = {"step": step, "kind": kind, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
@@ -227,6 +245,7 @@ class Trainer:
             ``{"steps", "wall_s", "nonfinite_steps"}`` plus ``"eval"`` (the final metrics) when evaluating.
         """
         cfg = self.cfg
+        self.log.start(self.step)
         it = self.batches(self.step)
         self._restore_rng()  # after the loader is made: its creation draws from the global RNG
         bar = None
