@@ -83,6 +83,40 @@ def gap_recovered(test: dict, label: str, steps: str) -> str:
     return "–" if full <= orig else f"{100 * (col - orig) / (full - orig):.0f} %"
 
 
+#: the issue's comparisons of the default, each against a column at the protocol's budget: (column, the target)
+TARGETS = (("brl", "the default never below BRL's loss alone by more than one std"),
+           ("original_2x", "the default above the equal-compute original by more than one std"))
+
+
+def paired(res: dict, protocol: str) -> list[str]:
+    """One line per target comparison and split: the default minus the other column in AP50, seed by seed over the
+    seeds both ran (their mean and the std of the differences), and whether the target holds; a column not run yet is
+    named as such, and one common seed gives no std (no verdict)."""
+    default = next(c.label for c in COLUMNS if c.default)
+    steps = str(STEPS)
+    out = []
+    for other, target in TARGETS:
+        for split in ("dev", "test"):
+            got = cells(res, protocol, split)
+            a = {r["seed"]: 100 * r["ap50"] for r in got.get((default, steps), []) if r.get("ap50") is not None}
+            b = {r["seed"]: 100 * r["ap50"] for r in got.get((other, steps), []) if r.get("ap50") is not None}
+            seeds = sorted(a.keys() & b.keys())
+            head = f"- {split}, {target}: {default} - {other}"
+            if not seeds:
+                out.append(f"{head}: not measured ({other} not run at {steps} steps yet)" if not b else
+                           f"{head}: not measured (no seed both ran)")
+                continue
+            diffs = [a[k] - b[k] for k in seeds]
+            if len(diffs) == 1:
+                out.append(f"{head} = {diffs[0]:+.1f} AP50 on seed {seeds[0]} only: no std, no verdict")
+                continue
+            mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+            held = mean >= -std if other == "brl" else mean > std
+            out.append(f"{head} = {mean:+.1f} ± {std:.1f} AP50 over seeds {seeds} (paired): "
+                       f"{'holds' if held else 'missed'}")
+    return out
+
+
 def ap_table(res: dict, protocol: str) -> list[str]:
     dev, test = cells(res, protocol, "dev"), cells(res, protocol, "test")
     out = ["| column | what it is | steps | dev AP50 | dev AP | test AP50 | test AP | gap recovered (test AP50) | seeds |",
@@ -179,7 +213,9 @@ def section(res: dict) -> list[str]:
     for protocol in PROTOCOLS:
         if not cells(res, protocol, "dev"):
             continue
-        out += [f"### Protocol `{protocol}`", "", *ap_table(res, protocol), "", *mining_table(res, protocol), "",
+        out += [f"### Protocol `{protocol}`", "", *ap_table(res, protocol), "",
+                "The default against the columns its targets name (AP50 points, the default's minus the other's, paired "
+                "by seed):", "", *paired(res, protocol), "", *mining_table(res, protocol), "",
                 *pr_table(res, protocol), ""]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "

@@ -619,6 +619,26 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
 
 
+def test_tree_report_compares_the_default_with_its_targets_columns_seed_by_seed(monkeypatch):
+    """The default minus BRL's loss (and the equal-compute original) per split, paired over the seeds both ran: a mean
+    and the std of the differences with the target's verdict; one common seed gives no verdict; a column not run says
+    so."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    steps, default = rt.STEPS, next(c.label for c in rt.COLUMNS if c.default)
+    recs = [_tree_rec(default, "dev", s, steps, v) for s, v in ((0, 0.40), (1, 0.42), (2, 0.41))]
+    recs += [_tree_rec("brl", "dev", s, steps, v) for s, v in ((0, 0.44), (1, 0.43), (2, 0.50))]  # 4, 1 and 9 above
+    recs += [_tree_rec(default, "test", 0, steps, 0.3), _tree_rec("brl", "test", 0, steps, 0.2)]
+    lines = rt.paired({"records": recs}, "random")
+    assert (f"- dev, the default never below BRL's loss alone by more than one std: {default} - brl = -4.7 ± 4.0 AP50 "
+            "over seeds [0, 1, 2] (paired): missed") in lines
+    assert any(line.startswith("- test, the default never below") and "+10.0 AP50 on seed 0 only: no std" in line
+               for line in lines)
+    assert any("equal-compute original" in line and "not measured (original_2x not run at" in line
+               for line in lines)
+
+
 def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypatch):
     """A dev precision-recall record (``what: pr``) fills its own table, full labels included under either protocol,
     with the best precision and its recall; it never enters the AP cells."""
