@@ -74,9 +74,9 @@ SUPERVISED_SPARSE = MixedColumn("supervised_sparse", "supervised on complete + s
 #: the mixed method as first measured: the sparse images in burn-in (``sparse_burn_in=false`` is the default since)
 MIXED = MixedColumn("mixed", "the mixed method: complete, sparse and unlabelled streams (8 / 4 / 4 images per step), "
                     "burn-in on complete + sparse images (sparse_burn_in=true, as first measured)", "mixed",
-                    settings={"sparse_burn_in": True}, streams=4, short="mixed")
+                    settings={"sparse_burn_in": True}, streams=4)
 MIXED_LATE_SPARSE = replace(MIXED, label="mixed_late_sparse", settings={"sparse_burn_in": False},
-                            short="mixed, burn-in on complete images only",
+                            short="mixed (its default: burn-in on the complete images only)",
                             meaning="the mixed method with burn-in on the complete images only (sparse_burn_in=false, the "
                                     "default): the sparse images' missing boxes are never taught as background before the "
                                     "teacher labels them")
@@ -89,23 +89,23 @@ COLUMNS: tuple[MixedColumn, ...] = (
                 "co_mining", settings={"paper": True}, short="co-mining (paper)"),
     MixedColumn("mean_teacher", "Mean Teacher with the complete images as labelled and the sparse + unlabelled images as "
                 "unlabelled (their boxes unused), the papers' rule (method.paper=true)", "mean_teacher", data="split",
-                settings={"paper": True}, short="Mean Teacher"),
+                settings={"paper": True}),
     MixedColumn("mean_teacher_ignore", "Mean Teacher on the same data with the uncertain band (ignore_below 0.3), the "
                 "mixed method's default", "mean_teacher", data="split", settings={"ignore_below": 0.3},
-                short="Mean Teacher + ignored band"),
+                short=None),
     MIXED,
     replace(MIXED, label="mixed_adaptive", settings={"adaptive": True, "sparse_burn_in": True},
-            short="mixed + adaptive thresholds",
+            short=None,
             meaning="mixed with per-class thresholds from the teacher's scores on labelled boxes (adaptive)"),
     MIXED_LATE_SPARSE,
     MixedColumn("full", "supervised on every image with its full labels (the ceiling)", "supervised", data="full",
                 short="full labels"),
     replace(SUPERVISED_SPARSE, label="supervised_sparse_brl", model_extra=BRL,
-            short="supervised on complete + sparse, BRL's loss",
+            short=None,
             meaning="supervised_sparse on BRL's loss (model.extra.cls_loss=brl, per-image normaliser): an anchor far from "
                     "every label that the model scores high is not taught as background"),
     replace(MIXED_LATE_SPARSE, label="mixed_late_sparse_brl", model_extra=BRL,
-            short="mixed, burn-in on complete images only, BRL's loss",
+            short=None,
             meaning="mixed_late_sparse on BRL's loss (model.extra.cls_loss=brl, per-image normaliser, the co-mining "
                     "preset's loss on RetinaNet)"),
 )

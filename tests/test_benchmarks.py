@@ -321,7 +321,9 @@ def test_nuclei_and_mixed_columns_are_declared_once_and_the_report_reads_them(mo
     readme = (ROOT / "README.md").read_text()
     assert [c.label for c in bench_real.COLUMNS if c.short] == ["full", "original", "brl", "brl_2x", "joint_brl",
                                                                 "co_mining_brl", "co_mining_brl_blur"]
-    for c in bench_mixed.COLUMNS + tuple(c for c in bench_real.COLUMNS if c.short):
+    assert [c.label for c in bench_mixed.COLUMNS if c.short] == ["supervised_complete", "supervised_sparse", "co_mining",
+                                                                 "mixed_late_sparse", "full"]
+    for c in tuple(c for c in bench_mixed.COLUMNS + bench_real.COLUMNS if c.short):
         assert f"{c.short} " in readme, c.label
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert all(c.heading in page for c in bench_real.COLUMNS)
