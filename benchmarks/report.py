@@ -1099,6 +1099,10 @@ def _trees(results: dict):
 DEFAULTS = [
     ("co-mining preset (`digits_co_mining`): co-mining on BRL's loss, no ignored band",
      "digits val, `hard` and `extreme`", "co_mining_baselines", {"split": "hard", "method": "co_mining_brl_noib"}),
+    ("baseline: `joint` on BRL's loss (the preset's two views, no mining)", "–", "co_mining_baselines",
+     {"split": "hard", "method": "joint_brl"}),
+    ("baseline: BRL's loss on twice the batch (a two-view step's compute)", "–", "co_mining_baselines",
+     {"split": "hard", "method": "brl_2x"}),
     ("baseline: BRL's loss alone", "–", "co_mining_baselines", {"split": "hard", "method": "brl"}),
     ("baseline: original", "–", "co_mining_baselines", {"split": "hard", "method": "original"}),
     ("Mean Teacher's ignored band (`ignore_below=0.3`)", "digits val, 2 / 5 / 10 % labelled", "semi_ignore",
