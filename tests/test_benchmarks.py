@@ -651,10 +651,12 @@ def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypat
     pr = [{"threshold": t, "n": n, "tp": tp, "n_boxes": 10, "precision": tp / n if n else float("nan"), "recall": tp / 10}
           for t, n, tp in ((0.5, 10, 5), (0.6, 8, 5), (0.7, 5, 3), (0.8, 2, 2), (0.9, 0, 0))]
     res = {"records": [_tree_rec("full", "dev", 0, steps, 0.6), _tree_rec("brl", "dev", 0, steps, 0.4, "partial"),
-                       {**_tree_rec("full", "dev", 0, steps, 0), "what": "pr", "dev_pr": pr, "ap": None, "ap50": None}]}
+                       {**_tree_rec("full", "dev", 0, steps, 0), "what": "pr", "dev_pr": pr, "ap": None, "ap50": None,
+                        "dev_pr_iou40": [dict(pr[0], tp=8, precision=0.8, recall=0.8)]}]}
     assert "60.0 (1 seed)" in "\n".join(rt.ap_table(res, "partial"))  # the pr record is not an AP record of full
     table = "\n".join(rt.pr_table(res, "partial"))
-    assert f"| full | {steps} | 0 | 50 % at 0.50 | 50 % at 0.62 | 30 % at 0.60 | 20 % at 1.00 | – | 20 % at 1.00, t 0.8 |" in table
+    assert (f"| full | {steps} | 0 | 50 % at 0.50 | 50 % at 0.62 | 30 % at 0.60 | 20 % at 1.00 | – | 20 % at 1.00, t 0.8 "
+            "| 80 % at 0.80, t 0.5 |") in table  # the last: every detection judged at IoU 0.4 (DeepForest's)
     assert "right less than 0.7 of the time" in table and "{" not in table
     assert "brl" not in table and rt.pr_table({"records": res["records"][:2]}, "random") == []
 
