@@ -416,11 +416,11 @@ def _collect_one(detector, images: list[dict], data: CocoData, root: Path, setti
         for start in range(0, len(images), batch_size):
             recs = images[start : start + batch_size]
             ids = [int(r["id"]) for r in recs]
-            needed = settings.agree != "none" or any(iid not in known for iid in ids)
-            imgs = [_load(data, root, r) for r in recs] if needed else []
+            missing = any(iid not in known for iid in ids)
+            imgs = [_load(data, root, r) for r in recs] if missing or settings.agree != "none" else []
             with torch.no_grad():
                 fresh = iter(detector.predict([im.to(dev) for im, iid in zip(imgs, ids) if iid not in known], **decode_kw)
-                             if any(iid not in known for iid in ids) else [])
+                             if missing else [])
                 others = _agreement_views(detector, imgs, recs, settings, dev, decode_kw)
             dets = [_as_detections(known[iid]) if iid in known else next(fresh) for iid in ids]
             on_cpu = [Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(),

@@ -30,6 +30,7 @@ from minedet.config import TrainConfig
 from minedet.engine.checkpoint import load_training_checkpoint, save_checkpoint
 from minedet.engine.optim import optimizer_name
 from minedet.errors import MinedetError
+from minedet.io import write_text_atomic
 from minedet.engine.dist import DistInfo, all_reduce_flag
 from minedet.methods.base import Method
 
@@ -68,10 +69,8 @@ class MetricLog:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if step is not None and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and step > 0 and json.loads(line).get("step", 0) <= step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-            tmp.replace(self.path)
+                    if line.strip() and json.loads(line).get("step", 0) <= step] if step else []
+            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
