@@ -1156,7 +1156,7 @@ def page(results: dict) -> str:
              "loader", "loader_faster_rcnn", "splits"]
     trees = _trees(results)
     if trees:
-        lines += trees.section(results["real_trees"])
+        lines += trees.section(results["real_trees"], IMG)
     lines += section_defaults(results)
     for name in sorted((n for n in results if n != "real_trees"),  # report_trees renders it, or nothing does
                        key=lambda n: (order.index(n) if n in order else 99, n)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 
 from bench_trees import BY_LABEL, COLUMNS, FIELD_IOU, PROBES, PROTOCOLS, STEPS, THRESHOLDS
 from common import latest as common_latest
@@ -15,6 +16,8 @@ from common import record_key
 
 ANCHOR = "real-images-tree-crowns-neon-chosen-on-dev-reported-on-test"
 MIN_PRECISION = 0.7
+#: the mining target's recall of the erased crowns (at precision :data:`MIN_PRECISION`, test, 3 seeds)
+TARGET_RECALL = 0.3
 
 PROTOCOL_TEXT = [
     "Data: the NEON RGB scenes with human crown boxes that ship in the `deepforest` 2.1.0 wheel (MIT), fetched with "
@@ -220,7 +223,52 @@ def _dev_score(r: dict) -> str:
     return "none"
 
 
-def section(res: dict) -> list[str]:
+def mean_curve(curves: list[list[dict]]) -> tuple[list[float], list[float]]:
+    """(recalls, precisions) over the thresholds every curve measured with a precision (some box above it): the mean
+    over the curves (the seeds) at each threshold."""
+    def ok(x: dict) -> bool:
+        return isinstance(x.get("precision"), float) and math.isfinite(x["precision"])
+    by_t = [{x["threshold"]: x for x in c if ok(x)} for c in curves]
+    ts = sorted(set.intersection(*(set(b) for b in by_t))) if by_t else []
+    return ([statistics.mean(b[t]["recall"] for b in by_t) for t in ts],
+            [statistics.mean(b[t]["precision"] for b in by_t) for t in ts])
+
+
+#: the page's plots, per protocol: (record kind, split, the records' curve, file name part, x label, title)
+PLOTS = (("mine", "train", "mine_pr", "mine_pr", "recall of the erased crowns",
+          "minedet mine on the sparse training tiles"),
+         ("pr", "dev", "dev_pr", "dev_pr", "recall of the dev crowns", "each model on the dev tiles, every detection judged"))
+
+
+def plots(res: dict, protocol: str, img: Path) -> list[str]:
+    """PNGs under ``img`` and their links: mining's precision against its recall of the erased crowns, and each model's
+    precision and recall on the dev tiles, per final column at the protocol's budget (the mean over its seeds at each
+    score threshold, IoU 0.5), with the mining target's corner as one point."""
+    from minedet.viz import plot_curves
+
+    palette = {c.label: f"C{i % 10}" for i, c in enumerate(COLUMNS)}  # a column keeps its colour in every plot
+    target = f"mining target: {TARGET_RECALL:.0%} at precision {MIN_PRECISION:g}"
+    out = []
+    for what, split, key, name, xlabel, title in PLOTS:
+        series, colors = {}, {target: "black"}
+        for (label, steps), recs in cells(res, protocol, split, what).items():
+            if steps == str(STEPS) and BY_LABEL[label].final:
+                xs, ys = mean_curve([r[key] for r in recs])
+                if xs:
+                    legend = f"{label} ({len(recs)} seed{'s' if len(recs) > 1 else ''})"
+                    series[legend], colors[legend] = (xs, ys), palette[label]
+        if not series:
+            continue
+        series[target] = ([TARGET_RECALL], [MIN_PRECISION])
+        path = img / f"trees_{protocol}_{name}.png"
+        plot_curves(series, path, xlabel=xlabel, ylabel="precision", colors=colors,
+                    title=f"{title} ({protocol}, {STEPS} steps, thresholds {THRESHOLDS[0]:g}-{THRESHOLDS[-1]:g})")
+        out += [f"![{title}](img/{path.name})", ""]
+    return out
+
+
+def section(res: dict, img: Path | None = None) -> list[str]:
+    """The page's section; with ``img``, its plots are written there and linked."""
     out = ["## Real images: tree crowns (NEON), chosen on dev, reported on test", "", *PROTOCOL_TEXT, ""]
     for protocol in PROTOCOLS:
         if not cells(res, protocol, "dev"):
@@ -228,7 +276,7 @@ def section(res: dict) -> list[str]:
         out += [f"### Protocol `{protocol}`", "", *ap_table(res, protocol), "",
                 "The default against the columns its targets name (AP50 points, the default's minus the other's, paired "
                 "by seed):", "", *paired(res, protocol), "", *mining_table(res, protocol), "",
-                *pr_table(res, protocol), ""]
+                *pr_table(res, protocol), "", *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "
             "processes running beside each run).", ""]

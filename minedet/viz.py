@@ -211,15 +211,18 @@ def plot_curves(
     xlabel: str,
     ylabel: str,
     title: str,
+    colors: dict[str, str] | None = None,
 ) -> None:
-    """Line plot of named ``(xs, ys)`` series (e.g. precision vs recall, AP vs step) to a PNG."""
+    """Line plot of named ``(xs, ys)`` series (e.g. precision vs recall, AP vs step) to a PNG; ``colors`` fixes a
+    series' colour by its name (the same thing one colour across plots), the others take the next of the cycle."""
     fig = _figure((6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for name, (xs, ys) in series.items():
         xs, ys = list(xs), list(ys)
         if len(xs) != len(ys):
             raise ValueError(f"series {name!r}: {len(xs)} x values, {len(ys)} y values")
-        ax.plot(xs, ys, label=name, marker="o" if len(xs) <= 20 else None, markersize=3)
+        style = {"color": colors[name]} if colors and name in colors else {}
+        ax.plot(xs, ys, label=name, marker="o" if len(xs) <= 20 else None, markersize=3, **style)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -566,7 +566,7 @@ def test_the_tree_crown_report_comes_first_on_the_page_and_in_the_readme(monkeyp
     import report
 
     fake = types.ModuleType("report_trees")
-    fake.section = lambda res: ["## Real images: tree crowns", "", f"{len(res['records'])} records", ""]
+    fake.section = lambda res, img: ["## Real images: tree crowns", "", f"{len(res['records'])} records", ""]
     fake.readme_rows = lambda res: [("sparse real images: tree crowns", "AP 1.0")]
     monkeypatch.setitem(sys.modules, "report_trees", fake)
     monkeypatch.setattr(report, "IMG", tmp_path)
@@ -791,3 +791,26 @@ def test_a_record_keeps_co_minings_val_checks(monkeypatch, tmp_path):
                                  {"step": 100, "precision": 0.8, "paused": False}]
     (tmp_path / "metrics.jsonl").write_text(json.dumps(logged[1]))
     assert "val_checks" not in common.train_record(cfg, label={}, out_dir=tmp_path)
+
+
+def test_tree_report_plots_mining_and_dev_precision_recall_per_final_column(monkeypatch, tmp_path):
+    """Each protocol's plots: the seeds' mean precision and recall at each threshold every seed measured (a threshold
+    with no box in one seed is left out), final columns at the protocol's budget only; nothing to plot, no file."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    a = [{"threshold": 0.5, "precision": 0.4, "recall": 0.6, "n": 5, "n_mined": 5},
+         {"threshold": 0.9, "precision": 0.8, "recall": 0.1, "n": 1, "n_mined": 1}]
+    b = [{"threshold": 0.5, "precision": 0.6, "recall": 0.4, "n": 5, "n_mined": 5},
+         {"threshold": 0.9, "precision": float("nan"), "recall": 0.0, "n": 0, "n_mined": 0}]
+    assert rt.mean_curve([a, b]) == ([0.5], [0.5]) and rt.mean_curve([]) == ([], [])
+    steps = rt.STEPS
+    mined = [{**_tree_rec("brl", "train", s, steps, 0), "what": "mine", "mine_pr": c} for s, c in ((0, a), (1, b))]
+    probe = {**_tree_rec("full_anchor2", "dev", 0, steps, 0, "random"), "what": "pr", "dev_pr": a}
+    res = {"records": [_tree_rec("brl", "dev", 0, steps, 0.4), *mined, probe]}
+    links = rt.plots(res, "random", tmp_path)
+    assert links == ["![minedet mine on the sparse training tiles](img/trees_random_mine_pr.png)", ""]
+    assert (tmp_path / "trees_random_mine_pr.png").stat().st_size > 0
+    assert not (tmp_path / "trees_random_dev_pr.png").exists()  # only a probe's dev curve: not a page column
+    assert rt.plots(res, "partial", tmp_path) == []
+    assert any("trees_random_mine_pr.png" in line for line in rt.section(res, tmp_path))
