@@ -203,6 +203,32 @@ def pr_table(res: dict, protocol: str) -> list[str]:
     return out
 
 
+def val_check_table(res: dict, protocol: str) -> list[str]:
+    """What co-mining's val check did in each run that ran it (``val_checks`` of its dev record): the student's
+    precision on the dev tiles at each check, the steps it paused and resumed the mining at, and its seconds against
+    the run's wall time (records from before checks were timed: '–')."""
+    rows = [r for recs in cells(res, protocol, "dev").values() for r in recs if r.get("val_checks")]
+    if not rows:
+        return []
+    out = ["Co-mining's val check, per run (`method.min_val_precision`): every 50 steps the student's detections above "
+           "tau on the dev tiles, the share right (IoU >= 0.5); under 0.7 the mining pauses, at or above it resumes. A "
+           "check with no detection above tau is not listed (the mining stays as it was).", "",
+           "| column | steps | seed | precision at each check (step: precision, * paused) | paused at | resumed at "
+           "| check time (share of the run's wall time) |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["column"], r["seed"])):
+        checks, paused, resumed, was = r["val_checks"], [], [], False
+        for c in checks:
+            (paused if c["paused"] and not was else resumed if was and not c["paused"] else []).append(str(c["step"]))
+            was = c["paused"]
+        secs = [c["seconds"] for c in checks if "seconds" in c]
+        time_s = (f"{sum(secs):.0f} s ({100 * sum(secs) / r['wall_s']:.2f} %)" if secs and len(secs) == len(checks)
+                  and r.get("wall_s") else "–")
+        out.append(f"| {r['column']} | {budget(r)} | {r['seed']} | "
+                   + ", ".join(f"{c['step']}: {c['precision']:.2f}{'*' if c['paused'] else ''}" for c in checks)
+                   + f" | {', '.join(paused) or 'never'} | {', '.join(resumed) or 'never'} | {time_s} |")
+    return out
+
+
 def _most_precise(xs: list[dict]) -> str:
     """The threshold whose detections are most precise (then most recalled), as "R % at P, t T" ("–": none)."""
     ok = [x for x in xs if isinstance(x["precision"], float) and not math.isnan(x["precision"])]
@@ -275,7 +301,8 @@ def section(res: dict, img: Path | None = None) -> list[str]:
             continue
         out += [f"### Protocol `{protocol}`", "", *ap_table(res, protocol), "",
                 "The default against the columns its targets name (AP50 points, the default's minus the other's, paired "
-                "by seed):", "", *paired(res, protocol), "", *mining_table(res, protocol), "",
+                "by seed):", "", *paired(res, protocol), "", *val_check_table(res, protocol), "",
+                *mining_table(res, protocol), "",
                 *pr_table(res, protocol), "", *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "

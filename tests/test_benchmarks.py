@@ -814,3 +814,25 @@ def test_tree_report_plots_mining_and_dev_precision_recall_per_final_column(monk
     assert not (tmp_path / "trees_random_dev_pr.png").exists()  # only a probe's dev curve: not a page column
     assert rt.plots(res, "partial", tmp_path) == []
     assert any("trees_random_mine_pr.png" in line for line in rt.section(res, tmp_path))
+
+
+def test_tree_report_shows_what_each_val_check_did_and_its_share_of_the_wall_time(monkeypatch):
+    """One row per run that ran co-mining's val check: its precision at each check (paused ones starred), the steps
+    it paused and resumed at, and the checks' seconds against the run's wall time ('–' where a check was not timed)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    steps, default = rt.STEPS, next(c.label for c in rt.COLUMNS if c.default)
+    checks = [{"step": 150, "precision": 0.75, "paused": False, "seconds": 1.0},
+              {"step": 200, "precision": 0.5, "paused": True, "seconds": 1.0},
+              {"step": 250, "precision": 0.45, "paused": True, "seconds": 2.0},
+              {"step": 300, "precision": 0.71, "paused": False, "seconds": 1.0}]
+    res = {"records": [{**_tree_rec(default, "dev", 0, steps, 0.4), "val_checks": checks, "wall_s": 1000.0},
+                       {**_tree_rec(default, "dev", 1, steps, 0.4), "val_checks": [{"step": 150, "precision": 0.3,
+                                                                                     "paused": True}], "wall_s": 900.0},
+                       _tree_rec("brl", "dev", 0, steps, 0.4)]}
+    table = rt.val_check_table(res, "random")
+    assert (f"| {default} | {steps} | 0 | 150: 0.75, 200: 0.50*, 250: 0.45*, 300: 0.71 | 200 | 300 | 5 s (0.50 %) |"
+            in table)
+    assert f"| {default} | {steps} | 1 | 150: 0.30* | 150 | never | – |" in table
+    assert not any("| brl |" in line for line in table) and rt.val_check_table(res, "partial") == []
