@@ -342,6 +342,8 @@ def readme_rows(res: dict) -> list[tuple[str, str]]:
             if not recs or c.short is None:
                 continue
             value = ms(recs, "ap50")
+            if not value.endswith(")"):  # a mean and its std: say over how many seeds, as one seed says "(1 seed)"
+                value = f"{value} ({len(recs)} seeds)"
             if c.label not in ("full", "original"):
                 gap = f"{gap_recovered(test, c.label, steps)} of the gap"
                 value = f"{value[:-1]}; {gap})" if value.endswith(")") else f"{value} ({gap})"

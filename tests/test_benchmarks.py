@@ -616,8 +616,8 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
     assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
-    assert ("full labels 60.0 ± 0.0, original 20.0 ± 0.0, co-mining with the val check (the default) 40.0 (1 seed; 50 % "
-            "of the gap)") in rows[0][1]
+    assert ("full labels 60.0 ± 0.0 (2 seeds), original 20.0 ± 0.0 (2 seeds), co-mining with the val check (the default) "
+            "40.0 (1 seed; 50 % of the gap)") in rows[0][1]
     assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
 
 
