@@ -634,11 +634,25 @@ def test_tree_report_compares_the_default_with_its_targets_columns_seed_by_seed(
     recs += [_tree_rec(default, "test", 0, steps, 0.3), _tree_rec("brl", "test", 0, steps, 0.2)]
     lines = rt.paired({"records": recs}, "random")
     assert (f"- dev, the default never below BRL's loss alone by more than one std: {default} - brl = -4.7 ± 4.0 AP50 "
-            "over seeds [0, 1, 2] (paired): missed") in lines
+            "over seeds [0, 1, 2] (paired): missed by 0.7") in lines
     assert any(line.startswith("- test, the default never below") and "+10.0 AP50 on seed 0 only: no std" in line
                for line in lines)
     assert any("equal-compute original" in line and "not measured (original_2x not run at" in line
                for line in lines)
+    assert "- test, the default recovers at least 50 % of the AP50 gap: not measured" in lines  # no full, no original
+    recs += [_tree_rec("full", "test", 0, steps, 0.5), _tree_rec("original", "test", 0, steps, 0.1),
+             {**_tree_rec(default, "train", 0, steps, 0), "what": "mine",
+              "mine_at_proposed": {"recall": 0.2, "precision": 0.8}},
+             {**_tree_rec(default, "train", 1, steps, 0), "what": "mine",
+              "mine_at_proposed": {"recall": 0.3, "precision": 0.5}}]
+    lines = rt.paired({"records": recs + [_tree_rec(default, "test", 1, steps, 0.2), _tree_rec("brl", "test", 1, steps, 0.22)]},
+                      "random")
+    assert any(line.startswith("- test, the default never below") and "= +4.0 ± 8.5 AP50 over seeds [0, 1] (paired): holds"
+               in line for line in lines)
+    # the default's mean test AP50 25: (25 - 10) / (50 - 10) of the gap
+    assert "- test, the default recovers at least 50 % of the AP50 gap: 38 % (2 seeds of the default): missed by 12 points" in lines
+    assert any(line.endswith("at least 30 % of the erased crowns at precision >= 0.7: 25 % at 0.65 (mean of 2 seeds): "
+                             "missed: recall 5 points short, precision 0.05 short") for line in lines)
 
 
 def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypatch):
