@@ -611,14 +611,16 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     default = next(c.label for c in rt.COLUMNS if c.default)
     res["records"] += [_tree_rec(default, "dev", 0, steps, 0.4), _tree_rec(default, "test", 0, steps, 0.4),
                        _tree_rec("brl", "test", 0, 300, 0.5),
-                       {**_tree_rec(default, "train", 0, steps, 0), "what": "mine",
-                        "mine_at_proposed": {"recall": 0.25, "precision": 0.5}}]
+                       {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev": {},
+                        "proposed_score_dev": 0.9, "mine_at_proposed_dev": {"recall": 0.25, "precision": 0.5},
+                        "mine_at_proposed": {"recall": 0.9, "precision": 0.1}}]  # calibrated on the labels: not quoted
     assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
     assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
     assert ("full labels 60.0 ± 0.0 (2 seeds), original 20.0 ± 0.0 (2 seeds), co-mining with the val check (the default) "
             "40.0 (1 seed; 50 % of the gap)") in rows[0][1]
-    assert "25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1] and "hurried" not in rows[0][1]
+    assert "(`--calibrate`, the README's settings): 25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1]
+    assert "hurried" not in rows[0][1]
 
 
 def test_tree_report_compares_the_default_with_its_targets_columns_seed_by_seed(monkeypatch):
@@ -641,17 +643,21 @@ def test_tree_report_compares_the_default_with_its_targets_columns_seed_by_seed(
                for line in lines)
     assert "- test, the default recovers at least 50 % of the AP50 gap: not measured" in lines  # no full, no original
     recs += [_tree_rec("full", "test", 0, steps, 0.5), _tree_rec("original", "test", 0, steps, 0.1),
-             {**_tree_rec(default, "train", 0, steps, 0), "what": "mine",
-              "mine_at_proposed": {"recall": 0.2, "precision": 0.8}},
-             {**_tree_rec(default, "train", 1, steps, 0), "what": "mine",
-              "mine_at_proposed": {"recall": 0.3, "precision": 0.5}}]
+             {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev": {}, "proposed_score_dev": 0.9,
+              "mine_at_proposed_dev": {"recall": 0.2, "precision": 0.8}},
+             {**_tree_rec(default, "train", 1, steps, 0), "what": "mine", "proposal_dev": {}, "proposed_score_dev": None,
+              "mine_pr": [{"threshold": 0.5, "recall": 0.9, "precision": 0.1},  # no score proposed on dev: mine's 0.6
+                          {"threshold": 0.6, "recall": 0.3, "precision": 0.5}]},
+             {**_tree_rec(default, "train", 2, steps, 0), "what": "mine",  # from before the dev calibration: left out
+              "mine_at_proposed": {"recall": 0.9, "precision": 0.9}}]
     lines = rt.paired({"records": recs + [_tree_rec(default, "test", 1, steps, 0.2), _tree_rec("brl", "test", 1, steps, 0.22)]},
                       "random")
     assert any(line.startswith("- test, the default never below") and "= +4.0 ± 8.5 AP50 over seeds [0, 1] (paired): holds"
                in line for line in lines)
     # the default's mean test AP50 25: (25 - 10) / (50 - 10) of the gap
     assert "- test, the default recovers at least 50 % of the AP50 gap: 38 % (2 seeds of the default): missed by 12 points" in lines
-    assert any(line.endswith("at least 30 % of the erased crowns at precision >= 0.7: 25 % at 0.65 (mean of 2 seeds): "
+    assert any(line.endswith("(`--calibrate` on the dev tiles: the score proposed there, else 0.6), at least 30 % of the "
+                             "erased crowns at precision >= 0.7: 25 % at 0.65 (mean of 2 seeds): "
                              "missed: recall 5 points short, precision 0.05 short") for line in lines)
 
 
