@@ -44,6 +44,11 @@ PROTOCOL_TEXT = [
 ]
 
 
+def measured(x: dict | None) -> bool:
+    """A precision-recall row with a precision (some box above its threshold; NaN or None: none)."""
+    return bool(x) and isinstance(x.get("precision"), float) and math.isfinite(x["precision"])
+
+
 def _vals(recs: list[dict], key: str) -> list[float]:
     return [100 * r[key] for r in recs if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
 
@@ -129,13 +134,13 @@ def paired(res: dict, protocol: str) -> list[str]:
             held = short < 0 if above else short <= 0
             out.append(f"{head} = {mean:+.1f} ± {std:.1f} AP50 over seeds {seeds} (paired): "
                        + ("holds" if held else f"missed by {short:.1f}"))
-    return out + _gap_and_mining_targets(res, protocol, default)
+    return out + _gap_and_mining_targets(res, protocol, default, by_split["test"])
 
 
-def _gap_and_mining_targets(res: dict, protocol: str, default: str) -> list[str]:
-    """The default's gap and mining targets, each with its value, its seeds and the verdict or the shortfall."""
+def _gap_and_mining_targets(res: dict, protocol: str, default: str, test: dict) -> list[str]:
+    """The default's gap and mining targets, each with its value, its seeds and the verdict or the shortfall
+    (``test``: the protocol's test :func:`cells`)."""
     steps = str(STEPS)
-    test = cells(res, protocol, "test")
     share, n = gap_share(test, default, steps), len(test.get((default, steps), []))
     head = f"- test, the default recovers at least {100 * GAP_TARGET:.0f} % of the AP50 gap: "
     if share is None:
@@ -206,8 +211,7 @@ def mining_table(res: dict, protocol: str) -> list[str]:
     for (label, steps), recs in mined.items():
         for r in sorted(recs, key=lambda r: r["seed"]):
             rows = r["mine_pr"]
-            ok = [x for x in rows if isinstance(x["precision"], float) and not math.isnan(x["precision"])
-                  and x["precision"] >= MIN_PRECISION]
+            ok = [x for x in rows if measured(x) and x["precision"] >= MIN_PRECISION]
             best = max(ok, key=lambda x: x["recall"]) if ok else None
             best_s = f"{pr(best)}, t {best['threshold']:g}" if best else "never"
             out.append(f"| {label} | {steps} | {r['seed']} | {pr(at(rows, 0.6))} | {best_s} | "
@@ -255,7 +259,8 @@ def val_check_table(res: dict, protocol: str) -> list[str]:
     for r in sorted(rows, key=lambda r: (r["column"], r["seed"])):
         checks, paused, resumed, was = r["val_checks"], [], [], False
         for c in checks:
-            (paused if c["paused"] and not was else resumed if was and not c["paused"] else []).append(str(c["step"]))
+            if c["paused"] != was:  # the mining's state changed at this check
+                (paused if c["paused"] else resumed).append(str(c["step"]))
             was = c["paused"]
         secs = [c["seconds"] for c in checks if "seconds" in c]
         time_s = (f"{sum(secs):.0f} s ({100 * sum(secs) / r['wall_s']:.2f} %)" if secs and len(secs) == len(checks)
@@ -268,7 +273,7 @@ def val_check_table(res: dict, protocol: str) -> list[str]:
 
 def _most_precise(xs: list[dict]) -> str:
     """The threshold whose detections are most precise (then most recalled), as "R % at P, t T" ("–": none)."""
-    ok = [x for x in xs if isinstance(x["precision"], float) and not math.isnan(x["precision"])]
+    ok = [x for x in xs if measured(x)]
     top = max(ok, key=lambda x: (x["precision"], x["recall"])) if ok else None
     return f"{_pr_cell(top)}, t {top['threshold']:g}" if top and top["n"] else "–"
 
@@ -289,9 +294,7 @@ def _dev_score(r: dict) -> str:
 def mean_curve(curves: list[list[dict]]) -> tuple[list[float], list[float]]:
     """(recalls, precisions) over the thresholds every curve measured with a precision (some box above it): the mean
     over the curves (the seeds) at each threshold."""
-    def ok(x: dict) -> bool:
-        return isinstance(x.get("precision"), float) and math.isfinite(x["precision"])
-    by_t = [{x["threshold"]: x for x in c if ok(x)} for c in curves]
+    by_t = [{x["threshold"]: x for x in c if measured(x)} for c in curves]
     ts = sorted(set.intersection(*(set(b) for b in by_t))) if by_t else []
     return ([statistics.mean(b[t]["recall"] for b in by_t) for t in ts],
             [statistics.mean(b[t]["precision"] for b in by_t) for t in ts])
@@ -365,8 +368,7 @@ def recommended(r: dict) -> dict | None:
 
 def _recommended_mean(recs: list[dict]) -> tuple[float, float, int] | None:
     """(recall, precision, seeds): the mean over the seeds of :func:`recommended` (records without it left out)."""
-    rows = [x for x in map(recommended, recs) if x and isinstance(x.get("precision"), float)
-            and math.isfinite(x["precision"])]
+    rows = [x for x in map(recommended, recs) if measured(x)]
     if not rows:
         return None
     return (statistics.mean(x["recall"] for x in rows), statistics.mean(x["precision"] for x in rows), len(rows))
