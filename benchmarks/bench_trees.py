@@ -39,8 +39,11 @@ Protocol (written on docs/benchmarks.md before the first run):
     training tiles with the run's model, scored against the erased crowns (IoU >= 0.5) at t = 0.3 .. 0.9, and
     at the scores ``minedet mine`` proposes from the model itself (``minedet.mining.propose_score_for``, no hidden
     truth): calibrated on the labelled boxes (``mine``'s default), and on the dev tiles with every detection judged
-    (``mine --calibrate dev.json``); and, for every column, the model's own precision and recall on the dev tiles,
-    every detection judged (``minedet.mining.precision_recall``): what mining with it can show at best.
+    (``mine --calibrate dev.json``); the same again (``_flip`` keys) with agreement with a flipped view (what
+    ``mine --agree auto`` does with these models, trained on flips), calibrated on the dev tiles; and, for every
+    column, the model's own precision and recall on the dev tiles, every detection judged
+    (``minedet.mining.precision_recall``), without and with the flipped view's agreement: what mining with it can
+    show at best.
 
 Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, ``train``
 for the mining curve, and ``dev`` with ``"what": "pr"`` for the dev precision-recall), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
@@ -328,48 +331,63 @@ def score_split(det, info: dict, split: str, cfg) -> dict:
     return {k: rep[k] for k in ("ap", "ap50", "ap75", "aps", "apm", "apl")}
 
 
-def dev_detections(det, cfg) -> tuple[list[dict], list[dict]]:
-    """The model's detections on the dev tiles and their labels, every detection to be judged (what ``minedet mine
-    --calibrate dev.json`` reads): shared by the dev precision-recall and the dev-calibrated mining score."""
+#: the test-time agreements measured: record key suffix -> ``minedet mine --agree`` (flip: what ``--agree auto``
+#: picks for a model trained on flipped images, as every tree column is)
+AGREEMENTS = {"": "none", "_flip": "flip"}
+
+
+def dev_detections(det, cfg) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Per agreement (:data:`AGREEMENTS`), the model's detections on the dev tiles and their labels, every detection
+    to be judged (what ``minedet mine --calibrate dev.json`` reads; with agreement, the agreed boxes at their gates):
+    shared by the dev precision-recall and the dev-calibrated mining score."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
 
-    return mining.calibration_detections(det, load_coco(cfg.data.val), cfg.data.val_images, complete=True)
+    dev = load_coco(cfg.data.val)
+    return {tag: mining.calibration_detections(det, dev, cfg.data.val_images, complete=True, agree=agree)
+            for tag, agree in AGREEMENTS.items()}
 
 
-def mining_curve(det, cfg, dev: tuple[list[dict], list[dict]]) -> dict:
-    """``minedet mine``'s filter over the sparse training tiles, scored against the erased crowns at each
-    threshold, and at the score the library proposes from the model itself (where it offers one); ``dev``: its
-    :func:`dev_detections`."""
+def mining_curve(det, cfg, dev: dict[str, tuple[list[dict], list[dict]]]) -> dict:
+    """Per agreement (:data:`AGREEMENTS`, its key suffix), ``minedet mine``'s filter over the sparse training tiles,
+    scored against the erased crowns at each threshold, and at the score the library proposes from the model itself
+    (where it offers one): on the dev tiles (``mine --calibrate``), and without agreement also on the training tiles'
+    labelled boxes (``mine``'s proposal without ``--calibrate``); ``dev``: its :func:`dev_detections`."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
 
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
-    proposals = {  # no hidden truth: the model and its labels; the model and the dev tiles (`mine --calibrate`)
-        "": mining.propose_score_for(det, data, cfg.data.train_images),
-        "_dev": mining.propose_score(*dev, complete=True)}
-    floor = min([*THRESHOLDS, *(p.score for p in proposals.values() if p.score is not None)])
-    res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor)
-    out = {"mine_pr": mining.pr_against_hidden(res, hidden, data, THRESHOLDS),
-           "mine_pr_iou40": mining.pr_against_hidden(res, hidden, data, THRESHOLDS, iou=FIELD_IOU)}
-    for tag, p in proposals.items():
-        out[f"proposed_score{tag}"] = p.score
-        out[f"proposal{tag}"] = {"precision": p.precision, "precision_all": p.precision_all, "n_region": p.n_region,
-                                 "reason": p.reason}
-        if p.score is not None:
-            out[f"mine_at_proposed{tag}"] = mining.pr_against_hidden(res, hidden, data, (p.score,))[0]
-            out[f"mine_at_proposed{tag}_iou40"] = mining.pr_against_hidden(res, hidden, data, (p.score,), iou=FIELD_IOU)[0]
+    out: dict = {}
+    for suffix, agree in AGREEMENTS.items():
+        proposals = {f"_dev{suffix}": mining.propose_score(*dev[suffix], complete=True)}  # no hidden truth
+        if agree == "none":
+            proposals[""] = mining.propose_score_for(det, data, cfg.data.train_images)
+        floor = min([*THRESHOLDS, *(p.score for p in proposals.values() if p.score is not None)])
+        res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor, agree=agree)
+        out[f"mine_pr{suffix}"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS)
+        out[f"mine_pr{suffix}_iou40"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS, iou=FIELD_IOU)
+        for tag, p in proposals.items():
+            out[f"proposed_score{tag}"] = p.score
+            out[f"proposal{tag}"] = {"precision": p.precision, "precision_all": p.precision_all,
+                                     "n_region": p.n_region, "reason": p.reason}
+            if p.score is not None:
+                out[f"mine_at_proposed{tag}"] = mining.pr_against_hidden(res, hidden, data, (p.score,))[0]
+                out[f"mine_at_proposed{tag}_iou40"] = mining.pr_against_hidden(res, hidden, data, (p.score,),
+                                                                               iou=FIELD_IOU)[0]
     return out
 
 
-def dev_pr(dev: tuple[list[dict], list[dict]]) -> dict:
-    """The model's precision and recall on the dev tiles (its :func:`dev_detections`), every detection judged
-    (``mining.precision_recall``): what mining with it can show at best, since its detections on unseen complete tiles
-    are right no more often."""
+def dev_pr(dev: dict[str, tuple[list[dict], list[dict]]]) -> dict:
+    """The model's precision and recall on the dev tiles (its :func:`dev_detections`, per agreement), every detection
+    judged (``mining.precision_recall``): what mining with it can show at best, since its detections on unseen
+    complete tiles are right no more often."""
     import minedet.mining as mining
 
-    return {"dev_pr": mining.precision_recall(*dev, THRESHOLDS),
-            "dev_pr_iou40": mining.precision_recall(*dev, THRESHOLDS, match_iou=FIELD_IOU)}
+    out = {}
+    for suffix, (dets, targets) in dev.items():
+        out[f"dev_pr{suffix}"] = mining.precision_recall(dets, targets, THRESHOLDS)
+        out[f"dev_pr{suffix}_iou40"] = mining.precision_recall(dets, targets, THRESHOLDS, match_iou=FIELD_IOU)
+    return out
 
 
 def measure_model(model_path: Path, col: TreeColumn, cfg, base: dict) -> list[dict]:

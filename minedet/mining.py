@@ -421,7 +421,7 @@ def _collect_one(detector, images: list[dict], data: CocoData, root: Path, setti
             with torch.no_grad():
                 fresh = iter(detector.predict([im.to(dev) for im, iid in zip(imgs, ids) if iid not in known], **decode_kw)
                              if missing else [])
-                others = _agreement_views(detector, imgs, recs, settings, dev, decode_kw)
+                others = _agreement_views(detector, imgs, recs, settings.agree, settings.seed, dev, decode_kw)
             dets = [_as_detections(known[iid]) if iid in known else next(fresh) for iid in ids]
             on_cpu = [Target(d.boxes.detach().cpu().float(), d.labels.detach().cpu(), d.scores.detach().cpu().float(),
                              image_id=iid) for d, iid in zip(dets, ids)]
@@ -444,12 +444,12 @@ def _as_detections(d: Mapping[str, Any]) -> Target:
                   torch.as_tensor(d["scores"], dtype=torch.float32).reshape(-1))
 
 
-def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], settings: MineSettings, dev: torch.device,
+def _agreement_views(detector, imgs: list[torch.Tensor], recs: list[dict], agree: str, seed: int, dev: torch.device,
                      decode_kw: dict) -> list[Target] | None:
-    """Detections on the augmented views, mapped back to the original frame (None without agreement)."""
-    if settings.agree == "none":
+    """Detections on the ``agree`` views, mapped back to the original frame (None without agreement)."""
+    if agree == "none":
         return None
-    views = [augmented_view(im, settings.agree, image_id=int(r["id"]), seed=settings.seed) for im, r in zip(imgs, recs)]
+    views = [augmented_view(im, agree, image_id=int(r["id"]), seed=seed) for im, r in zip(imgs, recs)]
     raw = detector.predict([v.to(dev) for v, _ in views], **decode_kw)
     return [Target(m.apply(o.boxes.cpu().float()), o.labels.cpu(), o.scores.cpu()) for o, (_, m) in zip(raw, views)]
 
@@ -777,13 +777,20 @@ def _steps(fitted: torch.Tensor) -> list[tuple[int, int]]:
 def calibration_detections(detector, data: CocoData, image_root: str | os.PathLike, *,
                            folds: Mapping[int, int] | None = None, nms: float = 0.5, max_dets: int = 100,
                            floor: float = 0.05, batch_size: int = 8, device: str | torch.device = "cpu",
-                           complete: bool = False) -> tuple[list[dict], list[dict]]:
+                           complete: bool = False, agree: str = "none", agree_iou: float = 0.5,
+                           seed: int = 0) -> tuple[list[dict], list[dict]]:
     """The detections and labels :func:`propose_score` and :func:`precision_recall` read: ``detector``'s detections
     (with ``folds``: one detector per fold, each on the images it did not train on) on the images of ``data`` that
     hold labelled boxes (with ``complete``, a set labelled in full such as a val set: every image), decoded down to
     ``floor`` with class-wise NMS at ``nms``, at most ``max_dets`` per image (as :func:`mine_dataset` decodes), each
-    with its ``image_id`` (so :func:`mine_dataset` can take them instead of predicting again); and per image its
-    labelled boxes (crowd boxes left out, given apart as ``"crowd"``)."""
+    with its ``image_id`` (without agreement, :func:`mine_dataset` can take them instead of predicting again); and per
+    image its labelled boxes (crowd boxes left out, given apart as ``"crowd"``).
+
+    With ``agree`` (``"color"`` or ``"flip"``, ``agree_iou``, ``seed``: as :func:`mine_dataset` takes them) a
+    detection is kept only where the augmented view agrees with it, its score being its gate ``min(score, partner
+    score)``: the number mining compares with its threshold, so a score proposed from these holds for mining with
+    the same agreement."""
+    _settings(DEFAULT_SCORE, nms, 0.4, max_dets, agree, agree_iou, "any", floor, seed, None)  # refuse bad settings
     detectors = _fold_detectors(detector, folds, data)
     for d in detectors:
         _check_detector(d, list(data.class_names), data)
@@ -799,12 +806,17 @@ def calibration_detections(detector, data: CocoData, image_root: str | os.PathLi
         try:
             for start in range(0, len(recs), batch_size):
                 batch = recs[start : start + batch_size]
+                imgs = [_load(data, root, r) for r in batch]
+                decode_kw = dict(score_thresh=floor, nms_thresh=nms, detections_per_img=max_dets)
                 with torch.no_grad():
-                    out = det.predict([_load(data, root, r).to(dev) for r in batch], score_thresh=floor,
-                                      nms_thresh=nms, detections_per_img=max_dets)
-                for r, o in zip(batch, out):
-                    dets.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu(),
-                                 "image_id": int(r["id"])})
+                    out = det.predict([im.to(dev) for im in imgs], **decode_kw)
+                    others = _agreement_views(det, imgs, batch, agree, seed, dev, decode_kw)
+                for k, (r, o) in enumerate(zip(batch, out)):
+                    t = Target(o.boxes.detach().cpu().float(), o.labels.detach().cpu(), o.scores.detach().cpu().float())
+                    if others is not None:
+                        kept, gate, _ = _agreement(t, others[k], agree_iou)
+                        t = replace(kept, scores=gate)
+                    dets.append({"boxes": t.boxes, "scores": t.scores, "labels": t.labels, "image_id": int(r["id"])})
                     gt = coco_target(data, int(r["id"]))  # crowd regions left out (given apart)
                     targets.append({"boxes": gt.boxes, "labels": gt.labels, "crowd": _crowd_boxes(data, int(r["id"]))})
         finally:

@@ -575,7 +575,8 @@ def run_training(cfg: Config, *, out_dir: str | Path | None = None, resume: str 
     model_path = out / "model.pt"
     if info.main:
         export_model(model_path, method.export_model(), meta={"method": method.name, "role": next(iter(method.eval_models())),
-                                                              "steps": result["steps"], "train_images": trained_on(run)})
+                                                              "steps": result["steps"], "train_images": trained_on(run),
+                                                              "flip": cfg.data.flip})
         summary = {
             "steps": result["steps"], "wall_s": result["wall_s"], "nonfinite_steps": result["nonfinite_steps"],
             "eval": {role: rep.as_dict() for role, rep in reports.items()}, "model": str(model_path),

@@ -198,12 +198,13 @@ def test_mine_warns_when_a_model_mines_images_it_trained_on(model_file, sparse, 
         assert ("of its fold" in err) == swap, err
 
 
-def test_a_trained_model_records_the_images_it_trained_on(tiny_digits, tmp_path) -> None:
+def test_a_trained_model_records_the_images_it_trained_on_and_its_flips(tiny_digits, tmp_path) -> None:
     from minedet.engine.checkpoint import load_model
     from minedet.run import run_training
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(tiny_digits, tmp_path / "run", train__max_steps=1, train__ckpt_every=1)
+    cfg = tiny_config(tiny_digits, tmp_path / "run", train__max_steps=1, train__ckpt_every=1, data__flip=0.25)
     res = run_training(cfg, quiet=True)
     _, meta = load_model(res["model"])
     assert meta["train_images"] == sorted(str(im["file_name"]) for im in load_coco(tiny_digits.train_json).images)
+    assert meta["flip"] == 0.25  # what `minedet mine --agree auto` reads

@@ -200,3 +200,52 @@ def test_mine_without_score_predicts_each_image_once_and_mines_as_with_the_score
     assert a["annotations"] == b["annotations"] and len(a["annotations"]) > len(bare["annotations"])
     mined_on_bare = [x for x in a["annotations"] if x["image_id"] == source["images"][0]["id"]]
     assert mined_on_bare == [x for x in b["annotations"] if x["image_id"] == source["images"][0]["id"]]
+
+
+def test_agreement_keeps_the_boxes_the_view_agrees_with_at_the_gate_mining_compares(sparse):
+    """With ``agree`` the calibration's detections are those the flipped view agrees with, each scored by its gate
+    (the lower of the pair), never above its own score: the number mining thresholds, so a proposal holds for it."""
+    from minedet.mining import calibration_detections
+    from tests.test_mine import _confident, _spread_bias, DIGITS
+    from tests.helpers import tiny_detector
+
+    det = _confident(tiny_detector("retinanet", num_classes=10, image_size=64, class_names=DIGITS), _spread_bias())
+    data, _, _, root, *_ = sparse
+    plain, targets = calibration_detections(det, data, root, complete=True)
+    agreed, again = calibration_detections(det, data, root, complete=True, agree="flip")
+    assert [t["boxes"].tolist() for t in again] == [t["boxes"].tolist() for t in targets]
+    assert sum(len(d["scores"]) for d in agreed) < sum(len(d["scores"]) for d in plain)
+    assert sum(len(d["scores"]) for d in agreed) > 0
+    for p, a in zip(plain, agreed):
+        assert a["image_id"] == p["image_id"]
+        own = {(*b, k): s for b, k, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist())}
+        for b, k, s in zip(a["boxes"].tolist(), a["labels"].tolist(), a["scores"].tolist()):
+            assert (*b, k) in own and s <= own[(*b, k)] + 1e-6
+    with pytest.raises(MinedetError, match="agree"):
+        calibration_detections(det, data, root, agree="blur")
+
+
+def test_mine_agrees_with_a_flipped_view_when_the_model_trained_on_flips(model_file, sparse, tmp_path, capsys):
+    """``--agree auto`` (the default): flip for a model trained on flipped images (its export says data.flip > 0),
+    none otherwise, said with the results; the proposal then calibrates the agreed boxes only (fewer detections)."""
+    from minedet.engine.checkpoint import export_model, load_model
+
+    _, _, _, root, sp, _ = sparse
+    det, meta = load_model(model_file)
+    flipped = tmp_path / "flipped.pt"
+    export_model(flipped, det, {**meta, "flip": 0.5})
+    common = ["--images", str(root), "--device", "cpu", "--quiet", "--target-precision", "0.001",
+              "--calibrate", str(sp), "--calibrate-images", str(root)]
+    counts = {}
+    says = "kept only boxes a flipped view agrees with (--agree auto: the model trained on flipped images"
+    for name, model in (("plain", model_file), ("flip", flipped)):
+        assert main(["mine", str(model), str(sp), "--out", str(tmp_path / f"{name}.json"), *common]) == 0
+        out, err = capsys.readouterr()
+        assert (says in out) == (name == "flip")
+        counts[name] = int(err.split(": of the ")[1].split(" ")[0])
+        assert json.loads((tmp_path / f"{name}.summary.json").read_text())["settings"]["agree"] == name.replace(
+            "plain", "none")
+    assert 0 < counts["flip"] < counts["plain"]
+    assert main(["mine", str(flipped), str(sp), "--out", str(tmp_path / "off.json"), "--agree", "none", *common]) == 0
+    out, err = capsys.readouterr()
+    assert says not in out and f"of the {counts['plain']} " in err  # the switch: no agreement
