@@ -10,7 +10,7 @@ import math
 import statistics
 from pathlib import Path
 
-from bench_trees import BY_LABEL, COLUMNS, FIELD_IOU, PROBES, PROTOCOLS, STEPS, THRESHOLDS
+from bench_trees import AGREEMENTS, BY_LABEL, COLUMNS, FIELD_IOU, PROBES, PROTOCOLS, STEPS, THRESHOLDS
 from common import latest as common_latest
 from common import record_key
 
@@ -22,6 +22,16 @@ MIN_PRECISION = 0.7
 #: the erased crowns ``minedet mine`` hands back with the README's settings at precision >= MIN_PRECISION
 GAP_TARGET = 0.5
 TARGET_RECALL = 0.3
+#: the README's mining settings: ``--calibrate`` on the dev tiles and ``mine``'s default ``--agree auto``, which is a
+#: flipped view's agreement for these models (trained on flips): the records' ``_flip`` keys
+README_AGREE = "_flip"
+README_SETTINGS = ("the README's settings (`--calibrate` on the dev tiles, and the flipped view's agreement `mine` "
+                   "applies by default to models trained on flips: the score proposed there, else "
+                   f"{DEFAULT_SCORE:g})")
+#: how each agreement of bench_trees.AGREEMENTS is named on the page
+AGREE_TEXT = {"": "without agreement (`--agree none`)",
+              "_flip": "with the flipped view's agreement (`--agree auto`, `mine`'s default, for these models trained on "
+                       "flips: a box is kept where the flipped tile's detections agree, at the lower of the two scores)"}
 
 PROTOCOL_TEXT = [
     "Data: the NEON RGB scenes with human crown boxes that ship in the `deepforest` 2.1.0 wheel (MIT), fetched with "
@@ -150,9 +160,8 @@ def _gap_and_mining_targets(res: dict, protocol: str, default: str, test: dict) 
         out = [head + f"{share:.0f} % ({n} seed{'s' if n != 1 else ''} of the default): "
                + ("holds" if short <= 0 else f"missed by {short} points")]
     got = _recommended_mean(cells(res, protocol, "train", "mine").get((default, steps), []))
-    head = (f"- `minedet mine` with the default's model and the README's settings (`--calibrate` on the dev tiles: the "
-            f"score proposed there, else {DEFAULT_SCORE:g}), at least {100 * TARGET_RECALL:.0f} % of the erased crowns at "
-            f"precision >= {MIN_PRECISION:g}: ")
+    head = (f"- `minedet mine` with the default's model and {README_SETTINGS}, at least {100 * TARGET_RECALL:.0f} % of "
+            f"the erased crowns at precision >= {MIN_PRECISION:g}: ")
     if not got:
         return out + [head + "not measured"]
     recall, precision, n = got
@@ -191,43 +200,54 @@ def pr(row: dict | None) -> str:
     return f"{100 * row['recall']:.1f} % at {p} ({row['n_mined']} shown)"
 
 
-def mining_table(res: dict, protocol: str) -> list[str]:
-    mined = cells(res, protocol, "train", "mine")
-    if not mined:
+def mining_table(res: dict, protocol: str, suffix: str = "") -> list[str]:
+    """Mining against the erased crowns per run and seed, with the agreement of ``suffix`` (a key of
+    ``bench_trees.AGREEMENTS``; records without it left out); without agreement also at the score proposed on the
+    training tiles' labelled boxes."""
+    mined = {k: [r for r in recs if f"mine_pr{suffix}" in r] for k, recs in cells(res, protocol, "train", "mine").items()}
+    if not any(mined.values()):
         return []
-    out = [f"Mining the sparse training tiles with each run's model (`minedet mine`'s filter), against the erased "
-           f"crowns: recall at precision, per seed. 'Best at >= {MIN_PRECISION}' picks the threshold with the hidden "
-           "truth (an upper bound no user has); 'proposed' is the score the library proposes from the model alone, "
-           "calibrated on the training tiles' labelled boxes (`minedet mine`'s default) or on the dev tiles with every "
-           "detection judged (`minedet mine --calibrate dev.json`; '–': no score reaches precision 0.7 there, and "
-           "`mine` says so and mines at 0.6). Mining records written before the dev calibration existed have none. "
-           f"A mined box is right at IoU >= 0.5 with an erased crown; the columns 'IoU {FIELD_IOU:g}' judge it at IoU >= {FIELD_IOU:g}, "
-           "where DeepForest judges crowns (context for the crowns' loose outlines; the targets stay at 0.5; records "
-           "from before it was measured: '–').", "",
-           f"| column | steps | seed | at 0.6 (`mine`'s old default) | best recall at precision >= {MIN_PRECISION} (hidden truth) "
-           f"| proposed score | at the proposed score | the same, IoU {FIELD_IOU:g} | proposed on dev | at the score proposed "
-           f"on dev | the same, IoU {FIELD_IOU:g} |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    on_labels = suffix == ""
+    out = [f"Mining the sparse training tiles with each run's model (`minedet mine`'s filter), {AGREE_TEXT[suffix]}, "
+           f"against the erased crowns: recall at precision, per seed. 'Best at >= {MIN_PRECISION}' picks the threshold "
+           "with the hidden truth (an upper bound no user has); 'proposed' is the score the library proposes from the "
+           "model alone, calibrated "
+           + ("on the training tiles' labelled boxes (`minedet mine`'s default without `--calibrate`) or " if on_labels
+              else "")
+           + "on the dev tiles with every detection judged (`minedet mine --calibrate dev.json`; 'none': no score "
+           f"reaches precision 0.7 there, and `mine` says so and mines at {DEFAULT_SCORE:g}). Mining records written "
+           "before the dev calibration existed have none. A mined box is right at IoU >= 0.5 with an erased crown; the "
+           f"columns 'IoU {FIELD_IOU:g}' judge it at IoU >= {FIELD_IOU:g}, where DeepForest judges crowns (context for the "
+           "crowns' loose outlines; the targets stay at 0.5; records from before it was measured: '–').", "",
+           f"| column | steps | seed | at {DEFAULT_SCORE:g} | best recall at precision >= {MIN_PRECISION} (hidden truth) | "
+           + (f"proposed score | at the proposed score | the same, IoU {FIELD_IOU:g} | " if on_labels else "")
+           + f"proposed on dev | at the score proposed on dev | the same, IoU {FIELD_IOU:g} |",
+           "|---|---|---|---|---|" + ("---|---|---|" if on_labels else "") + "---|---|---|"]
     for (label, steps), recs in mined.items():
         for r in sorted(recs, key=lambda r: r["seed"]):
-            rows = r["mine_pr"]
+            rows = r[f"mine_pr{suffix}"]
             ok = [x for x in rows if measured(x) and x["precision"] >= MIN_PRECISION]
             best = max(ok, key=lambda x: x["recall"]) if ok else None
             best_s = f"{pr(best)}, t {best['threshold']:g}" if best else "never"
-            out.append(f"| {label} | {steps} | {r['seed']} | {pr(at(rows, 0.6))} | {best_s} | "
-                       f"{r.get('proposed_score', '–')} | {pr(r.get('mine_at_proposed'))} | "
-                       f"{pr(r.get('mine_at_proposed_iou40'))} | "
-                       f"{_dev_score(r)} | {pr(r.get('mine_at_proposed_dev'))} | {pr(r.get('mine_at_proposed_dev_iou40'))} |")
+            labels = (f"{r.get('proposed_score', '–')} | {pr(r.get('mine_at_proposed'))} | "
+                      f"{pr(r.get('mine_at_proposed_iou40'))} | ") if on_labels else ""
+            dev = f"_dev{suffix}"
+            out.append(f"| {label} | {steps} | {r['seed']} | {pr(at(rows, DEFAULT_SCORE))} | {best_s} | {labels}"
+                       f"{_dev_score(r, suffix)} | {pr(r.get(f'mine_at_proposed{dev}'))} | "
+                       f"{pr(r.get(f'mine_at_proposed{dev}_iou40'))} |")
     return out
 
 
-def pr_table(res: dict, protocol: str) -> list[str]:
-    """Each model's own precision and recall on the dev tiles, every detection judged: the most mining can show."""
-    rows = cells(res, protocol, "dev", "pr")
+def pr_table(res: dict, protocol: str, suffix: str = "") -> list[str]:
+    """Each model's own precision and recall on the dev tiles, every detection judged, with the agreement of ``suffix``
+    (records without it left out): the most mining with that agreement can show."""
+    rows = {k: [r for r in recs if f"dev_pr{suffix}" in r] for k, recs in cells(res, protocol, "dev", "pr").items()}
+    rows = {k: recs for k, recs in rows.items() if recs}
     if not rows:
         return []
     ts = [t for t in THRESHOLDS if t >= 0.5]
-    out = ["What mining can show at best: each run's model on the dev tiles (labelled in full, unseen), every detection "
+    out = [f"What mining can show at best, {AGREE_TEXT[suffix]}: each run's model on the dev tiles (labelled in full, "
+           "unseen), every detection "
            f"judged at IoU 0.5: recall at precision per score threshold. The mined boxes are the same detector's detections "
            f"off the labelled boxes, so a model right less than {MIN_PRECISION} of the time on unseen complete tiles "
            "is not expected to mine boxes right more often (dev crowns its annotators missed count as wrong here, as "
@@ -238,9 +258,9 @@ def pr_table(res: dict, protocol: str) -> list[str]:
            "|---|---|---|" + "---|" * len(ts) + "---|---|"]
     for (label, steps), recs in rows.items():
         for r in sorted(recs, key=lambda r: r["seed"]):
-            xs = r["dev_pr"]
+            xs = r[f"dev_pr{suffix}"]
             out.append(f"| {label} | {steps} | {r['seed']} | " + " | ".join(_pr_cell(at(xs, t)) for t in ts)
-                       + f" | {_most_precise(xs)} | {_most_precise(r.get('dev_pr_iou40') or [])} |")
+                       + f" | {_most_precise(xs)} | {_most_precise(r.get(f'dev_pr{suffix}_iou40') or [])} |")
     return out
 
 
@@ -282,12 +302,13 @@ def _pr_cell(x: dict | None) -> str:
     return "–" if not x or not x["n"] else f"{100 * x['recall']:.0f} % at {x['precision']:.2f}"
 
 
-def _dev_score(r: dict) -> str:
-    """The score proposed on the dev tiles; "none (at most P)" when no score reached the target there."""
-    if "proposal_dev" not in r:
+def _dev_score(r: dict, suffix: str = "") -> str:
+    """The score proposed on the dev tiles with the agreement of ``suffix``; "none" when no score reached the target
+    there."""
+    if f"proposal_dev{suffix}" not in r:
         return "not measured"
-    if r.get("proposed_score_dev") is not None:
-        return f"{r['proposed_score_dev']:g}"
+    if r.get(f"proposed_score_dev{suffix}") is not None:
+        return f"{r[f'proposed_score_dev{suffix}']:g}"
     return "none"
 
 
@@ -300,10 +321,13 @@ def mean_curve(curves: list[list[dict]]) -> tuple[list[float], list[float]]:
             [statistics.mean(b[t]["precision"] for b in by_t) for t in ts])
 
 
-#: the page's plots, per protocol: (record kind, split, the records' curve, file name part, x label, title)
-PLOTS = (("mine", "train", "mine_pr", "mine_pr", "recall of the erased crowns",
-          "minedet mine on the sparse training tiles"),
-         ("pr", "dev", "dev_pr", "dev_pr", "recall of the dev crowns", "each model on the dev tiles, every detection judged"))
+#: the page's plots, per protocol and agreement: (record kind, split, the records' curve, file name part, x label,
+#: title)
+PLOTS = tuple(p for suffix in AGREEMENTS for p in (
+    ("mine", "train", f"mine_pr{suffix}", f"mine{suffix}_pr", "recall of the erased crowns",
+     f"minedet mine on the sparse training tiles{', flipped view agreeing' if suffix else ''}"),
+    ("pr", "dev", f"dev_pr{suffix}", f"dev{suffix}_pr", "recall of the dev crowns",
+     f"each model on the dev tiles, every detection judged{', flipped view agreeing' if suffix else ''}")))
 
 
 def plots(res: dict, protocol: str, img: Path) -> list[str]:
@@ -318,7 +342,8 @@ def plots(res: dict, protocol: str, img: Path) -> list[str]:
     for what, split, key, name, xlabel, title in PLOTS:
         series, colors = {}, {target: "black"}
         for (label, steps), recs in cells(res, protocol, split, what).items():
-            if steps == str(STEPS) and BY_LABEL[label].final:
+            recs = [r for r in recs if key in r]
+            if recs and steps == str(STEPS) and BY_LABEL[label].final:
                 xs, ys = mean_curve([r[key] for r in recs])
                 if xs:
                     legend = f"{label} ({len(recs)} seed{'s' if len(recs) > 1 else ''})"
@@ -343,7 +368,9 @@ def section(res: dict, img: Path | None = None) -> list[str]:
                 "The default against its targets: the columns they name (AP50 points, the default's minus the other's, "
                 "paired by seed), the share of the gap it recovers and its mining, each with its verdict or its "
                 "shortfall:", "", *paired(res, protocol), "", *val_check_table(res, protocol), "",
-                *mining_table(res, protocol), "", *pr_table(res, protocol), "",
+
+                *[line for suffix in AGREEMENTS for line in (*mining_table(res, protocol, suffix), "",
+                                                               *pr_table(res, protocol, suffix), "")],
                 *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "
@@ -357,13 +384,15 @@ PROTOCOL_README = {"random": "50 % of the training crowns erased at random",
 
 def recommended(r: dict) -> dict | None:
     """A mining record's precision and recall with the settings the README recommends (``minedet mine --calibrate``
-    on the fully labelled dev tiles): at the score proposed there, or at 0.6 where none reached precision 0.7 (what
-    ``mine`` then does, saying so); None for a record from before the dev calibration was measured."""
-    if "proposal_dev" not in r:
+    on the fully labelled dev tiles, with ``mine``'s default agreement: :data:`README_AGREE`): at the score proposed
+    there, or at 0.6 where none reached precision 0.7 (what ``mine`` then does, saying so); None for a record from
+    before those settings were measured."""
+    dev = f"_dev{README_AGREE}"
+    if f"proposal{dev}" not in r:
         return None
-    if r.get("proposed_score_dev") is not None:
-        return r.get("mine_at_proposed_dev")
-    return at(r["mine_pr"], DEFAULT_SCORE)
+    if r.get(f"proposed_score{dev}") is not None:
+        return r.get(f"mine_at_proposed{dev}")
+    return at(r[f"mine_pr{README_AGREE}"], DEFAULT_SCORE)
 
 
 def _recommended_mean(recs: list[dict]) -> tuple[float, float, int] | None:
@@ -381,7 +410,8 @@ def _mined_at_proposed(recs: list[dict]) -> str:
         return ""
     recall, precision, n = got
     seeds = "1 seed" if n == 1 else f"{n} seeds"
-    return (f"; `minedet mine` with its model, calibrated on the dev tiles (`--calibrate`, the README's settings): "
+    return ("; `minedet mine` with its model and the README's settings (calibrated on the dev tiles, a flipped view "
+            f"agreeing): "
             f"{100 * recall:.0f} % of the erased crowns at precision {precision:.2f} ({seeds})")
 
 

@@ -611,15 +611,18 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
     default = next(c.label for c in rt.COLUMNS if c.default)
     res["records"] += [_tree_rec(default, "dev", 0, steps, 0.4), _tree_rec(default, "test", 0, steps, 0.4),
                        _tree_rec("brl", "test", 0, 300, 0.5),
-                       {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev": {},
-                        "proposed_score_dev": 0.9, "mine_at_proposed_dev": {"recall": 0.25, "precision": 0.5},
-                        "mine_at_proposed": {"recall": 0.9, "precision": 0.1}}]  # calibrated on the labels: not quoted
+                       {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev_flip": {},
+                        "proposed_score_dev_flip": 0.9, "mine_at_proposed_dev_flip": {"recall": 0.25, "precision": 0.5},
+                        # calibrated on the labels, or without the flipped view's agreement: not the README's settings
+                        "mine_at_proposed": {"recall": 0.9, "precision": 0.1}, "proposal_dev": {},
+                        "proposed_score_dev": 0.8, "mine_at_proposed_dev": {"recall": 0.8, "precision": 0.2}}]
     assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
     assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
     assert ("full labels 60.0 ± 0.0 (2 seeds), original 20.0 ± 0.0 (2 seeds), co-mining with the val check (the default) "
             "40.0 (1 seed; 50 % of the gap)") in rows[0][1]
-    assert "(`--calibrate`, the README's settings): 25 % of the erased crowns at precision 0.50 (1 seed)" in rows[0][1]
+    assert ("`minedet mine` with its model and the README's settings (calibrated on the dev tiles, a flipped view "
+            "agreeing): 25 % of the erased crowns at precision 0.50 (1 seed)") in rows[0][1]
     assert "hurried" not in rows[0][1]
 
 
@@ -643,21 +646,22 @@ def test_tree_report_compares_the_default_with_its_targets_columns_seed_by_seed(
                for line in lines)
     assert "- test, the default recovers at least 50 % of the AP50 gap: not measured" in lines  # no full, no original
     recs += [_tree_rec("full", "test", 0, steps, 0.5), _tree_rec("original", "test", 0, steps, 0.1),
-             {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev": {}, "proposed_score_dev": 0.9,
-              "mine_at_proposed_dev": {"recall": 0.2, "precision": 0.8}},
-             {**_tree_rec(default, "train", 1, steps, 0), "what": "mine", "proposal_dev": {}, "proposed_score_dev": None,
-              "mine_pr": [{"threshold": 0.5, "recall": 0.9, "precision": 0.1},  # no score proposed on dev: mine's 0.6
-                          {"threshold": 0.6, "recall": 0.3, "precision": 0.5}]},
-             {**_tree_rec(default, "train", 2, steps, 0), "what": "mine",  # from before the dev calibration: left out
-              "mine_at_proposed": {"recall": 0.9, "precision": 0.9}}]
+             {**_tree_rec(default, "train", 0, steps, 0), "what": "mine", "proposal_dev_flip": {},
+              "proposed_score_dev_flip": 0.9, "mine_at_proposed_dev_flip": {"recall": 0.2, "precision": 0.8}},
+             {**_tree_rec(default, "train", 1, steps, 0), "what": "mine", "proposal_dev_flip": {},
+              "proposed_score_dev_flip": None,
+              "mine_pr_flip": [{"threshold": 0.5, "recall": 0.9, "precision": 0.1},  # none proposed on dev: mine's 0.6
+                               {"threshold": 0.6, "recall": 0.3, "precision": 0.5}]},
+             {**_tree_rec(default, "train", 2, steps, 0), "what": "mine",  # from before the flip agreement: left out
+              "proposal_dev": {}, "proposed_score_dev": 0.9, "mine_at_proposed_dev": {"recall": 0.9, "precision": 0.9}}]
     lines = rt.paired({"records": recs + [_tree_rec(default, "test", 1, steps, 0.2), _tree_rec("brl", "test", 1, steps, 0.22)]},
                       "random")
     assert any(line.startswith("- test, the default never below") and "= +4.0 ± 8.5 AP50 over seeds [0, 1] (paired): holds"
                in line for line in lines)
     # the default's mean test AP50 25: (25 - 10) / (50 - 10) of the gap
     assert "- test, the default recovers at least 50 % of the AP50 gap: 38 % (2 seeds of the default): missed by 12 points" in lines
-    assert any(line.endswith("(`--calibrate` on the dev tiles: the score proposed there, else 0.6), at least 30 % of the "
-                             "erased crowns at precision >= 0.7: 25 % at 0.65 (mean of 2 seeds): "
+    assert any(line.endswith("applies by default to models trained on flips: the score proposed there, else 0.6), at "
+                             "least 30 % of the erased crowns at precision >= 0.7: 25 % at 0.65 (mean of 2 seeds): "
                              "missed: recall 5 points short, precision 0.05 short") for line in lines)
 
 
@@ -679,6 +683,32 @@ def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypat
             "| 80 % at 0.80, t 0.5 |") in table  # the last: every detection judged at IoU 0.4 (DeepForest's)
     assert "right less than 0.7 of the time" in table and "{" not in table
     assert "brl" not in table and rt.pr_table({"records": res["records"][:2]}, "random") == []
+    assert rt.pr_table(res, "partial", "_flip") == []  # no record measured the flipped view's agreement
+    res["records"][-1]["dev_pr_flip"] = pr[:1]
+    flip = "\n".join(rt.pr_table(res, "partial", "_flip"))
+    assert "with the flipped view's agreement" in flip and f"| full | {steps} | 0 | 50 % at 0.50 | – |" in flip
+
+
+def test_tree_mining_table_per_agreement(monkeypatch):
+    """Mining without agreement shows the score proposed on the training labels too; with the flipped view's agreement
+    only the dev calibration (what the README recommends); a record without an agreement's keys is left out of its
+    table."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    steps = rt.STEPS
+    rows = [{"threshold": t, "recall": r, "precision": p, "n_mined": n}
+            for t, r, p, n in ((0.6, 0.4, 0.5, 20), (0.7, 0.3, 0.75, 10), (0.8, 0.1, 0.9, 3))]
+    old = {**_tree_rec("brl", "train", 0, steps, 0), "what": "mine", "mine_pr": rows, "proposed_score": 0.7,
+           "mine_at_proposed": rows[1], "proposal_dev": {}, "proposed_score_dev": None}
+    res = {"records": [old, {**old, "seed": 1, "mine_pr_flip": rows, "proposal_dev_flip": {},
+                             "proposed_score_dev_flip": 0.8, "mine_at_proposed_dev_flip": rows[2]}]}
+    plain, flip = rt.mining_table(res, "random"), rt.mining_table(res, "random", "_flip")
+    assert (f"| brl | {steps} | 0 | 40.0 % at 0.50 (20 shown) | 30.0 % at 0.75 (10 shown), t 0.7 | 0.7 | "
+            "30.0 % at 0.75 (10 shown) | – | none | – | – |") in plain
+    assert flip[-2:-1] == ["|---|---|---|---|---|---|---|---|"] and "proposed score |" not in flip[-3]
+    assert flip[-1] == (f"| brl | {steps} | 1 | 40.0 % at 0.50 (20 shown) | 30.0 % at 0.75 (10 shown), t 0.7 | 0.8 | "
+                        "10.0 % at 0.90 (3 shown) | – |")
 
 
 def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tmp_path):
