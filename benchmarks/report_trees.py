@@ -264,6 +264,25 @@ def pr_table(res: dict, protocol: str, suffix: str = "") -> list[str]:
     return out
 
 
+def agreement_gain(res: dict, protocol: str, suffix: str) -> list[str]:
+    """One line: on the dev tiles, how often the agreement of ``suffix`` is more precise than none at equal recall
+    (each of its thresholds against the best precision the plain curve reaches at that recall or more), over the
+    models whose dev record measured both; nothing without such a record."""
+    wins, points, better, models = 0, 0, 0, 0
+    for recs in cells(res, protocol, "dev", "pr").values():
+        for r in (r for r in recs if f"dev_pr{suffix}" in r):
+            plain = [x for x in r["dev_pr"] if measured(x)]
+            mine = [x for x in r[f"dev_pr{suffix}"] if measured(x)]
+            won = sum(not rival or x["precision"] > max(rival)
+                      for x in mine for rival in [[y["precision"] for y in plain if y["recall"] >= x["recall"]]])
+            wins, points, models, better = wins + won, points + len(mine), models + 1, better + (2 * won > len(mine))
+    if not models:
+        return []
+    return [f"The agreement against none on the dev tiles, precision at equal recall (each threshold's point against "
+            f"the best precision the plain curve reaches at that recall or more): higher at {wins} of {points} points; "
+            f"higher at most thresholds for {better} of {models} models.", ""]
+
+
 def val_check_table(res: dict, protocol: str) -> list[str]:
     """What co-mining's val check did in each run that ran it (``val_checks`` of its dev record): the student's
     precision on the dev tiles at each check, the steps it paused and resumed the mining at, and its seconds against
@@ -370,7 +389,8 @@ def section(res: dict, img: Path | None = None) -> list[str]:
                 "shortfall:", "", *paired(res, protocol), "", *val_check_table(res, protocol), "",
 
                 *[line for suffix in AGREEMENTS for line in (*mining_table(res, protocol, suffix), "",
-                                                               *pr_table(res, protocol, suffix), "")],
+                                                               *pr_table(res, protocol, suffix), "",
+                                                               *(agreement_gain(res, protocol, suffix) if suffix else []))],
                 *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "

@@ -687,6 +687,13 @@ def test_tree_report_shows_each_models_dev_precision_apart_from_its_ap(monkeypat
     res["records"][-1]["dev_pr_flip"] = pr[:1]
     flip = "\n".join(rt.pr_table(res, "partial", "_flip"))
     assert "with the flipped view's agreement" in flip and f"| full | {steps} | 0 | 50 % at 0.50 | – |" in flip
+    # precision at equal recall: 0.7 at recall 0.5 beats the plain curve's best at recall >= 0.5 (0.62); 0.55 at
+    # recall 0.3 loses to it; 1.0 at recall 0.1 ties its 1.0 (at recall 0.2), and a tie is no gain
+    res["records"][-1]["dev_pr_flip"] = [dict(pr[0], precision=0.7), dict(pr[1], precision=0.55, recall=0.3),
+                                         dict(pr[3], precision=1.0, recall=0.1), pr[4]]
+    assert rt.agreement_gain(res, "partial", "_flip")[0].endswith(
+        "higher at 1 of 3 points; higher at most thresholds for 0 of 1 models.")
+    assert rt.agreement_gain({"records": res["records"][:2]}, "partial", "_flip") == []
 
 
 def test_tree_mining_table_per_agreement(monkeypatch):

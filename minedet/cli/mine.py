@@ -28,8 +28,8 @@ hand back the boxes its labels miss (Co-mining's co-generation rules, Wang et al
      (--agree color, seeded per image) copy; keep a box only when that copy has a detection of the same
      class with IoU >= --agree-iou whose score is also > --score. The kept box's score is the mean of
      both. Default (auto): flip when the model was trained on flipped images (data.flip > 0, the
-     default for your own data), else none; on the tree-crown dev tiles the flip view raised every
-     model's precision at equal recall (docs/benchmarks.md). --agree none turns it off.
+     default for your own data), else none; on the tree-crown dev tiles it made every model but one more
+     precise at equal recall (docs/benchmarks.md). --agree none turns it off.
 
 Without --score, the score is proposed from the model itself, printed with its reason: it runs over the
 images with labelled boxes (with --folds, each by its fold's model) and calibrates its detections on
