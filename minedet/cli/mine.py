@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_mine)
+    p.set_defaults(func=_cmd_mine, agree_note="")  # agree_note: what --agree auto chose, said with the results
 
 
 def _num(v: float) -> float | None:
@@ -165,7 +165,7 @@ def _cmd_mine(args: argparse.Namespace) -> int:
     print(f"review: {review['images']} images -> {review['labelstudio']} (config {review['config']}), {review['cvat']}")
     print("Label Studio (images open from local files):\n" + "\n".join(f"  {x}" for x in review["setup"]))
     print(f"{res.n_mined} mined boxes added to {len(data.annotations)} labelled ones -> {out}")
-    if getattr(args, "agree_note", ""):
+    if args.agree_note:
         print(args.agree_note)
     if not res.n_mined:
         print(f"minedet: {nothing_mined_hint(res)}", file=sys.stderr)
