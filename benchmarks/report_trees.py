@@ -268,14 +268,17 @@ def agreement_gain(res: dict, protocol: str, suffix: str) -> list[str]:
     """One line: on the dev tiles, how often the agreement of ``suffix`` is more precise than none at equal recall
     (each of its thresholds against the best precision the plain curve reaches at that recall or more), over the
     models whose dev record measured both; nothing without such a record."""
+    def beats(x: dict, plain: list[dict]) -> bool:
+        rivals = [y["precision"] for y in plain if y["recall"] >= x["recall"]]
+        return not rivals or x["precision"] > max(rivals)
+
     wins, points, better, models = 0, 0, 0, 0
     for recs in cells(res, protocol, "dev", "pr").values():
         for r in (r for r in recs if f"dev_pr{suffix}" in r):
             plain = [x for x in r["dev_pr"] if measured(x)]
-            mine = [x for x in r[f"dev_pr{suffix}"] if measured(x)]
-            won = sum(not rival or x["precision"] > max(rival)
-                      for x in mine for rival in [[y["precision"] for y in plain if y["recall"] >= x["recall"]]])
-            wins, points, models, better = wins + won, points + len(mine), models + 1, better + (2 * won > len(mine))
+            agreed = [x for x in r[f"dev_pr{suffix}"] if measured(x)]
+            won = sum(beats(x, plain) for x in agreed)
+            wins, points, models, better = wins + won, points + len(agreed), models + 1, better + (2 * won > len(agreed))
     if not models:
         return []
     return [f"The agreement against none on the dev tiles, precision at equal recall (each threshold's point against "
