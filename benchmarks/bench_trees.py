@@ -352,21 +352,25 @@ def mining_curve(det, cfg, dev: dict[str, tuple[list[dict], list[dict]]]) -> dic
     """Per agreement (:data:`AGREEMENTS`, its key suffix), ``minedet mine``'s filter over the sparse training tiles,
     scored against the erased crowns at each threshold, and at the score the library proposes from the model itself
     (where it offers one): on the dev tiles (``mine --calibrate``), and without agreement also on the training tiles'
-    labelled boxes (``mine``'s proposal without ``--calibrate``); ``dev``: its :func:`dev_detections`."""
+    labelled boxes (``mine``'s proposal without ``--calibrate``); ``dev``: its :func:`dev_detections`. The training
+    tiles' plain detections are predicted once, down to the lowest threshold or proposed score, for every pass."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
 
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
+    proposals = {suffix: {f"_dev{suffix}": mining.propose_score(*dev[suffix], complete=True)}  # no hidden truth
+                 for suffix in AGREEMENTS}
+    proposals[""][""] = mining.propose_score_for(det, data, cfg.data.train_images)
+    scores = [p.score for ps in proposals.values() for p in ps.values() if p.score is not None]
+    floor = min([*THRESHOLDS, *scores])
+    plain, _ = mining.calibration_detections(det, data, cfg.data.train_images, complete=True, floor=floor)
+    plain = {d["image_id"]: d for d in plain}  # predicted once: each agreement's pass reads them
     out: dict = {}
     for suffix, agree in AGREEMENTS.items():
-        proposals = {f"_dev{suffix}": mining.propose_score(*dev[suffix], complete=True)}  # no hidden truth
-        if agree == "none":
-            proposals[""] = mining.propose_score_for(det, data, cfg.data.train_images)
-        floor = min([*THRESHOLDS, *(p.score for p in proposals.values() if p.score is not None)])
-        res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor, agree=agree)
+        res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor, agree=agree, detections=plain)
         out[f"mine_pr{suffix}"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS)
         out[f"mine_pr{suffix}_iou40"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS, iou=FIELD_IOU)
-        for tag, p in proposals.items():
+        for tag, p in proposals[suffix].items():
             out[f"proposed_score{tag}"] = p.score
             out[f"proposal{tag}"] = {"precision": p.precision, "precision_all": p.precision_all,
                                      "n_region": p.n_region, "reason": p.reason}

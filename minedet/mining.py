@@ -312,12 +312,8 @@ def _settings(score: float, nms: float, iou_gt: float, max_dets: int, agree: str
               collect_down_to: float | None, seed: int, part: float | None = None) -> MineSettings:
     """Check the filter settings of :func:`mine_dataset` (one MinedetError per bad value)."""
     score = _check_unit("score", score)
-    nms = _check_unit("nms", nms)
     iou_gt = _check_unit("iou_gt", iou_gt)
-    agree_iou = _check_unit("agree_iou", agree_iou)
-    max_dets = _check_pos_int("max_dets", max_dets)
-    if agree not in AGREE_MODES:
-        raise MinedetError(f"agree must be one of {', '.join(AGREE_MODES)}, got {agree!r}")
+    nms, max_dets, agree, agree_iou = _check_decoding(nms, max_dets, agree, agree_iou)
     if gt_match not in ("any", "same"):
         raise MinedetError(f"gt_match must be any or same, got {gt_match!r}")
     floor = score if collect_down_to is None else min(score, _check_unit("collect_down_to", collect_down_to))
@@ -325,6 +321,14 @@ def _settings(score: float, nms: float, iou_gt: float, max_dets: int, agree: str
         raise MinedetError("part must be in (0, 1], got 0 (null turns it off)")
     part = None if part is None else float(part)
     return MineSettings(score, nms, iou_gt, max_dets, agree, agree_iou, floor, int(seed), gt_match, part)
+
+
+def _check_decoding(nms: float, max_dets: int, agree: str, agree_iou: float) -> tuple[float, int, str, float]:
+    """Check how detections are decoded and agreed (what :func:`mine_dataset` and :func:`calibration_detections`
+    share); the values, normalised."""
+    if agree not in AGREE_MODES:
+        raise MinedetError(f"agree must be one of {', '.join(AGREE_MODES)}, got {agree!r}")
+    return _check_unit("nms", nms), _check_pos_int("max_dets", max_dets), agree, _check_unit("agree_iou", agree_iou)
 
 
 def _check_detector(detector, names: list[str], data: CocoData) -> None:
@@ -790,7 +794,8 @@ def calibration_detections(detector, data: CocoData, image_root: str | os.PathLi
     detection is kept only where the augmented view agrees with it, its score being its gate ``min(score, partner
     score)``: the number mining compares with its threshold, so a score proposed from these holds for mining with
     the same agreement."""
-    _settings(DEFAULT_SCORE, nms, 0.4, max_dets, agree, agree_iou, "any", floor, seed, None)  # refuse bad settings
+    nms, max_dets, agree, agree_iou = _check_decoding(nms, max_dets, agree, agree_iou)
+    floor = _check_unit("floor", floor)
     detectors = _fold_detectors(detector, folds, data)
     for d in detectors:
         _check_detector(d, list(data.class_names), data)

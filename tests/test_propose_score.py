@@ -221,8 +221,10 @@ def test_agreement_keeps_the_boxes_the_view_agrees_with_at_the_gate_mining_compa
         own = {(*b, k): s for b, k, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist())}
         for b, k, s in zip(a["boxes"].tolist(), a["labels"].tolist(), a["scores"].tolist()):
             assert (*b, k) in own and s <= own[(*b, k)] + 1e-6
-    with pytest.raises(MinedetError, match="agree"):
-        calibration_detections(det, data, root, agree="blur")
+    for bad, rule in (({"agree": "blur"}, "agree must be one of"), ({"agree_iou": 1.5}, "agree_iou must be"),
+                      ({"floor": -0.1}, "floor must be"), ({"nms": 2}, "nms must be"), ({"max_dets": 0}, "max_dets must")):
+        with pytest.raises(MinedetError, match=rule):
+            calibration_detections(det, data, root, **bad)
 
 
 def test_mine_agrees_with_a_flipped_view_when_the_model_trained_on_flips(model_file, sparse, tmp_path, capsys):
