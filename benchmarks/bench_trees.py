@@ -126,7 +126,7 @@ COLUMNS: tuple[TreeColumn, ...] = (
                "shipped until the trees chose the val check)", "co_mining", ("method.min_val_precision=null",),
                short="co-mining, no val check"),
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
-               "burn-in 100, teacher decay 0.99 for the 300-step budget)", "mixed",
+               "burn-in 100 of the 600 steps, teacher decay 0.99)", "mixed",
                ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
     TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped: co-mining on BRL's loss with the guards, "
                "its mining paused while the student's detections above tau on the dev tiles are under 70 % right "
