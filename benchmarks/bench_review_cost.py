@@ -156,17 +156,18 @@ def trained(cfg, out: Path, steps: int) -> dict:
 # the two review lists
 
 
-def minedet_list(det, data, root: str) -> tuple[list[tuple], dict]:
-    """minedet's review list (candidates down to the lowest score, ranked by score) and the proposed score."""
+def minedet_list(det, data, root: str, agree: str = "none") -> tuple[list[tuple], dict]:
+    """minedet's review list (candidates down to the lowest score, ranked by their gate: the score, or with ``agree``
+    the lower of the two views' scores) and the score proposed on the labelled boxes (with the same agreement)."""
     from minedet.mining import mine_dataset, propose_score_for
 
     t0 = time.perf_counter()
-    res = mine_dataset(det, data, root, score=0.6, collect_down_to=min(SCORES), batch_size=16)
+    res = mine_dataset(det, data, root, score=0.6, collect_down_to=min(SCORES), batch_size=16, agree=agree)
     shown = [(iid, b, k, s) for iid, c in res.candidates.items()
              for b, k, s in zip(c.boxes.tolist(), c.labels.tolist(), res.gates[iid].tolist())]
     shown.sort(key=lambda r: (-r[3], r[0]))
     rank_s = time.perf_counter() - t0
-    prop = propose_score_for(det, data, root)
+    prop = propose_score_for(det, data, root, agree=agree)
     return shown, {"rank_s": round(rank_s, 1), "proposed_score": prop.score, "proposal_reason": prop.reason,
                    "result": res}
 
@@ -220,8 +221,9 @@ def cleanlab_list(preds: list[dict], targets: list[dict], num_classes: int, thre
 # ------------------------------------------------------------------------------------------------
 
 
-def measure(det, cfg, n_classes: int) -> list[dict]:
-    """One record per review list: its curve at every budget (and at minedet's scores), and its facts."""
+def measure(det, cfg, n_classes: int, agrees: tuple[str, ...] = ("none",)) -> list[dict]:
+    """One record per review list: its curve at every budget (and at minedet's scores), and its facts; minedet's list
+    once per test-time agreement in ``agrees`` (``minedet mine --agree``; method ``minedet``, or ``minedet_flip``...)."""
     import cleanlab
 
     from minedet.data.coco import load_coco
@@ -231,15 +233,19 @@ def measure(det, cfg, n_classes: int) -> list[dict]:
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
     truth = {int(im["id"]): coco_target(hidden, int(im["id"])) for im in data.images}
     n_hidden = sum(len(t) for t in truth.values())
-    print("[review_cost] minedet's list ...", file=sys.stderr, flush=True)
-    m_shown, m_info = minedet_list(det, data, cfg.data.train_images)
-    # the same count, another way: mining.pr_against_hidden at each score
-    m_info["pr_against_hidden"] = pr_against_hidden(m_info.pop("result"), hidden, data, SCORES)
-    at_score = {t: sum(1 for r in m_shown if r[3] > t) for t in SCORES}
-    if m_info["proposed_score"] is not None:
-        at_score[m_info["proposed_score"]] = sum(1 for r in m_shown if r[3] > m_info["proposed_score"])
+    lists, at_score = [], {}
+    for agree in agrees:
+        print(f"[review_cost] minedet's list (agreement {agree}) ...", file=sys.stderr, flush=True)
+        m_shown, m_info = minedet_list(det, data, cfg.data.train_images, agree)
+        # the same count, another way: mining.pr_against_hidden at each score
+        m_info["pr_against_hidden"] = pr_against_hidden(m_info.pop("result"), hidden, data, SCORES)
+        m_info["agree"] = agree
+        if agree == agrees[0]:  # the budgets marked: the first list's counts at minedet's scores
+            at_score = {t: sum(1 for r in m_shown if r[3] > t) for t in SCORES}
+            if m_info["proposed_score"] is not None:
+                at_score[m_info["proposed_score"]] = sum(1 for r in m_shown if r[3] > m_info["proposed_score"])
+        lists.append(("minedet" if agree == "none" else f"minedet_{agree}", f"minedet {_version()}", m_shown, m_info))
     budgets = sorted(set(BUDGETS) | {n for n in at_score.values() if n})
-    lists = [("minedet", f"minedet {_version()}", m_shown, m_info)]
     print("[review_cost] predictions for cleanlab ...", file=sys.stderr, flush=True)
     preds, targets = predictions(det, data, cfg.data.train_images)
     for thr in CLEANLAB_THRESHOLDS:

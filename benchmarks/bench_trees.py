@@ -396,7 +396,8 @@ def dev_pr(dev: dict[str, tuple[list[dict], list[dict]]]) -> dict:
 
 def measure_model(model_path: Path, col: TreeColumn, cfg, base: dict) -> list[dict]:
     """The records every finished run gets from its saved model: the dev precision-recall, and for a sparse column
-    the mining curve (the model loaded once, its dev detections computed once)."""
+    the mining curve and the review lists beside cleanlab's (the model loaded once, its dev detections computed
+    once)."""
     from minedet.engine.checkpoint import load_model
 
     det, _ = load_model(model_path)
@@ -404,7 +405,20 @@ def measure_model(model_path: Path, col: TreeColumn, cfg, base: dict) -> list[di
     recs = [{**base, "split": "dev", "what": "pr", **dev_pr(dev)}]
     if col.labels != "full":
         recs.append({**base, "split": "train", "what": "mine", **mining_curve(det, cfg, dev)})
+        recs.append({**base, "split": "train", "what": "review", "lists": review_lists(det, cfg)})
     return recs
+
+
+def review_lists(det, cfg) -> list[dict]:
+    """What a review costs on the sparse training tiles, the peer beside ``minedet mine`` (``bench_review_cost``):
+    the erased crowns recovered per box shown down minedet's list (without agreement and with the flipped view's) and
+    down cleanlab's overlooked-box lists of the same model's predictions (its default high-probability threshold
+    0.95, and 0.3). Each list: its method, length and curve at each number of boxes shown."""
+    import bench_review_cost as rc
+
+    keep = ("method", "tool", "list_length", "n_hidden", "images", "curve", "agree", "proposed_score",
+            "high_probability_threshold", "flagged_images")
+    return [{k: r[k] for k in keep if k in r} for r in rc.measure(det, cfg, 1, agrees=tuple(AGREEMENTS.values()))]
 
 
 def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:

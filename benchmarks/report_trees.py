@@ -86,8 +86,8 @@ def latest(records: list[dict]) -> list[dict]:
 
 
 def cells(res: dict, protocol: str, split: str, what: str | None = None) -> dict[tuple[str, str], list[dict]]:
-    """(column, steps) -> its latest records of one split and kind (``what``: None for AP, ``"mine"``, ``"pr"``;
-    ``full`` from either protocol), in declared order: records of different budgets never share a cell."""
+    """(column, steps) -> its latest records of one split and kind (``what``: None for AP, ``"mine"``, ``"pr"``,
+    ``"review"``; ``full`` from either protocol), in declared order: records of different budgets never share a cell."""
     recs = [r for r in latest(res["records"]) if r.get("split") == split and r.get("what") == what
             and (r.get("protocol") == protocol or r.get("column") == "full")]
     out: dict[tuple[str, int], list[dict]] = {}
@@ -286,6 +286,52 @@ def agreement_gain(res: dict, protocol: str, suffix: str) -> list[str]:
             f"higher at most thresholds for {better} of {models} models.", ""]
 
 
+#: the numbers of boxes shown the review table reads (the training tiles hold a few hundred erased crowns)
+REVIEW_SHOWN = (25, 50, 100, 200, 400)
+#: how each review list is named on the page
+REVIEW_TEXT = {"minedet": "minedet (`--agree none`)", "minedet_flip": "minedet (flipped view, `mine`'s default)",
+               "cleanlab_overlooked_p0.95": "cleanlab (threshold 0.95, its default)",
+               "cleanlab_overlooked_p0.3": "cleanlab (threshold 0.3)"}
+
+
+def review_table(res: dict, protocol: str) -> list[str]:
+    """What a review costs per model (``review`` records): the erased crowns recovered as a reviewer walks down
+    minedet's list and cleanlab's, at equal numbers of boxes shown, and one line counting where cleanlab's lists
+    recall more than minedet's default list; nothing before such a record."""
+    models = [r for recs in cells(res, protocol, "train", "review").values() for r in sorted(recs, key=lambda r: r["seed"])]
+    if not models:
+        return []
+    out = ["What a review costs: each run's model ranks the boxes its labels miss on the sparse training tiles, the "
+           "most likely missing first; a scripted reviewer walks down the list (`bench_review_cost`'s pieces). minedet "
+           "ranks `minedet mine`'s candidates by score (with the flipped view's agreement: by the lower of the two "
+           "scores); cleanlab ranks the same model's predictions by `compute_overlooked_box_scores` (only predictions "
+           "above its high-probability threshold that overlap no labelled box are candidates). Each cell: the share of "
+           "the erased crowns recovered / the share of the boxes shown that recover one (IoU >= 0.5), after that many "
+           "boxes shown ('–': the list is shorter).", "",
+           "| column | steps | seed | list | " + " | ".join(f"{n} shown" for n in REVIEW_SHOWN) + " | list length |",
+           "|---|---|---|---|" + "---|" * len(REVIEW_SHOWN) + "---|"]
+    wins, points = {}, {}
+    for r in models:
+        by_method = {x["method"]: x for x in r["lists"]}
+        for method, lst in by_method.items():
+            at_n = {c["budget"]: c for c in lst["curve"]}
+            row = [f"{at_n[n]['recall'] * 100:.0f} % / {at_n[n]['precision']:.2f}"
+                   if n in at_n and at_n[n]["shown"] == n else "–" for n in REVIEW_SHOWN]
+            out.append(f"| {r['column']} | {budget(r)} | {r['seed']} | {REVIEW_TEXT.get(method, method)} | "
+                       + " | ".join(row) + f" | {lst['list_length']} |")
+        ours = {c["budget"]: c for c in by_method.get("minedet" + README_AGREE, {}).get("curve", [])}
+        for method, lst in by_method.items():
+            if not method.startswith("cleanlab"):
+                continue
+            both = [(ours[c["budget"]], c) for c in lst["curve"] if c["budget"] in REVIEW_SHOWN and c["budget"] in ours
+                    and c["shown"] == c["budget"] and ours[c["budget"]]["shown"] == c["budget"]]
+            wins[method] = wins.get(method, 0) + sum(c["tp"] > m["tp"] for m, c in both)
+            points[method] = points.get(method, 0) + len(both)
+    counts = [f"{REVIEW_TEXT.get(m, m)} at {wins[m]} of {points[m]}" for m in wins]
+    return out + ["", "Where both lists reach a number of boxes shown, cleanlab's recovers more erased crowns than "
+                  f"{REVIEW_TEXT['minedet' + README_AGREE]}: " + "; ".join(counts) + ".", ""]
+
+
 def val_check_table(res: dict, protocol: str) -> list[str]:
     """What co-mining's val check did in each run that ran it (``val_checks`` of its dev record): the student's
     precision on the dev tiles at each check, the steps it paused and resumed the mining at, and its seconds against
@@ -394,6 +440,7 @@ def section(res: dict, img: Path | None = None) -> list[str]:
                 *[line for suffix in AGREEMENTS for line in (*mining_table(res, protocol, suffix), "",
                                                                *pr_table(res, protocol, suffix), "",
                                                                *(agreement_gain(res, protocol, suffix) if suffix else []))],
+                *review_table(res, protocol),
                 *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "

@@ -718,6 +718,34 @@ def test_tree_mining_table_per_agreement(monkeypatch):
                         "10.0 % at 0.90 (3 shown) | – |")
 
 
+def test_tree_review_table_walks_each_list_and_counts_where_cleanlab_recalls_more(monkeypatch):
+    """The review table: per model and list, recall / precision after each number of boxes shown ('–' where the list is
+    shorter), and a count of the points where a cleanlab list recovers more erased crowns than minedet's default list
+    (the flipped view's), points one list cannot reach left out; no review record, no table."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    def lst(method, tps, length):
+        curve = [{"budget": n, "shown": min(n, length), "tp": tp, "recall": tp / 100, "precision": tp / min(n, length)}
+                 for n, tp in zip(rt.REVIEW_SHOWN, tps)]
+        return {"method": method, "list_length": length, "curve": curve}
+
+    rec = {**_tree_rec("brl_2x", "train", 0, rt.STEPS, 0), "what": "review",
+           "lists": [lst("minedet_flip", (20, 30, 40, 50, 60), 150), lst("minedet", (10, 20, 30, 40, 50), 1000),
+                     lst("cleanlab_overlooked_p0.3", (5, 35, 45, 45, 45), 400)]}
+    res = {"records": [rec]}
+    table = rt.review_table(res, "random")
+    assert f"| brl_2x | {rt.STEPS} | 0 | minedet (flipped view, `mine`'s default) | 20 % / 0.80 | 30 % / 0.60 | " \
+           "40 % / 0.40 | – | – | 150 |" in table
+    assert f"| brl_2x | {rt.STEPS} | 0 | cleanlab (threshold 0.3) | 5 % / 0.20 | 35 % / 0.70 | 45 % / 0.45 | " \
+           "45 % / 0.23 | 45 % / 0.11 | 400 |" in table
+    # minedet's default list holds 150 boxes: 200 and 400 shown are no comparison; cleanlab more at 50 and 100
+    assert table[-2] == ("Where both lists reach a number of boxes shown, cleanlab's recovers more erased crowns than "
+                         "minedet (flipped view, `mine`'s default): cleanlab (threshold 0.3) at 2 of 3.")
+    assert rt.review_table({"records": [dict(rec, what="mine")]}, "random") == []
+    assert rt.review_table(res, "partial") == []
+
+
 def test_tree_bands_share_no_pixel_and_eval_tiles_do_not_overlap(monkeypatch, tmp_path):
     """bench_trees' data pieces: a crown cut by a band edge is crowd on both sides; the dev/test tiles kept are the
     non-overlapping 400 px grid; the partial protocol erases only in hurried cells, keeping their largest crowns."""
