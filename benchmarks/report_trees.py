@@ -287,7 +287,7 @@ def agreement_gain(res: dict, protocol: str, suffix: str) -> list[str]:
 
 
 #: the numbers of boxes shown the review table reads (the training tiles hold a few hundred erased crowns)
-REVIEW_SHOWN = (25, 50, 100, 200, 400)
+REVIEW_SHOWN = (25, 50, 100, 200)
 #: how each review list is named on the page
 REVIEW_TEXT = {"minedet": "minedet (`--agree none`)", "minedet_flip": "minedet (flipped view, `mine`'s default)",
                "cleanlab_overlooked_p0.95": "cleanlab (threshold 0.95, its default)",
@@ -296,29 +296,30 @@ REVIEW_TEXT = {"minedet": "minedet (`--agree none`)", "minedet_flip": "minedet (
 
 def review_table(res: dict, protocol: str) -> list[str]:
     """What a review costs per model (``review`` records): the erased crowns recovered as a reviewer walks down
-    minedet's list and cleanlab's, at equal numbers of boxes shown, and one line counting where cleanlab's lists
-    recall more than minedet's default list; nothing before such a record."""
+    minedet's list and cleanlab's, at equal numbers of boxes shown and over the whole list, and one line counting where
+    cleanlab's lists recall more than minedet's default list; nothing before such a record."""
     models = [r for recs in cells(res, protocol, "train", "review").values() for r in sorted(recs, key=lambda r: r["seed"])]
     if not models:
         return []
     out = ["What a review costs: each run's model ranks the boxes its labels miss on the sparse training tiles, the "
            "most likely missing first; a scripted reviewer walks down the list (`bench_review_cost`'s pieces). minedet "
-           "ranks `minedet mine`'s candidates by score (with the flipped view's agreement: by the lower of the two "
-           "scores); cleanlab ranks the same model's predictions by `compute_overlooked_box_scores` (only predictions "
-           "above its high-probability threshold that overlap no labelled box are candidates). Each cell: the share of "
-           "the erased crowns recovered / the share of the boxes shown that recover one (IoU >= 0.5), after that many "
-           "boxes shown ('–': the list is shorter).", "",
-           "| column | steps | seed | list | " + " | ".join(f"{n} shown" for n in REVIEW_SHOWN) + " | list length |",
+           "ranks `minedet mine`'s candidates down to score 0.3 by score (with the flipped view's agreement: by the "
+           "lower of the two scores); cleanlab ranks the same model's predictions by `compute_overlooked_box_scores` "
+           "(only predictions above its high-probability threshold that overlap no labelled box are candidates). Each "
+           "cell: the share of the erased crowns recovered / the share of the boxes shown that recover one (IoU >= 0.5), "
+           "after that many boxes shown ('–': the list is shorter), and over the whole list.", "",
+           "| column | steps | seed | list | " + " | ".join(f"{n} shown" for n in REVIEW_SHOWN) + " | the whole list |",
            "|---|---|---|---|" + "---|" * len(REVIEW_SHOWN) + "---|"]
-    wins, points = {}, {}
+    wins: dict[str, int] = {}
+    points: dict[str, int] = {}
     for r in models:
         by_method = {x["method"]: x for x in r["lists"]}
         for method, lst in by_method.items():
             at_n = {c["budget"]: c for c in lst["curve"]}
-            row = [f"{at_n[n]['recall'] * 100:.0f} % / {at_n[n]['precision']:.2f}"
-                   if n in at_n and at_n[n]["shown"] == n else "–" for n in REVIEW_SHOWN]
+            row = [_review_cell(at_n[n]) if n in at_n and at_n[n]["shown"] == n else "–" for n in REVIEW_SHOWN]
+            whole = max(lst["curve"], key=lambda c: c["budget"])
             out.append(f"| {r['column']} | {budget(r)} | {r['seed']} | {REVIEW_TEXT.get(method, method)} | "
-                       + " | ".join(row) + f" | {lst['list_length']} |")
+                       + " | ".join(row) + f" | {_review_cell(whole)} ({lst['list_length']} shown) |")
         ours = {c["budget"]: c for c in by_method.get("minedet" + README_AGREE, {}).get("curve", [])}
         for method, lst in by_method.items():
             if not method.startswith("cleanlab"):
@@ -327,9 +328,16 @@ def review_table(res: dict, protocol: str) -> list[str]:
                     and c["shown"] == c["budget"] and ours[c["budget"]]["shown"] == c["budget"]]
             wins[method] = wins.get(method, 0) + sum(c["tp"] > m["tp"] for m, c in both)
             points[method] = points.get(method, 0) + len(both)
-    counts = [f"{REVIEW_TEXT.get(m, m)} at {wins[m]} of {points[m]}" for m in wins]
-    return out + ["", "Where both lists reach a number of boxes shown, cleanlab's recovers more erased crowns than "
-                  f"{REVIEW_TEXT['minedet' + README_AGREE]}: " + "; ".join(counts) + ".", ""]
+    counts = [f"{REVIEW_TEXT.get(m, m)} at {wins[m]} of {points[m]}" for m in wins if points[m]]
+    return out + ["", ("Where both lists reach a number of boxes shown, cleanlab's recovers more erased crowns than "
+                       f"{REVIEW_TEXT['minedet' + README_AGREE]}: " + "; ".join(counts) + ".") if counts else
+                  f"No number of boxes shown in the table is reached by both {REVIEW_TEXT['minedet' + README_AGREE]} and "
+                  "a cleanlab list.", ""]
+
+
+def _review_cell(c: dict) -> str:
+    """Recall / precision of a review curve's point ('–' where nothing was shown)."""
+    return "–" if not c["shown"] else f"{100 * c['recall']:.0f} % / {c['precision']:.2f}"
 
 
 def val_check_table(res: dict, protocol: str) -> list[str]:

@@ -726,8 +726,8 @@ def test_tree_review_table_walks_each_list_and_counts_where_cleanlab_recalls_mor
     import report_trees as rt
 
     def lst(method, tps, length):
-        curve = [{"budget": n, "shown": min(n, length), "tp": tp, "recall": tp / 100, "precision": tp / min(n, length)}
-                 for n, tp in zip(rt.REVIEW_SHOWN, tps)]
+        curve = [{"budget": n, "shown": min(n, length), "tp": tp, "recall": tp / 100, "precision": tp / min(n, length) if length else None}
+                 for n, tp in zip((25, 50, 100, 200, 400), tps)]  # as records hold them
         return {"method": method, "list_length": length, "curve": curve}
 
     rec = {**_tree_rec("brl_2x", "train", 0, rt.STEPS, 0), "what": "review",
@@ -736,12 +736,16 @@ def test_tree_review_table_walks_each_list_and_counts_where_cleanlab_recalls_mor
     res = {"records": [rec]}
     table = rt.review_table(res, "random")
     assert f"| brl_2x | {rt.STEPS} | 0 | minedet (flipped view, `mine`'s default) | 20 % / 0.80 | 30 % / 0.60 | " \
-           "40 % / 0.40 | – | – | 150 |" in table
+           "40 % / 0.40 | – | 60 % / 0.40 (150 shown) |" in table
     assert f"| brl_2x | {rt.STEPS} | 0 | cleanlab (threshold 0.3) | 5 % / 0.20 | 35 % / 0.70 | 45 % / 0.45 | " \
-           "45 % / 0.23 | 45 % / 0.11 | 400 |" in table
-    # minedet's default list holds 150 boxes: 200 and 400 shown are no comparison; cleanlab more at 50 and 100
+           "45 % / 0.23 | 45 % / 0.11 (400 shown) |" in table
+    # minedet's default list holds 150 boxes: 200 shown is no comparison; cleanlab more at 50 and 100
     assert table[-2] == ("Where both lists reach a number of boxes shown, cleanlab's recovers more erased crowns than "
                          "minedet (flipped view, `mine`'s default): cleanlab (threshold 0.3) at 2 of 3.")
+    short = dict(rec, lists=[lst("minedet_flip", (0, 0, 0, 0, 0), 0), lst("cleanlab_overlooked_p0.3", (1,) * 5, 10)])
+    assert rt.review_table({"records": [short]}, "random")[-2].startswith("No number of boxes shown in the table")
+    assert f"| brl_2x | {rt.STEPS} | 0 | minedet (flipped view, `mine`'s default) | – | – | – | – | – (0 shown) |" \
+        in rt.review_table({"records": [short]}, "random")
     assert rt.review_table({"records": [dict(rec, what="mine")]}, "random") == []
     assert rt.review_table(res, "partial") == []
 
