@@ -7,7 +7,8 @@ Measures, on the digits dataset at the demo's settings (batch 16, 128 px; Retina
     number of DataLoader workers;
   * images/s of the supervised and Co-mining training steps (forward + backward + optimiser),
     and of a supervised step on twice the batch: the cost of two views without co-mining's own
-    work, the floor under the co-mining / supervised step ratio.
+    work, the floor under the co-mining / supervised step ratio; and of a supervised step with its weights
+    channels-last (train.channels_last).
 The ratio pipeline / step > 1 means the loader keeps up.
 """
 
@@ -57,7 +58,8 @@ def setups(args, bs: int) -> list[tuple[str, dict, int]]:
     and joint run the release's behaviour (method.paper), as in the papers' tables."""
     out = [("supervised", {"name": "supervised"}, bs), ("co_mining", {"name": "co_mining", "paper": True}, bs),
            ("joint", {"name": "co_mining", "cogeneration": False, "paper": True}, bs),
-           ("supervised_2x_batch", {"name": "supervised"}, 2 * bs)]
+           ("supervised_2x_batch", {"name": "supervised"}, 2 * bs),
+           ("supervised_channels_last", {"name": "supervised"}, bs)]
     if args.init:  # the mechanisms beyond the paper (minedet's defaults), acting from the first step (no warm-up)
         out += [("co_mining_guarded", {"name": "co_mining", "mine_after": 0}, bs),
                 ("co_mining_adaptive", {"name": "co_mining", "paper": True, "adaptive": True}, bs)]
@@ -83,6 +85,10 @@ def runner(args, cfg, label: str, method_cfg: dict, batch: int, records: list[di
     if args.detector == "faster_rcnn" and method_cfg["name"] == "co_mining":
         method_cfg = {**method_cfg, "topk": FRCNN_COGEN_PROPOSALS}  # as bench_co_mining.py's Faster R-CNN runs
     method = build_method(method_cfg, detector)
+    if label.endswith("_channels_last"):  # the 4-D weights (so the activations) channels-last: train.channels_last
+        import torch
+
+        method.to(memory_format=torch.channels_last)
     views = method.streams()["labelled"]
     ds = make_dataset(cfg.data.train, cfg.data.train_images, cfg, views=views, train=True)
     method.bind({"labelled": ds})  # the drift cap reads the labelled density
@@ -110,10 +116,11 @@ def time_steps(runners: dict[str, Runner], steps: int) -> None:
     for i in range(steps + 1):
         for r in runners.values():
             t0 = time.perf_counter()
-            loss = sum(r.method.training_step(r.batches[i]).values())
+            loss = sum(r.method(r.batches[i]).values())  # the trainer's call: every method returns its losses
             r.opt.zero_grad()
             loss.backward()
             r.opt.step()
+            r.method.after_step(i + 1)
             if i:  # the first step warms up
                 r.times.append(time.perf_counter() - t0)
                 r.cogen.append(r.method.log_metrics().get("time/cogeneration"))
@@ -144,6 +151,9 @@ def derived_lines(records: list[dict], args) -> list[str]:
     if {"supervised", "joint", "co_mining"} <= set(steps):
         derived.append(f"joint (two views, no co-generation) / supervised: {steps['joint'] / steps['supervised']:.2f}x; "
                        f"co-mining / joint: {steps['co_mining'] / steps['joint']:.2f}x")
+    if {"supervised", "supervised_channels_last"} <= set(steps):
+        derived.append(f"supervised step with channels-last weights / supervised (train.channels_last): "
+                       f"{steps['supervised_channels_last'] / steps['supervised']:.2f}x")
     for label in ("co_mining_guarded", "co_mining_adaptive"):
         if {label, "co_mining"} <= set(steps):
             derived.append(f"{label} / co_mining step (from {Path(args.init).name}, same batches, steps alternating): "

@@ -94,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "off"
+    channels_last: bool | str = "auto"
     sync_bn: bool = False
     deterministic: bool = False
     eval_every: int = 0

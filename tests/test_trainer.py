@@ -41,6 +41,25 @@ def test_train_writes_model_metrics_and_eval(tiny_digits, tmp_path):
     assert not list(out.rglob("*.tmp")), "no temporary files are left behind"
 
 
+def test_channels_last_trains_the_same_weights_and_a_bad_setting_is_refused(tiny_digits, tmp_path):
+    """``train.channels_last`` (``auto``: on for the CPU) changes the memory order only: a run with it ends with the
+    weights of a run without it, to float rounding; a setting other than auto, true or false is one clear error."""
+    runs = {}
+    for setting in (True, False):
+        cfg = tiny_config(tiny_digits, tmp_path / str(setting), train__max_steps=3)
+        cfg.train.channels_last = setting
+        run_training(cfg, quiet=True)
+        runs[setting] = _weights(tmp_path / str(setting) / "checkpoints" / "last.pt")
+    assert runs[True].keys() == runs[False].keys()
+    for k in runs[True]:
+        if torch.is_floating_point(runs[True][k]):
+            assert torch.allclose(runs[True][k], runs[False][k], rtol=1e-4, atol=1e-5), k
+    cfg = tiny_config(tiny_digits, tmp_path / "bad", train__max_steps=1)
+    cfg.train.channels_last = "yes"
+    with pytest.raises(MinedetError, match="train.channels_last must be auto, true or false"):
+        run_training(cfg, quiet=True)
+
+
 def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path):
     """A real process killed with SIGKILL mid-run, resumed from its last checkpoint, ends with the
     weights of an uninterrupted run (CPU, same config)."""
