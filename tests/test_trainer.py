@@ -60,6 +60,27 @@ def test_channels_last_trains_the_same_weights_and_a_bad_setting_is_refused(tiny
         run_training(cfg, quiet=True)
 
 
+def test_a_loaded_model_detects_the_same_in_either_memory_order(tiny_digits, tmp_path):
+    """``load_model`` on the CPU runs the model channels-last (faster there): its detections are those of the same
+    weights in the contiguous order, to float rounding."""
+    import copy
+
+    cfg = tiny_config(tiny_digits, tmp_path / "run", train__max_steps=2)
+    run_training(cfg, quiet=True)
+    from tests.test_mine import _confident
+
+    det, _ = load_model(tmp_path / "run" / "model.pt")
+    det = _confident(det, -2.0)  # scores spread over the images (two steps leave them tied at the prior)
+    plain = copy.deepcopy(det).to(memory_format=torch.contiguous_format)
+    images = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    with torch.no_grad():
+        got, want = det.predict(images, score_thresh=0.01), plain.predict(images, score_thresh=0.01)
+    assert sum(len(w.scores) for w in want) > 0
+    for g, w in zip(got, want):
+        assert len(g.scores) == len(w.scores)
+        assert torch.allclose(g.scores, w.scores, atol=1e-5) and torch.allclose(g.boxes, w.boxes, atol=1e-3)
+
+
 def test_sigkill_then_resume_reproduces_uninterrupted_run(tiny_digits, tmp_path):
     """A real process killed with SIGKILL mid-run, resumed from its last checkpoint, ends with the
     weights of an uninterrupted run (CPU, same config)."""

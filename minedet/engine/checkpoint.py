@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from minedet.engine.dist import channels_last
 from minedet.errors import MinedetError
 from minedet.io import load_checkpoint, save_torch_atomic
 
@@ -80,4 +81,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu"):
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise MinedetError(f"weights do not fit the model in the spec ({lines[1] if len(lines) > 1 else lines[0]})", file=str(path)) from None
-    return det.to(device).eval(), obj.get("meta", {})
+    det.to(device)
+    if channels_last("auto", torch.device(device)):  # faster on the CPU, the same detections to float rounding
+        det.to(memory_format=torch.channels_last)
+    return det.eval(), obj.get("meta", {})

@@ -54,6 +54,18 @@ def setup_device(kind: str = "auto", *, quiet: bool = False) -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+def channels_last(setting: bool | str, device: torch.device) -> bool:
+    """Whether a model runs with its 4-D weights (so its activations) in channels-last order (``train.channels_last``
+    when training; ``auto`` for a loaded model): ``auto`` is on for the CPU, where a RetinaNet + EfficientNet-Lite0
+    training step takes about four fifths of the time (``benchmarks/bench_loader.py``: digits at 128 px; the same
+    losses), and off for CUDA, not measured here."""
+    if setting == "auto":
+        return device.type == "cpu"
+    if not isinstance(setting, bool):
+        raise MinedetError(f"train.channels_last must be auto, true or false, got {setting!r}")
+    return setting
+
+
 def all_reduce_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank if it is True on any rank."""
     if info.world == 1:

@@ -31,7 +31,7 @@ from minedet.engine.checkpoint import load_training_checkpoint, save_checkpoint
 from minedet.engine.optim import optimizer_name
 from minedet.errors import MinedetError
 from minedet.io import write_text_atomic
-from minedet.engine.dist import DistInfo, all_reduce_flag
+from minedet.engine.dist import DistInfo, all_reduce_flag, channels_last
 from minedet.methods.base import Method
 
 
@@ -108,17 +108,6 @@ class _Accumulated:
     data_time: float = 0.0
     skip: bool = False
     bad_terms: list[str] = field(default_factory=list)
-
-
-def channels_last(setting: bool | str, device: torch.device) -> bool:
-    """Whether a run trains with its 4-D weights (so its activations) in channels-last order (``train.channels_last``):
-    ``auto`` is on for the CPU, where a RetinaNet + EfficientNet-Lite0 training step takes about four fifths of the
-    time (``benchmarks/bench_loader.py``: digits at 128 px; the same losses), and off for CUDA, not measured here."""
-    if setting == "auto":
-        return device.type == "cpu"
-    if not isinstance(setting, bool):
-        raise MinedetError(f"train.channels_last must be auto, true or false, got {setting!r}")
-    return setting
 
 
 class Trainer:
