@@ -156,13 +156,15 @@ def trained(cfg, out: Path, steps: int) -> dict:
 # the two review lists
 
 
-def minedet_list(det, data, root: str, agree: str = "none") -> tuple[list[tuple], dict]:
+def minedet_list(det, data, root: str, agree: str = "none", detections: dict | None = None) -> tuple[list[tuple], dict]:
     """minedet's review list (candidates down to the lowest score, ranked by their gate: the score, or with ``agree``
-    the lower of the two views' scores) and the score proposed on the labelled boxes (with the same agreement)."""
+    the lower of the two views' scores) and the score proposed on the labelled boxes (with the same agreement);
+    ``detections``: image id -> the model's plain detections (:func:`predictions`), read instead of predicted again."""
     from minedet.mining import mine_dataset, propose_score_for
 
     t0 = time.perf_counter()
-    res = mine_dataset(det, data, root, score=0.6, collect_down_to=min(SCORES), batch_size=16, agree=agree)
+    res = mine_dataset(det, data, root, score=0.6, collect_down_to=min(SCORES), batch_size=16, agree=agree,
+                       detections=detections)
     shown = [(iid, b, k, s) for iid, c in res.candidates.items()
              for b, k, s in zip(c.boxes.tolist(), c.labels.tolist(), res.gates[iid].tolist())]
     shown.sort(key=lambda r: (-r[3], r[0]))
@@ -173,25 +175,11 @@ def minedet_list(det, data, root: str, agree: str = "none") -> tuple[list[tuple]
 
 
 def predictions(det, data, root: str) -> tuple[list[dict], list[dict]]:
-    """The model's detections (down to PRED_FLOOR, as propose_score_for decodes) and the labelled boxes, per image."""
-    import torch
+    """The model's detections on every image (down to PRED_FLOOR, as propose_score_for decodes; each with its
+    ``image_id``) and the labelled boxes, per image: ``mining.calibration_detections`` over the whole set."""
+    from minedet.mining import calibration_detections
 
-    from minedet.data.datasets import coco_target
-    from minedet.mining import _load
-
-    preds, targets = [], []
-    det.eval()
-    recs = list(data.images)
-    for start in range(0, len(recs), 16):
-        batch = recs[start:start + 16]
-        with torch.no_grad():
-            out = det.predict([_load(data, Path(root), r) for r in batch], score_thresh=PRED_FLOOR, nms_thresh=0.5,
-                              detections_per_img=100)
-        for r, o in zip(batch, out):
-            preds.append({"boxes": o.boxes.cpu(), "scores": o.scores.cpu(), "labels": o.labels.cpu(), "id": int(r["id"])})
-            gt = coco_target(data, int(r["id"]))  # crowd regions left out
-            targets.append({"boxes": gt.boxes, "labels": gt.labels, "image_name": r["file_name"]})
-    return preds, targets
+    return calibration_detections(det, data, root, complete=True, floor=PRED_FLOOR, batch_size=16)
 
 
 def cleanlab_list(preds: list[dict], targets: list[dict], num_classes: int, threshold: float) -> tuple[list[tuple], dict]:
@@ -207,7 +195,7 @@ def cleanlab_list(preds: list[dict], targets: list[dict], num_classes: int, thre
     shown = []
     for p, pred, sc in zip(preds, predictions_, scores):
         boxes, ks, probs = cleanlab_flat(pred)
-        shown += [(p["id"], b, k, float(s), pr) for b, k, pr, s in zip(boxes, ks, probs, sc.tolist()) if not math.isnan(s)]
+        shown += [(p["image_id"], b, k, float(s), pr) for b, k, pr, s in zip(boxes, ks, probs, sc.tolist()) if not math.isnan(s)]
     shown.sort(key=lambda r: (r[3], -r[4], r[0]))
     rank_s = time.perf_counter() - t0
     info = {"rank_s": round(rank_s, 1), "high_probability_threshold": threshold,
@@ -233,10 +221,13 @@ def measure(det, cfg, n_classes: int, agrees: tuple[str, ...] = ("none",)) -> li
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
     truth = {int(im["id"]): coco_target(hidden, int(im["id"])) for im in data.images}
     n_hidden = sum(len(t) for t in truth.values())
+    print("[review_cost] predictions ...", file=sys.stderr, flush=True)
+    preds, targets = predictions(det, data, cfg.data.train_images)  # once: every list below reads them
+    known = {p["image_id"]: p for p in preds}
     lists, at_score = [], {}
     for agree in agrees:
         print(f"[review_cost] minedet's list (agreement {agree}) ...", file=sys.stderr, flush=True)
-        m_shown, m_info = minedet_list(det, data, cfg.data.train_images, agree)
+        m_shown, m_info = minedet_list(det, data, cfg.data.train_images, agree, known)
         # the same count, another way: mining.pr_against_hidden at each score
         m_info["pr_against_hidden"] = pr_against_hidden(m_info.pop("result"), hidden, data, SCORES)
         m_info["agree"] = agree
@@ -246,8 +237,6 @@ def measure(det, cfg, n_classes: int, agrees: tuple[str, ...] = ("none",)) -> li
                 at_score[m_info["proposed_score"]] = sum(1 for r in m_shown if r[3] > m_info["proposed_score"])
         lists.append(("minedet" if agree == "none" else f"minedet_{agree}", f"minedet {_version()}", m_shown, m_info))
     budgets = sorted(set(BUDGETS) | {n for n in at_score.values() if n})
-    print("[review_cost] predictions for cleanlab ...", file=sys.stderr, flush=True)
-    preds, targets = predictions(det, data, cfg.data.train_images)
     for thr in CLEANLAB_THRESHOLDS:
         print(f"[review_cost] cleanlab's list (high-probability threshold {thr}) ...", file=sys.stderr, flush=True)
         shown, info = cleanlab_list(preds, targets, n_classes, thr)
