@@ -111,15 +111,19 @@ class TreeColumn(Column):
     final: bool = True
 
 
+#: the supervised method's own-data options are BRL's loss on twice the batch: the focal-loss columns say so
+FOCAL = ("model.extra.cls_loss=focal",)
 COLUMNS: tuple[TreeColumn, ...] = (
-    TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", labels="full", short="full labels"),
-    TreeColumn("original", "plain training on the sparse labels (focal loss)", "supervised", short="original"),
-    TreeColumn("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", batch=2,
+    TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", FOCAL, labels="full",
+               short="full labels"),
+    TreeColumn("original", "plain training on the sparse labels (focal loss)", "supervised", FOCAL, short="original"),
+    TreeColumn("original_2x", "the same on twice the batch (a two-view step's compute)", "supervised", FOCAL, batch=2,
                short="original on twice the batch"),
     TreeColumn("brl", "BRL's loss (background recalibration) on the sparse labels", "supervised",
                ("model.extra.cls_loss=brl",), short="BRL's loss"),
-    TreeColumn("brl_2x", "BRL's loss on twice the batch", "supervised", ("model.extra.cls_loss=brl",), batch=2,
-               short="BRL's loss on twice the batch"),
+    TreeColumn("brl_2x", "`minedet train supervised` as shipped: BRL's loss on twice the batch (a two-view step's "
+               "compute)", "supervised", ("model.extra.cls_loss=brl",), batch=2, default=True,
+               short="BRL's loss on twice the batch (the default)"),
     TreeColumn("joint", "co-mining's two views on BRL's loss, no co-generation", "co_mining", ("method.cogeneration=false",),
                short="joint"),
     TreeColumn("co_mining", "co-mining on BRL's loss with the guards, no val check (`minedet train co_mining` as "
@@ -128,17 +132,18 @@ COLUMNS: tuple[TreeColumn, ...] = (
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
                "burn-in 100 of the 600 steps, teacher decay 0.99)", "mixed",
                ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
-    TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped: co-mining on BRL's loss with the guards, "
-               "its mining paused while the student's detections above tau on the dev tiles are under 70 % right "
-               "(`method.min_val_precision=0.7`: it reads the dev labels while training)", "co_mining",
-               ("method.min_val_precision=0.7",), default=True, short="co-mining with the val check (the default)"),
+    TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped (the default until the trees chose BRL's "
+               "loss on twice the batch): co-mining on BRL's loss with the guards, its mining paused while the "
+               "student's detections above tau on the dev tiles are under 70 % right (`method.min_val_precision=0.7`: "
+               "it reads the dev labels while training)", "co_mining", ("method.min_val_precision=0.7",),
+               short="co-mining with the val check"),
 )
 #: exploratory columns: scored on dev only, to make a choice there
 PROBES: tuple[TreeColumn, ...] = (
     TreeColumn("full_anchor2", "every training crown, anchor scale 2 instead of the proposed 1 (a probe)", "supervised",
-               ("model.anchor_scale=2",), labels="full", final=False),
+               ("model.anchor_scale=2", *FOCAL), labels="full", final=False),
     TreeColumn("full_anchor2_lr3", "every training crown, anchor scale 2, learning rate 0.003 instead of 0.001 (a probe)",
-               "supervised", ("model.anchor_scale=2", "train.lr=0.003"), labels="full", final=False),
+               "supervised", ("model.anchor_scale=2", "train.lr=0.003", *FOCAL), labels="full", final=False),
 )
 BY_LABEL = {c.label: c for c in COLUMNS + PROBES}
 

@@ -185,8 +185,9 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     """The config for ``minedet train METHOD --train ... --val ...``: the ``own_data`` preset with
     ``method.name=METHOD`` and the data paths (``train_images``, ``val_images``, ``unlabelled``,
     ``unlabelled_images``, ``hidden``), ``data.image_size`` and ``model.anchor_scale`` proposed from the
-    training boxes and the method's own-data options for the detector (``Method.own_data``: co-mining on
-    RetinaNet trains on BRL's loss, and checks its mining on the val set) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise.
+    training boxes and the method's own-data options for the detector (``Method.own_data``: on RetinaNet the
+    supervised method trains on BRL's loss at batch 16, co-mining on BRL's loss and checks its mining on the val
+    set) unless overridden; the run writes into ``runs/METHOD`` unless told otherwise.
     Data that cannot support the run is one :class:`MinedetError`."""
     from minedet.config import apply_overrides, build_config, load_yaml, preset_path
 
@@ -208,8 +209,9 @@ def own_data_config(method: str, *, train: str, val: str | None, overrides: list
     preset = preset_path("own_data")
     d = apply_overrides(load_yaml(preset), [f"method.name={method}", *auto, *overrides])
     for_method = _method_proposals(d, given)
+    d = apply_overrides(d, for_method)  # the method's batch counts in the proposed steps
     steps, steps_why = _step_proposals(d, len(data.images), given)
-    cfg = build_config(apply_overrides(d, for_method + steps), file=str(preset))
+    cfg = build_config(apply_overrides(d, steps), file=str(preset))
     if "train.out_dir" not in given:  # one folder per method, so a second method does not overwrite the first
         cfg.train.out_dir = f"runs/{method}"
     d = cfg.data

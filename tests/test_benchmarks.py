@@ -616,10 +616,11 @@ def test_tree_report_keeps_budgets_apart_and_quotes_the_protocols_budget(monkeyp
                         # calibrated on the labels, or without the flipped view's agreement: not the README's settings
                         "mine_at_proposed": {"recall": 0.9, "precision": 0.1}, "proposal_dev": {},
                         "proposed_score_dev": 0.8, "mine_at_proposed_dev": {"recall": 0.8, "precision": 0.2}}]
-    assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # co-mining: (40 - 20) / (60 - 20) of the gap
+    assert "| 50 % |" in "\n".join(rt.ap_table(res, "random"))  # the default: (40 - 20) / (60 - 20) of the gap
     rows = rt.readme_rows(res)
-    assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "BRL" not in rows[0][1]  # the 300-step BRL: another budget
-    assert ("full labels 60.0 ± 0.0 (2 seeds), original 20.0 ± 0.0 (2 seeds), co-mining with the val check (the default) "
+    assert len(rows) == 1 and f"{steps} steps" in rows[0][0] and "50.0" not in rows[0][1]  # the 300-step BRL: another budget
+    short = next(c.short for c in rt.COLUMNS if c.default)
+    assert (f"full labels 60.0 ± 0.0 (2 seeds), original 20.0 ± 0.0 (2 seeds), {short} "
             "40.0 (1 seed; 50 % of the gap)") in rows[0][1]
     assert ("`minedet mine` with its model and the README's settings (calibrated on the dev tiles, a flipped view "
             "agreeing): 25 % of the erased crowns at precision 0.50 (1 seed)") in rows[0][1]

@@ -315,3 +315,57 @@ def test_what_a_mined_box_is_to_brl(brl, pseudo):
     for t in (plain, Target.empty()):
         ref = brl.loss(_toy(brl, anchors, logits), [t])["classification"].item()
         assert _with(brl, pseudo=pseudo).loss(_toy(brl, anchors, logits), [t])["classification"].item() == pytest.approx(ref)
+
+
+def test_a_box_a_reviewer_rejected_is_background_to_brl(brl):
+    """An image with no labels and a rejected box: the anchor on it (IoU 0.64) is an ordinary negative (the plain
+    focal loss pushes its confident score down), the anchor far from it stays a confusion anchor; the plain focal
+    loss, where every unmatched anchor is a negative, is unchanged by it."""
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 56.0, 56.0]])
+    logits = torch.tensor([[3.0, -2.0], [3.0, 0.2]])
+    none = Target.empty()
+    rejected = [Target(torch.tensor([[0.0, 0.0, 10.0, 8.0]]), torch.tensor([0]))]
+    spared = brl.loss(_toy(brl, anchors, logits), [none])["classification"].item()
+    assert spared == pytest.approx(0.1 * (_mirror(3.0) + _focal_neg(-2.0) + _mirror(3.0) + _mirror(0.2)), rel=1e-5)
+    taught = brl.loss(_toy(brl, anchors, logits), [none], rejected)["classification"].item()
+    assert taught == pytest.approx(_focal_neg(3.0) + _focal_neg(-2.0) + 0.1 * (_mirror(3.0) + _mirror(0.2)), rel=1e-5)
+    assert brl.loss(_toy(brl, anchors, logits), [none], [Target.empty()])["classification"].item() == \
+        pytest.approx(spared, rel=1e-6)  # an image nobody rejected anything on
+    plain = _plain(brl)
+    assert plain.loss(_toy(plain, anchors, logits), [none], rejected)["classification"].item() == \
+        pytest.approx(plain.loss(_toy(plain, anchors, logits), [none])["classification"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["supervised", "joint"])
+def test_training_on_a_file_with_rejected_boxes_teaches_them_as_background(method):
+    """The supervised method and the self-training template (co-mining's two views without mining) hand a
+    file's rejected boxes to BRL's loss: a confident head costs more where a reviewer rejected a box than where
+    nobody looked."""
+    from types import SimpleNamespace
+
+    from minedet.data.datasets import StreamBatch, View
+    from minedet.data.transforms import BoxMap
+    from minedet.methods.co_mining import PAPER_SETTINGS, CoMining, CoMiningOptions
+    from minedet.methods.supervised import Supervised
+
+    def step(rejected: bool) -> float:
+        det = tiny_detector("retinanet", extra={"cls_loss": "brl"}).train()
+        with torch.no_grad():
+            for name, p in det.model.named_parameters():
+                if name.endswith("cls_logits.bias"):
+                    p.fill_(2.0)  # confident everywhere: BRL spares every anchor far from a label
+        m = (Supervised(det) if method == "supervised"
+             else CoMining(det, CoMiningOptions(**{**PAPER_SETTINGS, "cogeneration": False})))
+        box = Target(torch.tensor([[8.0, 8.0, 40.0, 40.0]]), torch.tensor([0]), image_id=0)
+        ds = SimpleNamespace(data=SimpleNamespace(rejected_by_image={0: [object()]} if rejected else {},
+                                                  class_names=["a", "b"]),
+                             rejected_target=lambda i: box if i == 0 else Target.empty(i), hidden=None)
+        m.bind({"labelled": ds})
+        g = torch.Generator().manual_seed(0)
+        views = [View(torch.rand(3, 64, 64, generator=g), Target.empty(i), BoxMap(size=(64, 64))) for i in (0, 1)]
+        batch = {"labelled": StreamBatch([0, 1], [(64, 64)] * 2, {k: views for k in m.streams()["labelled"]})}
+        losses = m(batch)
+        losses = losses[0] if isinstance(losses, tuple) else losses
+        return sum(float(v.detach()) for k, v in losses.items() if k.endswith("/classification"))
+
+    assert step(rejected=True) > step(rejected=False)

@@ -65,7 +65,7 @@ def test_complementary_supervision_uses_the_other_branch():
     m = CoMining(det, _opts(tau=0.5, iou_gt=0.4))
     seen = []
     orig = det.loss
-    det.loss = lambda out, targets: seen.append(targets) or orig(out, targets)
+    det.loss = lambda out, targets, background=None: seen.append(targets) or orig(out, targets, background)
     batch = _batch(n=2)
     m(batch)
     (t_o, t_a) = seen

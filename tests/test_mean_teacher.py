@@ -375,7 +375,7 @@ def test_stac_labels_the_unlabelled_set_once_and_trains_on_the_stored_labels(tin
     batch = {"labelled": collate([lab[0], lab[1]]), "unlabelled": collate([unl[2], unl[3]])}
     seen = []
     orig_loss = det.loss
-    det.loss = lambda out, targets: seen.append(targets) or orig_loss(out, targets)
+    det.loss = lambda out, targets, background=None: seen.append(targets) or orig_loss(out, targets, background)
     losses = m(batch)
     assert len(calls) == n_calls, "no teacher forward during training"
     assert {"sup/classification", "unsup/classification", "unsup/bbox_regression"} <= set(losses)

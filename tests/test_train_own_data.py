@@ -70,12 +70,24 @@ def test_co_mining_proposes_brls_loss_on_retinanet_and_yields_to_the_command_lin
     assert loss("co_mining", "model.extra.cls_loss=focal") == "focal"
     assert "trains best with method.min_val_precision=0.7 (" in capsys.readouterr().err  # the user's loss; the check stays
     assert loss("co_mining", "method.paper=true") == "focal"  # the paper's loss with the paper's rule
-    assert loss("supervised") == "focal"
-    assert "trains best with" not in capsys.readouterr().err
     cfg = own_data_config("co_mining", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
                           overrides=["model.name=fcos"], quiet=True)
     assert "cls_loss" not in cfg.model.extra  # BRL is a RetinaNet loss
     assert cfg.method.get("min_val_precision") == 0.7  # the val check on any detector: own data always has a val set
+
+
+def test_supervised_proposes_brls_loss_on_twice_the_batch_on_retinanet_with_steps_at_that_batch(tiny_digits, capsys):
+    cfg = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json))
+    assert (cfg.model.extra.get("cls_loss"), cfg.data.batch_size) == ("brl", 16)
+    err = capsys.readouterr().err
+    assert "supervised on retinanet trains best with model.extra.cls_loss=brl, data.batch_size=16" in err
+    assert "at batch 16: train.max_steps=300" in err  # 40 images: 100 passes at batch 16 is 250, the minimum 300
+    plain = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                            overrides=["model.extra.cls_loss=focal", "data.batch_size=8"], quiet=True)
+    assert (plain.model.extra.get("cls_loss"), plain.data.batch_size, plain.train.max_steps) == ("focal", 8, 500)
+    fcos = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                           overrides=["model.name=fcos"], quiet=True)
+    assert "cls_loss" not in fcos.model.extra and fcos.data.batch_size == 8  # measured on RetinaNet only
 
 
 def test_co_mining_on_own_data_checks_its_mining_on_the_val_set_unless_told_otherwise(tiny_digits):
@@ -116,7 +128,7 @@ def _own(tiny_digits, *overrides, quiet=True):
 
 
 def test_steps_are_proposed_from_the_number_of_images_and_an_explicit_count_wins(tiny_digits, capsys):
-    cfg = _own(tiny_digits, quiet=False)  # 40 images, batch 8: 100 passes = 500 steps, above the minimum of 300
+    cfg = _own(tiny_digits, "data.batch_size=8", quiet=False)  # 40 images, batch 8: 100 passes = 500 steps, above 300
     assert (cfg.train.max_steps, cfg.train.warmup_steps) == (500, 33)  # the preset's warm-up, scaled with the steps
     assert "100 passes over the 40 training images at batch 8: train.max_steps=500, train.warmup_steps=33" \
         in capsys.readouterr().err

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from minedet.data.transforms import Compose
 from minedet.errors import MinedetError
 from minedet.models.detector import DetectorAdapter
+from minedet.pseudo.semantics import known_background
 
 
 def detectors_own(default=None):
@@ -92,6 +93,7 @@ class Method(nn.Module):
         super().__init__()
         self.detector = detector
         self.metrics: dict[str, float] = {}
+        self.datasets: dict = {}  # stream -> dataset, from bind
 
     # ---------------------------------------------------------------- data contract
     def streams(self) -> dict[str, dict[str, Compose]]:
@@ -99,7 +101,18 @@ class Method(nn.Module):
 
     def bind(self, datasets: dict, out_dir: str | None = None) -> None:
         """Called once before training, on every process, with the stream datasets and the run's output folder
-        (for measurement against hidden truth, renders, ACRST's bank snapshots). Default: nothing."""
+        (for measurement against hidden truth, renders, ACRST's bank snapshots). Default: keeps the datasets
+        (:meth:`known_background` reads the boxes a reviewer rejected from them); a subclass calls it."""
+        self.datasets.clear()
+        self.datasets.update(datasets)
+
+    def known_background(self, stream: str, image_ids: list[int], views: list) -> list | None:
+        """The boxes a reviewer rejected on each view's image (``image_ids[i]`` is ``views[i]``'s), in that view's
+        frame, for :meth:`DetectorAdapter.loss`'s ``background``; None where the stream's data rejected none."""
+        ds = self.datasets.get(stream)
+        if not getattr(getattr(ds, "data", None), "rejected_by_image", None):
+            return None
+        return known_background(ds, image_ids, [v.map for v in views])
 
     def bind_val(self, val) -> None:
         """Called once before training, on every process, with the validation dataset (None without ``data.val``),

@@ -387,7 +387,6 @@ class SelfTraining(Method):
         self.rule = PseudoRule(o.tau, nms, regress=o.unsup_regression if regress is None else regress,
                                ignore_below=ignore_below, stages=stages + tuple(s for p in self.parts for s in p.stages()),
                                thresholds=thresholds, dispute=o.dispute)
-        self.datasets: dict = {}
         self.out_dir: Path | None = None
         self.counts = Counts(source.timing_key)
         self.quality = Quality(self.datasets)
@@ -420,8 +419,7 @@ class SelfTraining(Method):
         return [self.counts, self.quality]
 
     def bind(self, datasets: dict, out_dir: str | Path | None = None) -> None:
-        self.datasets.clear()
-        self.datasets.update(datasets)
+        super().bind(datasets, out_dir)
         self.out_dir = None if out_dir is None else Path(out_dir)
         lab = datasets.get("labelled") or datasets.get("sparse")
         names = getattr(getattr(lab, "data", None), "class_names", None)
@@ -460,7 +458,9 @@ class SelfTraining(Method):
         for g, vs, span in zip(groups, views, spans):
             targets = self.group_targets(g, vs, mined)
             if vs:
-                losses.update(prefixed(self.detector.loss(out.take(span), targets), g.prefix, g.weight))
+                ids = [i for _ in g.views for i in batch[g.stream].image_ids]
+                background = self.known_background(g.stream, ids, vs)
+                losses.update(prefixed(self.detector.loss(out.take(span), targets, background), g.prefix, g.weight))
             taught[g.prefix] = targets
         return losses, StepRecord(tuple(mined), taught, seconds)
 

@@ -13,7 +13,9 @@ whose ``weight`` flag is above 0, labelled or pseudo):
   exactly :meth:`RetinaNetAdapter.match`; the matched-index semantics are unchanged.
 * ignored: IoU in [0.4, 0.5) (``BETWEEN_THRESHOLDS``), or matched to a box with flag ``weight == 0``.
 * ordinary negative: unmatched and IoU in [``confusion_iou``, 0.4) — plain focal loss.
-* confusion anchor: unmatched and IoU < ``confusion_iou`` (0.1). An image with **no boxes** has IoU 0
+* confusion anchor: unmatched and IoU < ``confusion_iou`` (0.1), the IoU taken with the boxes a reviewer
+  rejected too (known non-objects: beyond the paper, the anchors on them are ordinary negatives, so a confident
+  detection there is taught as background, not spared as a likely missed object). An image with **no boxes** has IoU 0
   everywhere, so *every* anchor of it is a confusion anchor (the official assigner raises on empty
   images; we keep the definition and apply it). A box with ``weight == 0`` (an ignored region, or an
   uncertain pseudo box of the three-way semantics) ignores the anchors it matches and nothing more: it
@@ -159,31 +161,37 @@ class BRLRetinaNetAdapter(RetinaNetAdapter):
         self.weight = float(weight)
         self.confusion_iou = float(confusion_iou)
 
-    def confusion_anchors(self, anchors: Tensor, target: Target, matched: Tensor) -> Tensor:
+    def confusion_anchors(self, anchors: Tensor, target: Target, matched: Tensor,
+                          background: Target | None = None) -> Tensor:
         """Bool[A]: unmatched anchors (index -1) whose best IoU with the annotated boxes of ``target``
-        (``weight`` > 0) is below ``confusion_iou``. ``anchors`` [A, 4] and ``target.boxes`` xyxy in the
-        same (resized) frame. With no such box every unmatched anchor qualifies (IoU 0) unless
+        (``weight`` > 0) and the boxes known as ``background`` (a reviewer rejected them: annotations of no
+        object, so the anchors on them are ordinary negatives) is below ``confusion_iou``. ``anchors`` [A, 4] and
+        the boxes xyxy in the same (resized) frame. With no such box every unmatched anchor qualifies (IoU 0) unless
         ``confusion_iou`` is 0."""
         below = matched == det_utils.Matcher.BELOW_LOW_THRESHOLD
         annotated = target.flag("weight") > 0
         if self.pseudo == "positive":  # a mined box is no annotation: the anchors near it stay confusion anchors
             annotated = annotated & ~target.flag("pseudo")
         boxes = target.boxes[annotated]
+        if background is not None and len(background):
+            boxes = torch.cat([boxes, background.boxes.to(boxes)])
         if len(boxes) == 0:
             max_iou = torch.zeros(anchors.shape[0], dtype=anchors.dtype, device=anchors.device)
         else:
             max_iou = box_ops.box_iou(boxes.to(anchors), anchors).max(dim=0).values
         return below & (max_iou < self.confusion_iou)
 
-    def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor]) -> Tensor:
+    def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor],
+                            background: Sequence[Target] | None = None) -> Tensor:
         """BRL summed over anchors and classes / number of positive anchors, averaged over images.
 
-        ``targets`` are in the resized frame of ``out.anchors`` (as :meth:`loss` passes them);
-        ``matched`` comes from :meth:`match`.
+        ``targets`` (and ``background``, boxes a reviewer rejected) are in the resized frame of ``out.anchors`` (as
+        :meth:`loss` passes them); ``matched`` comes from :meth:`match`.
         """
         losses = []
-        for t, logits, anchors, m in zip(targets, out.head["cls_logits"], out.anchors, matched):
-            confusion = self.confusion_anchors(anchors, t, m)
+        known = [None] * len(targets) if background is None else background
+        for t, logits, anchors, m, bg in zip(targets, out.head["cls_logits"], out.anchors, matched, known):
+            confusion = self.confusion_anchors(anchors, t, m, bg)
             total = self.focal_sum(t, logits, m, exclude=confusion)
             if bool(confusion.any()):
                 mirror = mirror_focal_loss(logits[confusion], t=self.t, beta=self.beta, gamma=self.gamma)

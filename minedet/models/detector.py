@@ -174,8 +174,12 @@ class DetectorAdapter(nn.Module):
         """Backbone + heads for a list of images float[3, H, W] in [0, 1] (any sizes)."""
         raise NotImplementedError  # abstract: every adapter defines it
 
-    def loss(self, out: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
-        """Losses (unweighted, torchvision's normalisation) for targets in input-image pixels."""
+    def loss(self, out: HeadOutputs, targets: Sequence[Target],
+             background: Sequence[Target] | None = None) -> dict[str, Tensor]:
+        """Losses (unweighted, torchvision's normalisation) for targets in input-image pixels. ``background``: per
+        image, boxes known to hold no object (a reviewer rejected them), in the same frame: a loss that spares
+        confident detections far from every label (BRL) teaches them as background like any labelled image's
+        surroundings; every other loss already does (an unmatched anchor is a negative)."""
         raise NotImplementedError  # abstract
 
     def decode(
@@ -310,8 +314,10 @@ class RetinaNetAdapter(_DenseAdapter):
                 matched.append(self.model.proposal_matcher(box_ops.box_iou(t.boxes, anchors)))
         return matched
 
-    def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor]) -> Tensor:
-        """Focal loss summed over valid anchors / number of foreground anchors, averaged over images."""
+    def classification_loss(self, out: HeadOutputs, targets: Sequence[Target], matched: list[Tensor],
+                            background: Sequence[Target] | None = None) -> Tensor:
+        """Focal loss summed over valid anchors / number of foreground anchors, averaged over images (every unmatched
+        anchor a negative: ``background`` changes nothing)."""
         sums = [self.focal_sum(t, logits, m) for t, logits, m in zip(targets, out.head["cls_logits"], matched)]
         return self.normalise(sums, [int((m >= 0).sum()) for m in matched])
 
@@ -347,11 +353,13 @@ class RetinaNetAdapter(_DenseAdapter):
             sums.append(F.l1_loss(deltas[fg_idx], target_deltas, reduction="sum"))
         return self.normalise(sums, counts)
 
-    def loss(self, out: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+    def loss(self, out: HeadOutputs, targets: Sequence[Target],
+             background: Sequence[Target] | None = None) -> dict[str, Tensor]:
         targets = self._to_resized(targets, out)
+        background = None if background is None else self._to_resized(background, out)
         matched = self.match(out, targets)
         return {
-            "classification": self.classification_loss(out, targets, matched),
+            "classification": self.classification_loss(out, targets, matched, background),
             "bbox_regression": self.regression_loss(out, targets, matched),
         }
 
@@ -400,7 +408,8 @@ class FCOSAdapter(_DenseAdapter):
         FCOS.compute_loss(stand_in, dicts, out.head, out.anchors, out.num_anchors_per_level)
         return recorder.matched
 
-    def loss(self, out: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+    def loss(self, out: HeadOutputs, targets: Sequence[Target],
+             background: Sequence[Target] | None = None) -> dict[str, Tensor]:
         targets = self._to_resized(targets, out)
         matched = self.match(out, targets)
         cls_logits = out.head["cls_logits"]
@@ -594,7 +603,8 @@ class FasterRCNNAdapter(DetectorAdapter):
         box = F.smooth_l1_loss(box_regression[pos, labels[pos]], reg_targets[pos], beta=1 / 9, reduction="sum")
         return {"loss_classifier": cls, "loss_box_reg": box / max(1, labels.numel())}
 
-    def loss(self, out: HeadOutputs, targets: Sequence[Target]) -> dict[str, Tensor]:
+    def loss(self, out: HeadOutputs, targets: Sequence[Target],
+             background: Sequence[Target] | None = None) -> dict[str, Tensor]:
         targets = self._to_resized(targets, out)
         rpn = self.rpn_loss(out, targets)
         roi = self.roi_loss(out, targets)
