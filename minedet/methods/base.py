@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from minedet.data.transforms import Compose
 from minedet.errors import MinedetError
 from minedet.models.detector import DetectorAdapter
-from minedet.pseudo.semantics import known_background
+from minedet.pseudo import semantics
 
 
 def detectors_own(default=None):
@@ -112,7 +112,7 @@ class Method(nn.Module):
         ds = self.datasets.get(stream)
         if not getattr(getattr(ds, "data", None), "rejected_by_image", None):
             return None
-        return known_background(ds, image_ids, [v.map for v in views])
+        return semantics.known_background(ds, image_ids, [v.map for v in views])
 
     def bind_val(self, val) -> None:
         """Called once before training, on every process, with the validation dataset (None without ``data.val``),

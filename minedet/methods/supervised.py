@@ -24,8 +24,8 @@ class Supervised(Method):
     #: chosen on the real tree crowns' dev tiles (half the crowns erased at random, or a quarter of the area labelled
     #: in a hurry), over seeds 0 and 1: BRL's loss on twice the batch (a two-view step's compute) led co-mining with
     #: its val check on both; seed 2 made them level, and it stays as the simpler recipe (one view, no mining loop;
-    #: docs/findings.md, Sparse labels). On complete digits BRL's loss costs little. ``model.extra.cls_loss=focal data.batch_size=8``: the plain
-    #: baseline
+    #: docs/findings.md, Sparse labels). On complete digits BRL's loss costs little.
+    #: ``model.extra.cls_loss=focal data.batch_size=8``: the plain baseline
     own_data = {"retinanet": {"model.extra.cls_loss": "brl", "data.batch_size": "16"}}
 
     def __init__(self, detector: DetectorAdapter, options: SupervisedOptions | None = None) -> None:
