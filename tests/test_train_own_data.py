@@ -81,10 +81,13 @@ def test_supervised_proposes_brls_loss_on_twice_the_batch_on_retinanet_with_step
     assert (cfg.model.extra.get("cls_loss"), cfg.data.batch_size) == ("brl", 16)
     err = capsys.readouterr().err
     assert "supervised on retinanet trains best with model.extra.cls_loss=brl, data.batch_size=16" in err
-    assert "at batch 16: train.max_steps=300" in err  # 40 images: 100 passes at batch 16 is 250, the minimum 300
+    assert "at batch 16: train.max_steps=600" in err  # 40 images: 100 passes at batch 16 is 250, the minimum 600
     plain = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
                             overrides=["model.extra.cls_loss=focal", "data.batch_size=8"], quiet=True)
-    assert (plain.model.extra.get("cls_loss"), plain.data.batch_size, plain.train.max_steps) == ("focal", 8, 500)
+    assert (plain.model.extra.get("cls_loss"), plain.data.batch_size) == ("focal", 8)
+    more = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                           overrides=["data.batch_size=4"], quiet=True)  # the command line's batch counts in the steps
+    assert (more.data.batch_size, more.train.max_steps) == (4, 1000)
     fcos = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
                            overrides=["model.name=fcos"], quiet=True)
     assert "cls_loss" not in fcos.model.extra and fcos.data.batch_size == 8  # measured on RetinaNet only
@@ -128,12 +131,14 @@ def _own(tiny_digits, *overrides, quiet=True):
 
 
 def test_steps_are_proposed_from_the_number_of_images_and_an_explicit_count_wins(tiny_digits, capsys):
-    cfg = _own(tiny_digits, "data.batch_size=8", quiet=False)  # 40 images, batch 8: 100 passes = 500 steps, above 300
-    assert (cfg.train.max_steps, cfg.train.warmup_steps) == (500, 33)  # the preset's warm-up, scaled with the steps
-    assert "100 passes over the 40 training images at batch 8: train.max_steps=500, train.warmup_steps=33" \
+    cfg = _own(tiny_digits, "data.batch_size=4", quiet=False)  # 40 images, batch 4: 100 passes = 1000 steps, above 600
+    assert (cfg.train.max_steps, cfg.train.warmup_steps) == (1000, 67)  # the preset's warm-up, scaled with the steps
+    assert "100 passes over the 40 training images at batch 4: train.max_steps=1000, train.warmup_steps=67" \
         in capsys.readouterr().err
     assert _own(tiny_digits, "data.batch_size=2").train.max_steps == 2000
-    assert _own(tiny_digits, "data.batch_size=64").train.max_steps == 300  # the minimum
+    small = _own(tiny_digits, "data.batch_size=8", quiet=False)  # 100 passes = 500 steps: raised to the minimum
+    assert small.train.max_steps == 600
+    assert "120 passes over the 40 training images at batch 8: train.max_steps=600" in capsys.readouterr().err
     explicit = _own(tiny_digits, "train.max_steps=70", quiet=False)
     assert (explicit.train.max_steps, explicit.train.warmup_steps) == (70, 200)  # the preset's; the run clamps it
     assert "passes over" not in capsys.readouterr().err

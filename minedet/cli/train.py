@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "shipped with minedet (e.g. digits_retinanet, digits_co_mining, digits_acrst), or on your own\n"
             "COCO data with no YAML: minedet train supervised --train train.json --images DIR --val val.json\n"
             "(the method name as the config; image size and anchor scale proposed from the boxes, steps from\n"
-            "the number of images (100 passes, 300..10000 steps). On RetinaNet, supervised trains on BRL's\n"
+            "the number of images (100 passes, 600..10000 steps). On RetinaNet, supervised trains on BRL's\n"
             "loss at batch 16 (the sparse-label default; model.extra.cls_loss=focal data.batch_size=8: plain);\n"
             "co_mining on BRL's loss too, and pauses its mining while its confident val detections are mostly\n"
             "wrong, method.min_val_precision=null to mine anyway; method.paper=true: the release's settings).\n"
