@@ -82,11 +82,9 @@ def test_supervised_proposes_brls_loss_on_twice_the_batch_on_retinanet_with_step
     err = capsys.readouterr().err
     assert "supervised on retinanet trains best with model.extra.cls_loss=brl, data.batch_size=16" in err
     assert "at batch 16: train.max_steps=600" in err  # 40 images: 100 passes at batch 16 is 250, the minimum 600
-    plain = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
-                            overrides=["model.extra.cls_loss=focal", "data.batch_size=8"], quiet=True)
+    plain = _own(tiny_digits, "model.extra.cls_loss=focal", "data.batch_size=8")
     assert (plain.model.extra.get("cls_loss"), plain.data.batch_size) == ("focal", 8)
-    fcos = own_data_config("supervised", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
-                           overrides=["model.name=fcos"], quiet=True)
+    fcos = _own(tiny_digits, "model.name=fcos")
     assert "cls_loss" not in fcos.model.extra and fcos.data.batch_size == 8  # measured on RetinaNet only
 
 
