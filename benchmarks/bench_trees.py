@@ -132,6 +132,10 @@ COLUMNS: tuple[TreeColumn, ...] = (
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
                "burn-in 100 of the 600 steps, teacher decay 0.99)", "mixed",
                ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
+    TreeColumn("self_training_brl", "the same self-training on BRL's loss (the teacher's uncertain band ignored, "
+               "its confident boxes taught, the rest of the background recalibrated)", "mixed",
+               ("method.burn_in=100", "method.ema_decay=0.99", "model.extra.cls_loss=brl"), flag_sparse=True,
+               short="self-training on BRL's loss"),
     TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped (the default until the trees chose BRL's "
                "loss on twice the batch): co-mining on BRL's loss with the guards, its mining paused while the "
                "student's detections above tau on the dev tiles are under 70 % right (`method.min_val_precision=0.7`: "
