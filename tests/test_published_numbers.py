@@ -194,7 +194,7 @@ HISTORY = "## History (figures of their day)"
     ("docs/findings.md", "BRL's loss on twice the batch reached 78.9", "BRL's loss reached 78.9"),
     ("docs/findings.md", "co-mining with the val check 26.1 ± 2.9", "co-mining without the val check 26.1 ± 2.9"),
     ("docs/findings.md", "co-mining without it 30.3", "co-mining with the val check 30.3"),
-    ("docs/findings.md", "dev AP50: self-training 23.4", "dev AP50: the original 23.4"),  # self-training's, to the original
+    ("docs/findings.md", "dev AP50: self-training 22.4", "dev AP50: the original 22.4"),  # self-training's, to the original
 ])
 def test_the_checker_fails_a_figure_changed_or_given_to_another_label(doc, old, new):
     page = (ROOT / "docs" / "benchmarks.md").read_text()
