@@ -113,6 +113,8 @@ class TreeColumn(Column):
 
 #: the supervised method's own-data options are BRL's loss on twice the batch: the focal-loss columns say so
 FOCAL = ("model.extra.cls_loss=focal",)
+#: self-training at the protocol's budget: burn-in a sixth of the 600 steps, a teacher averaging about 100 steps
+SELF_TRAINING = ("method.burn_in=100", "method.ema_decay=0.99")
 COLUMNS: tuple[TreeColumn, ...] = (
     TreeColumn("full", "every training crown labelled (the ceiling)", "supervised", FOCAL, labels="full",
                short="full labels"),
@@ -131,10 +133,10 @@ COLUMNS: tuple[TreeColumn, ...] = (
                short="co-mining, no val check"),
     TreeColumn("self_training", "an EMA teacher fills the missing boxes (the mixed method, every image sparse; "
                "burn-in 100 of the 600 steps, teacher decay 0.99)", "mixed",
-               ("method.burn_in=100", "method.ema_decay=0.99"), flag_sparse=True, short="self-training"),
+               SELF_TRAINING, flag_sparse=True, short="self-training"),
     TreeColumn("self_training_brl", "the same self-training on BRL's loss (the teacher's uncertain band ignored, "
                "its confident boxes taught, the rest of the background recalibrated)", "mixed",
-               ("method.burn_in=100", "method.ema_decay=0.99", "model.extra.cls_loss=brl"), flag_sparse=True,
+               (*SELF_TRAINING, "model.extra.cls_loss=brl"), flag_sparse=True,
                short="self-training on BRL's loss"),
     TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped (the default until the trees chose BRL's "
                "loss on twice the batch): co-mining on BRL's loss with the guards, its mining paused while the "
