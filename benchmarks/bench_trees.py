@@ -135,7 +135,8 @@ COLUMNS: tuple[TreeColumn, ...] = (
                "burn-in 100 of the 600 steps, teacher decay 0.99)", "mixed",
                SELF_TRAINING, flag_sparse=True, short="self-training"),
     TreeColumn("self_training_brl", "the same self-training on BRL's loss (the teacher's uncertain band ignored, "
-               "its confident boxes taught, the rest of the background recalibrated)", "mixed",
+               "its confident boxes taught, the rest of the background recalibrated; what `minedet train mixed` "
+               "proposes for an unflagged file)", "mixed",
                (*SELF_TRAINING, "model.extra.cls_loss=brl"), flag_sparse=True,
                short="self-training on BRL's loss"),
     TreeColumn("co_mining_valcheck", "`minedet train co_mining` as shipped (the default until the trees chose BRL's "

@@ -32,7 +32,9 @@ class DataConfig:
     seed: N}``) flags the training images complete / sparse / none (``minedet data split-semi
     --sparse``) into ``cache_dir`` and sets ``train`` and ``hidden``. A training file whose images
     carry ``"labels"`` flags feeds each stream the images of its kind (see ``minedet.run.stream_data``).
-    ``sparse`` names a separate file of sparsely labelled images.
+    ``unflagged`` says what the images of a training file with no such flag are: ``complete`` (the default) or
+    ``sparse`` (the boxes present are true, some objects unboxed: what ``minedet train mixed --train ...`` proposes
+    for your own data). ``sparse`` names a separate file of sparsely labelled images.
     """
 
     train: str | None = None
@@ -44,6 +46,7 @@ class DataConfig:
     hidden: str | None = None
     sparse: str | None = None
     sparse_images: str | None = None
+    unflagged: str = "complete"
     digits: dict | None = None
     semi: dict | None = None
     mixed: dict | None = None

@@ -926,3 +926,35 @@ def test_tree_report_shows_what_each_val_check_did_and_its_share_of_the_wall_tim
             in table)
     assert f"| {default} | {steps} | 1 | 150: 0.30* | 150 | never | – |" in table
     assert not any("| brl |" in line for line in table) and rt.val_check_table(res, "partial") == []
+
+
+def test_tree_self_training_on_brl_is_what_minedet_train_mixed_does_on_an_unflagged_file(monkeypatch, tmp_path):
+    """The column ran with its image records flagged sparse and its options spelled out; ``minedet train mixed`` with
+    nothing else, on the same tiles unflagged, builds the same run: the same options and the same images in the same
+    streams."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_trees as bt
+    from minedet.run import own_data_config, stream_data
+
+    col = bt.BY_LABEL["self_training_brl"]
+    images = [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400} for i in (1, 2, 3)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0}
+            for i in (1, 2, 3)]
+    for split in ("train", "dev"):
+        (tmp_path / "tiles" / split).mkdir(parents=True)
+        (tmp_path / "tiles" / split / "tiles.json").write_text(json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "tree"}]}))
+    flagged = tmp_path / "flagged.json"
+    flagged.write_text(json.dumps({"images": [{**im, "labels": "sparse"} for im in images], "annotations": anns,
+                                   "categories": [{"id": 1, "name": "tree"}]}))
+    unflagged = str(tmp_path / "tiles" / "train" / "tiles.json")
+    monkeypatch.setattr(bt, "training_files", lambda info, protocol, seed, flag: (str(flagged if flag else unflagged), None))
+    ran = bt.make_config({"root": str(tmp_path)}, col, "random", 0)
+    said_nothing = own_data_config(col.method, train=unflagged, val=str(tmp_path / "tiles" / "dev" / "tiles.json"),
+                                   overrides=[*bt.BUDGET, f"train.max_steps={bt.STEPS}", "train.ckpt_every=100",
+                                              "train.seed=0"], quiet=True)
+    assert (ran.method, ran.model, ran.train) == (said_nothing.method, said_nothing.model, said_nothing.train)
+    assert ran.data.batch_size == said_nothing.data.batch_size
+    streams = ["labelled", "sparse", "unlabelled"]
+    ids = lambda cfg: {s: sorted(im["id"] for im in d.images) for s, (d, _) in stream_data(cfg, streams).items()}  # noqa: E731
+    assert ids(ran) == ids(said_nothing) == {"sparse": [1, 2, 3]}

@@ -271,3 +271,33 @@ def test_sparsify_images_writes_a_mixed_file_of_complete_and_sparse_images(tiny_
     assert all(len(mixed.anns_by_image.get(i, [])) <= 1 for i in sparse_ids), "extreme keeps one box per image"
     assert {a["image_id"] for a in hidden.annotations} <= sparse_ids
     assert json.loads((tmp_path / "mixed.manifest.json").read_text())["command"].endswith("--images 50")
+
+
+def test_an_unflagged_file_is_complete_unless_data_unflagged_says_sparse(tiny_digits, tmp_path):
+    from minedet.run import build_run, stream_data
+    from tests.conftest import tiny_config
+
+    every = {im["id"] for im in load_coco(tiny_digits.train_json).images}
+    cfg = tiny_config(tiny_digits, tmp_path / "run")
+    assert {s: {im["id"] for im in d.images} for s, (d, _) in stream_data(cfg, ["labelled", "sparse"]).items()} \
+        == {"labelled": every}
+    cfg.data.unflagged = "sparse"
+    assert {s: {im["id"] for im in d.images} for s, (d, _) in stream_data(cfg, ["labelled", "sparse"]).items()} \
+        == {"sparse": every}
+    # a method with one labelled stream trains on sparse images as labelled ones
+    assert {im["id"] for im in stream_data(cfg, ["labelled"])["labelled"][0].images} == every
+    # a flagged file follows its flags: an unflagged image there is complete, whatever data.unflagged says
+    res = split_mixed(load_coco(tiny_digits.train_json).raw, 25, 50, "hard", seed=0)
+    for im in res.mixed["images"]:
+        if im["labels"] == "complete":
+            del im["labels"]
+    save_coco(tmp_path / "mixed.json", res.mixed)
+    cfg.data.train = str(tmp_path / "mixed.json")
+    parts = stream_data(cfg, ["labelled", "sparse", "unlabelled"])
+    assert {im["id"] for im in parts["labelled"][0].images} == {im["id"] for im in res.mixed["images"] if "labels" not in im}
+    cfg.data.unflagged = "maybe"
+    with pytest.raises(MinedetError, match="data.unflagged must be 'complete' or 'sparse', not 'maybe'"):
+        stream_data(cfg, ["labelled"])
+    # the mixed method on complete images alone is refused in one line that names the switch
+    with pytest.raises(MinedetError, match="data.unflagged=sparse"):
+        build_run(tiny_config(tiny_digits, tmp_path / "m", method__name="mixed"), quiet=True)

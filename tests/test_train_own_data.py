@@ -200,3 +200,25 @@ def test_a_run_never_writes_into_a_folder_it_reads(tiny_digits, capsys):
     errors = [line for line in err.splitlines() if "error" in line]
     assert len(errors) == 1 and "input folder" in errors[0] and "Traceback" not in err, err
     assert sorted(p.name for p in tiny_digits.image_root.iterdir()) == before
+
+
+def test_mixed_on_own_data_takes_an_unflagged_file_as_sparse_on_brls_loss_with_a_scaled_burn_in(tiny_digits, capsys):
+    def mixed(*overrides, quiet=True):
+        return own_data_config("mixed", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                               overrides=list(overrides), quiet=quiet)
+
+    cfg = mixed(quiet=False)
+    assert (cfg.data.unflagged, cfg.model.extra.get("cls_loss"), cfg.data.batch_size) == ("sparse", "brl", 8)
+    assert (cfg.train.max_steps, cfg.method["burn_in"], cfg.method["ema_decay"]) == (600, 100, 0.99)
+    err = capsys.readouterr().err
+    assert "mixed on retinanet trains best with data.unflagged=sparse, method.ema_decay=0.99, model.extra.cls_loss=brl" \
+        in err and "the teacher starts after a sixth of the 600 steps: method.burn_in=100" in err
+    assert mixed("train.max_steps=1200").method["burn_in"] == 200  # a sixth of the steps the command line sets
+    assert mixed("method.burn_in=7").method["burn_in"] == 7
+    assert mixed("data.unflagged=complete").data.unflagged == "complete"
+    assert "cls_loss" not in mixed("model.name=fcos").model.extra  # BRL is a RetinaNet loss
+    # every teacher method leaves burn-in within the run; a method without a teacher is given none
+    teacher = own_data_config("mean_teacher", train=str(tiny_digits.train_json), val=str(tiny_digits.val_json),
+                              overrides=["train.max_steps=900"], quiet=True)
+    assert teacher.method["burn_in"] == 150
+    assert "burn_in" not in _own(tiny_digits).method

@@ -29,9 +29,9 @@ __all__ = ["LABEL_KINDS", "MixedSplit", "image_kinds", "is_mixed", "kind_counts"
            "split_mixed"]
 
 
-def image_kinds(data: CocoData) -> dict[int, str]:
-    """image id -> ``complete`` | ``sparse`` | ``none`` (missing flag: ``complete``)."""
-    return {int(im["id"]): im.get("labels", "complete") for im in data.images}
+def image_kinds(data: CocoData, missing: str = "complete") -> dict[int, str]:
+    """image id -> ``complete`` | ``sparse`` | ``none`` (an image without a flag: ``missing``)."""
+    return {int(im["id"]): im.get("labels", missing) for im in data.images}
 
 
 def is_mixed(data: CocoData) -> bool:
@@ -39,10 +39,11 @@ def is_mixed(data: CocoData) -> bool:
     return any("labels" in im for im in data.images)
 
 
-def kind_counts(data: CocoData) -> dict[str, dict[str, int]]:
-    """Per kind: images and boxes (what ``minedet data stats`` reports as the mix)."""
+def kind_counts(data: CocoData, missing: str = "complete") -> dict[str, dict[str, int]]:
+    """Per kind: images and boxes (what ``minedet data stats`` reports as the mix; ``missing``: the kind of an image
+    without a flag)."""
     out = {k: {"images": 0, "boxes": 0} for k in LABEL_KINDS}
-    for i, kind in image_kinds(data).items():
+    for i, kind in image_kinds(data, missing).items():
         out[kind]["images"] += 1
         out[kind]["boxes"] += len(data.anns_by_image.get(i, []))
     return out
@@ -60,10 +61,10 @@ def select_images(data: CocoData, ids: Iterable[int], *, what: str) -> CocoData:
     return validate_coco(sub, file=f"{data.path} [{what}]")
 
 
-def select_kinds(data: CocoData, kinds: Iterable[str]) -> CocoData:
-    """The images of ``data`` whose flag is one of ``kinds``."""
+def select_kinds(data: CocoData, kinds: Iterable[str], missing: str = "complete") -> CocoData:
+    """The images of ``data`` whose flag is one of ``kinds`` (``missing``: the kind of an image without a flag)."""
     kinds = tuple(kinds)
-    ids = [i for i, k in image_kinds(data).items() if k in kinds]
+    ids = [i for i, k in image_kinds(data, missing).items() if k in kinds]
     return select_images(data, ids, what="+".join(kinds) + " images")
 
 
