@@ -470,8 +470,9 @@ def stream_data(cfg: Config, streams: Iterable[str]) -> dict[str, tuple[CocoData
     train = load_coco(d.train, strict=d.strict)
     out: dict[str, tuple[CocoData, str]] = {}
     folder = _images_dir(d.train, d.train_images)
-    missing = "complete" if is_mixed(train) else d.unflagged
-    if not is_mixed(train) and missing == "complete":
+    flagged = is_mixed(train)
+    missing = "complete" if flagged else d.unflagged  # the kind of an image without a flag
+    if not flagged and missing == "complete":
         out["labelled"] = (train, folder)
     else:
         kinds = {"labelled": ["complete"], "sparse": ["sparse"], "unlabelled": ["none"]}
