@@ -65,6 +65,65 @@ def test_training_set_of_a_fold_drops_its_images_and_their_boxes() -> None:
     assert out["info"] == {"v": 1} and len(src["images"]) == 6  # input untouched
 
 
+def _strip(xs: list[int], size: int, width: int, height: int = 200) -> dict:
+    """One wide big image cut into tiles of ``size`` at the given x offsets (ids 1..), a box on every tile."""
+    images = [{"id": i, "file_name": f"t{i}.png", "width": size, "height": height,
+               "tile": {"source": 1, "x": x, "y": 0, "source_file": "mosaic.png", "source_width": width,
+                        "source_height": height}} for i, x in enumerate(xs, 1)]
+    anns = [{"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
+            for i in range(1, len(xs) + 1)]
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}
+
+
+def test_strips_fill_folds_from_one_big_image_and_no_training_tile_overlaps_a_held_out_one() -> None:
+    # an 800 px wide mosaic, 200 px tiles overlapping by 50: centres 100, 250 | 400, 550, 700 in strips 0 | 1
+    src = _strip([0, 150, 300, 450, 600], 200, 800)
+    data = validate_coco(src, file="mosaic.json")
+    with pytest.raises(MinedetError, match=r"mosaic.json: 2 folds need at least 2 big images or strips .*--strips 1"):
+        assign_folds(data, 2)
+    folds = assign_folds(data, 2, seed=0, strips=2)
+    assert sorted(map(sorted, folds)) == [[1, 2], [3, 4, 5]]
+    window = {im["id"]: (im["tile"]["x"], im["tile"]["x"] + 200) for im in src["images"]}
+    trained = {}
+    for ids in folds:
+        train = fold_training_set(src, ids)
+        kept = [im["id"] for im in train["images"]]
+        trained[tuple(sorted(ids))] = kept
+        assert not set(kept) & set(ids)
+        assert all(window[k][1] <= window[h][0] or window[h][1] <= window[k][0] for k in kept for h in ids)
+        assert sorted(a["image_id"] for a in train["annotations"]) == sorted(kept)
+    # the seam tile of each side (x 300 beside held-out x 150; x 150 beside held-out x 300) is left out
+    assert trained == {(1, 2): [4, 5], (3, 4, 5): [1]}
+    # tiles of one strip stay together; without overlap nothing beyond the held-out images is left out
+    flush = _strip([0, 200, 400, 600], 200, 800)
+    folds = assign_folds(validate_coco(flush, file="f.json"), 2, strips=2)
+    assert sorted(map(sorted, folds)) == [[1, 2], [3, 4]]
+    assert [im["id"] for im in fold_training_set(flush, [1, 2])["images"]] == [3, 4]
+    with pytest.raises(MinedetError, match="strips must be an integer >= 1"):
+        assign_folds(data, 2, strips=0)
+
+
+def test_cli_folds_with_strips_writes_seam_free_training_sets_or_refuses_an_empty_one(tmp_path, capsys) -> None:
+    src = tmp_path / "mosaic.json"
+    src.write_text(json.dumps(_strip([0, 150, 300, 450, 600], 200, 800)))
+    out = tmp_path / "folds"
+    assert main(["data", "folds", str(src), "--strips", "2", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 tiles overlapping a held-out one left out" in printed
+    record = json.loads((out / "folds.json").read_text())
+    assert record["strips"] == 2
+    for f, fold in enumerate(record["folds"]):
+        kept = {int(im["id"]) for im in load_coco(out / f"fold{f}.train.json").images}
+        assert kept and not kept & set(fold["image_ids"]) and len(kept) + len(fold["image_ids"]) == 4
+    # two tiles overlapping each other in two strips: holding either out leaves nothing to train on
+    tight = tmp_path / "tight.json"
+    tight.write_text(json.dumps(_strip([0, 100], 300, 400)))
+    rc = main(["data", "folds", str(tight), "--strips", "2", "--out-dir", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "tight.json" in err and "no image to train on" in err
+    assert not (tmp_path / "t").exists()
+
+
 def test_read_folds_refuses_files_made_for_other_data() -> None:
     data = validate_coco(_coco({1: None, 2: None, 3: None}), file="d.json")
     good = {"folds": [{"image_ids": [1, 3]}, {"image_ids": [2]}]}

@@ -583,8 +583,11 @@ unlabelled objects are background and scores them low; a model that never saw th
 (on the nuclei benchmark of docs/benchmarks.md: mined recall 0.07 on its own images; see there for
 held-out folds).
 
-Tiles of one big image ('minedet data tile') stay in one fold, so a held-out tile shares no pixel
-with its model's training set; other images are shuffled (--seed) and dealt to the smallest fold.
+Tiles of one big image ('minedet data tile') stay in one fold; other images are shuffled (--seed)
+and dealt to the smallest fold. One big image (an orthomosaic) or a few: --strips S cuts each into S
+strips along its longer side, and the strips are dealt instead. A fold's training set leaves out
+every tile that overlaps one of its held-out tiles (tiled with --overlap, the row along a seam), so a
+held-out tile shares no pixel with its model's training set.
 
 Writes OUT_DIR/foldF.train.json (the data without fold F's images) for F = 0..K-1 and
 OUT_DIR/folds.json (each fold's image ids). Then:
@@ -600,6 +603,9 @@ def _register_folds(sub: argparse._SubParsersAction) -> None:
     f.add_argument("input", metavar="IN.json", help="labelled COCO annotations")
     f.add_argument("--k", type=int, default=2, help="number of folds (default 2)")
     f.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    f.add_argument("--strips", type=int, default=1,
+                   help="cut each big image's tiles into this many strips along its longer side, each dealt to a "
+                        "fold on its own (default 1: a big image's tiles stay in one fold)")
     f.add_argument("--out-dir", required=True, metavar="OUT_DIR", help="folder to write foldF.train.json and folds.json into")
     f.set_defaults(func=_cmd_folds)
 
@@ -616,13 +622,21 @@ def _cmd_folds(args: argparse.Namespace) -> int:
     check_outputs([src], files=[*trains, out / "folds.json"], folders=[out])
     source = read_json_file(src)
     data = load_coco(src)
-    folds = assign_folds(data, args.k, args.seed)  # every check before anything is written
+    folds = assign_folds(data, args.k, args.seed, args.strips)  # every check before anything is written
+    sets = [fold_training_set(source, ids) for ids in folds]
+    for f, train in enumerate(sets):
+        if not train["images"]:
+            raise MinedetError(f"fold {f} leaves no image to train on (every other tile overlaps one it holds out): "
+                               "use fewer --strips or tiles with less --overlap", file=str(src))
     out.mkdir(parents=True, exist_ok=True)
+    for f, train in enumerate(sets):
+        save_coco(trains[f], train)
+    write_json_atomic(out / "folds.json", folds_record(str(src), folds, args.seed, [str(p) for p in trains],
+                                                       args.strips), indent=1)
     for f, ids in enumerate(folds):
-        save_coco(trains[f], fold_training_set(source, ids))
-    write_json_atomic(out / "folds.json", folds_record(str(src), folds, args.seed, [str(p) for p in trains]), indent=1)
-    for f, ids in enumerate(folds):
-        print(f"fold {f}: {len(ids)} images held out, train on {trains[f]} ({len(data.images) - len(ids)} images)")
+        seam = len(data.images) - len(ids) - len(sets[f]["images"])
+        print(f"fold {f}: {len(ids)} images held out, train on {trains[f]} ({len(sets[f]['images'])} images"
+              f"{f'; {seam} tiles overlapping a held-out one left out' if seam else ''})")
     print(f"folds: {out / 'folds.json'}; train one model per fold, then mine with "
           f"'minedet mine \'RUNS/fold{{fold}}/model.pt\' {src} --folds {out / 'folds.json'} ...'")
     return 0

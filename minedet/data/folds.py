@@ -9,8 +9,12 @@ models, each on the other K-1 folds, and let model ``f`` mine fold ``f``.
 Rules:
 
 * Tiles cut from one big image (``minedet data tile``: the image record's ``"tile"`` block) form one
-  group and stay in one fold, so no pixel of a held-out tile is in its model's training set. Other
-  images are their own group.
+  group and stay in one fold. Other images are their own group. With ``strips`` S > 1, each big image
+  is cut into S strips along its longer side (a tile belongs to the strip holding its centre) and each
+  strip is a group: a single orthomosaic can then fill K folds.
+* No pixel of a held-out tile is in its model's training set: a fold's training set leaves out its
+  own images and every tile of the same big image that overlaps one of them (with ``data tile
+  --overlap``, the tiles along a seam between strips).
 * Groups are shuffled with ``numpy.random.default_rng(seed)`` (after ordering by group key), then
   each goes to the fold holding the fewest images so far (lowest fold on ties): folds are as even as
   the groups allow, and the result depends on the seed and the content only.
@@ -31,26 +35,45 @@ from minedet.errors import MinedetError
 __all__ = ["assign_folds", "fold_training_set", "folds_record", "read_folds"]
 
 
-def _group_key(rec: Mapping) -> tuple:
+def _window(rec: Mapping) -> tuple[tuple, tuple[float, float, float, float]] | None:
+    """(the big image's key, the tile's window x0, y0, x1, y1 in it) of a tile record; None for another image."""
     tile = rec.get("tile")
-    if isinstance(tile, Mapping) and "source" in tile:
-        return ("source", str(tile.get("source_file", "")), int(tile["source"]))
-    return ("image", "", int(rec["id"]))
+    if not (isinstance(tile, Mapping) and "source" in tile):
+        return None
+    x, y = float(tile.get("x", 0)), float(tile.get("y", 0))
+    return (str(tile.get("source_file", "")), int(tile["source"])), (x, y, x + float(rec["width"]),
+                                                                     y + float(rec["height"]))
 
 
-def assign_folds(data: CocoData, k: int, seed: int = 0) -> list[list[int]]:
+def _group_key(rec: Mapping, strips: int) -> tuple:
+    placed = _window(rec)
+    if placed is None:
+        return ("image", "", int(rec["id"]), 0)
+    (file, source), (x0, y0, x1, y1) = placed
+    tile = rec["tile"]
+    width, height = float(tile.get("source_width") or x1), float(tile.get("source_height") or y1)
+    centre, length = ((x0 + x1) / 2, width) if width >= height else ((y0 + y1) / 2, height)
+    return ("source", file, source, min(strips - 1, int(strips * centre / length)))
+
+
+def assign_folds(data: CocoData, k: int, seed: int = 0, strips: int = 1) -> list[list[int]]:
     """Image ids of each of ``k`` folds (see the module docstring); every image in exactly one fold.
 
     Raises:
-        MinedetError: ``k`` < 2, or fewer groups (big images / images) than folds.
+        MinedetError: ``k`` < 2, ``strips`` < 1, or fewer groups (big-image strips / images) than folds.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise MinedetError(f"folds must be an integer >= 2, got {k!r}", file=str(data.path))
+    if isinstance(strips, bool) or not isinstance(strips, int) or strips < 1:
+        raise MinedetError(f"strips must be an integer >= 1, got {strips!r}", file=str(data.path))
     groups: dict[tuple, list[int]] = {}
     for rec in sorted(data.images, key=lambda r: int(r["id"])):
-        groups.setdefault(_group_key(rec), []).append(int(rec["id"]))
+        groups.setdefault(_group_key(rec, strips), []).append(int(rec["id"]))
     if len(groups) < k:
-        what = "big images (tiles of one image stay in one fold)" if any(g[0] == "source" for g in groups) else "images"
+        if any(g[0] == "source" for g in groups):
+            what = f"big images or strips of them (--strips {strips}: tiles of one strip stay in one fold)"
+        else:
+            what = "images"
         raise MinedetError(f"{k} folds need at least {k} {what}; the data has {len(groups)}", file=str(data.path))
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
@@ -62,16 +85,28 @@ def assign_folds(data: CocoData, k: int, seed: int = 0) -> list[list[int]]:
 
 
 def fold_training_set(source: Mapping, held_out: Sequence[int]) -> dict:
-    """The COCO dict without the held-out images and their annotations (other keys as they are)."""
+    """The COCO dict without the held-out images, the tiles overlapping one of them in its big image, and their
+    annotations (other keys as they are)."""
     out = set(int(i) for i in held_out)
+    held = [w for w in (_window(im) for im in source.get("images", []) if int(im["id"]) in out) if w is not None]
+
+    def overlaps(im: Mapping) -> bool:
+        placed = _window(im)
+        if placed is None:
+            return False
+        key, (x0, y0, x1, y1) = placed
+        return any(k == key and min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for k, b in held)
+
+    out |= {int(im["id"]) for im in source.get("images", []) if int(im["id"]) not in out and overlaps(im)}
     return {**source,
             "images": [im for im in source.get("images", []) if int(im["id"]) not in out],
             "annotations": [a for a in source.get("annotations", []) if int(a["image_id"]) not in out]}
 
 
-def folds_record(data_file: str, folds: list[list[int]], seed: int, train_files: list[str]) -> dict[str, Any]:
+def folds_record(data_file: str, folds: list[list[int]], seed: int, train_files: list[str],
+                 strips: int = 1) -> dict[str, Any]:
     """The folds file's content: which images each fold holds out, and its training file."""
-    return {"data": data_file, "k": len(folds), "seed": seed,
+    return {"data": data_file, "k": len(folds), "seed": seed, "strips": strips,
             "folds": [{"fold": f, "train": train_files[f], "image_ids": ids} for f, ids in enumerate(folds)]}
 
 
