@@ -44,6 +44,10 @@ Protocol (written on docs/benchmarks.md before the first run):
     column, the model's own precision and recall on the dev tiles, every detection judged
     (``minedet.mining.precision_recall``), without and with the flipped view's agreement: what mining with it can
     show at best.
+  * held-out-fold mining (a column declaring ``folds``): ``minedet data folds --k 2 --strips 2`` on the column's
+    sparse training tiles, one model per fold trained on its fold's file (``--fold F`` trains one alone, so the two
+    run side by side), then the mining above with ``minedet mine --folds`` (each tile mined and each training-tile
+    calibration made by the model that did not train on it; the dev calibration reads both models' detections).
 
 Records go to ``benchmarks/results/real_trees.json``: one per run and split (``dev``, ``test``, ``train``
 for the mining curve, and ``dev`` with ``"what": "pr"`` for the dev precision-recall), each naming its ``column``, ``protocol``, ``split`` and ``seed``; the records of the
@@ -101,7 +105,10 @@ class TreeColumn(Column):
         labels: ``sparse`` (the protocol's) or ``full`` (every training crown: the ceiling);
         flag_sparse: image records flagged ``"labels": "sparse"`` (the mixed method's own-data input);
         default: what ``minedet train`` does on sparse own data when the user says nothing;
-        final: a page column (test is scored); exploratory columns are scored on dev only.
+        final: a page column (test is scored); exploratory columns are scored on dev only;
+        folds: held-out mining (0: off): the column trains one model per fold, each the way its overrides say, on
+            the training tiles ``minedet data folds --k FOLDS --strips FOLDS`` leaves it, and mines with all of them
+            (``minedet mine --folds``): a mining column, its fold models' dev AP recorded apart (``"what": "foldF"``).
     """
 
     overrides: tuple[str, ...] = ()
@@ -109,6 +116,7 @@ class TreeColumn(Column):
     flag_sparse: bool = False
     default: bool = False
     final: bool = True
+    folds: int = 0
 
 
 #: the supervised method's own-data options are BRL's loss on twice the batch: the focal-loss columns say so
@@ -151,6 +159,14 @@ PROBES: tuple[TreeColumn, ...] = (
                ("model.anchor_scale=2", *FOCAL), labels="full", final=False),
     TreeColumn("full_anchor2_lr3", "every training crown, anchor scale 2, learning rate 0.003 instead of 0.001 (a probe)",
                "supervised", ("model.anchor_scale=2", "train.lr=0.003", *FOCAL), labels="full", final=False),
+)
+#: held-out-fold mining columns: scored on mining (the training tiles' erased crowns) and on dev, never on test
+PROBES += (
+    TreeColumn("self_training_brl_folds", "held-out folds: each training tile mined by one of two models trained as "
+               "`self_training_brl` on the other half of the training area (`minedet data folds --strips 2`, each "
+               "big image's tiles in two strips, a tile overlapping the held-out strip left out; `minedet mine "
+               "--folds`); a mining column", "mixed", (*SELF_TRAINING, "model.extra.cls_loss=brl"),
+               flag_sparse=True, final=False, folds=2),
 )
 BY_LABEL = {c.label: c for c in COLUMNS + PROBES}
 
@@ -317,8 +333,9 @@ def training_files(info: dict, protocol: str, seed: int, flag_sparse: bool) -> t
 
 
 # --------------------------------------------------------------------------------------------- runs
-def make_config(info: dict, col: TreeColumn, protocol: str, seed: int, steps: int = STEPS):
-    """What ``minedet train METHOD --train ... --val dev ...`` builds, with the budget and the column's overrides."""
+def make_config(info: dict, col: TreeColumn, protocol: str, seed: int, steps: int = STEPS, train: str | None = None):
+    """What ``minedet train METHOD --train ... --val dev ...`` builds, with the budget and the column's overrides
+    (``train``: another training file than the protocol's, e.g. a fold's)."""
     from minedet.run import own_data_config
 
     root = Path(info["root"])
@@ -326,7 +343,8 @@ def make_config(info: dict, col: TreeColumn, protocol: str, seed: int, steps: in
     if col.labels == "full":
         train = str(root / "tiles" / "train" / "tiles.json")
     else:
-        train, hidden = training_files(info, protocol, seed, col.flag_sparse)
+        kept, hidden = training_files(info, protocol, seed, col.flag_sparse)
+        train = train or kept
     over = [*BUDGET, f"train.max_steps={steps}", f"train.ckpt_every={min(steps, 100)}", f"train.seed={seed}", f"data.batch_size={8 * col.batch}", *col.overrides]
     return own_data_config(col.method, train=train, val=str(root / "tiles" / "dev" / "tiles.json"), overrides=over,
                            quiet=True, train_images=str(root / "tiles" / "train"),
@@ -351,35 +369,43 @@ AGREEMENTS = {"": "none", "_flip": "flip"}
 def dev_detections(det, cfg) -> dict[str, tuple[list[dict], list[dict]]]:
     """Per agreement (:data:`AGREEMENTS`), the model's detections on the dev tiles and their labels, every detection
     to be judged (what ``minedet mine --calibrate dev.json`` reads; with agreement, the agreed boxes at their gates):
-    shared by the dev precision-recall and the dev-calibrated mining score."""
+    shared by the dev precision-recall and the dev-calibrated mining score. ``det``: a model, or a list of fold
+    models, each then on every dev tile, their detections together (as ``mine --folds --calibrate`` reads them)."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
 
     dev = load_coco(cfg.data.val)
-    return {tag: mining.calibration_detections(det, dev, cfg.data.val_images, complete=True, agree=agree)
-            for tag, agree in AGREEMENTS.items()}
+    out = {}
+    for tag, agree in AGREEMENTS.items():
+        got = [mining.calibration_detections(d, dev, cfg.data.val_images, complete=True, agree=agree)
+               for d in (det if isinstance(det, list) else [det])]
+        out[tag] = ([x for dets, _ in got for x in dets], [t for _, targets in got for t in targets])
+    return out
 
 
-def mining_curve(det, cfg, dev: dict[str, tuple[list[dict], list[dict]]]) -> dict:
+def mining_curve(det, cfg, dev: dict[str, tuple[list[dict], list[dict]]], folds: dict[int, int] | None = None) -> dict:
     """Per agreement (:data:`AGREEMENTS`, its key suffix), ``minedet mine``'s filter over the sparse training tiles,
     scored against the erased crowns at each threshold, and at the score the library proposes from the model itself
     (where it offers one): on the dev tiles (``mine --calibrate``), and without agreement also on the training tiles'
     labelled boxes (``mine``'s proposal without ``--calibrate``); ``dev``: its :func:`dev_detections`. The training
-    tiles' plain detections are predicted once, down to the lowest threshold or proposed score, for every pass."""
+    tiles' plain detections are predicted once, down to the lowest threshold or proposed score, for every pass.
+    ``folds``: image id -> fold, ``det`` then the fold models (``mine --folds``: each tile by the model that did not
+    train on it)."""
     import minedet.mining as mining
     from minedet.data.coco import load_coco
 
     data, hidden = load_coco(cfg.data.train), load_coco(cfg.data.hidden)
     proposals = {suffix: {f"_dev{suffix}": mining.propose_score(*dev[suffix], complete=True)}  # no hidden truth
                  for suffix in AGREEMENTS}
-    proposals[""][""] = mining.propose_score_for(det, data, cfg.data.train_images)
+    proposals[""][""] = mining.propose_score_for(det, data, cfg.data.train_images, folds=folds)
     scores = [p.score for ps in proposals.values() for p in ps.values() if p.score is not None]
     floor = min([*THRESHOLDS, *scores])
-    plain, _ = mining.calibration_detections(det, data, cfg.data.train_images, complete=True, floor=floor)
+    plain, _ = mining.calibration_detections(det, data, cfg.data.train_images, complete=True, floor=floor, folds=folds)
     plain = {d["image_id"]: d for d in plain}  # predicted once: each agreement's pass reads them
     out: dict = {}
     for suffix, agree in AGREEMENTS.items():
-        res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor, agree=agree, detections=plain)
+        res = mining.mine_dataset(det, data, cfg.data.train_images, collect_down_to=floor, agree=agree, detections=plain,
+                                  folds=folds)
         out[f"mine_pr{suffix}"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS)
         out[f"mine_pr{suffix}_iou40"] = mining.pr_against_hidden(res, hidden, data, THRESHOLDS, iou=FIELD_IOU)
         for tag, p in proposals[suffix].items():
@@ -406,17 +432,19 @@ def dev_pr(dev: dict[str, tuple[list[dict], list[dict]]]) -> dict:
     return out
 
 
-def measure_model(model_path: Path, col: TreeColumn, cfg, base: dict) -> list[dict]:
+def measure_model(model_path: Path | list[Path], col: TreeColumn, cfg, base: dict,
+                  folds: dict[int, int] | None = None) -> list[dict]:
     """The records every finished run gets from its saved model: the dev precision-recall, and for a sparse column
-    the mining curve and the review lists beside cleanlab's (the model loaded once, its dev detections computed
-    once)."""
+    the mining curve and (one model) the review lists beside cleanlab's (the model loaded once, its dev detections
+    computed once). ``folds``: image id -> fold, ``model_path`` then the fold models' paths."""
     from minedet.engine.checkpoint import load_model
 
-    det, _ = load_model(model_path)
+    det = [load_model(p)[0] for p in model_path] if folds is not None else load_model(model_path)[0]
     dev = dev_detections(det, cfg)
     recs = [{**base, "split": "dev", "what": "pr", **dev_pr(dev)}]
     if col.labels != "full":
-        recs.append({**base, "split": "train", "what": "mine", **mining_curve(det, cfg, dev)})
+        recs.append({**base, "split": "train", "what": "mine", **mining_curve(det, cfg, dev, folds)})
+    if col.labels != "full" and folds is None:
         recs.append({**base, "split": "train", "what": "review", "lists": review_lists(det, cfg)})
     return recs
 
@@ -438,19 +466,67 @@ def run_dir(work: Path, protocol: str, label: str, seed: int, cfg) -> Path:
     return work / protocol / label / f"s{seed}" / f"{cfg.train.max_steps}steps_anchor{cfg.model.anchor_scale:g}"
 
 
-def run_one(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS) -> list[dict]:
-    """Train one column on one protocol and seed; its records (dev, test for final columns, train for mining)."""
-
-    cfg = make_config(info, col, protocol, seed, steps)
-    out_dir = run_dir(work, protocol, col.label, seed, cfg)
+def _train(cfg, label: dict, out_dir: Path) -> dict:
+    """Train into ``out_dir`` (a finished run is measured again, an interrupted one continued); its record."""
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = common.finished_run(out_dir, cfg.train.max_steps)
-    base = {"column": col.label, "protocol": protocol, "seed": seed, "method": col.label, "default": col.default,
+    part = None if resume else common.interrupted_run(out_dir, cfg.train.max_steps)
+    return common.train_record(cfg, label=label, out_dir=out_dir, resume=resume, continue_from=part)
+
+
+def _base(col: TreeColumn, protocol: str, seed: int, cfg, others: int) -> dict:
+    return {"column": col.label, "protocol": protocol, "seed": seed, "method": col.label, "default": col.default,
             "meaning": col.meaning, "threads": cfg.train.threads, "other_benchmarks_at_start": others,
             "image_size": cfg.data.image_size, "anchor_scale": cfg.model.anchor_scale,
             "batch_size": cfg.data.batch_size, "cls_loss": cfg.model.extra.get("cls_loss", "focal")}
-    part = None if resume else common.interrupted_run(out_dir, cfg.train.max_steps)
-    rec = common.train_record(cfg, label={**base, "split": "dev"}, out_dir=out_dir, resume=resume, continue_from=part)
+
+
+def make_folds(cfg, col: TreeColumn, seed: int, out_dir: Path) -> dict:
+    """The folds file of the column's training tiles (``minedet data folds``, made once per run folder)."""
+    where = out_dir / "folds"
+    if not (where / "folds.json").exists():
+        cli("data", "folds", cfg.data.train, "--k", str(col.folds), "--strips", str(col.folds), "--seed", str(seed),
+            "--out-dir", str(where))
+    return json.loads((where / "folds.json").read_text())
+
+
+def run_folds(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS,
+              only: int | None = None) -> list[dict]:
+    """A held-out-fold column (``col.folds``): one model per fold (``only``: that fold's alone, no measurement, to
+    train the folds in parallel processes), each a dev record (``"what": "foldF"``); with every fold model trained, the
+    mining records of ``minedet mine --folds``."""
+    from minedet.data.coco import load_coco
+    from minedet.data.folds import read_folds
+
+    cfg = make_config(info, col, protocol, seed, steps)
+    out_dir = run_dir(work, protocol, col.label, seed, cfg)
+    record = make_folds(cfg, col, seed, out_dir)
+    base = _base(col, protocol, seed, cfg, others)
+    recs = []
+    for f, fold in enumerate(record["folds"]):
+        if only is not None and f != only:
+            continue
+        fcfg = make_config(info, col, protocol, seed, steps, train=fold["train"])
+        rec = _train(fcfg, {**base, "split": "dev", "what": f"fold{f}", "fold": f,
+                            "train_images": len(load_coco(fold["train"]).images),
+                            "held_out_images": len(fold["image_ids"])}, out_dir / f"fold{f}")
+        recs.append(rec)
+    if only is not None:
+        return recs
+    folds = read_folds(record, load_coco(cfg.data.train), file=str(out_dir / "folds" / "folds.json"))
+    models = [out_dir / f"fold{f}" / "model.pt" for f in range(len(record["folds"]))]
+    return recs + measure_model(models, col, cfg, {**base, "steps": recs[0]["steps"]}, folds)
+
+
+def run_one(info: dict, col: TreeColumn, protocol: str, seed: int, work: Path, others: int, steps: int = STEPS,
+            fold: int | None = None) -> list[dict]:
+    """Train one column on one protocol and seed; its records (dev, test for final columns, train for mining)."""
+    if col.folds:
+        return run_folds(info, col, protocol, seed, work, others, steps, fold)
+    cfg = make_config(info, col, protocol, seed, steps)
+    out_dir = run_dir(work, protocol, col.label, seed, cfg)
+    base = _base(col, protocol, seed, cfg, others)
+    rec = _train(cfg, {**base, "split": "dev"}, out_dir)
     recs = [rec]
     model = out_dir / "model.pt"
     if col.final and steps == STEPS:  # test: the page's columns at the protocol's budget only, never a probe
@@ -469,9 +545,14 @@ def remine(info: dict, args, work: Path) -> int:
             col = BY_LABEL[label]
             cfg = make_config(info, col, args.protocol, seed, args.steps)
             out_dir = run_dir(work, args.protocol, label, seed, cfg)
-            if common.finished_run(out_dir, args.steps) is None:
+            runs = [out_dir / f"fold{f}" for f in range(col.folds)] if col.folds else [out_dir]
+            if any(common.finished_run(r, args.steps) is None for r in runs):
                 continue
             origin = common.run_origin()
+            if col.folds:  # the fold models measured again (each a rebuilt dev record), then the mining
+                recs = run_folds(info, col, args.protocol, seed, work, origin["other_benchmarks"], args.steps)
+                common.append_records(NAME, [{**r, "remined_from_checkpoint": True, "origin": origin} for r in recs])
+                continue
             base = {"column": label, "protocol": args.protocol, "seed": seed, "method": label, "default": col.default,
                     "threads": cfg.train.threads, "steps": args.steps, "remined_from_checkpoint": True,
                     "origin": origin}
@@ -525,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--columns", nargs="+", default=[c.label for c in COLUMNS], choices=list(BY_LABEL), metavar="COLUMN")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=STEPS, help=f"training steps of every column (default {STEPS})")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="a held-out-fold column: train this fold's model alone and record it, no mining (one process "
+                         "per fold; the run without --fold then measures the mining)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time, each its own process with OMP_NUM_THREADS=1 (default 1; 2 on a 2-core machine)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "minedet"))
@@ -536,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error("--jobs must be at least 1")
+    if args.fold is not None and not all(0 <= args.fold < BY_LABEL[c].folds for c in args.columns):
+        ap.error("--fold F needs columns with held-out folds (and F below their number of folds)")
     if args.list:
         for c in COLUMNS + PROBES:
             print(f"{c.label:14s} minedet train {c.method} {' '.join(c.overrides)}"
@@ -554,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in args.columns:
             origin = common.run_origin()  # the commit and neighbours the run started with
             t0 = time.time()
-            recs = run_one(info, BY_LABEL[label], args.protocol, seed, work, origin["other_benchmarks"], args.steps)
+            recs = run_one(info, BY_LABEL[label], args.protocol, seed, work, origin["other_benchmarks"], args.steps,
+                           args.fold)
             common.append_records(NAME, [{**r, "origin": origin} for r in recs],
                                   protocol_doc="docs/benchmarks.md#real-images-tree-crowns-neon-chosen-on-dev-reported-on-test")
             dev = recs[0]

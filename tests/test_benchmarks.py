@@ -958,3 +958,50 @@ def test_tree_self_training_on_brl_is_what_minedet_train_mixed_does_on_an_unflag
     streams = ["labelled", "sparse", "unlabelled"]
     ids = lambda cfg: {s: sorted(im["id"] for im in d.images) for s, (d, _) in stream_data(cfg, streams).items()}  # noqa: E731
     assert ids(ran) == ids(said_nothing) == {"sparse": [1, 2, 3]}
+
+
+def test_tree_fold_column_trains_one_model_per_fold_on_its_file_and_mines_each_tile_with_the_other(monkeypatch, tmp_path):
+    """A held-out-fold column: ``minedet data folds --strips`` on the column's training tiles, one model per fold
+    trained on that fold's file (``--fold F``: that one alone, nothing measured), then the mining measured with every
+    fold model and the folds (each tile by the model that did not train on it)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_trees as bt
+
+    col = bt.BY_LABEL["self_training_brl_folds"]
+    assert col.folds == 2 and not col.final
+    # one 1200 px wide band cut into three 400 px tiles (no overlap): two strips, left and right of x = 600
+    images = [{"id": i, "file_name": f"{i}.png", "width": 400, "height": 400, "labels": "sparse",
+               "tile": {"source": 1, "x": 400 * (i - 1), "y": 0, "source_file": "band.png", "source_width": 1200,
+                        "source_height": 400}} for i in (1, 2, 3)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0}
+            for i in (1, 2, 3)]
+    coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "tree"}]}
+    for split in ("train", "dev"):
+        (tmp_path / "tiles" / split).mkdir(parents=True)
+        (tmp_path / "tiles" / split / "tiles.json").write_text(json.dumps(coco))
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(coco))
+    monkeypatch.setattr(bt, "training_files", lambda info, protocol, seed, flag: (str(kept), None))
+    trained, measured = [], []
+
+    def fake_train(cfg, *, label, out_dir, resume=None, continue_from=None):
+        trained.append((label["what"], sorted(im["id"] for im in json.loads(Path(cfg.data.train).read_text())["images"])))
+        return {**label, "steps": cfg.train.max_steps, "ap": 0.0, "ap50": 0.0}
+
+    monkeypatch.setattr(bt.common, "train_record", fake_train)
+    monkeypatch.setattr(bt, "measure_model", lambda models, c, cfg, base, folds=None: measured.append(
+        ([Path(m).parent.name for m in models], folds, cfg.data.train)) or [{**base, "what": "mine"}])
+    info = {"root": str(tmp_path)}
+    recs = bt.run_one(info, col, "random", 0, tmp_path / "work", 0, fold=1)
+    assert [r["what"] for r in recs] == ["fold1"] and not measured
+    record = json.loads(next((tmp_path / "work").rglob("folds.json")).read_text())
+    assert record["strips"] == 2
+    held = [set(f["image_ids"]) for f in record["folds"]]
+    assert sorted(map(sorted, held)) == [[1], [2, 3]]  # tile 2's centre (x 600) opens the right strip
+    assert trained == [("fold1", sorted({1, 2, 3} - held[1]))]
+    recs = bt.run_one(info, col, "random", 0, tmp_path / "work", 0)
+    assert [r["what"] for r in recs] == ["fold0", "fold1", "mine"]
+    assert trained[1:] == [("fold0", sorted({1, 2, 3} - held[0])), ("fold1", sorted({1, 2, 3} - held[1]))]
+    [(models, folds, train)] = measured
+    assert models == ["fold0", "fold1"] and train == str(kept)
+    assert folds == {i: f for f, ids in enumerate(held) for i in ids}
