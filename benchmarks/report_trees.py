@@ -198,6 +198,35 @@ def ap_table(res: dict, protocol: str) -> list[str]:
     return out
 
 
+def folds_table(res: dict, protocol: str) -> list[str]:
+    """The held-out-fold columns' models: each fold model's dev AP50 and the pooled AP50 of the fold models on the
+    training tiles each did not train on, against every crown there (labelled and erased); nothing before a record."""
+    recs = [r for r in latest(res["records"]) if r.get("protocol") == protocol and BY_LABEL.get(r.get("column"))
+            and BY_LABEL[r["column"]].folds]
+    runs = sorted({(r["column"], budget(r), r["seed"]) for r in recs})
+    if not runs:
+        return []
+    out = ["Held-out folds: each fold model's dev AP50 (it trained on about a third of the training tiles: the strip "
+           "it does not mine, less the tiles along the seam), and the fold models' AP50 on the training tiles, each "
+           "tile predicted by the model that did not train on it, against all its crowns (labelled and erased; the "
+           "dev set has 7 tiles, 142 crowns).", "",
+           "| column | steps | seed | dev AP50 of each fold model (its training tiles) | held-out AP50 on the training "
+           "tiles | held-out AP | tiles (crowns) |", "|---|---|---|---|---|---|---|"]
+    for label, steps, seed in runs:
+        mine = [r for r in recs if (r["column"], budget(r), r["seed"]) == (label, steps, seed)]
+        folds = sorted((r for r in mine if str(r.get("what", "")).startswith("fold")), key=lambda r: r["fold"])
+        cv = next((r for r in mine if r.get("what") == "held_out_ap"), {})
+        cell = ", ".join(f"{100 * r['ap50']:.1f} ({r.get('train_images', '?')})" for r in folds) or "–"
+        pct = lambda k: f"{100 * cv[k]:.1f}" if measured_value(cv.get(k)) else "–"  # noqa: E731
+        out.append(f"| {label} | {steps} | {seed} | {cell} | {pct('held_out_ap50')} | {pct('held_out_ap')} | "
+                   f"{cv.get('held_out_tiles', '–')} ({cv.get('held_out_crowns', '–')}) |")
+    return out
+
+
+def measured_value(x) -> bool:
+    return isinstance(x, (int, float)) and not math.isnan(x)
+
+
 def at(rows: list[dict], t: float) -> dict | None:
     return next((r for r in rows if abs(r["threshold"] - t) < 1e-9), None)
 
@@ -459,6 +488,7 @@ def section(res: dict, img: Path | None = None) -> list[str]:
                                                                *pr_table(res, protocol, suffix), "",
                                                                *(agreement_gain(res, protocol, suffix) if suffix else []))],
                 *review_table(res, protocol),
+                *(lines + [""] if (lines := folds_table(res, protocol)) else []),
                 *(plots(res, protocol, img) if img is not None else [])]
     out += [f"Thresholds measured for mining: {', '.join(f'{t:g}' for t in THRESHOLDS)}. Records: "
             "`benchmarks/results/real_trees.json` (command, commit, machine and the number of other benchmark "

@@ -991,6 +991,8 @@ def test_tree_fold_column_trains_one_model_per_fold_on_its_file_and_mines_each_t
     monkeypatch.setattr(bt.common, "train_record", fake_train)
     monkeypatch.setattr(bt, "measure_model", lambda models, c, cfg, base, folds=None: measured.append(
         ([Path(m).parent.name for m in models], folds, cfg.data.train)) or [{**base, "what": "mine"}])
+    monkeypatch.setattr(bt, "held_out_ap", lambda models, folds, info, cfg: measured.append(
+        ([Path(m).parent.name for m in models], folds, "held out")) or {"held_out_ap50": 0.5})
     info = {"root": str(tmp_path)}
     recs = bt.run_one(info, col, "random", 0, tmp_path / "work", 0, fold=1)
     assert [r["what"] for r in recs] == ["fold1"] and not measured
@@ -1000,8 +1002,27 @@ def test_tree_fold_column_trains_one_model_per_fold_on_its_file_and_mines_each_t
     assert sorted(map(sorted, held)) == [[1], [2, 3]]  # tile 2's centre (x 600) opens the right strip
     assert trained == [("fold1", sorted({1, 2, 3} - held[1]))]
     recs = bt.run_one(info, col, "random", 0, tmp_path / "work", 0)
-    assert [r["what"] for r in recs] == ["fold0", "fold1", "mine"]
+    assert [r["what"] for r in recs] == ["fold0", "fold1", "held_out_ap", "mine"]
+    assert recs[2]["held_out_ap50"] == 0.5 and recs[2]["split"] == "train"
     assert trained[1:] == [("fold0", sorted({1, 2, 3} - held[0])), ("fold1", sorted({1, 2, 3} - held[1]))]
-    [(models, folds, train)] = measured
-    assert models == ["fold0", "fold1"] and train == str(kept)
-    assert folds == {i: f for f, ids in enumerate(held) for i in ids}
+    of = {i: f for f, ids in enumerate(held) for i in ids}
+    assert measured == [(["fold0", "fold1"], of, "held out"), (["fold0", "fold1"], of, str(kept))]
+
+
+def test_tree_report_shows_each_fold_model_and_the_held_out_ap(monkeypatch):
+    """The held-out-fold table: per run, each fold model's dev AP50 with its training tiles, and the pooled held-out
+    AP50 and AP on the training tiles; a protocol without fold records has no table."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report_trees as rt
+
+    base = {"column": "self_training_brl_folds", "protocol": "random", "seed": 0, "steps": 600, "anchor_scale": 2.0}
+    recs = [{**base, "split": "dev", "what": "fold1", "fold": 1, "ap50": 0.25, "train_images": 14},
+            {**base, "split": "dev", "what": "fold0", "fold": 0, "ap50": 0.2, "train_images": 10},
+            {**base, "split": "train", "what": "held_out_ap", "held_out_ap50": 0.456, "held_out_ap": 0.123,
+             "held_out_tiles": 36, "held_out_crowns": 636},
+            {**base, "column": "brl", "split": "dev", "ap50": 0.3}]
+    lines = rt.folds_table({"records": recs}, "random")
+    assert lines[-1] == "| self_training_brl_folds | 600 | 0 | 20.0 (10), 25.0 (14) | 45.6 | 12.3 | 36 (636) |"
+    assert rt.folds_table({"records": recs}, "partial") == []
+    page = "\n".join(rt.section({"records": recs}))
+    assert "| self_training_brl_folds | 600 | 0 | 20.0 (10), 25.0 (14) | 45.6 | 12.3 | 36 (636) |" in page
