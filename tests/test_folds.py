@@ -267,3 +267,11 @@ def test_a_trained_model_records_the_images_it_trained_on_and_its_flips(tiny_dig
     _, meta = load_model(res["model"])
     assert meta["train_images"] == sorted(str(im["file_name"]) for im in load_coco(tiny_digits.train_json).images)
     assert meta["flip"] == 0.25  # what `minedet mine --agree auto` reads
+
+
+def test_a_malformed_tile_block_is_one_line_naming_the_file_and_the_image() -> None:
+    src = _strip([0, 200], 200, 400)
+    del src["images"][1]["tile"]["source_width"]
+    data = validate_coco(src, file="mosaic.json")
+    with pytest.raises(MinedetError, match=r'^mosaic.json: image id=2: "tile" must be an object with .*source_width'):
+        assign_folds(data, 2, strips=2)

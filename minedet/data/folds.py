@@ -30,30 +30,31 @@ from typing import Any
 import numpy as np
 
 from minedet.data.coco import CocoData
+from minedet.data.tiles import Tile, tile_of
 from minedet.errors import MinedetError
 
 __all__ = ["assign_folds", "fold_training_set", "folds_record", "read_folds"]
 
 
-def _window(rec: Mapping) -> tuple[tuple, tuple[float, float, float, float]] | None:
-    """(the big image's key, the tile's window x0, y0, x1, y1 in it) of a tile record; None for another image."""
-    tile = rec.get("tile")
-    if not (isinstance(tile, Mapping) and "source" in tile):
-        return None
-    x, y = float(tile.get("x", 0)), float(tile.get("y", 0))
-    return (str(tile.get("source_file", "")), int(tile["source"])), (x, y, x + float(rec["width"]),
-                                                                     y + float(rec["height"]))
+def _window(rec: Mapping, file: str | None = None) -> tuple[tuple, Tile] | None:
+    """(the big image's key, its :class:`~minedet.data.tiles.Tile`) of a tile record; None for another image. A
+    malformed ``"tile"`` block is one MinedetError naming ``file`` and the record."""
+    try:
+        tile = tile_of(rec)
+    except MinedetError as e:
+        raise MinedetError(e.rule, file=file, record=e.record) from None
+    return None if tile is None else ((str(rec["tile"].get("source_file", "")), tile.source), tile)
 
 
-def _group_key(rec: Mapping, strips: int) -> tuple:
-    placed = _window(rec)
+def _group_key(rec: Mapping, strips: int, file: str) -> tuple:
+    placed = _window(rec, file)
     if placed is None:
         return ("image", "", int(rec["id"]), 0)
-    (file, source), (x0, y0, x1, y1) = placed
-    tile = rec["tile"]
-    width, height = float(tile.get("source_width") or x1), float(tile.get("source_height") or y1)
-    centre, length = ((x0 + x1) / 2, width) if width >= height else ((y0 + y1) / 2, height)
-    return ("source", file, source, min(strips - 1, int(strips * centre / length)))
+    (name, source), t = placed
+    x0, y0, x1, y1 = t.window
+    centre, length = ((x0 + x1) / 2, t.source_width) if t.source_width >= t.source_height else ((y0 + y1) / 2,
+                                                                                               t.source_height)
+    return ("source", name, source, min(strips - 1, int(strips * centre / length)))
 
 
 def assign_folds(data: CocoData, k: int, seed: int = 0, strips: int = 1) -> list[list[int]]:
@@ -68,7 +69,7 @@ def assign_folds(data: CocoData, k: int, seed: int = 0, strips: int = 1) -> list
         raise MinedetError(f"strips must be an integer >= 1, got {strips!r}", file=str(data.path))
     groups: dict[tuple, list[int]] = {}
     for rec in sorted(data.images, key=lambda r: int(r["id"])):
-        groups.setdefault(_group_key(rec, strips), []).append(int(rec["id"]))
+        groups.setdefault(_group_key(rec, strips, str(data.path)), []).append(int(rec["id"]))
     if len(groups) < k:
         if any(g[0] == "source" for g in groups):
             what = f"big images or strips of them (--strips {strips}: tiles of one strip stay in one fold)"
@@ -94,8 +95,10 @@ def fold_training_set(source: Mapping, held_out: Sequence[int]) -> dict:
         placed = _window(im)
         if placed is None:
             return False
-        key, (x0, y0, x1, y1) = placed
-        return any(k == key and min(x1, b[2]) > max(x0, b[0]) and min(y1, b[3]) > max(y0, b[1]) for k, b in held)
+        key, t = placed
+        x0, y0, x1, y1 = t.window
+        return any(k == key and min(x1, h.window[2]) > max(x0, h.window[0]) and min(y1, h.window[3]) > max(y0, h.window[1])
+                   for k, h in held)
 
     out |= {int(im["id"]) for im in source.get("images", []) if int(im["id"]) not in out and overlaps(im)}
     return {**source,
