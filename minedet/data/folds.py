@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from minedet.data.coco import CocoData
-from minedet.data.tiles import Tile, tile_of
+from minedet.data.tiles import Tile, cut_box, tile_of
 from minedet.errors import MinedetError
 
 __all__ = ["assign_folds", "fold_training_set", "folds_record", "read_folds"]
@@ -96,9 +96,7 @@ def fold_training_set(source: Mapping, held_out: Sequence[int]) -> dict:
         if placed is None:
             return False
         key, t = placed
-        x0, y0, x1, y1 = t.window
-        return any(k == key and min(x1, h.window[2]) > max(x0, h.window[0]) and min(y1, h.window[3]) > max(y0, h.window[1])
-                   for k, h in held)
+        return any(k == key and cut_box(t.window, h.window) is not None for k, h in held)
 
     out |= {int(im["id"]) for im in source.get("images", []) if int(im["id"]) not in out and overlaps(im)}
     return {**source,
